@@ -1,0 +1,75 @@
+package hook
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// criuMain is the CRIU action-script mode. It acts at pre-resume and
+// post-resume only, and always returns 0: pre-resume "must not fail",
+// and a failure elsewhere must never abort a restore. Errors go to the
+// log (syslog, the log file and CRIU's own log through stderr).
+func criuMain(action, initPid string, stderr io.Writer) int {
+	var phases []Phase
+	switch action {
+	case "pre-resume":
+		phases = []Phase{PreResume}
+	case "post-resume":
+		phases = []Phase{PostResume}
+	default:
+		return ExitOK
+	}
+	log, closeLog, err := newLogger(logConfigFromEnv(os.Getenv), stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "autofs-restore-hook: %v; logging to stderr only\n", err)
+		log, closeLog, _ = newLogger(LogConfig{NoSyslog: true}, stderr)
+	}
+	defer closeLog()
+	pid, err := strconv.Atoi(strings.TrimSpace(initPid))
+	if err != nil || pid <= 0 {
+		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
+		return ExitOK
+	}
+	err = fixPid(pid, phases, Options{Log: log})
+	if err != nil {
+		l := log.WithField("pid", pid)
+		if errors.Is(err, errRefused) {
+			l.Errorf("%s: %v", action, err)
+		} else {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				l.Errorf("%s: %s", action, line)
+			}
+			l.Errorf("%s: run `autofs-restore-hook status --pid %d` to see what is left and `autofs-restore-hook fix --pid %d` to finish", action, pid, pid)
+		}
+	}
+	return ExitOK
+}
+
+// fixMain is `fix --pid`: both phases back to back, for a container that
+// already runs.
+func fixMain(pid int, opts Options) int {
+	if !opts.Force && !opts.AssumeRestored {
+		// A fix restarts masters: only for restored containers, unless the
+		// operator insists.
+		ev, err := evidenceOf(pid)
+		if err == nil && !ev.Restored() {
+			opts.Log.Warnf("fix: pid %d shows no sign of a restore (same time namespace as the host): only mounts found catatonic or orphaned are reported; use --assume-restored to fix stale mounts anyway", pid)
+		}
+	}
+	err := fixPid(pid, []Phase{PreResume, PostResume}, opts)
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, errRefused):
+		opts.Log.Errorf("fix: %v", err)
+		return ExitRefused
+	}
+	for _, line := range strings.Split(err.Error(), "\n") {
+		opts.Log.Errorf("fix: %s", line)
+	}
+	return ExitFailed
+}

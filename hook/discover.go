@@ -1,0 +1,179 @@
+package hook
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
+)
+
+// MountState is what status reports for one autofs mount.
+type MountState string
+
+const (
+	// StateOK: served by a live master that knows it.
+	StateOK MountState = "ok"
+	// StateStale: restored, and its master still caches the device of the
+	// mount from before the checkpoint; the first access hangs.
+	StateStale MountState = "stale after restore"
+	// StateCatatonic: no master any more; accesses fail at once.
+	StateCatatonic MountState = "catatonic"
+	// StateOrphaned: the mount has a master pipe but nobody holds it.
+	StateOrphaned MountState = "orphaned"
+)
+
+// Mount is one autofs mount of a container with its master.
+type Mount struct {
+	*mounts.Autofs
+	// MasterPid is the master's pid in the host's numbering, 0 if none.
+	MasterPid int
+	// Kind is what the master is.
+	Kind units.Kind
+	// Unit is the systemd .automount unit (systemd masters).
+	Unit string
+	// UnitConfirmed is set when the container's systemd said Where=.
+	UnitConfirmed bool
+	// State is the verdict of status.
+	State MountState
+	// NestedPids are processes of the container in other mount
+	// namespaces that hold a copy of this mount.
+	NestedPids []int
+	// Fixed is set when the state file records this device as fixed.
+	Fixed bool
+}
+
+// Container is what the hook knows about one container.
+type Container struct {
+	Proc     *mounts.Process
+	Evidence Evidence
+	Table    *mounts.Table
+	Procs    *mounts.Procs
+	Mounts   []*Mount
+}
+
+// inspect reads the container's mounts and processes from the host side.
+func inspect(p *mounts.Process, fixed map[uint64]bool) (*Container, error) {
+	t, err := mounts.ReadTable(p.Pid)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := mounts.PidNamespaceMembers(p.Pid)
+	if err != nil {
+		return nil, fmt.Errorf("list processes of pid %d: %w", p.Pid, err)
+	}
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
+	c := &Container{Proc: p, Table: t, Procs: mounts.SnapshotProcs(pids)}
+	c.Evidence, err = evidenceOf(p.Pid)
+	if err != nil {
+		return nil, err
+	}
+	byDev := map[uint64]*Mount{}
+	for _, a := range t.Autofs {
+		m := &Mount{Autofs: a, Fixed: fixed[a.Dev()]}
+		m.MasterPid = c.Procs.MasterOf(a.Options)
+		nsPid := 0
+		comm := ""
+		if m.MasterPid > 0 {
+			if st, err := mounts.ReadStatus(m.MasterPid); err == nil {
+				if ns := st.NSpid(); len(ns) > 0 {
+					nsPid = ns[len(ns)-1]
+				}
+			}
+			s, _ := c.Procs.Stat(m.MasterPid)
+			comm = s.Comm
+		}
+		m.Kind = units.Classify(m.MasterPid, nsPid, comm)
+		if m.Kind == units.Systemd {
+			m.Unit = units.PathUnitName(a.Mountpoint(), "automount")
+		}
+		m.State = stateOf(m, c.Evidence.Restored())
+		c.Mounts = append(c.Mounts, m)
+		byDev[a.Dev()] = m
+	}
+	c.findNested(byDev)
+	return c, nil
+}
+
+// stateOf classifies one mount (the status column).
+func stateOf(m *Mount, restored bool) MountState {
+	switch {
+	case m.Options.Catatonic():
+		return StateCatatonic
+	case m.MasterPid == 0:
+		return StateOrphaned
+	case restored && !m.Fixed && m.Options.Mode.CachesDevice() && (m.Kind == units.Systemd || m.Kind == units.Automount):
+		return StateStale
+	}
+	return StateOK
+}
+
+// findNested looks for processes of the container in other mount
+// namespaces holding copies of its autofs mounts.
+func (c *Container) findNested(byDev map[uint64]*Mount) {
+	if len(byDev) == 0 {
+		return
+	}
+	own, err := mounts.Namespace(c.Proc.Pid, "mnt")
+	if err != nil {
+		return
+	}
+	seen := map[uint64]bool{own: true}
+	for _, pid := range c.Procs.Pids {
+		ns, err := mounts.Namespace(pid, "mnt")
+		if err != nil || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		t, err := mounts.ReadTable(pid)
+		if err != nil {
+			continue
+		}
+		for _, a := range t.Autofs {
+			if m := byDev[a.Dev()]; m != nil {
+				m.NestedPids = append(m.NestedPids, pid)
+			}
+		}
+	}
+}
+
+// evidenceOf gathers the signs of a restore for pid.
+func evidenceOf(pid int) (Evidence, error) {
+	var ev Evidence
+	st, err := mounts.ReadStatus(pid)
+	if err != nil {
+		return ev, err
+	}
+	ev.Traced = st.TracerPid() != 0
+	theirs, err1 := mounts.Namespace(pid, "time")
+	ours, err2 := mounts.Namespace(os.Getpid(), "time")
+	if err1 == nil && err2 == nil {
+		ev.OwnTimeNS = theirs != ours
+	}
+	return ev, nil
+}
+
+// refuseHost refuses a pid that shares the hook's own mount or pid
+// namespace: it is not a container, and acting on it would act on the
+// host.
+func refuseHost(pid int) error {
+	same, err := mounts.SameNamespaces(pid, "mnt", "pid")
+	if err != nil {
+		return err
+	}
+	for _, k := range []string{"mnt", "pid"} {
+		if same[k] {
+			return fmt.Errorf("pid %d shares the host's %s namespace: not a container, refused", pid, k)
+		}
+	}
+	return nil
+}
+
+func devString(dev uint64) string {
+	return strconv.FormatUint(uint64(unix.Major(dev)), 10) + ":" + strconv.FormatUint(uint64(unix.Minor(dev)), 10)
+}

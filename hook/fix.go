@@ -1,0 +1,299 @@
+package hook
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
+)
+
+// Phase is one of the two steps of the fix.
+type Phase string
+
+const (
+	// PreResume runs while the restored tasks are still stopped: nothing
+	// can be pending on any mount, so every stale mount that nothing
+	// covers is made catatonic. From then on an access fails at once
+	// instead of hanging.
+	PreResume Phase = "pre-resume"
+	// PostResume runs once the tasks run: it restarts the masters and
+	// puts preserved filesystems back.
+	PostResume Phase = "post-resume"
+)
+
+// Deadlines of the steps. Every wait of the hook is bounded by one.
+var (
+	lockTimeout    = 30 * time.Second
+	workerTimeout  = 10 * time.Second
+	restartTimeout = 20 * time.Second
+)
+
+// errRefused marks errors that map to ExitRefused.
+var errRefused = errors.New("refused")
+
+// fixPid runs the given phases for the container whose init is pid.
+func fixPid(pid int, phases []Phase, opts Options) error {
+	p, err := mounts.OpenProcess(pid)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errRefused, err)
+	}
+	defer p.Close()
+	if err := refuseHost(pid); err != nil {
+		return fmt.Errorf("%w: %w", errRefused, err)
+	}
+	log := opts.Log.WithField("pid", pid)
+	var sf *stateFile
+	if !opts.DryRun {
+		if sf, err = lockState(p, lockTimeout); err != nil {
+			return err
+		}
+		defer sf.Unlock()
+	} else {
+		sf = &stateFile{rec: loadState(p)}
+	}
+	var errs []error
+	for _, ph := range phases {
+		if err := runPhase(p, ph, sf, opts, log.WithField("phase", string(ph))); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *logrus.Entry) error {
+	start := time.Now()
+	mark := &sf.rec.PreResume
+	if ph == PostResume {
+		mark = &sf.rec.PostResume
+	}
+	if *mark != nil && !opts.Force {
+		log.Infof("%s already done at %s: nothing to do", ph, (*mark).At.Format(time.RFC3339Nano))
+		return nil
+	}
+	c, err := inspect(p, sf.rec.fixedSet())
+	if err != nil {
+		return fmt.Errorf("%s: %w", ph, err)
+	}
+	if opts.AssumeRestored {
+		c.Evidence.Forced = true
+		for _, m := range c.Mounts {
+			m.State = stateOf(m, true)
+		}
+	}
+	if len(c.Mounts) == 0 && len(sf.rec.Prepared) == 0 {
+		log.Debugf("no autofs mounts: nothing to do")
+		if !opts.DryRun {
+			*mark = &phaseMark{At: time.Now()}
+			return sf.Save()
+		}
+		return nil
+	}
+	var perr error
+	if ph == PreResume {
+		perr = preResume(c, sf, opts, log)
+	} else {
+		perr = postResume(c, sf, opts, log)
+	}
+	if opts.DryRun {
+		return perr
+	}
+	*mark = &phaseMark{At: time.Now()}
+	if perr != nil {
+		(*mark).Errors = strings.Split(perr.Error(), "\n")
+	}
+	if err := sf.Save(); err != nil {
+		perr = errors.Join(perr, err)
+	}
+	log.Infof("%s finished in %s", ph, time.Since(start).Round(time.Microsecond))
+	return perr
+}
+
+// skipNested tells whether m is left alone because of --nested=skip, and
+// warns about nested copies either way.
+func skipNested(m *Mount, opts Options, log *logrus.Entry) bool {
+	if len(m.NestedPids) == 0 {
+		return false
+	}
+	if opts.SkipNested {
+		log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("left alone (--nested=skip): processes %v hold copies of it in other mount namespaces", m.NestedPids)
+		return true
+	}
+	log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("processes %v hold copies of it in other mount namespaces without propagation: their copies become catatonic (accesses fail with ENOENT)", m.NestedPids)
+	return false
+}
+
+// managed tells whether the hook knows how to fix m's master.
+func managed(m *Mount) bool { return m.Kind == units.Systemd || m.Kind == units.Automount }
+
+func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	var targets []mounts.Target
+	var picked []*Mount
+	for _, m := range c.Mounts {
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)})
+		switch {
+		case m.Kind == units.Unknown:
+			ml.Warnf("unknown master (pid %d): left alone", m.MasterPid)
+			continue
+		case m.State != StateStale:
+			continue
+		case m.OnTop != nil:
+			// Accesses go to the filesystem on top and cannot hang;
+			// post-resume preserves it across the restart.
+			continue
+		case skipNested(m, opts, log):
+			continue
+		}
+		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
+		picked = append(picked, m)
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	if opts.DryRun {
+		for _, m := range picked {
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Info("would make catatonic (dry run)")
+		}
+		return nil
+	}
+	start := time.Now()
+	var res []mounts.TargetResult
+	err := mounts.RunInMountNS(c.Proc, mounts.TaskCatatonic, targets, workerTimeout, workerLog(log), &res)
+	if err != nil {
+		return fmt.Errorf("pre-resume: make stale mounts catatonic: %w", err)
+	}
+	took := time.Since(start).Round(time.Microsecond)
+	var errs []error
+	for i, r := range res {
+		m := picked[i]
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind), "took": took})
+		if r.Error != "" {
+			ml.Errorf("make catatonic: %s", r.Error)
+			errs = append(errs, fmt.Errorf("pre-resume %s: %s", mounts.Escape(m.Mountpoint()), r.Error))
+			continue
+		}
+		ml.Info("made catatonic: accesses fail fast until post-resume restarts its master")
+		sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: m.Mountpoint(), Dev: m.Dev(), Kind: string(m.Kind), MasterPid: m.MasterPid, Unit: m.Unit})
+	}
+	return errors.Join(errs...)
+}
+
+func workerLog(log *logrus.Entry) func(string) {
+	return func(s string) { log.Info(s) }
+}
+
+func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	prepared := map[uint64]preparedMount{}
+	for _, pm := range sf.rec.Prepared {
+		prepared[pm.Dev] = pm
+	}
+	var sdTargets []units.RestartTarget
+	daemons := map[int][]*Mount{}
+	seen := map[string]bool{}
+	for _, m := range c.Mounts {
+		_, wasPrepared := prepared[m.Dev()]
+		needs := m.State == StateStale || (m.State == StateCatatonic && wasPrepared)
+		if !needs || !managed(m) {
+			if m.Kind == units.Unknown {
+				log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("unknown master (pid %d): left alone", m.MasterPid)
+			}
+			continue
+		}
+		if m.State == StateStale && skipNested(m, opts, log) {
+			continue
+		}
+		seen[m.Mountpoint()] = true
+		if m.Kind == units.Systemd {
+			sdTargets = append(sdTargets, units.RestartTarget{Where: m.Mountpoint(), Unit: m.Unit, Dev: m.Dev()})
+		} else {
+			daemons[m.MasterPid] = append(daemons[m.MasterPid], m)
+		}
+	}
+	// systemd detaches a catatonic mount on its own: units prepared at
+	// pre-resume whose mount is gone are restarted all the same.
+	for _, pm := range sf.rec.Prepared {
+		if pm.Kind == string(units.Systemd) && !seen[pm.Mountpoint] && c.Table.Find(pm.Mountpoint) == nil {
+			sdTargets = append(sdTargets, units.RestartTarget{Where: pm.Mountpoint, Unit: pm.Unit})
+			seen[pm.Mountpoint] = true
+		}
+	}
+	var errs []error
+	if len(sdTargets) > 0 {
+		if err := restartSystemd(c, sdTargets, sf, opts, log); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	pids := make([]int, 0, len(daemons))
+	for pid := range daemons {
+		pids = append(pids, pid)
+	}
+	sort.Ints(pids)
+	for _, pid := range pids {
+		if err := respawnDaemon(c, pid, daemons[pid], sf, opts, log); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, opts Options, log *logrus.Entry) error {
+	if opts.DryRun {
+		for _, t := range targets {
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(t.Where), "master": "systemd", "unit": t.Unit}).Info("would restart (dry run)")
+		}
+		return nil
+	}
+	start := time.Now()
+	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(restartTimeout)}
+	var res []units.RestartResult
+	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, restartTimeout+2*time.Second, workerLog(log), &res); err != nil {
+		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
+	}
+	took := time.Since(start).Round(time.Microsecond)
+	var errs []error
+	for _, r := range res {
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(r.Where), "master": "systemd", "unit": r.Unit, "took": took})
+		if r.Error != "" {
+			ml.Errorf("restart: %s", r.Error)
+			errs = append(errs, fmt.Errorf("post-resume %s (%s): %s", mounts.Escape(r.Where), r.Unit, r.Error))
+			continue
+		}
+		what := "restarted"
+		if r.MovedBack {
+			what += ", filesystem on top preserved"
+		}
+		ml.WithField("dev", devString(r.NewDev)).Info(what)
+		sf.rec.Fixed = append(sf.rec.Fixed, r.NewDev)
+	}
+	return errors.Join(errs...)
+}
+
+func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Options, log *logrus.Entry) error {
+	dl := log.WithFields(logrus.Fields{"master": "automount", "master_pid": pid})
+	if opts.DryRun {
+		for _, m := range ms {
+			dl.WithField("mount", mounts.Escape(m.Mountpoint())).Info("would respawn its automount daemon (dry run)")
+		}
+		return nil
+	}
+	start := time.Now()
+	var targets []mounts.Target
+	for _, m := range ms {
+		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
+	}
+	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: restartTimeout, Log: workerLog(dl)})
+	if err != nil {
+		dl.Errorf("respawn: %v", err)
+		return fmt.Errorf("post-resume: automount %d: %w", pid, err)
+	}
+	for _, d := range res.Devs {
+		sf.rec.Fixed = append(sf.rec.Fixed, d)
+	}
+	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms), "took": time.Since(start).Round(time.Microsecond)}).Info("automount killed and started again; every mount reconnected")
+	return nil
+}

@@ -1,0 +1,96 @@
+package hook
+
+import (
+	"fmt"
+	"io"
+	"log/syslog"
+	"os"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	lsyslog "github.com/sirupsen/logrus/hooks/syslog"
+	"golang.org/x/sys/unix"
+)
+
+// LogConfig says where log lines go. Runtimes drop a hook's stderr, so the
+// journal (through syslog) and an optional file are the places operators
+// look.
+type LogConfig struct {
+	// File is appended to when set (created 0600, never through a link).
+	File string
+	// Level is a logrus level name: error, warning, info, debug.
+	Level string
+	// NoSyslog turns the syslog output off.
+	NoSyslog bool
+}
+
+// Env variables read in every mode, since a CRIU action script gets no
+// arguments.
+const (
+	EnvLogFile  = "AUTOFS_RESTORE_HOOK_LOG_FILE"
+	EnvLogLevel = "AUTOFS_RESTORE_HOOK_LOG_LEVEL"
+	EnvNoSyslog = "AUTOFS_RESTORE_HOOK_NO_SYSLOG"
+)
+
+func logConfigFromEnv(getenv func(string) string) LogConfig {
+	return LogConfig{
+		File:     getenv(EnvLogFile),
+		Level:    getenv(EnvLogLevel),
+		NoSyslog: getenv(EnvNoSyslog) != "",
+	}
+}
+
+// newLogger builds the logger. Errors opening the file are returned (the
+// operator asked for it); a missing syslog socket is not an error.
+func newLogger(cfg LogConfig, stderr io.Writer) (*logrus.Logger, func(), error) {
+	l := logrus.New()
+	l.SetOutput(stderr)
+	l.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"})
+	closers := []func(){}
+	done := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	level := logrus.InfoLevel
+	if cfg.Level != "" {
+		lv, err := logrus.ParseLevel(strings.ToLower(cfg.Level))
+		if err != nil {
+			return nil, done, fmt.Errorf("log level %q: want error, warning, info or debug", cfg.Level)
+		}
+		level = lv
+	}
+	l.SetLevel(level)
+	if cfg.File != "" {
+		f, err := os.OpenFile(cfg.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, done, fmt.Errorf("open log file: %w", err)
+		}
+		closers = append(closers, func() { f.Close() })
+		l.AddHook(&writerHook{w: f, f: &logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"}})
+	}
+	if !cfg.NoSyslog {
+		if h, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "autofs-restore-hook"); err == nil {
+			l.AddHook(h)
+			closers = append(closers, func() { h.Writer.Close() })
+		}
+	}
+	return l, done, nil
+}
+
+// writerHook copies every entry to a second writer with its own format.
+type writerHook struct {
+	w io.Writer
+	f logrus.Formatter
+}
+
+func (h *writerHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h *writerHook) Fire(e *logrus.Entry) error {
+	b, err := h.f.Format(e)
+	if err != nil {
+		return err
+	}
+	_, err = h.w.Write(b)
+	return err
+}

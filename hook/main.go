@@ -1,0 +1,154 @@
+package hook
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
+)
+
+// Version is set at build time (-ldflags "-X ...hook.Version=...").
+var Version = "dev"
+
+// Exit codes, documented in the README.
+const (
+	ExitOK      = 0 // done, or nothing to do
+	ExitFailed  = 1 // a fix step failed: the log names the mount and the step
+	ExitUsage   = 2 // bad arguments or bad input: nothing was touched
+	ExitRefused = 3 // the target is not a container the hook may act on
+)
+
+// CRIU action-script environment.
+const (
+	EnvCRIUAction  = "CRTOOLS_SCRIPT_ACTION"
+	EnvCRIUInitPid = "CRTOOLS_INIT_PID"
+)
+
+const usage = `autofs-restore-hook: make autofs mounts work again after a CRIU restore
+
+Usage:
+  autofs-restore-hook status --pid PID [--json]
+  autofs-restore-hook fix --pid PID [--dry-run] [--nested=fix|skip] [--force]
+  autofs-restore-hook version
+  autofs-restore-hook [--restore-timeout D]   OCI hook: state JSON on stdin
+  (CRTOOLS_SCRIPT_ACTION set)                  CRIU action script
+
+Common flags (also as environment, since CRIU passes no arguments):
+  --log-file FILE   append log lines to FILE   (AUTOFS_RESTORE_HOOK_LOG_FILE)
+  --log-level LVL   error|warning|info|debug   (AUTOFS_RESTORE_HOOK_LOG_LEVEL)
+  --no-syslog       do not log to syslog        (AUTOFS_RESTORE_HOOK_NO_SYSLOG=1)
+
+Exit codes: 0 done or nothing to do, 1 a fix step failed, 2 bad usage or
+input (nothing touched), 3 refused (not a container the hook may act on).
+`
+
+// Main runs the binary and returns its exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == mounts.WorkerArg {
+		mounts.RunWorker()
+		return ExitFailed // not reached
+	}
+	if len(args) > 0 && args[0] == units.SpawnerArg {
+		return units.RunSpawner(args[1:])
+	}
+	if len(args) > 0 && args[0] == followerArg {
+		return followerMain(args[1:])
+	}
+	if action, ok := os.LookupEnv(EnvCRIUAction); ok {
+		return criuMain(action, os.Getenv(EnvCRIUInitPid), stderr)
+	}
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintf(stdout, "autofs-restore-hook %s\n", Version)
+		return ExitOK
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return ExitOK
+	case "status", "fix", "":
+	default:
+		fmt.Fprintf(stderr, "autofs-restore-hook: unknown command %q (see --help)\n", cmd)
+		return ExitUsage
+	}
+	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	lc := logConfigFromEnv(os.Getenv)
+	fs.StringVar(&lc.File, "log-file", lc.File, "")
+	fs.StringVar(&lc.Level, "log-level", lc.Level, "")
+	fs.BoolVar(&lc.NoSyslog, "no-syslog", lc.NoSyslog, "")
+	pidArg := fs.String("pid", "", "")
+	asJSON := fs.Bool("json", false, "")
+	dryRun := fs.Bool("dry-run", false, "")
+	force := fs.Bool("force", false, "")
+	nested := fs.String("nested", "fix", "")
+	restoreTimeout := fs.Duration("restore-timeout", 60*time.Second, "")
+	assumeRestored := fs.Bool("assume-restored", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return ExitOK
+		}
+		fmt.Fprintf(stderr, "autofs-restore-hook: %v (see --help)\n", err)
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "autofs-restore-hook: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return ExitUsage
+	}
+	if *nested != "fix" && *nested != "skip" {
+		fmt.Fprintf(stderr, "autofs-restore-hook: --nested=%q: want fix or skip\n", *nested)
+		return ExitUsage
+	}
+	log, closeLog, err := newLogger(lc, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "autofs-restore-hook: %v\n", err)
+		return ExitUsage
+	}
+	defer closeLog()
+	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored}
+	if cmd == "" {
+		return ociMain(stdin, opts)
+	}
+	pid, err := parsePid(*pidArg)
+	if err != nil {
+		fmt.Fprintf(stderr, "autofs-restore-hook %s: %v\n", cmd, err)
+		return ExitUsage
+	}
+	if cmd == "status" {
+		return statusMain(pid, *asJSON, stdout, log)
+	}
+	return fixMain(pid, opts)
+}
+
+func parsePid(s string) (int, error) {
+	if s == "" {
+		return 0, errors.New("--pid is required")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--pid %q: want a positive process id", s)
+	}
+	return n, nil
+}
+
+// Options are the settings of one run.
+type Options struct {
+	DryRun         bool
+	Force          bool
+	SkipNested     bool
+	AssumeRestored bool
+	RestoreTimeout time.Duration
+	Log            *logrus.Logger
+}

@@ -1,0 +1,169 @@
+package hook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// StateDir holds one state file and one lock per container. It lives on
+// the host's /run (gone at reboot, as are the containers), is owned by
+// root and closed to others, and the hook refuses it if it is a link or
+// writable by anyone else.
+var StateDir = "/run/autofs-restore-hook"
+
+// record is the state file of one container: what each phase did, so that
+// a repeated, concurrent or interrupted run finishes the work without
+// doing any of it twice.
+type record struct {
+	Pid       int `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	// Prepared lists the mounts the pre-resume phase made catatonic (or
+	// found so), with their masters: post-resume fixes them even when
+	// their mount is gone by then (systemd detaches a catatonic mount).
+	Prepared   []preparedMount `json:"prepared,omitempty"`
+	PreResume  *phaseMark      `json:"pre_resume,omitempty"`
+	PostResume *phaseMark      `json:"post_resume,omitempty"`
+	// Fixed are the devices of autofs mounts that a fix created or
+	// reconnected: status reports them as ok.
+	Fixed []uint64 `json:"fixed,omitempty"`
+}
+
+type preparedMount struct {
+	Mountpoint string `json:"mountpoint"`
+	Dev        uint64 `json:"dev"`
+	Kind       string `json:"kind"`
+	MasterPid  int    `json:"master_pid"`
+	Unit       string `json:"unit,omitempty"`
+}
+
+type phaseMark struct {
+	At     time.Time `json:"at"`
+	Errors []string  `json:"errors,omitempty"`
+}
+
+func (r record) fixedSet() map[uint64]bool {
+	m := make(map[uint64]bool, len(r.Fixed))
+	for _, d := range r.Fixed {
+		m[d] = true
+	}
+	return m
+}
+
+// stateFile is an open, locked state file.
+type stateFile struct {
+	path string
+	lock *os.File
+	rec  record
+}
+
+func ensureStateDir() error {
+	if err := os.Mkdir(StateDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(StateDir, &st); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Uid != 0 || st.Mode&0o022 != 0 {
+		return fmt.Errorf("state directory %s is not a root-owned directory closed to others: refused", StateDir)
+	}
+	return nil
+}
+
+func statePath(p *mounts.Process) string {
+	return filepath.Join(StateDir, strconv.Itoa(p.Pid)+"-"+strconv.FormatUint(p.StartTime, 10))
+}
+
+// lockState takes the container's lock, waiting up to d for another run
+// to finish, and loads its record.
+func lockState(p *mounts.Process, d time.Duration) (*stateFile, error) {
+	if err := ensureStateDir(); err != nil {
+		return nil, err
+	}
+	base := statePath(p)
+	lf, err := os.OpenFile(base+".lock", os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	deadline := time.Now().Add(d)
+	for {
+		err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			lf.Close()
+			return nil, fmt.Errorf("lock %s: %w", base+".lock", err)
+		}
+		if time.Now().After(deadline) {
+			lf.Close()
+			return nil, fmt.Errorf("another run holds %s for more than %s", base+".lock", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s := &stateFile{path: base + ".json", lock: lf, rec: record{Pid: p.Pid, StartTime: p.StartTime}}
+	if b, err := readNoFollow(s.path); err == nil {
+		if err := json.Unmarshal(b, &s.rec); err != nil {
+			s.Unlock()
+			return nil, fmt.Errorf("state file %s is damaged (%v): remove it to start over", s.path, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		s.Unlock()
+		return nil, fmt.Errorf("read state file: %w", err)
+	}
+	return s, nil
+}
+
+// loadState reads a container's record without locking (for status).
+func loadState(p *mounts.Process) record {
+	var r record
+	if b, err := readNoFollow(statePath(p) + ".json"); err == nil {
+		json.Unmarshal(b, &r)
+	}
+	return r
+}
+
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 16<<20))
+}
+
+// Save writes the record atomically (temp file and rename).
+func (s *stateFile) Save() error {
+	b, err := json.MarshalIndent(&s.rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := s.path + ".tmp"
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	_, werr := f.Write(append(b, '\n'))
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("write state file: %w", err)
+	}
+	return nil
+}
+
+// Unlock releases the lock.
+func (s *stateFile) Unlock() { s.lock.Close() }

@@ -1,0 +1,127 @@
+package hook
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// MountStatus is one row of `status --json`.
+type MountStatus struct {
+	Mountpoint string   `json:"mountpoint"`
+	Type       string   `json:"type"`
+	Dev        string   `json:"dev"`
+	Master     string   `json:"master"`
+	MasterPid  int      `json:"master_pid,omitempty"`
+	Unit       string   `json:"unit,omitempty"`
+	State      string   `json:"state"`
+	OnTop      string   `json:"on_top,omitempty"`
+	Submounts  int      `json:"submounts,omitempty"`
+	Nested     []int    `json:"nested_copies,omitempty"`
+	Notes      []string `json:"notes,omitempty"`
+}
+
+// Report is the output of `status --json`.
+type Report struct {
+	Pid      int           `json:"pid"`
+	Restored bool          `json:"restored"`
+	Evidence []string      `json:"restore_evidence,omitempty"`
+	Mounts   []MountStatus `json:"mounts"`
+}
+
+func (c *Container) report() Report {
+	r := Report{Pid: c.Proc.Pid, Restored: c.Evidence.Restored(), Mounts: []MountStatus{}}
+	if c.Evidence.OwnTimeNS {
+		r.Evidence = append(r.Evidence, "own time namespace")
+	}
+	if c.Evidence.Traced {
+		r.Evidence = append(r.Evidence, "tasks traced (restore in progress)")
+	}
+	for _, m := range c.Mounts {
+		s := MountStatus{
+			Mountpoint: m.Mountpoint(),
+			Type:       m.Options.Mode.String(),
+			Dev:        devString(m.Dev()),
+			Master:     string(m.Kind),
+			MasterPid:  m.MasterPid,
+			Unit:       m.Unit,
+			State:      string(m.State),
+			Submounts:  len(m.Submounts),
+			Nested:     m.NestedPids,
+		}
+		if m.OnTop != nil {
+			s.OnTop = m.OnTop.FSType + " " + m.OnTop.Source
+		}
+		r.Mounts = append(r.Mounts, s)
+	}
+	return r
+}
+
+func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
+	p, err := mounts.OpenProcess(pid)
+	if err != nil {
+		log.Errorf("status: %v", err)
+		return ExitRefused
+	}
+	defer p.Close()
+	if err := refuseHost(pid); err != nil {
+		log.Errorf("status: %v", err)
+		return ExitRefused
+	}
+	c, err := inspect(p, loadState(p).fixedSet())
+	if err != nil {
+		log.Errorf("status: %v", err)
+		return ExitFailed
+	}
+	r := c.report()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			log.Errorf("status: %v", err)
+			return ExitFailed
+		}
+		return ExitOK
+	}
+	writeTable(out, r)
+	return ExitOK
+}
+
+func writeTable(out io.Writer, r Report) {
+	restored := "no"
+	if r.Restored {
+		restored = "yes (" + strings.Join(r.Evidence, ", ") + ")"
+	}
+	fmt.Fprintf(out, "container pid %d, restored: %s, %d autofs mount(s)\n", r.Pid, restored, len(r.Mounts))
+	if len(r.Mounts) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MOUNT POINT\tTYPE\tMASTER\tUNIT\tSTATE\tON TOP\tNESTED COPIES")
+	for _, m := range r.Mounts {
+		master := m.Master
+		if m.MasterPid > 0 {
+			master += " (" + strconv.Itoa(m.MasterPid) + ")"
+		}
+		nested := "-"
+		if len(m.Nested) > 0 {
+			nested = strconv.Itoa(len(m.Nested))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, dash(m.Unit), m.State, dash(m.OnTop), nested)
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,171 @@
+package mounts
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Staging holds filesystems moved off autofs mount points while their
+// master is restarted. It is a private tmpfs mounted inside the
+// container's mount namespace (only the worker creates and removes it), so
+// that moves into and out of it are allowed even when the container's
+// mounts are shared.
+type Staging struct {
+	Base string
+	n    int
+}
+
+// stagingCandidates are tried in order; /run is a tmpfs in every systemd
+// container.
+var stagingCandidates = []string{"/run/.autofs-restore-hook", "/dev/.autofs-restore-hook", "/tmp/.autofs-restore-hook"}
+
+// OpenStaging mounts the staging tmpfs (or reuses the one a killed earlier
+// run left). It must run in the worker (inside the mount namespace).
+func OpenStaging() (*Staging, error) {
+	var errs []error
+	for _, base := range stagingCandidates {
+		s, err := openStagingAt(base)
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("no place to stage mounts: %w", errors.Join(errs...))
+}
+
+func openStagingAt(base string) (*Staging, error) {
+	if err := unix.Mkdir(base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("mkdir %s: %w", base, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(base, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", base, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("%s exists and is not a directory", base)
+	}
+	if !isStaging(base) {
+		if err := unix.Mount("autofs-restore-hook", base, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
+			return nil, fmt.Errorf("mount staging tmpfs on %s: %w", base, err)
+		}
+		fd, err := unix.Open(path.Join(base, stagingMarker), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			unix.Unmount(base, unix.MNT_DETACH)
+			return nil, fmt.Errorf("mark staging %s: %w", base, err)
+		}
+		unix.Close(fd)
+	}
+	if err := unix.Mount("", base, "", unix.MS_PRIVATE, ""); err != nil {
+		return nil, fmt.Errorf("make %s private: %w", base, err)
+	}
+	return &Staging{Base: base}, nil
+}
+
+// stagingMarker is a file created in every staging tmpfs, by which a
+// later run recognises a staging area left by a run that was killed.
+const stagingMarker = ".autofs-restore-hook-staging"
+
+// isStaging tells whether a staging tmpfs is already mounted on base.
+func isStaging(base string) bool {
+	var sf unix.Statfs_t
+	if unix.Statfs(base, &sf) != nil || sf.Type != unix.TMPFS_MAGIC {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Lstat(path.Join(base, stagingMarker), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
+// Close unmounts the staging tmpfs and removes its directory. Anything
+// still staged stays reachable only by the processes that use it.
+func (s *Staging) Close() error {
+	if err := unix.Unmount(s.Base, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount staging %s: %w", s.Base, err)
+	}
+	if err := unix.Rmdir(s.Base); err != nil {
+		return fmt.Errorf("remove staging %s: %w", s.Base, err)
+	}
+	return nil
+}
+
+// MoveAside moves the filesystem mounted on top of the autofs mount of
+// device dev at where into the staging area, keeping its content, open
+// files and submounts, and returns the place it was moved to. The autofs
+// mount below is made private first, since the kernel refuses to move a
+// mount off a shared parent.
+func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (string, error) {
+	ioctlFD, err := ctl.OpenMount(where, dev)
+	if err != nil {
+		return "", fmt.Errorf("move aside %s: %w", Escape(where), err)
+	}
+	defer ioctlFD.Close()
+	if err := unix.MountSetattr(int(ioctlFD.Fd()), "", unix.AT_EMPTY_PATH, &unix.MountAttr{Propagation: unix.MS_PRIVATE}); err != nil {
+		return "", fmt.Errorf("move aside %s: make autofs mount private: %w", Escape(where), err)
+	}
+	for {
+		s.n++
+		dst := path.Join(s.Base, strconv.Itoa(s.n))
+		if err := unix.Mkdir(dst, 0o700); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				continue
+			}
+			return "", fmt.Errorf("move aside %s: mkdir %s: %w", Escape(where), dst, err)
+		}
+		if err := unix.Mount(where, dst, "", unix.MS_MOVE, ""); err != nil {
+			unix.Rmdir(dst)
+			return "", fmt.Errorf("move aside %s: move to %s: %w", Escape(where), dst, err)
+		}
+		return dst, nil
+	}
+}
+
+// MoveBack puts a staged filesystem back on where, on top of the new
+// autofs mount there. Whatever was mounted on top of that autofs mount
+// meanwhile (a request served at once after the restart) is detached
+// first. The mount table, not a path walk, tells what is there: a walk
+// onto an autofs mount point could trigger it.
+func (s *Staging) MoveBack(env *WorkerEnv, staged, where string) error {
+	for i := 0; ; i++ {
+		t, err := env.ReadTable()
+		if err != nil {
+			return fmt.Errorf("move back to %s: %w", Escape(where), err)
+		}
+		a := t.Find(where)
+		if a == nil {
+			return fmt.Errorf("move back to %s: no autofs mount there", Escape(where))
+		}
+		if a.OnTop == nil {
+			break
+		}
+		if i == 8 {
+			return fmt.Errorf("move back to %s: mounts keep appearing on top", Escape(where))
+		}
+		if err := unix.Unmount(where, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
+			return fmt.Errorf("move back to %s: detach what the restart mounted: %w", Escape(where), err)
+		}
+	}
+	if err := unix.Mount(staged, where, "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move %s back to %s: %w", staged, Escape(where), err)
+	}
+	if err := unix.Rmdir(staged); err != nil {
+		return fmt.Errorf("remove %s: %w", staged, err)
+	}
+	return nil
+}
+
+// CatatonicAt opens the autofs mount of device dev at where and makes it
+// catatonic.
+func (d *ControlDevice) CatatonicAt(where string, dev uint64) error {
+	f, err := d.OpenMount(where, dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := d.Catatonic(f); err != nil {
+		return fmt.Errorf("autofs CATATONIC %s: %w", Escape(where), err)
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package mounts
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Process is a process pinned by a pidfd, so that a pid reused by an
+// unrelated process after it was looked up is detected.
+type Process struct {
+	Pid       int
+	StartTime uint64 // field 22 of /proc/PID/stat, in clock ticks
+	pidfd     int
+}
+
+// ErrGone is returned when a process exited (or its pid was reused).
+var ErrGone = errors.New("process is gone")
+
+// OpenProcess pins pid. It fails for pids that do not exist or are zombies.
+func OpenProcess(pid int) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("pid %d: not a valid pid", pid)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)
+		}
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	unix.CloseOnExec(fd)
+	st, err := ReadStat(pid)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pid %d: %w (zombie)", pid, ErrGone)
+	}
+	return &Process{Pid: pid, StartTime: st.StartTime, pidfd: fd}, nil
+}
+
+// Alive reports whether the pinned process still runs (not reused: the
+// pidfd refers to the original process whatever the pid now names).
+func (p *Process) Alive() bool {
+	return unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil
+}
+
+// Check returns ErrGone when the process exited or /proc/PID now describes
+// another process. Call it after reading anything from /proc/PID.
+func (p *Process) Check() error {
+	if !p.Alive() {
+		return fmt.Errorf("pid %d: %w", p.Pid, ErrGone)
+	}
+	st, err := ReadStat(p.Pid)
+	if err != nil || st.StartTime != p.StartTime {
+		return fmt.Errorf("pid %d: %w (pid reused)", p.Pid, ErrGone)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL through the pidfd and waits up to d for the process
+// to be gone.
+func (p *Process) Kill(d time.Duration) error {
+	if err := unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill %d: %w", p.Pid, err)
+	}
+	return p.WaitGone(d)
+}
+
+// WaitGone waits up to d until the process has exited.
+func (p *Process) WaitGone(d time.Duration) error {
+	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("pid %d still alive after %s", p.Pid, d)
+		}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("wait for pid %d: %w", p.Pid, err)
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+}
+
+// PidFD returns the pidfd (owned by p).
+func (p *Process) PidFD() int { return p.pidfd }
+
+// Close releases the pidfd.
+func (p *Process) Close() error { return unix.Close(p.pidfd) }
+
+// Stat holds the fields of /proc/PID/stat the hook uses.
+type Stat struct {
+	Comm      string
+	State     byte
+	PPid      int
+	PGrp      int
+	Session   int
+	StartTime uint64
+}
+
+// ReadStat parses /proc/PID/stat.
+func ReadStat(pid int) (Stat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrGone)
+		}
+		return Stat{}, err
+	}
+	return ParseStat(b)
+}
+
+// ParseStat parses the content of /proc/PID/stat.
+func ParseStat(b []byte) (Stat, error) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return Stat{}, fmt.Errorf("malformed stat %q", b)
+	}
+	f := strings.Fields(string(b[end+1:]))
+	// f[0] is field 3 (state); start time is field 22.
+	if len(f) < 20 || len(f[0]) != 1 {
+		return Stat{}, fmt.Errorf("malformed stat %q", b)
+	}
+	s := Stat{Comm: string(b[open+1 : end]), State: f[0][0]}
+	var err error
+	ints := []*int{&s.PPid, &s.PGrp, &s.Session}
+	for i, p := range ints {
+		if *p, err = strconv.Atoi(f[1+i]); err != nil {
+			return Stat{}, fmt.Errorf("malformed stat field %d: %q", 4+i, f[1+i])
+		}
+	}
+	if s.StartTime, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat start time %q", f[19])
+	}
+	return s, nil
+}
+
+// Status holds the fields of /proc/PID/status the hook uses.
+type Status map[string]string
+
+// ReadStatus reads /proc/PID/status as a key-value map.
+func ReadStatus(pid int) (Status, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil, fmt.Errorf("read status of pid %d: %w", pid, err)
+	}
+	s := Status{}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if ok {
+			s[k] = strings.TrimSpace(v)
+		}
+	}
+	return s, nil
+}
+
+// NSpid returns the pid of the process in each of its pid namespaces,
+// outermost first.
+func (s Status) NSpid() []int {
+	var out []int
+	for _, f := range strings.Fields(s["NSpid"]) {
+		n, _ := strconv.Atoi(f)
+		out = append(out, n)
+	}
+	return out
+}
+
+// TracerPid is the pid of the process tracing this one (CRIU during a
+// restore), or 0.
+func (s Status) TracerPid() int { n, _ := strconv.Atoi(s["TracerPid"]); return n }
+
+// Namespace identifies one namespace of a process (inode of /proc/PID/ns/X).
+func Namespace(pid int, kind string) (uint64, error) {
+	var st unix.Stat_t
+	p := "/proc/" + strconv.Itoa(pid) + "/ns/" + kind
+	if err := unix.Stat(p, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", p, err)
+	}
+	return st.Ino, nil
+}
+
+// SameNamespaces reports which of the namespaces kinds pid shares with the
+// calling process.
+func SameNamespaces(pid int, kinds ...string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, k := range kinds {
+		a, err := Namespace(pid, k)
+		if err != nil {
+			return nil, err
+		}
+		b, err := Namespace(os.Getpid(), k)
+		if err != nil {
+			return nil, err
+		}
+		out[k] = a == b
+	}
+	return out, nil
+}
+
+// PidNamespaceMembers lists the pids (in the caller's numbering) of all
+// processes whose pid namespace is that of pid.
+func PidNamespaceMembers(pid int) ([]int, error) {
+	want, err := Namespace(pid, "pid")
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ns, err := Namespace(n, "pid"); err == nil && ns == want {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// Wchan returns the kernel function pid sleeps in.
+func Wchan(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+	return string(b)
+}

@@ -1,0 +1,42 @@
+package mounts
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// TaskCatatonic is the worker task that makes autofs mounts catatonic.
+const TaskCatatonic = "catatonic"
+
+func init() { RegisterTask(TaskCatatonic, catatonicTask) }
+
+// Target names one autofs mount by mount point and device.
+type Target struct {
+	Where string `json:"where"`
+	Dev   uint64 `json:"dev"`
+}
+
+// TargetResult is the outcome for one Target ("" when it worked).
+type TargetResult struct {
+	Where string `json:"where"`
+	Error string `json:"error,omitempty"`
+}
+
+// catatonicTask makes each target catatonic. It runs inside the
+// container's mount namespace and root, so the mount point is resolved as
+// the container sees it, and from the host's pid namespace, so the walk
+// never waits on the container's autofs mounts.
+func catatonicTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	var targets []Target
+	if err := json.Unmarshal(args, &targets); err != nil {
+		return nil, fmt.Errorf("catatonic: bad request: %w", err)
+	}
+	out := make([]TargetResult, len(targets))
+	for i, t := range targets {
+		out[i].Where = t.Where
+		if err := env.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
+			out[i].Error = err.Error()
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,267 @@
+package mounts
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WorkerArg is the hidden first argument that makes the binary run as a
+// mount-namespace worker (see RunWorker). It is not a user command.
+const WorkerArg = "__autofs-restore-hook-worker"
+
+// A Task runs inside a container's mount namespace, chrooted to the
+// container process's root, on a thread that stays locked. It gets the
+// JSON arguments the parent sent and reports progress through log.
+type Task func(env *WorkerEnv, args json.RawMessage, log func(string)) (any, error)
+
+// WorkerEnv is what a task gets from the host side: the container
+// process's /proc directory (to read its mount table without walking the
+// container's paths) and the host's /dev/autofs (the container may have
+// none).
+type WorkerEnv struct {
+	Proc *os.File
+	Ctl  *ControlDevice
+}
+
+// ReadTable reads the mount table of the container's process.
+func (e *WorkerEnv) ReadTable() (*Table, error) {
+	fd, err := unix.Openat(int(e.Proc.Fd()), "mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open mountinfo: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "mountinfo")
+	defer f.Close()
+	return ParseTable(f)
+}
+
+var (
+	tasksMu sync.Mutex
+	tasks   = map[string]Task{}
+)
+
+// RegisterTask makes task runnable under name by RunInMountNS. Register
+// from init functions, so that the re-executed worker knows every task.
+func RegisterTask(name string, task Task) {
+	tasksMu.Lock()
+	defer tasksMu.Unlock()
+	if _, dup := tasks[name]; dup {
+		panic("mounts: task registered twice: " + name)
+	}
+	tasks[name] = task
+}
+
+type workerMsg struct {
+	Log    string          `json:"log,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+	Done   bool            `json:"done,omitempty"`
+}
+
+// RunInMountNS runs the task called name in a child process that joined
+// the mount namespace and root of p, with args as its input, and decodes
+// its result into result. The child runs in the caller's pid namespace, so
+// a path walk across a broken autofs mount of the container fails instead
+// of waiting; it is killed all the same when timeout passes, and never
+// outlives the caller. Lines the task logs are passed to logf.
+func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf func(string), result any) error {
+	in, err := json.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("worker %s: encode arguments: %w", name, err)
+	}
+	pid := strconv.Itoa(p.Pid)
+	mntns, err := os.Open("/proc/" + pid + "/ns/mnt")
+	if err != nil {
+		return fmt.Errorf("worker %s: open mount namespace of pid %s: %w", name, pid, err)
+	}
+	defer mntns.Close()
+	root, err := os.OpenFile("/proc/"+pid+"/root", unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("worker %s: open root of pid %s: %w", name, pid, err)
+	}
+	defer root.Close()
+	procDir, err := os.OpenFile("/proc/"+pid, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("worker %s: open /proc/%s: %w", name, pid, err)
+	}
+	defer procDir.Close()
+	ctl, err := os.OpenFile("/dev/autofs", os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("worker %s: open /dev/autofs: %w", name, err)
+	}
+	defer ctl.Close()
+	// All were opened through /proc/PID: make sure PID still is the
+	// process we pinned.
+	if err := p.Check(); err != nil {
+		return fmt.Errorf("worker %s: %w", name, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, WorkerArg, name)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.ExtraFiles = []*os.File{mntns, root, procDir, ctl}
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", name, err)
+	}
+	var stderr limitedBuffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("worker %s: start: %w", name, err)
+	}
+	var final *workerMsg
+	var last string
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var m workerMsg
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			continue
+		}
+		if m.Log != "" {
+			last = m.Log
+			if logf != nil {
+				logf(m.Log)
+			}
+		}
+		if m.Done {
+			final = &m
+		}
+	}
+	werr := cmd.Wait()
+	if ctx.Err() != nil {
+		step := ""
+		if last != "" {
+			step = " (last step: " + last + ")"
+		}
+		return fmt.Errorf("worker %s: no answer within %s%s", name, timeout, step)
+	}
+	if final == nil {
+		return fmt.Errorf("worker %s: ended without a result after %s: %v %s", name, time.Since(start).Round(time.Millisecond), werr, stderr.String())
+	}
+	if final.Error != "" {
+		return errors.New(final.Error)
+	}
+	if result != nil && len(final.Result) > 0 {
+		if err := json.Unmarshal(final.Result, result); err != nil {
+			return fmt.Errorf("worker %s: decode result: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// RunWorker is the body of the worker process: it joins the mount
+// namespace passed as fd 3, chroots to the directory passed as fd 4, runs
+// the task named by os.Args[2] with the /proc/PID directory (fd 5) and
+// /dev/autofs (fd 6), and exits.
+func RunWorker() {
+	runtime.LockOSThread() // never unlocked: the thread dies with the process
+	enc := json.NewEncoder(os.Stdout)
+	var mu sync.Mutex
+	send := func(m workerMsg) {
+		mu.Lock()
+		defer mu.Unlock()
+		enc.Encode(m)
+	}
+	fail := func(err error) {
+		send(workerMsg{Done: true, Error: err.Error()})
+		os.Exit(1)
+	}
+	if len(os.Args) < 3 {
+		fail(errors.New("worker: no task named"))
+	}
+	tasksMu.Lock()
+	task := tasks[os.Args[2]]
+	tasksMu.Unlock()
+	if task == nil {
+		fail(fmt.Errorf("worker: unknown task %q", os.Args[2]))
+	}
+	if err := enterMountNS(3, 4); err != nil {
+		fail(fmt.Errorf("worker %s: %w", os.Args[2], err))
+	}
+	args, err := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+	if err != nil {
+		fail(fmt.Errorf("worker %s: read arguments: %w", os.Args[2], err))
+	}
+	for _, fd := range []int{5, 6} {
+		unix.CloseOnExec(fd)
+	}
+	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}}
+	res, err := task(env, args, func(s string) { send(workerMsg{Log: s}) })
+	if err != nil {
+		fail(err)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		fail(fmt.Errorf("worker %s: encode result: %w", os.Args[2], err))
+	}
+	send(workerMsg{Done: true, Result: b})
+	os.Exit(0)
+}
+
+// enterMountNS moves the calling (locked) thread into the mount namespace
+// nsfd and chroots it to the directory rootfd, then closes both fds.
+func enterMountNS(nsfd, rootfd int) error {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("unshare CLONE_FS: %w", err)
+	}
+	if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("join mount namespace: %w", err)
+	}
+	if err := unix.Fchdir(rootfd); err != nil {
+		return fmt.Errorf("enter container root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot to container root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	unix.Close(nsfd)
+	unix.Close(rootfd)
+	return nil
+}
+
+type limitedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if room := 4096 - len(l.b); room > 0 {
+		if len(p) < room {
+			room = len(p)
+		}
+		l.b = append(l.b, p[:room]...)
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}

@@ -1,0 +1,626 @@
+#!/bin/bash
+# lab.sh - runc/CRIU containers with AutoFS mounts for the autofs-restore-hook
+# end-to-end lab. See test/lab/README.md for the reproduced scenarios.
+#
+# Usage: lab.sh COMMAND NAME [OPTIONS]
+#
+#   up NAME KIND [WIRING] [--count N] [--no-trigger] [--automount-daemon]
+#        Create the bundle /var/tmp/arh-lab/NAME (rootfs = copy of the cached
+#        bookworm rootfs), start the container (runc run -d), wait until it is
+#        ready and, unless --no-trigger, trigger the mounts that are meant to be
+#        mounted at checkpoint time (and write stateful content into them).
+#        KIND:
+#          systemd    systemd is PID 1; .automount units /srv/a /srv/b /srv/c
+#                     (+ /srv/u1../srv/uN with --count N), each with a tmpfs
+#                     .mount unit. Trigger: /srv/a/state is written.
+#          automount  PID 1 is a sh loop; the autofs `automount` daemon runs
+#                     (setsid, -f, log in /run/automount.log, pid file
+#                     /run/automount.pid) with a direct map (/srv/direct1,
+#                     /srv/direct2, + /srv/d1../srv/dN with --count N, and a
+#                     multi-mount /srv/dmulti with offset /sub) and an indirect
+#                     map /ind (keys k1 k2 k3, and multi with offset /sub).
+#                     Trigger: /ind/k1/state is written, /ind/multi is mounted
+#                     (its offset /ind/multi/sub stays an untriggered autofs mount).
+#                     Direct mounts are never triggered: CRIU refuses to dump then.
+#                     --automount-daemon: let automount daemonize itself instead
+#                     of -f (logs then go to syslog, i.e. nowhere).
+#          plain      sh loop as PID 1, no autofs at all.
+#   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
+#   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
+#                            the next restore); without WIRING: unwire all.
+#   exec NAME [--timeout SEC] [--] CMD...
+#        runc exec with a hard deadline (timeout -s KILL, default 10 s). On a
+#        timeout: prints "arh-lab: TIMEOUT" + the container's processes in
+#        autofs_wait to stderr and exits 124. The blocked process stays
+#        (see kill-waiters).
+#   checkpoint NAME [--image DIR] [--leave-running]
+#        runc checkpoint --image-path DIR (default BUNDLE/image, replaced).
+#   restore NAME [--image DIR] [WIRING | --unwire]
+#        runc restore -d with the CRIU wrapper first in PATH. WIRING given here
+#        is written into config.json first (see wire).
+#   down NAME         runc delete -f, remove cgroups and the bundle. Idempotent.
+#   pid NAME          host pid of the container's init.
+#   pids NAME         host pids of all processes in the container's pid namespace.
+#   ps NAME           pid, state, wchan and command of each of them.
+#   waiters NAME      host pids of the container's processes in autofs_wait.
+#   kill-waiters NAME SIGKILL them.
+#   mounts NAME       the container's autofs mounts and the mounts below them,
+#                     from /proc/PID/mountinfo (never walks a path).
+#   status NAME       runc state.
+#   list              lab bundles and runc containers named arh-lab-*.
+#
+# WIRING (how our hook is plugged in; any combination):
+#   --action-script BIN   CRIU action script, without touching /etc/criu: the
+#                         bundle's criu.conf says "action-script BIN" and the
+#                         config.json annotation org.criu.config points at it.
+#                         Unwired bundles carry org.criu.config="" so that
+#                         /etc/criu/runc.conf is never read either.
+#   --criu-opt LINE       extra line for that criu.conf (repeatable).
+#   --hook BIN            OCI hook in config.json, args [BIN, --hook-arg...].
+#   --hook-stage STAGE    createRuntime (default), prestart, createContainer,
+#                         startContainer, poststart, poststop.
+#   --hook-arg ARG        extra argument (repeatable).
+#   --hook-env K=V        environment of the hook (repeatable).
+#   --hook-timeout SEC    OCI hook timeout.
+#
+# NAME must start with arh-lab-. Environment: ARH_LAB_DIR (default
+# /var/tmp/arh-lab), ARH_LAB_CACHE (default /var/cache/autofs-restore-hook).
+# Every command prints "arh-lab: <command> NAME took S.SSs" to stderr.
+set -euo pipefail
+
+LAB_DIR=${ARH_LAB_DIR:-/var/tmp/arh-lab}
+CACHE=${ARH_LAB_CACHE:-/var/cache/autofs-restore-hook}
+ROOTFS_SRC=$CACHE/rootfs-bookworm
+export PATH=$CACHE/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+fmt_ms() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }
+T0=$(now_ms)
+say() { echo "arh-lab: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+took() { say "$1 took $(fmt_ms $(($(now_ms) - T0)))s"; }
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 2; }
+
+check_name() {
+	[[ ${1:-} =~ ^arh-lab-[A-Za-z0-9_.-]+$ ]] || die "container name must match arh-lab-[A-Za-z0-9_.-]+ (got '${1:-}')"
+}
+bundle_of() { echo "$LAB_DIR/$1"; }
+
+json_str() { # JSON string literal
+	local s=$1
+	s=${s//\\/\\\\}
+	s=${s//\"/\\\"}
+	s=${s//$'\t'/\\t}
+	s=${s//$'\n'/\\n}
+	printf '"%s"' "$s"
+}
+json_arr() { # json_arr item... -> ["a","b"]
+	local out="" x
+	for x in "$@"; do out+="${out:+, }$(json_str "$x")"; done
+	printf '[%s]' "$out"
+}
+
+# Capabilities the host's bounding set allows (this machine has no CAP_SYS_RESOURCE).
+CAP_NAMES=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP
+	LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER
+	SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE
+	SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP
+	MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF
+	CHECKPOINT_RESTORE)
+host_caps() {
+	local bnd i caps=()
+	bnd=$((16#$(awk '/^CapBnd:/{print $2}' /proc/self/status)))
+	for i in "${!CAP_NAMES[@]}"; do
+		if (((bnd >> i) & 1)); then caps+=("CAP_${CAP_NAMES[$i]}"); fi
+	done
+	json_arr "${caps[@]}"
+}
+
+# ------------------------------------------------------------------ options
+# Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0
+ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
+CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
+WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
+REST=()
+parse_opts() {
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--count) COUNT=$2; shift ;;
+		--no-trigger) TRIGGER=0 ;;
+		--automount-daemon) AUTOMOUNT_DAEMON=1 ;;
+		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
+		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
+		--hook) HOOK_PATH=$2; WIRING_GIVEN=1; shift ;;
+		--hook-stage) HOOK_STAGE=$2; shift ;;
+		--hook-arg) HOOK_ARGS+=("$2"); shift ;;
+		--hook-env) HOOK_ENV+=("$2"); shift ;;
+		--hook-timeout) HOOK_TIMEOUT=$2; shift ;;
+		--unwire) UNWIRE=1 ;;
+		--image) IMAGE=$2; shift ;;
+		--leave-running) LEAVE_RUNNING=1 ;;
+		--timeout) TIMEOUT=$2; shift ;;
+		--) shift; REST=("$@"); return ;;
+		-*) die "unknown option $1" ;;
+		*) REST=("$@"); return ;;
+		esac
+		shift
+	done
+}
+[[ $COUNT =~ ^[0-9]+$ ]] || true
+abspath() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+
+save_conf() { # save_conf BUNDLE
+	{
+		declare -p KIND COUNT AUTOMOUNT_DAEMON ACTION_SCRIPT HOOK_PATH HOOK_STAGE HOOK_TIMEOUT
+		declare -p CRIU_OPTS HOOK_ARGS HOOK_ENV
+	} >"$1/lab.conf"
+}
+load_conf() { # load_conf BUNDLE ; keeps wiring given on the command line
+	local a=$ACTION_SCRIPT h=$HOOK_PATH hs=$HOOK_STAGE ht=$HOOK_TIMEOUT
+	local co=("${CRIU_OPTS[@]}") ha=("${HOOK_ARGS[@]}") he=("${HOOK_ENV[@]}")
+	[ -f "$1/lab.conf" ] || die "no bundle at $1 (run: lab.sh up/bundle)"
+	# shellcheck disable=SC1091
+	source "$1/lab.conf"
+	if [ "$UNWIRE" = 1 ]; then
+		ACTION_SCRIPT="" HOOK_PATH="" CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=() HOOK_TIMEOUT=""
+		HOOK_STAGE=createRuntime
+	fi
+	if [ "$WIRING_GIVEN" = 1 ]; then
+		ACTION_SCRIPT=$a HOOK_PATH=$h HOOK_STAGE=$hs HOOK_TIMEOUT=$ht
+		CRIU_OPTS=("${co[@]}") HOOK_ARGS=("${ha[@]}") HOOK_ENV=("${he[@]}")
+	fi
+}
+
+# -------------------------------------------------------------- config.json
+write_config() { # write_config NAME BUNDLE
+	local name=$1 b=$2 args env annotations hooks="" mounts extra_mounts=""
+	case $KIND in
+	systemd)
+		args=$(json_arr /bin/sh -c 'exec </dev/null >/dev/null 2>&1; exec /lib/systemd/systemd')
+		env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci" \
+			"SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		;;
+	automount | plain)
+		args=$(json_arr /bin/sh /lab/init.sh)
+		env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
+		;;
+	*) die "unknown kind '$KIND' (systemd, automount, plain)" ;;
+	esac
+	# CRIU configuration: never the host's /etc/criu/runc.conf.
+	if [ -n "$ACTION_SCRIPT" ] || [ ${#CRIU_OPTS[@]} -gt 0 ]; then
+		{
+			echo "# written by test/lab/lab.sh for $name"
+			[ -z "$ACTION_SCRIPT" ] || echo "action-script $ACTION_SCRIPT"
+			local o
+			for o in "${CRIU_OPTS[@]}"; do echo "$o"; done
+		} >"$b/criu.conf"
+		annotations="\"org.criu.config\": $(json_str "$b/criu.conf")"
+	else
+		rm -f "$b/criu.conf"
+		annotations='"org.criu.config": ""'
+	fi
+	if [ -n "$HOOK_PATH" ]; then
+		local h="{\"path\": $(json_str "$HOOK_PATH"), \"args\": $(json_arr "$HOOK_PATH" "${HOOK_ARGS[@]}")"
+		[ ${#HOOK_ENV[@]} = 0 ] || h+=", \"env\": $(json_arr "${HOOK_ENV[@]}")"
+		[ -z "$HOOK_TIMEOUT" ] || h+=", \"timeout\": $HOOK_TIMEOUT"
+		h+="}"
+		hooks="\"hooks\": {$(json_str "$HOOK_STAGE"): [$h]},"
+	fi
+	cat >"$b/config.json.tmp" <<JSON
+{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": false,
+    "user": {"uid": 0, "gid": 0},
+    "args": $args,
+    "env": $env,
+    "cwd": "/",
+    "capabilities": {
+      "bounding": $(host_caps),
+      "effective": $(host_caps),
+      "permitted": $(host_caps)
+    },
+    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+    "noNewPrivileges": false
+  },
+  "root": {"path": "rootfs", "readonly": false},
+  "hostname": $(json_str "$name"),
+  "annotations": {$annotations},
+  $hooks
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]},
+    {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
+    {"destination": "/run/lock", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]},
+    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
+  ],
+  "linux": {
+    "cgroupsPath": $(json_str "/arh-lab/$name"),
+    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+    "devices": [{"path": "/dev/autofs", "type": "c", "major": 10, "minor": 235, "fileMode": 420, "uid": 0, "gid": 0}],
+    "resources": {"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 235, "access": "rwm"}]}
+  }
+}
+JSON
+	mv "$b/config.json.tmp" "$b/config.json"
+}
+
+# ----------------------------------------------------------- rootfs content
+populate_systemd() { # populate_systemd ROOTFS
+	local r=$1 names=(a b c) i n
+	for ((i = 1; i <= COUNT; i++)); do names+=("u$i"); done
+	mkdir -p "$r/etc/systemd/system/multi-user.target.wants"
+	for n in "${names[@]}"; do
+		cat >"$r/etc/systemd/system/srv-$n.mount" <<UNIT
+[Unit]
+Description=arh-lab tmpfs /srv/$n
+
+[Mount]
+What=tmpfs
+Where=/srv/$n
+Type=tmpfs
+Options=size=4m,mode=0755
+UNIT
+		cat >"$r/etc/systemd/system/srv-$n.automount" <<UNIT
+[Unit]
+Description=arh-lab automount /srv/$n
+
+[Automount]
+Where=/srv/$n
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+		ln -sfn ../srv-$n.automount "$r/etc/systemd/system/multi-user.target.wants/srv-$n.automount"
+	done
+	printf '%s\n' "${names[@]}" >"$r/lab/automounts"
+}
+
+populate_automount() { # populate_automount ROOTFS
+	local r=$1 i opts="-fstype=tmpfs,size=4m,mode=0755"
+	cat >"$r/etc/auto.master" <<MAP
+# arh-lab: written by test/lab/lab.sh
+/-	/etc/auto.direct	--timeout=0
+/ind	/etc/auto.ind	--timeout=0
+MAP
+	{
+		echo "/srv/direct1	$opts	:tmpfs"
+		echo "/srv/direct2	$opts	:tmpfs"
+		for ((i = 1; i <= COUNT; i++)); do echo "/srv/d$i	$opts	:tmpfs"; done
+		echo "/srv/dmulti	/ $opts :tmpfs	/sub $opts :tmpfs"
+	} >"$r/etc/auto.direct"
+	{
+		echo "k1	$opts	:tmpfs"
+		echo "k2	$opts	:tmpfs"
+		echo "k3	$opts	:tmpfs"
+		echo "multi	/ $opts :tmpfs	/sub $opts :tmpfs"
+	} >"$r/etc/auto.ind"
+	local am='setsid /usr/sbin/automount -f -d -p /run/automount.pid </dev/null >/run/automount.log 2>&1 &'
+	[ "$AUTOMOUNT_DAEMON" = 0 ] || am='setsid /usr/sbin/automount -d -p /run/automount.pid </dev/null >/dev/null 2>&1'
+	cat >"$r/lab/init.sh" <<INIT
+#!/bin/sh
+# arh-lab init (kind automount): stdio inside the container, automount as a
+# process-group leader, then a reaping sleep loop as PID 1.
+exec </dev/null >/dev/null 2>&1
+$am
+while :; do sleep 3600; done
+INIT
+	chmod 755 "$r/lab/init.sh"
+}
+
+populate_plain() {
+	cat >"$1/lab/init.sh" <<'INIT'
+#!/bin/sh
+exec </dev/null >/dev/null 2>&1
+while :; do sleep 3600; done
+INIT
+	chmod 755 "$1/lab/init.sh"
+}
+
+make_bundle() { # make_bundle NAME
+	local name=$1 b
+	b=$(bundle_of "$name")
+	[ -d "$ROOTFS_SRC" ] || die "no rootfs at $ROOTFS_SRC: run test/lab/provision.sh"
+	[ ! -e "$b" ] || die "$b exists: lab.sh down $name first"
+	case $KIND in systemd | automount | plain) ;; *) die "unknown kind '$KIND' (systemd, automount, plain)" ;; esac
+	[[ $COUNT =~ ^[0-9]+$ ]] || die "--count wants a number"
+	mkdir -p "$b/log" "$b/work"
+	cp -a "$ROOTFS_SRC" "$b/rootfs"
+	mkdir -p "$b/rootfs/lab"
+	case $KIND in
+	systemd) populate_systemd "$b/rootfs" ;;
+	automount) populate_automount "$b/rootfs" ;;
+	plain) populate_plain "$b/rootfs" ;;
+	esac
+	save_conf "$b"
+	write_config "$name" "$b"
+}
+
+# ------------------------------------------------------------ inspection
+init_pid() { # host pid of the init, empty if not running
+	runc state "$1" 2>/dev/null | sed -n 's/^ *"pid": *\([0-9]*\),*$/\1/p'
+}
+runc_status() { runc state "$1" 2>/dev/null | sed -n 's/^ *"status": *"\([a-z]*\)",*$/\1/p'; }
+container_pids() { # all host pids in the init's pid namespace
+	local ip ns p
+	ip=$(init_pid "$1")
+	[ -n "$ip" ] || return 0
+	ns=$(readlink "/proc/$ip/ns/pid" 2>/dev/null) || return 0
+	for p in /proc/[0-9]*; do
+		[ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
+	done | sort -n
+	return 0
+}
+proc_line() { # pid state wchan cmdline
+	local p=$1 st wchan cmd
+	st=$(sed 's/^.*) \(.\).*$/\1/' "/proc/$p/stat" 2>/dev/null) || return 0
+	wchan=$(cat "/proc/$p/wchan" 2>/dev/null || echo ?)
+	[ -n "$wchan" ] && [ "$wchan" != 0 ] || wchan=-
+	cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-100)
+	printf '%7s %s %-22s %s\n' "$p" "$st" "$wchan" "$cmd"
+}
+autofs_waiters() {
+	local p
+	for p in $(container_pids "$1"); do
+		[ "$(cat "/proc/$p/wchan" 2>/dev/null)" = autofs_wait ] && echo "$p"
+	done
+	return 0
+}
+print_waiters() { # to stderr
+	local w p
+	w=$(autofs_waiters "$1")
+	if [ -z "$w" ]; then
+		say "no process of $1 in autofs_wait"
+	else
+		say "processes of $1 in autofs_wait:"
+		for p in $w; do proc_line "$p" >&2; done
+	fi
+}
+autofs_mounts() { # autofs mounts of the container and the mounts at or below them
+	local ip
+	ip=$(init_pid "$1")
+	[ -n "$ip" ] || die "$1 is not running"
+	# mountinfo: id parent major:minor root mountpoint options ... - fstype source superoptions
+	awk 'FNR == NR { if ($0 ~ / - autofs /) a[$5] = 1; next }
+	     { split($0, f, " - "); split(f[2], t, " "); under = 0
+	       for (m in a) if ($5 == m || index($5, m "/") == 1) under = 1
+	       if (under) printf "%-24s %-8s dev=%-7s %s\n", $5, t[1], $3, (t[1] == "autofs" ? t[3] : "") }' \
+		"/proc/$ip/mountinfo" "/proc/$ip/mountinfo"
+}
+
+wait_ready() { # wait_ready NAME KIND
+	local name=$1 deadline s ip n want
+	deadline=$(($(now_ms) + 90000))
+	case $2 in
+	systemd)
+		while :; do
+			s=$(timeout -s KILL 5 runc exec "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
+			case $s in running | degraded) break ;; esac
+			[ "$(now_ms)" -lt "$deadline" ] || die "systemd in $name not up after 90 s (state '$s')"
+			sleep 0.3
+		done
+		[ "$s" = running ] || {
+			say "warning: systemd in $name is '$s'; failed units:"
+			timeout -s KILL 5 runc exec "$name" systemctl --failed --no-pager </dev/null >&2 || true
+		}
+		want=$(wc -l <"$(bundle_of "$name")/rootfs/lab/automounts")
+		;;
+	automount) want=$((4 + COUNT)) ;; # direct1 direct2 dN dmulti + /ind
+	plain) return 0 ;;
+	esac
+	ip=$(init_pid "$name")
+	while :; do
+		n=$(grep -c ' - autofs ' "/proc/$ip/mountinfo" || true)
+		[ "$n" -lt "$want" ] || break
+		[ "$(now_ms)" -lt "$deadline" ] || die "$name has $n autofs mounts, want $want, after 90 s"
+		sleep 0.2
+	done
+	say "$name ready: $n autofs mounts"
+}
+
+trigger() { # trigger NAME KIND: mount what must be mounted at checkpoint time
+	local name=$1
+	case $2 in
+	systemd)
+		timeout -s KILL 10 runc exec "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
+			die "triggering /srv/a in $name failed"
+		say "$name: triggered /srv/a, wrote /srv/a/state"
+		;;
+	automount)
+		timeout -s KILL 10 runc exec "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
+			die "triggering /ind/k1 and /ind/multi in $name failed"
+		say "$name: triggered /ind/k1 (wrote /ind/k1/state) and /ind/multi (offset /ind/multi/sub untriggered)"
+		;;
+	esac
+}
+
+# ------------------------------------------------------------- commands
+cmd_up() {
+	local name=$1 b
+	shift
+	KIND=${1:-}
+	shift || true
+	parse_opts "$@"
+	check_name "$name"
+	b=$(bundle_of "$name")
+	make_bundle "$name"
+	say "bundle $b ($KIND) created in $(fmt_ms $(($(now_ms) - T0)))s"
+	if ! runc run -d -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/run.log" 2>&1; then
+		cat "$b/log/run.log" >&2
+		die "runc run $name failed"
+	fi
+	wait_ready "$name" "$KIND"
+	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
+	took "up $name"
+}
+
+cmd_bundle() {
+	local name=$1
+	shift
+	KIND=${1:-}
+	shift || true
+	parse_opts "$@"
+	check_name "$name"
+	make_bundle "$name"
+	echo "$(bundle_of "$name")"
+	took "bundle $name"
+}
+
+cmd_wire() {
+	local name=$1 b
+	shift
+	parse_opts "$@"
+	check_name "$name"
+	b=$(bundle_of "$name")
+	[ "$WIRING_GIVEN" = 1 ] || UNWIRE=1
+	load_conf "$b"
+	save_conf "$b"
+	write_config "$name" "$b"
+	say "$name wired: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}' (${HOOK_STAGE})"
+}
+
+cmd_exec() {
+	local name=$1 start rc
+	shift
+	parse_opts "$@"
+	check_name "$name"
+	[ ${#REST[@]} -gt 0 ] || die "exec: no command"
+	start=$(now_ms)
+	rc=0
+	timeout -s KILL "$TIMEOUT" runc exec "$name" "${REST[@]}" </dev/null || rc=$?
+	if [ $rc = 137 ] && [ $(($(now_ms) - start)) -ge $((TIMEOUT * 1000 - 100)) ]; then
+		say "TIMEOUT: '${REST[*]}' in $name did not finish within ${TIMEOUT}s (runc exec killed)"
+		print_waiters "$name"
+		took "exec $name"
+		exit 124
+	fi
+	took "exec $name"
+	exit $rc
+}
+
+cmd_checkpoint() {
+	local name=$1 b
+	shift
+	parse_opts "$@"
+	check_name "$name"
+	b=$(bundle_of "$name")
+	[ -d "$b" ] || die "no bundle $b"
+	IMAGE=$(abspath "${IMAGE:-$b/image}")
+	rm -rf "$IMAGE"
+	mkdir -p "$IMAGE" "$b/work"
+	local extra=()
+	[ "$LEAVE_RUNNING" = 0 ] || extra+=(--leave-running)
+	if ! timeout -s KILL 120 runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
+		cat "$b/log/checkpoint.log" >&2
+		say "last lines of $b/work/dump.log:"
+		tail -15 "$b/work/dump.log" >&2 2>/dev/null || true
+		die "runc checkpoint $name failed"
+	fi
+	say "checkpoint image: $IMAGE ($(du -sh "$IMAGE" | cut -f1)), CRIU log: $b/work/dump.log"
+	took "checkpoint $name"
+}
+
+cmd_restore() {
+	local name=$1 b
+	shift
+	parse_opts "$@"
+	check_name "$name"
+	b=$(bundle_of "$name")
+	load_conf "$b"
+	if [ "$WIRING_GIVEN" = 1 ] || [ "$UNWIRE" = 1 ]; then
+		save_conf "$b"
+		write_config "$name" "$b"
+	fi
+	IMAGE=$(abspath "${IMAGE:-$b/image}")
+	[ -f "$IMAGE/inventory.img" ] || die "no checkpoint image in $IMAGE"
+	if [ -n "$(runc_status "$name")" ]; then die "$name still exists in runc (status $(runc_status "$name")): down it or checkpoint it first"; fi
+	mkdir -p "$b/work"
+	say "restore $name: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}'"
+	if ! (cd "$b" && timeout -s KILL 120 runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
+		cat "$b/log/restore.log" >&2
+		say "last lines of $b/work/restore.log:"
+		tail -15 "$b/work/restore.log" >&2 2>/dev/null || true
+		die "runc restore $name failed"
+	fi
+	say "restored $name: init pid $(init_pid "$name"), CRIU log: $b/work/restore.log"
+	took "restore $name"
+}
+
+cgroup_cleanup() { # remove /sys/fs/cgroup/*/arh-lab/NAME trees (children first)
+	local d
+	for d in /sys/fs/cgroup/*/arh-lab/"$1" /sys/fs/cgroup/unified/arh-lab/"$1"; do
+		[ -d "$d" ] || continue
+		find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+	done
+}
+
+cmd_down() {
+	local name=$1 b i
+	check_name "$name"
+	b=$(bundle_of "$name")
+	if [ -n "$(runc_status "$name")" ]; then
+		timeout -s KILL 30 runc delete -f "$name" >/dev/null 2>&1 || true
+		for i in $(seq 50); do [ -z "$(runc_status "$name")" ] && break; sleep 0.1; done
+		if [ -n "$(runc_status "$name")" ]; then
+			timeout -s KILL 10 runc kill -a "$name" KILL >/dev/null 2>&1 || true
+			sleep 0.5
+			timeout -s KILL 30 runc delete -f "$name" >/dev/null 2>&1 || true
+		fi
+		[ -z "$(runc_status "$name")" ] || say "warning: runc still knows $name: $(runc_status "$name")"
+	fi
+	cgroup_cleanup "$name"
+	if [ -d "$b" ]; then
+		# Never rm -rf across a mount point.
+		if awk -v b="$b" '$5 == b || index($5, b "/") == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
+			awk -v b="$b" '$5 == b || index($5, b "/") == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
+		fi
+		rm -rf --one-file-system "$b"
+	fi
+	took "down $name"
+}
+
+cmd_list() {
+	local d
+	for d in "$LAB_DIR"/arh-lab-*; do
+		[ -d "$d" ] || continue
+		local n=${d##*/} k=""
+		k=$(sed -n 's/^declare -- KIND="\(.*\)"$/\1/p' "$d/lab.conf" 2>/dev/null)
+		printf '%-30s %-10s %s\n' "$n" "${k:-?}" "$(runc_status "$n")"
+	done
+	runc list 2>/dev/null | awk 'NR == 1 || $1 ~ /^arh-lab-/'
+}
+
+[ $# -ge 1 ] || usage
+[ "$(id -u)" = 0 ] || die "must run as root"
+cmd=$1
+shift
+case $cmd in
+up) [ $# -ge 2 ] || usage; cmd_up "$@" ;;
+bundle) [ $# -ge 2 ] || usage; cmd_bundle "$@" ;;
+wire) [ $# -ge 1 ] || usage; cmd_wire "$@" ;;
+exec) [ $# -ge 2 ] || usage; cmd_exec "$@" ;;
+checkpoint) [ $# -ge 1 ] || usage; cmd_checkpoint "$@" ;;
+restore) [ $# -ge 1 ] || usage; cmd_restore "$@" ;;
+down) [ $# -ge 1 ] || usage; cmd_down "$1" ;;
+pid) check_name "${1:-}"; p=$(init_pid "$1"); [ -n "$p" ] || die "$1 is not running"; echo "$p" ;;
+pids) check_name "${1:-}"; container_pids "$1" ;;
+ps) check_name "${1:-}"; for p in $(container_pids "$1"); do proc_line "$p"; done ;;
+waiters) check_name "${1:-}"; autofs_waiters "$1" ;;
+kill-waiters)
+	check_name "${1:-}"
+	for p in $(autofs_waiters "$1"); do proc_line "$p" >&2; kill -KILL "$p" 2>/dev/null || true; done
+	took "kill-waiters $1"
+	;;
+mounts) check_name "${1:-}"; autofs_mounts "$1" ;;
+status) check_name "${1:-}"; runc state "$1" ;;
+list) cmd_list ;;
+-h | --help | help) usage ;;
+*) die "unknown command $cmd (lab.sh --help)" ;;
+esac

@@ -1,0 +1,321 @@
+package units
+
+import (
+	"context"
+	"encoding/json"
+		"fmt"
+	"strings"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// SystemdSocket is systemd's private D-Bus socket inside the container:
+// it answers root without a bus daemon (the containers the hook serves
+// often have none).
+const SystemdSocket = "/run/systemd/private"
+
+// TaskSystemdRestart and TaskSystemdUnits are the worker tasks of this
+// file (see mounts.RunInMountNS).
+const (
+	TaskSystemdRestart = "systemd-restart"
+	TaskSystemdUnits   = "systemd-units"
+)
+
+func init() {
+	mounts.RegisterTask(TaskSystemdRestart, systemdRestartTask)
+	mounts.RegisterTask(TaskSystemdUnits, systemdUnitsTask)
+}
+
+// RestartTarget is one systemd automount to make work again.
+type RestartTarget struct {
+	// Where is the mount point; Unit the unit name guessed from it.
+	Where string `json:"where"`
+	Unit  string `json:"unit"`
+	// Dev is the device of the stale autofs mount (0 if it is gone).
+	Dev uint64 `json:"dev"`
+}
+
+// RestartRequest is the input of the systemd-restart task.
+type RestartRequest struct {
+	Targets  []RestartTarget `json:"targets"`
+	Deadline time.Time       `json:"deadline"`
+}
+
+// RestartResult says what became of one target.
+type RestartResult struct {
+	Where string `json:"where"`
+	Unit  string `json:"unit"`
+	// NewDev is the device of the new autofs mount.
+	NewDev uint64 `json:"new_dev,omitempty"`
+	// MovedBack is set when a filesystem on top was preserved.
+	MovedBack bool `json:"moved_back,omitempty"`
+	// Released is set when the old mount was made catatonic here.
+	Released bool   `json:"released,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+type systemd struct {
+	conn *dbus.Conn
+	ctx  context.Context
+	env  *mounts.WorkerEnv
+}
+
+func dialSystemd(ctx context.Context) (*systemd, error) {
+	conn, err := dbus.Dial("unix:path="+SystemdSocket, dbus.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("connect to the container's systemd at %s: %w", SystemdSocket, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- conn.Auth([]dbus.Auth{dbus.AuthExternal("0")}) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("authenticate to the container's systemd: %w", err)
+	}
+	return &systemd{conn: conn, ctx: ctx}, nil
+}
+
+func (s *systemd) manager() dbus.BusObject {
+	return s.conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+}
+
+func (s *systemd) call(obj dbus.BusObject, method string, out any, args ...any) error {
+	c := obj.CallWithContext(s.ctx, method, 0, args...)
+	if c.Err != nil {
+		return c.Err
+	}
+	if out != nil {
+		return c.Store(out)
+	}
+	return nil
+}
+
+func (s *systemd) property(path dbus.ObjectPath, iface, name string) (dbus.Variant, error) {
+	var v dbus.Variant
+	err := s.call(s.conn.Object("org.freedesktop.systemd1", path), "org.freedesktop.DBus.Properties.Get", &v, iface, name)
+	return v, err
+}
+
+// automountUnits maps each automount unit's Where= to its name and path.
+func (s *systemd) automountUnits() (map[string]unitRef, error) {
+	var list []struct {
+		Name, Description, Load, Active, Sub, Following string
+		Path                                             dbus.ObjectPath
+		JobID                                            uint32
+		JobType                                          string
+		JobPath                                          dbus.ObjectPath
+	}
+	if err := s.call(s.manager(), "org.freedesktop.systemd1.Manager.ListUnitsByPatterns", &list, []string{}, []string{"*.automount"}); err != nil {
+		return nil, fmt.Errorf("list automount units: %w", err)
+	}
+	out := make(map[string]unitRef, len(list))
+	for _, u := range list {
+		v, err := s.property(u.Path, "org.freedesktop.systemd1.Automount", "Where")
+		if err != nil {
+			return nil, fmt.Errorf("read Where= of %s: %w", u.Name, err)
+		}
+		where, _ := v.Value().(string)
+		out[where] = unitRef{Name: u.Name, Path: u.Path}
+	}
+	return out, nil
+}
+
+type unitRef struct {
+	Name string
+	Path dbus.ObjectPath
+}
+
+// systemdUnitsTask answers which unit serves which mount point.
+func systemdUnitsTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+	var deadline time.Time
+	if err := json.Unmarshal(args, &deadline); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	s, err := dialSystemd(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.conn.Close()
+	units, err := s.automountUnits()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for where, u := range units {
+		out[where] = u.Name
+	}
+	return out, nil
+}
+
+// systemdRestartTask runs in the container's mount namespace. For every
+// target it moves a filesystem mounted on top aside, makes the stale
+// autofs mount catatonic (which releases anything waiting on it), then
+// restarts all the units in one go, waits for their new autofs mounts and
+// puts the preserved filesystems back on top.
+func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	var req RestartRequest
+	if err := json.Unmarshal(args, &req); err != nil {
+		return nil, fmt.Errorf("systemd-restart: bad request: %w", err)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
+	defer cancel()
+	results := make([]RestartResult, len(req.Targets))
+	for i, t := range req.Targets {
+		results[i] = RestartResult{Where: t.Where, Unit: t.Unit}
+	}
+	s, err := dialSystemd(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.conn.Close()
+	s.env = env
+	units, err := s.automountUnits()
+	if err != nil {
+		return nil, err
+	}
+	table, err := env.ReadTable()
+	if err != nil {
+		return nil, err
+	}
+	var staging *mounts.Staging
+	staged := map[int]string{}
+	var restart []int
+	for i, t := range req.Targets {
+		r := &results[i]
+		u, ok := units[t.Where]
+		if !ok {
+			r.Error = fmt.Sprintf("no automount unit of the container's systemd has Where=%s", mounts.Escape(t.Where))
+			continue
+		}
+		r.Unit = u.Name
+		if a := table.Find(t.Where); a != nil && a.Dev() == t.Dev {
+			if a.OnTop != nil {
+				if staging == nil {
+					if staging, err = mounts.OpenStaging(); err != nil {
+						r.Error = err.Error()
+						continue
+					}
+				}
+				dst, err := staging.MoveAside(env.Ctl, t.Where, t.Dev)
+				if err != nil {
+					r.Error = err.Error()
+					continue
+				}
+				staged[i] = dst
+				logf(fmt.Sprintf("%s: moved %s on top aside", mounts.Escape(t.Where), a.OnTop.FSType))
+			}
+			if !a.Options.Catatonic() {
+				if err := env.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
+					// A request already pending makes the mount point
+					// unreachable from here: restart all the same, and
+					// report what may stay blocked.
+					logf(fmt.Sprintf("%s: could not make the old mount catatonic (%v); processes already waiting on it stay blocked", mounts.Escape(t.Where), err))
+				} else {
+					r.Released = true
+				}
+			}
+		}
+		restart = append(restart, i)
+	}
+	if len(restart) > 0 {
+		if err := s.restartAll(req.Targets, results, restart, units, logf); err != nil {
+			for _, i := range restart {
+				if results[i].Error == "" {
+					results[i].Error = err.Error()
+				}
+			}
+		}
+	}
+	for i, dst := range staged {
+		if err := staging.MoveBack(env, dst, req.Targets[i].Where); err != nil {
+			results[i].Error = strings.TrimPrefix(results[i].Error+"; ", "; ") + err.Error()
+			logf(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), dst, err))
+			continue
+		}
+		results[i].MovedBack = true
+	}
+	if staging != nil && len(staged) > 0 {
+		allBack := true
+		for i := range staged {
+			allBack = allBack && results[i].MovedBack
+		}
+		if allBack {
+			if err := staging.Close(); err != nil {
+				logf(err.Error())
+			}
+		}
+	} else if staging != nil {
+		staging.Close()
+	}
+	return results, nil
+}
+
+// restartAll resets and restarts the units of the targets idx in one
+// batch of pipelined calls, then waits until each is active with a new
+// autofs mount at its Where.
+func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, idx []int, units map[string]unitRef, logf func(string)) error {
+	calls := make([]*dbus.Call, 0, 2*len(idx))
+	for _, i := range idx {
+		name := units[targets[i].Where].Name
+		calls = append(calls, s.manager().GoWithContext(s.ctx, "org.freedesktop.systemd1.Manager.ResetFailedUnit", 0, nil, name))
+		calls = append(calls, s.manager().GoWithContext(s.ctx, "org.freedesktop.systemd1.Manager.RestartUnit", 0, nil, name, "replace"))
+	}
+	for k, c := range calls {
+		<-c.Done
+		if c.Err != nil && k%2 == 1 {
+			i := idx[k/2]
+			results[i].Error = fmt.Sprintf("restart %s: %v", results[i].Unit, c.Err)
+		}
+	}
+	pending := map[int]bool{}
+	for _, i := range idx {
+		if results[i].Error == "" {
+			pending[i] = true
+		}
+	}
+	for len(pending) > 0 {
+		table, err := s.env.ReadTable()
+		if err != nil {
+			return err
+		}
+		for i := range pending {
+			t := targets[i]
+			v, err := s.property(units[t.Where].Path, "org.freedesktop.systemd1.Unit", "ActiveState")
+			if err != nil {
+				return fmt.Errorf("read state of %s: %w", results[i].Unit, err)
+			}
+			state, _ := v.Value().(string)
+			a := table.Find(t.Where)
+			if state == "active" && a != nil && a.Dev() != t.Dev && !a.Options.Catatonic() {
+				results[i].NewDev = a.Dev()
+				delete(pending, i)
+			} else if state == "failed" {
+				results[i].Error = fmt.Sprintf("restart %s: the unit failed (see journalctl -u %s in the container)", results[i].Unit, results[i].Unit)
+				delete(pending, i)
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-s.ctx.Done():
+			var names []string
+			for i := range pending {
+				names = append(names, results[i].Unit)
+			}
+			return fmt.Errorf("restart %s: no new autofs mount before the deadline", strings.Join(names, ", "))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
