@@ -56,7 +56,7 @@ type Options struct {
 	// Mode is direct, indirect or offset.
 	Mode Mode
 	// PipeIno is the inode of the pipe whose read end the master holds
-	// (0 on kernels that do not print it).
+	// (0 on kernels that do not print it, and for catatonic mounts).
 	PipeIno uint64
 	// StrictExpire is set when the mount was made with strictexpire.
 	StrictExpire bool
@@ -109,6 +109,11 @@ func ParseOptions(s string) (Options, error) {
 		case "maxproto":
 			o.MaxProto, err = strconv.Atoi(val)
 		case "pipe_ino":
+			// A catatonic mount has no pipe: the kernel prints -1.
+			if val == "-1" {
+				o.PipeIno = 0
+				break
+			}
 			o.PipeIno, err = strconv.ParseUint(val, 10, 64)
 		default:
 			continue

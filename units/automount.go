@@ -225,42 +225,17 @@ func closeAll(files []*os.File) {
 }
 
 // releaseThroughDaemon makes the targets catatonic with the ioctl fds the
-// daemon holds on them (pidfd_getfd): that works even when a request is
-// pending and no path walk can reach the mount.
+// daemon holds on them (see mounts.CatatonicThroughFDs).
 func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, logf func(string)) error {
 	ctl, err := mounts.OpenControlDevice()
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
-	want := map[uint64]string{}
-	for _, t := range targets {
-		want[t.Dev] = t.Where
-	}
-	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(d.Pid) + "/fd")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	for _, where := range mounts.CatatonicThroughFDs(ctl, d, targets) {
+		if logf != nil {
+			logf(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
 		}
-		fd, err := unix.PidfdGetfd(d.PidFD(), n, 0)
-		if err != nil {
-			continue
-		}
-		f := os.NewFile(uintptr(fd), "daemon-fd")
-		var st unix.Stat_t
-		var sf unix.Statfs_t
-		if unix.Fstat(fd, &st) == nil && unix.Fstatfs(fd, &sf) == nil && sf.Type == unix.AUTOFS_SUPER_MAGIC {
-			if where, ok := want[st.Dev]; ok {
-				if err := ctl.Catatonic(f); err == nil {
-					delete(want, st.Dev)
-					if logf != nil {
-						logf(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
-					}
-				}
-			}
-		}
-		f.Close()
 	}
 	return nil
 }

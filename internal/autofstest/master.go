@@ -60,20 +60,18 @@ func Available() (bool, string) {
 	return true, ""
 }
 
-// StartMaster starts a master in a child process (a new session) that
-// mounts a direct autofs mount on each of points. With newPidNS the master
-// runs in a new pid namespace, as a container's master does.
-func StartMaster(newPidNS bool, points ...string) (*Master, error) {
+// StartMaster starts a master in a child process that mounts a direct
+// autofs mount on each of points. The master runs as a container's does:
+// in new pid and mount namespaces (its mounts never reach the host's, and
+// everything in them dies with it) and its own session.
+func StartMaster(points ...string) (*Master, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), EnvMaster+"="+strings.Join(points, ":"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-	if newPidNS {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -188,18 +186,12 @@ func WaitWchan(pid int, want string, d time.Duration) string {
 	}
 }
 
-// Stop kills the master and detaches its mounts.
+// Stop kills the master: its pid namespace dies with it (requesters
+// included), and its mount namespace with its autofs mounts.
 func (m *Master) Stop() {
 	m.in.Close()
 	m.cmd.Process.Kill()
 	m.cmd.Wait()
-	for _, p := range m.Points {
-		for i := 0; i < 4; i++ {
-			if unix.Unmount(p, unix.MNT_DETACH) != nil {
-				break
-			}
-		}
-	}
 }
 
 // MaybeRunMaster runs the test master when the binary was started by
@@ -215,6 +207,7 @@ func MaybeRunMaster() {
 }
 
 type mount struct {
+	ioctl []*os.File
 	held  []int
 	dev   uint64 // cached at mount time, as systemd caches it
 	wfd   int
@@ -222,6 +215,10 @@ type mount struct {
 }
 
 func runMaster(points []string) error {
+	// Nothing mounted here may propagate to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
 		return err
@@ -319,6 +316,14 @@ func (m *mount) mount() error {
 		return err
 	}
 	m.dev = st.Dev
+	// Hold an ioctl fd on the mount, as the automount daemon does for its
+	// direct mounts.
+	if ctl, err := mounts.OpenControlDevice(); err == nil {
+		if f, err := ctl.OpenMount(m.point, m.dev); err == nil {
+			m.ioctl = append(m.ioctl, f)
+		}
+		ctl.Close()
+	}
 	return nil
 }
 

@@ -1,0 +1,211 @@
+package mounts_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+func TestMain(m *testing.M) {
+	autofstest.MaybeRunMaster()
+	if len(os.Args) > 1 && os.Args[1] == mounts.WorkerArg {
+		mounts.RunWorker()
+	}
+	os.Exit(m.Run())
+}
+
+func init() {
+	// A task for the move test: stage what is on top of the mount, check
+	// it is gone from the mount point, move it back, read it again.
+	mounts.RegisterTask("test-move", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+		var t mounts.Target
+		if err := json.Unmarshal(args, &t); err != nil {
+			return nil, err
+		}
+		st, err := mounts.OpenStaging()
+		if err != nil {
+			return nil, err
+		}
+		staged, err := st.MoveAside(env.Ctl, t.Where, t.Dev)
+		if err != nil {
+			return nil, err
+		}
+		aside, err := os.ReadFile(filepath.Join(staged, "hello"))
+		if err != nil {
+			return nil, fmt.Errorf("read staged file: %w", err)
+		}
+		tab, err := env.ReadTable()
+		if err != nil {
+			return nil, err
+		}
+		if a := tab.Find(t.Where); a == nil || a.OnTop != nil {
+			return nil, errors.New("after MoveAside the autofs mount is missing or still covered")
+		}
+		if err := st.MoveBack(env, staged, t.Where); err != nil {
+			return nil, err
+		}
+		back, err := os.ReadFile(filepath.Join(t.Where, "hello"))
+		if err != nil {
+			return nil, fmt.Errorf("read file after move back: %w", err)
+		}
+		if err := st.Close(); err != nil {
+			return nil, err
+		}
+		return []string{string(aside), string(back)}, nil
+	})
+}
+
+func requireAutofs(t *testing.T) {
+	t.Helper()
+	if ok, why := autofstest.Available(); !ok {
+		t.Skipf("SKIP INTEGRATION (%s): real autofs tests need root and /dev/autofs", why)
+	}
+}
+
+func startMaster(t *testing.T, names ...string) (*autofstest.Master, *mounts.Process, []string) {
+	t.Helper()
+	dir := t.TempDir()
+	var points []string
+	for _, n := range names {
+		points = append(points, filepath.Join(dir, n))
+	}
+	m, err := autofstest.StartMaster(points...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	p, err := mounts.OpenProcess(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return m, p, points
+}
+
+func autofsAt(t *testing.T, pid int, point string) *mounts.Autofs {
+	t.Helper()
+	tab, err := mounts.ReadTable(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := tab.Find(point)
+	if a == nil {
+		t.Fatalf("no autofs mount at %s in pid %d", point, pid)
+	}
+	return a
+}
+
+// A remounted (new device) mount makes an access hang, as after a restore;
+// a blocked requester is released through the fd its master holds.
+func TestStaleMountHangsAndIsReleased(t *testing.T) {
+	requireAutofs(t)
+	m, p, points := startMaster(t, "a")
+	if err := m.Remount(points[0]); err != nil {
+		t.Fatal(err)
+	}
+	a := autofsAt(t, m.Pid, points[0])
+	req, err := m.Access(points[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := autofstest.WaitWchan(req, "autofs_wait", 3*time.Second); w != "autofs_wait" {
+		t.Fatalf("hang not reproduced: requester %d in %q, want autofs_wait", req, w)
+	}
+	// A walk from the host pid namespace fails instead of waiting: the
+	// worker reports an error within its deadline, and does not hang.
+	var res []mounts.TargetResult
+	start := time.Now()
+	err = mounts.RunInMountNS(p, mounts.TaskCatatonic, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(s string) { t.Log(s) }, &res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Error == "" {
+		t.Fatalf("OPENMOUNT through a path with a request pending should fail, got %+v", res)
+	}
+	t.Logf("path walk with a request pending failed in %s: %s", time.Since(start), res[0].Error)
+	ctl, err := mounts.OpenControlDevice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	got := mounts.CatatonicThroughFDs(ctl, p, []mounts.Target{{Where: points[0], Dev: a.Dev()}})
+	if len(got) != 1 {
+		t.Fatalf("released %v, want %s", got, points[0])
+	}
+	if w := autofstest.WaitWchan(req, "", 3*time.Second); w != "" {
+		t.Fatalf("requester %d still in %q after the mount was made catatonic", req, w)
+	}
+	if a := autofsAt(t, m.Pid, points[0]); !a.Options.Catatonic() {
+		t.Fatalf("mount not catatonic: %+v", a.Options)
+	}
+}
+
+// The pre-resume step: a stale mount made catatonic before anything is
+// pending; a later access fails at once instead of hanging.
+func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
+	requireAutofs(t)
+	m, p, points := startMaster(t, "b", "c")
+	for _, pt := range points {
+		if err := m.Remount(pt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var targets []mounts.Target
+	for _, pt := range points {
+		targets = append(targets, mounts.Target{Where: pt, Dev: autofsAt(t, m.Pid, pt).Dev()})
+	}
+	var res []mounts.TargetResult
+	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 5*time.Second, func(s string) { t.Log(s) }, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Error != "" {
+			t.Fatalf("catatonic %s: %s", r.Where, r.Error)
+		}
+	}
+	for _, pt := range points {
+		if a := autofsAt(t, m.Pid, pt); !a.Options.Catatonic() {
+			t.Fatalf("%s not catatonic: %+v", pt, a.Options)
+		}
+		req, err := m.Access(pt)
+		if err != nil {
+			// The requester ended before we saw it: it did not hang.
+			continue
+		}
+		if w := autofstest.WaitWchan(req, "", 3*time.Second); w != "" {
+			t.Fatalf("access to catatonic %s still sleeping in %q", pt, w)
+		}
+	}
+}
+
+// Moving the filesystem on top aside and back keeps its content.
+func TestMoveAsideAndBackKeepsContent(t *testing.T) {
+	requireAutofs(t)
+	m, p, points := startMaster(t, "d")
+	req, err := m.Access(points[0])
+	if err == nil {
+		autofstest.WaitWchan(req, "", 3*time.Second)
+	}
+	a := autofsAt(t, m.Pid, points[0])
+	if a.OnTop == nil || a.OnTop.FSType != "tmpfs" {
+		t.Fatalf("the master did not mount a tmpfs on %s: %+v", points[0], a.OnTop)
+	}
+	var out []string
+	if err := mounts.RunInMountNS(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(s string) { t.Log(s) }, &out); err != nil {
+		t.Fatal(err)
+	}
+	want := "hello from " + points[0] + "\n"
+	if len(out) != 2 || out[0] != want || out[1] != want {
+		t.Fatalf("content aside/back = %q, want %q twice", out, want)
+	}
+	if b := autofsAt(t, m.Pid, points[0]); b.OnTop == nil || b.OnTop.ID != a.OnTop.ID {
+		t.Fatalf("the same tmpfs is not back on top: before %+v after %+v", a.OnTop, b.OnTop)
+	}
+}

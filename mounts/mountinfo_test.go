@@ -1,0 +1,135 @@
+package mounts
+
+import (
+	"strings"
+	"testing"
+)
+
+// A systemd container after a restore: /srv/a triggered (tmpfs on top with
+// a submount), /srv/b untriggered, /ind indirect with a key mounted.
+const sampleMountinfo = `1450 1449 0:60 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+1451 1450 0:61 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+1460 1450 0:66 / /srv/a rw,relatime - autofs systemd-1 rw,fd=27,pgrp=1,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=40569
+1461 1450 0:67 / /srv/b rw,relatime - autofs systemd-1 rw,fd=28,pgrp=1,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=40572
+1462 1460 0:69 / /srv/a rw,relatime - tmpfs tmpfs rw
+1463 1462 0:70 / /srv/a/sub rw,relatime - tmpfs tmpfs rw
+1464 1450 0:71 / /ind rw,relatime - autofs /etc/auto.ind rw,fd=5,pgrp=40,timeout=300,minproto=5,maxproto=5,indirect,pipe_ino=555
+1465 1464 0:72 / /ind/k1 rw,relatime - tmpfs tmpfs rw
+1466 1450 0:73 / /srv/with\040space rw,relatime - autofs systemd-1 rw,fd=29,pgrp=1,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=40575
+`
+
+func TestParseTable(t *testing.T) {
+	tab, err := ParseTable(strings.NewReader(sampleMountinfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tab.All) != 9 || len(tab.Autofs) != 4 {
+		t.Fatalf("got %d mounts, %d autofs", len(tab.All), len(tab.Autofs))
+	}
+	tests := []struct {
+		mp        string
+		mode      Mode
+		onTop     int // mount id, 0 for none
+		submounts int
+		dev       uint64
+	}{
+		{"/srv/a", ModeDirect, 1462, 1, 66},
+		{"/srv/b", ModeDirect, 0, 0, 67},
+		{"/ind", ModeIndirect, 0, 1, 71},
+		{"/srv/with space", ModeDirect, 0, 0, 73},
+	}
+	for _, tt := range tests {
+		a := tab.Find(tt.mp)
+		if a == nil {
+			t.Errorf("%s: not found", tt.mp)
+			continue
+		}
+		if a.Options.Mode != tt.mode || len(a.Submounts) != tt.submounts || a.Dev() != tt.dev {
+			t.Errorf("%s: mode %s submounts %d dev %d", tt.mp, a.Options.Mode, len(a.Submounts), a.Dev())
+		}
+		if got := 0; a.OnTop != nil {
+			got = a.OnTop.ID
+			if got != tt.onTop {
+				t.Errorf("%s: on top %d, want %d", tt.mp, got, tt.onTop)
+			}
+		} else if tt.onTop != 0 {
+			t.Errorf("%s: nothing on top, want %d", tt.mp, tt.onTop)
+		}
+	}
+	if tab.Find("/nope") != nil {
+		t.Error("Find of a missing mount point")
+	}
+}
+
+func TestParseTableBadOptions(t *testing.T) {
+	_, err := ParseTable(strings.NewReader("20 1 0:5 / /x rw - autofs a rw,fd=zz\n"))
+	if err == nil || !strings.Contains(err.Error(), `"/x"`) {
+		t.Fatalf("err = %v, want one naming the mount", err)
+	}
+}
+
+func TestEscape(t *testing.T) {
+	for in, want := range map[string]string{
+		"/srv/a":         "/srv/a",
+		"/srv/my data":   `/srv/my\040data`,
+		"/srv/new\nline": `/srv/new\012line`,
+		`/back\slash`:    `/back\134slash`,
+	} {
+		if got := Escape(in); got != want {
+			t.Errorf("Escape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	s, err := ParseStat([]byte("42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Comm != "a (weird) name" || s.State != 'S' || s.PPid != 1 || s.PGrp != 42 || s.Session != 42 || s.StartTime != 123456 {
+		t.Fatalf("got %+v", s)
+	}
+	for _, bad := range []string{"", "42 noparen", "42 (x) S 1"} {
+		if _, err := ParseStat([]byte(bad)); err == nil {
+			t.Errorf("ParseStat(%q) accepted", bad)
+		}
+	}
+}
+
+func BenchmarkParseTable(b *testing.B) {
+	for _, n := range []struct{ total, autofs int }{{10, 1}, {1000, 100}, {10000, 1000}} {
+		data := syntheticMountinfo(n.total, n.autofs)
+		b.Run(strings.Join([]string{itoa(n.total), "mounts"}, "-"), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := ParseTable(strings.NewReader(data)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func syntheticMountinfo(total, autofs int) string {
+	var sb strings.Builder
+	sb.WriteString("1 0 0:1 / / rw - overlay overlay rw\n")
+	every := total / max(autofs, 1)
+	for i := 2; i <= total; i++ {
+		id := itoa(i)
+		if autofs > 0 && i%every == 0 {
+			sb.WriteString(id + " 1 0:" + id + " / /srv/m" + id + " rw,relatime - autofs systemd-1 rw,fd=27,pgrp=1,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=" + id + "\n")
+			continue
+		}
+		sb.WriteString(id + " 1 0:" + id + " / /data/m" + id + " rw,relatime - tmpfs tmpfs rw,size=1024k\n")
+	}
+	return sb.String()
+}
+
+func itoa(i int) string {
+	const d = "0123456789"
+	if i < 10 {
+		return d[i : i+1]
+	}
+	return itoa(i/10) + d[i%10:i%10+1]
+}
