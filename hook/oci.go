@@ -170,4 +170,3 @@ func logLines(f func(string, ...any), prefix string, err error) {
 		f("%s%s", prefix, line)
 	}
 }
-

@@ -25,7 +25,7 @@ var StateDir = "/run/autofs-restore-hook"
 // a repeated, concurrent or interrupted run finishes the work without
 // doing any of it twice.
 type record struct {
-	Pid       int `json:"pid"`
+	Pid       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"`
 	// Prepared lists the mounts the pre-resume phase made catatonic (or
 	// found so), with their masters: post-resume fixes them even when

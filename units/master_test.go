@@ -9,7 +9,7 @@ func TestClassify(t *testing.T) {
 		want      Kind
 	}{
 		{"systemd", "systemd", 1, Systemd},
-		{"", "systemd", 1, Systemd},        // exe unreadable
+		{"", "systemd", 1, Systemd},         // exe unreadable
 		{"systemd", "systemd", 57, Unknown}, // a user manager: not the init
 		{"automount", "automount", 12, Automount},
 		{"automount", "automount", 1, Automount}, // automount as the container's init

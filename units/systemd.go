@@ -3,7 +3,7 @@ package units
 import (
 	"context"
 	"encoding/json"
-		"fmt"
+	"fmt"
 	"strings"
 	"time"
 
@@ -107,10 +107,10 @@ func (s *systemd) property(path dbus.ObjectPath, iface, name string) (dbus.Varia
 func (s *systemd) automountUnits() (map[string]unitRef, error) {
 	var list []struct {
 		Name, Description, Load, Active, Sub, Following string
-		Path                                             dbus.ObjectPath
-		JobID                                            uint32
-		JobType                                          string
-		JobPath                                          dbus.ObjectPath
+		Path                                            dbus.ObjectPath
+		JobID                                           uint32
+		JobType                                         string
+		JobPath                                         dbus.ObjectPath
 	}
 	if err := s.call(s.manager(), "org.freedesktop.systemd1.Manager.ListUnitsByPatterns", &list, []string{}, []string{"*.automount"}); err != nil {
 		return nil, fmt.Errorf("list automount units: %w", err)
@@ -318,4 +318,3 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	}
 	return nil
 }
-
