@@ -131,29 +131,31 @@ func skipNested(m *Mount, opts Options, log *logrus.Entry) bool {
 // managed tells whether the hook knows how to fix m's master.
 func managed(m *Mount) bool { return m.Kind == units.Systemd || m.Kind == units.Automount }
 
-func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
-	var targets []mounts.Target
+// planPreResume picks the mounts pre-resume makes catatonic: stale ones
+// of known masters that nothing covers (a covered mount cannot hang, and
+// post-resume preserves what covers it).
+func planPreResume(ms []*Mount, opts Options, log *logrus.Entry) []*Mount {
 	var picked []*Mount
-	for _, m := range c.Mounts {
-		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)})
+	for _, m := range ms {
 		switch {
 		case m.Kind == units.Unknown:
-			ml.Warnf("unknown master (pid %d): left alone", m.MasterPid)
-			continue
-		case m.State != StateStale:
-			continue
-		case m.OnTop != nil:
-			// Accesses go to the filesystem on top and cannot hang;
-			// post-resume preserves it across the restart.
-			continue
-		case skipNested(m, opts, log):
-			continue
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Warnf("unknown master (pid %d): left alone", m.MasterPid)
+		case m.State != StateStale, m.OnTop != nil, skipNested(m, opts, log):
+		default:
+			picked = append(picked, m)
 		}
-		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
-		picked = append(picked, m)
 	}
-	if len(targets) == 0 {
+	return picked
+}
+
+func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	picked := planPreResume(c.Mounts, opts, log)
+	if len(picked) == 0 {
 		return nil
+	}
+	targets := make([]mounts.Target, len(picked))
+	for i, m := range picked {
+		targets[i] = mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()}
 	}
 	if opts.DryRun {
 		for _, m := range picked {
@@ -187,24 +189,26 @@ func workerLog(log *logrus.Entry) func(string) {
 	return func(s string) { log.Info(s) }
 }
 
-func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
-	prepared := map[uint64]preparedMount{}
-	for _, pm := range sf.rec.Prepared {
-		prepared[pm.Dev] = pm
+// planPostResume picks what post-resume restarts: the systemd units
+// (with the mounts prepared at pre-resume that systemd has detached since)
+// and the automount daemons, each with its mounts.
+func planPostResume(c *Container, prepared []preparedMount, opts Options, log *logrus.Entry) ([]units.RestartTarget, map[int][]*Mount) {
+	wasPrepared := map[uint64]bool{}
+	for _, pm := range prepared {
+		wasPrepared[pm.Dev] = true
 	}
 	var sdTargets []units.RestartTarget
 	daemons := map[int][]*Mount{}
 	seen := map[string]bool{}
 	for _, m := range c.Mounts {
-		_, wasPrepared := prepared[m.Dev()]
-		needs := m.State == StateStale || (m.State == StateCatatonic && wasPrepared)
-		if !needs || !managed(m) {
-			if m.Kind == units.Unknown {
-				log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("unknown master (pid %d): left alone", m.MasterPid)
-			}
+		needs := m.State == StateStale || (m.State == StateCatatonic && wasPrepared[m.Dev()])
+		switch {
+		case m.Kind == units.Unknown:
+			log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("unknown master (pid %d): left alone", m.MasterPid)
 			continue
-		}
-		if m.State == StateStale && skipNested(m, opts, log) {
+		case !needs || !managed(m):
+			continue
+		case m.State == StateStale && skipNested(m, opts, log):
 			continue
 		}
 		seen[m.Mountpoint()] = true
@@ -216,12 +220,17 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 	}
 	// systemd detaches a catatonic mount on its own: units prepared at
 	// pre-resume whose mount is gone are restarted all the same.
-	for _, pm := range sf.rec.Prepared {
+	for _, pm := range prepared {
 		if pm.Kind == string(units.Systemd) && !seen[pm.Mountpoint] && c.Table.Find(pm.Mountpoint) == nil {
 			sdTargets = append(sdTargets, units.RestartTarget{Where: pm.Mountpoint, Unit: pm.Unit})
 			seen[pm.Mountpoint] = true
 		}
 	}
+	return sdTargets, daemons
+}
+
+func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	sdTargets, daemons := planPostResume(c, sf.rec.Prepared, opts, log)
 	var errs []error
 	if len(sdTargets) > 0 {
 		if err := restartSystemd(c, sdTargets, sf, opts, log); err != nil {

@@ -1,10 +1,12 @@
 package hook
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"log/syslog"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -45,7 +47,7 @@ func logConfigFromEnv(getenv func(string) string) LogConfig {
 func newLogger(cfg LogConfig, stderr io.Writer) (*logrus.Logger, func(), error) {
 	l := logrus.New()
 	l.SetOutput(stderr)
-	l.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"})
+	l.SetFormatter(lineFormatter{})
 	closers := []func(){}
 	done := func() {
 		for _, c := range closers {
@@ -67,7 +69,7 @@ func newLogger(cfg LogConfig, stderr io.Writer) (*logrus.Logger, func(), error) 
 			return nil, done, fmt.Errorf("open log file: %w", err)
 		}
 		closers = append(closers, func() { f.Close() })
-		l.AddHook(&writerHook{w: f, f: &logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00"}})
+		l.AddHook(&writerHook{w: f, f: lineFormatter{}})
 	}
 	if !cfg.NoSyslog {
 		if h, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "autofs-restore-hook"); err == nil {
@@ -93,4 +95,27 @@ func (h *writerHook) Fire(e *logrus.Entry) error {
 	}
 	_, err = h.w.Write(b)
 	return err
+}
+
+// lineFormatter writes one plain line per entry: time, level, message,
+// then the fields sorted by name ("mount=/srv/a master=systemd ...").
+type lineFormatter struct{}
+
+func (lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString(e.Time.Format("2006-01-02T15:04:05.000Z07:00"))
+	b.WriteString(" autofs-restore-hook ")
+	b.WriteString(e.Level.String())
+	b.WriteString(": ")
+	b.WriteString(strings.ReplaceAll(e.Message, "\n", " "))
+	keys := make([]string, 0, len(e.Data))
+	for k := range e.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%v", k, e.Data[k])
+	}
+	b.WriteByte('\n')
+	return b.Bytes(), nil
 }

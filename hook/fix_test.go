@@ -1,0 +1,134 @@
+package hook
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
+)
+
+const planMountinfo = `1 0 0:60 / / rw - overlay overlay rw
+10 1 0:66 / /srv/a rw - autofs systemd-1 rw,fd=27,pgrp=100,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=1
+11 1 0:67 / /srv/b rw - autofs systemd-1 rw,fd=28,pgrp=100,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=2
+12 10 0:69 / /srv/a rw - tmpfs tmpfs rw
+13 1 0:71 / /ind rw - autofs auto.ind rw,fd=5,pgrp=200,timeout=300,minproto=5,maxproto=5,indirect,pipe_ino=3
+14 1 0:72 / /srv/d rw - autofs auto.direct rw,fd=6,pgrp=200,timeout=300,minproto=5,maxproto=5,direct,pipe_ino=3
+15 1 0:73 / /srv/x rw - autofs other rw,fd=7,pgrp=300,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=4
+16 1 0:74 / /srv/cat rw - autofs systemd-1 rw,fd=-1,pgrp=100,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=-1
+17 1 0:75 / /srv/n rw - autofs systemd-1 rw,fd=29,pgrp=100,timeout=0,minproto=5,maxproto=5,direct,pipe_ino=5
+`
+
+// fakeContainer classifies planMountinfo as inspect would, with the
+// masters given by pgrp: 100 systemd, 200 automount, 300 unknown.
+func fakeContainer(t *testing.T, restored bool, fixed map[uint64]bool) *Container {
+	t.Helper()
+	tab, err := mounts.ParseTable(strings.NewReader(planMountinfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[int]units.Kind{100: units.Systemd, 200: units.Automount, 300: units.Unknown}
+	c := &Container{Table: tab, Evidence: Evidence{OwnTimeNS: restored}}
+	for _, a := range tab.Autofs {
+		m := &Mount{Autofs: a, MasterPid: a.Options.PGrp, Kind: kinds[a.Options.PGrp], Fixed: fixed[a.Dev()]}
+		if a.Mountpoint() == "/srv/n" {
+			m.NestedPids = []int{555}
+		}
+		m.State = stateOf(m, restored)
+		c.Mounts = append(c.Mounts, m)
+	}
+	return c
+}
+
+func quietLog() *logrus.Entry {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return logrus.NewEntry(l)
+}
+
+func mountpoints(ms []*Mount) string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Mountpoint())
+	}
+	return strings.Join(out, " ")
+}
+
+func TestStateOf(t *testing.T) {
+	want := map[string]MountState{
+		"/srv/a": StateStale, "/srv/b": StateStale, "/ind": StateOK, "/srv/d": StateStale,
+		"/srv/x": StateOK, "/srv/cat": StateCatatonic, "/srv/n": StateStale,
+	}
+	for _, m := range fakeContainer(t, true, nil).Mounts {
+		if m.State != want[m.Mountpoint()] {
+			t.Errorf("restored %s: %s, want %s", m.Mountpoint(), m.State, want[m.Mountpoint()])
+		}
+	}
+	for _, m := range fakeContainer(t, false, nil).Mounts {
+		if m.State == StateStale {
+			t.Errorf("not restored %s: stale", m.Mountpoint())
+		}
+	}
+	for _, m := range fakeContainer(t, true, map[uint64]bool{67: true}).Mounts {
+		if m.Mountpoint() == "/srv/b" && m.State != StateOK {
+			t.Errorf("fixed /srv/b: %s, want ok", m.State)
+		}
+	}
+	orphan := &Mount{Autofs: &mounts.Autofs{Options: mounts.Options{FD: 3}}, Kind: units.None}
+	if s := stateOf(orphan, true); s != StateOrphaned {
+		t.Errorf("no master: %s, want orphaned", s)
+	}
+}
+
+func TestPlanPreResume(t *testing.T) {
+	tests := []struct {
+		name     string
+		restored bool
+		opts     Options
+		want     string
+	}{
+		// /srv/a is covered (cannot hang), /ind is indirect, /srv/x has an
+		// unknown master, /srv/cat is catatonic already.
+		{"restored", true, Options{}, "/srv/b /srv/d /srv/n"},
+		{"nested skip", true, Options{SkipNested: true}, "/srv/b /srv/d"},
+		{"fresh start", false, Options{}, ""},
+	}
+	for _, tt := range tests {
+		got := mountpoints(planPreResume(fakeContainer(t, tt.restored, nil).Mounts, tt.opts, quietLog()))
+		if got != tt.want {
+			t.Errorf("%s: picked %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestPlanPostResume(t *testing.T) {
+	c := fakeContainer(t, true, nil)
+	prepared := []preparedMount{
+		{Mountpoint: "/srv/cat", Dev: 74, Kind: "systemd"},
+		// Detached by systemd after it was made catatonic: gone from the table.
+		{Mountpoint: "/srv/gone", Dev: 99, Kind: "systemd", Unit: "srv-gone.automount"},
+	}
+	sd, daemons := planPostResume(c, prepared, Options{}, quietLog())
+	var got []string
+	for _, t := range sd {
+		got = append(got, t.Where)
+	}
+	if want := "/srv/a /srv/b /srv/cat /srv/n /srv/gone"; strings.Join(got, " ") != want {
+		t.Errorf("systemd targets %q, want %q", strings.Join(got, " "), want)
+	}
+	if len(daemons) != 1 || mountpoints(daemons[200]) != "/srv/d" {
+		t.Errorf("daemons %v, want 200: /srv/d", daemons)
+	}
+	// Not prepared: a catatonic mount is nobody's business.
+	sd, _ = planPostResume(c, nil, Options{SkipNested: true}, quietLog())
+	got = got[:0]
+	for _, t := range sd {
+		got = append(got, t.Where)
+	}
+	if want := "/srv/a /srv/b"; strings.Join(got, " ") != want {
+		t.Errorf("without prepared, nested skipped: %q, want %q", strings.Join(got, " "), want)
+	}
+}

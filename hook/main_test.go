@@ -1,0 +1,76 @@
+package hook
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// run calls Main as the binary would be called, without syslog.
+func run(t *testing.T, env map[string]string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	t.Setenv(EnvNoSyslog, "1")
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := Main(args, strings.NewReader(stdin), &out, &errb)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Main(%q) took %s", args, d)
+	}
+	return code, out.String(), errb.String()
+}
+
+func TestMainUsage(t *testing.T) {
+	tests := []struct {
+		name   string
+		env    map[string]string
+		stdin  string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"version", nil, "", []string{"version"}, ExitOK, ""},
+		{"help", nil, "", []string{"--help"}, ExitOK, ""},
+		{"unknown command", nil, "", []string{"frobnicate"}, ExitUsage, `unknown command "frobnicate"`},
+		{"fix without pid", nil, "", []string{"fix"}, ExitUsage, "--pid is required"},
+		{"fix garbage pid", nil, "", []string{"fix", "--pid", "12x"}, ExitUsage, `--pid "12x": want a positive process id`},
+		{"fix negative pid", nil, "", []string{"fix", "--pid=-3"}, ExitUsage, "want a positive process id"},
+		{"status zero pid", nil, "", []string{"status", "--pid", "0"}, ExitUsage, "want a positive process id"},
+		{"bad nested", nil, "", []string{"fix", "--pid", "1", "--nested=maybe"}, ExitUsage, `--nested="maybe"`},
+		{"bad log level", nil, "", []string{"status", "--pid", "1", "--log-level", "loud"}, ExitUsage, `log level "loud"`},
+		{"stray argument", nil, "", []string{"status", "--pid", "1", "extra"}, ExitUsage, `unexpected argument "extra"`},
+		{"host process refused", nil, "", []string{"status", "--pid", strconv.Itoa(os.Getpid())}, ExitRefused, "shares the host's"},
+		{"own pid refused", nil, "", []string{"fix", "--pid", strconv.Itoa(os.Getpid())}, ExitRefused, "shares the host's"},
+		{"missing pid", nil, "", []string{"status", "--pid", "2147483000"}, ExitRefused, "process is gone"},
+		{"oci empty stdin", nil, "", nil, ExitUsage, "no state on stdin"},
+		{"oci not json", nil, "{oops", nil, ExitUsage, "not valid JSON"},
+		{"oci unknown status", nil, `{"id":"c","status":"paused","pid":5}`, nil, ExitUsage, `unknown status "paused"`},
+		{"oci fresh create", nil, `{"ociVersion":"1.0.2","id":"c","status":"creating","pid":0,"bundle":"/b"}`, nil, ExitOK, ""},
+		{"oci host pid", nil, `{"id":"c","status":"stopped","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitRefused, "shares the host's"},
+		{"criu ignored action", map[string]string{EnvCRIUAction: "pre-dump", EnvCRIUInitPid: "1"}, "", nil, ExitOK, ""},
+		{"criu bad pid", map[string]string{EnvCRIUAction: "post-resume", EnvCRIUInitPid: "abc"}, "", nil, ExitOK, `CRTOOLS_INIT_PID="abc" is not a process id`},
+		{"criu host pid", map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: strconv.Itoa(os.Getpid())}, "", nil, ExitOK, "shares the host's"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, tt.env, tt.stdin, tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr: %s", code, tt.code, stderr)
+			}
+			if tt.stderr == "" && tt.code == ExitOK && stderr != "" {
+				t.Errorf("expected silence, got %q", stderr)
+			}
+			if tt.stderr != "" && !strings.Contains(stderr, tt.stderr) {
+				t.Errorf("stderr %q, want it to contain %q", stderr, tt.stderr)
+			}
+			if n := strings.Count(strings.TrimSpace(stderr), "\n"); tt.code == ExitUsage && n > 0 {
+				t.Errorf("usage error is %d lines, want one: %q", n+1, stderr)
+			}
+		})
+	}
+}
