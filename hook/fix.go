@@ -103,9 +103,12 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 	if opts.DryRun {
 		return perr
 	}
-	*mark = &phaseMark{At: time.Now()}
-	if perr != nil {
-		(*mark).Errors = strings.Split(perr.Error(), "\n")
+	if perr == nil {
+		*mark = &phaseMark{At: time.Now()}
+	} else {
+		// Not marked done: the next run (CRIU's second call, or `fix`)
+		// tries again what failed; what succeeded is recorded and skipped.
+		sf.rec.LastErrors = strings.Split(perr.Error(), "\n")
 	}
 	if err := sf.Save(); err != nil {
 		perr = errors.Join(perr, err)

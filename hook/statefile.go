@@ -36,6 +36,8 @@ type record struct {
 	// Fixed are the devices of autofs mounts that a fix created or
 	// reconnected: status reports them as ok.
 	Fixed []uint64 `json:"fixed,omitempty"`
+	// LastErrors are the errors of the last run that failed.
+	LastErrors []string `json:"last_errors,omitempty"`
 }
 
 type preparedMount struct {
@@ -47,8 +49,7 @@ type preparedMount struct {
 }
 
 type phaseMark struct {
-	At     time.Time `json:"at"`
-	Errors []string  `json:"errors,omitempty"`
+	At time.Time `json:"at"`
 }
 
 func (r record) fixedSet() map[uint64]bool {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -35,6 +36,85 @@ type Task func(env *WorkerEnv, args json.RawMessage, log func(string)) (any, err
 type WorkerEnv struct {
 	Proc *os.File
 	Ctl  *ControlDevice
+
+	pidNS, self *os.File
+}
+
+// connectArg names the helper mode of the worker that connects a socket
+// from inside the container's pid namespace (see DialInContainer).
+const connectArg = "connect"
+
+// DialInContainer connects to the unix socket at path (a path of the
+// container) from a short-lived child in the container's pid namespace,
+// and returns the connection. Servers that check their peer with
+// SO_PEERCRED (systemd refuses a peer whose pid it cannot see) then
+// accept it, while the worker itself stays outside the pid namespace,
+// where no autofs mount of the container can make it wait.
+func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Conn, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: socketpair: %w", path, err)
+	}
+	ours := os.NewFile(uintptr(pair[0]), "dial-parent")
+	theirs := os.NewFile(uintptr(pair[1]), "dial-child")
+	defer ours.Close()
+	// Children of this (locked) thread are born in the container's pid
+	// namespace; the worker itself is not moved.
+	if err := unix.Setns(int(e.pidNS.Fd()), unix.CLONE_NEWPID); err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("dial %s: join pid namespace for children: %w", path, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	// The container's /proc resolves the child's /proc/self.
+	cmd := exec.CommandContext(ctx, "/proc/self/fd/3", WorkerArg, connectArg, path)
+	cmd.Args[0] = "autofs-restore-hook"
+	cmd.ExtraFiles = []*os.File{e.self, theirs}
+	cmd.Env = []string{}
+	var stderr limitedBuffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	theirs.Close()
+	if err != nil {
+		return nil, fmt.Errorf("dial %s from the container's pid namespace: %v %s", path, err, stderr.String())
+	}
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(int(ours.Fd()), buf, oob, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: receive connection: %w", path, err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, fmt.Errorf("dial %s: no connection received (%v)", path, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, fmt.Errorf("dial %s: no connection received (%v)", path, err)
+	}
+	unix.CloseOnExec(fds[0])
+	f := os.NewFile(uintptr(fds[0]), path)
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// runConnect is the child of DialInContainer: it connects to path and
+// passes the connection over fd 4.
+func runConnect(path string) int {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		fmt.Fprintln(os.Stderr, "connect:", err)
+		return 1
+	}
+	if err := unix.Sendmsg(4, []byte{0}, unix.UnixRights(fd), nil, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "pass connection:", err)
+		return 1
+	}
+	return 0
 }
 
 // ReadTable reads the mount table of the container's process.
@@ -103,6 +183,16 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 		return fmt.Errorf("worker %s: open /dev/autofs: %w", name, err)
 	}
 	defer ctl.Close()
+	pidns, err := os.Open("/proc/" + pid + "/ns/pid")
+	if err != nil {
+		return fmt.Errorf("worker %s: open pid namespace of pid %s: %w", name, pid, err)
+	}
+	defer pidns.Close()
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return fmt.Errorf("worker %s: open own executable: %w", name, err)
+	}
+	defer self.Close()
 	// All were opened through /proc/PID: make sure PID still is the
 	// process we pinned.
 	if err := p.Check(); err != nil {
@@ -116,7 +206,7 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, WorkerArg, name)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.ExtraFiles = []*os.File{mntns, root, procDir, ctl}
+	cmd.ExtraFiles = []*os.File{mntns, root, procDir, ctl, pidns, self}
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = time.Second
@@ -191,6 +281,9 @@ func RunWorker() {
 	if len(os.Args) < 3 {
 		fail(errors.New("worker: no task named"))
 	}
+	if os.Args[2] == connectArg && len(os.Args) == 4 {
+		os.Exit(runConnect(os.Args[3]))
+	}
 	tasksMu.Lock()
 	task := tasks[os.Args[2]]
 	tasksMu.Unlock()
@@ -204,10 +297,10 @@ func RunWorker() {
 	if err != nil {
 		fail(fmt.Errorf("worker %s: read arguments: %w", os.Args[2], err))
 	}
-	for _, fd := range []int{5, 6} {
+	for _, fd := range []int{5, 6, 7, 8} {
 		unix.CloseOnExec(fd)
 	}
-	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}}
+	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}, pidNS: os.NewFile(7, "pidns"), self: os.NewFile(8, "self")}
 	res, err := task(env, args, func(s string) { send(workerMsg{Log: s}) })
 	if err != nil {
 		fail(err)

@@ -63,9 +63,15 @@ type systemd struct {
 	env  *mounts.WorkerEnv
 }
 
-func dialSystemd(ctx context.Context) (*systemd, error) {
-	conn, err := dbus.Dial("unix:path="+SystemdSocket, dbus.WithContext(ctx))
+func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
+	deadline, _ := ctx.Deadline()
+	sock, err := env.DialInContainer(SystemdSocket, time.Until(deadline))
 	if err != nil {
+		return nil, fmt.Errorf("connect to the container's systemd: %w", err)
+	}
+	conn, err := dbus.NewConn(sock, dbus.WithContext(ctx))
+	if err != nil {
+		sock.Close()
 		return nil, fmt.Errorf("connect to the container's systemd at %s: %w", SystemdSocket, err)
 	}
 	done := make(chan error, 1)
@@ -79,7 +85,7 @@ func dialSystemd(ctx context.Context) (*systemd, error) {
 		conn.Close()
 		return nil, fmt.Errorf("authenticate to the container's systemd: %w", err)
 	}
-	return &systemd{conn: conn, ctx: ctx}, nil
+	return &systemd{conn: conn, ctx: ctx, env: env}, nil
 }
 
 func (s *systemd) manager() dbus.BusObject {
@@ -133,14 +139,14 @@ type unitRef struct {
 }
 
 // systemdUnitsTask answers which unit serves which mount point.
-func systemdUnitsTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
 	var deadline time.Time
 	if err := json.Unmarshal(args, &deadline); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	s, err := dialSystemd(ctx)
+	s, err := dialSystemd(ctx, env)
 	if err != nil {
 		return nil, err
 	}
@@ -172,12 +178,11 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for i, t := range req.Targets {
 		results[i] = RestartResult{Where: t.Where, Unit: t.Unit}
 	}
-	s, err := dialSystemd(ctx)
+	s, err := dialSystemd(ctx, env)
 	if err != nil {
 		return nil, err
 	}
 	defer s.conn.Close()
-	s.env = env
 	units, err := s.automountUnits()
 	if err != nil {
 		return nil, err
