@@ -95,6 +95,23 @@ func (p *Process) WaitGone(d time.Duration) error {
 	}
 }
 
+// WaitReaped waits up to d until the process is gone and reaped by its
+// parent: a zombie still holds its pid, and a program that checks for
+// its own running instance with kill(pid, 0) sees it alive.
+func (p *Process) WaitReaped(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		st, err := ReadStat(p.Pid)
+		if err != nil || st.StartTime != p.StartTime {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d not reaped by its parent (pid %d) after %s", p.Pid, st.PPid, d)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // PidFD returns the pidfd (owned by p).
 func (p *Process) PidFD() int { return p.pidfd }
 

@@ -42,6 +42,13 @@ type Daemon struct {
 	Seccomp   int      `json:"seccomp"`
 	// Cgroups are the lines of /proc/PID/cgroup.
 	Cgroups []string `json:"cgroups"`
+	// Stdio are the paths of fds 0, 1 and 2 in the container when they
+	// are files there (a log file, /dev/null); "" otherwise. The new
+	// daemon opens them again inside the container, so its log goes on
+	// where it went.
+	Stdio [3]string `json:"stdio"`
+	// NsPid is its pid in the container.
+	NsPid int `json:"ns_pid"`
 }
 
 // CaptureDaemon reads what CaptureDaemon needs from /proc/PID.
@@ -64,6 +71,14 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 		return nil, fmt.Errorf("read cgroups of %d: %w", pid, err)
 	}
 	d := &Daemon{Argv: splitNul(cmdline), Env: splitNul(environ), Cgroups: strings.Split(strings.TrimSpace(string(cg)), "\n")}
+	for i := range d.Stdio {
+		if l, err := os.Readlink(dir + "fd/" + strconv.Itoa(i)); err == nil && strings.HasPrefix(l, "/") && !strings.HasSuffix(l, " (deleted)") {
+			d.Stdio[i] = l
+		}
+	}
+	if ns := st.NSpid(); len(ns) > 0 {
+		d.NsPid = ns[len(ns)-1]
+	}
 	var errs []error
 	d.UID, err = uints(st["Uid"], 10, 32)
 	errs = append(errs, err)
@@ -182,6 +197,11 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := d.Kill(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
+	// automount refuses to start while the pid in its flag file
+	// (/run/autofs-running) exists, zombie included.
+	if err := d.WaitReaped(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
+	}
 	newPid, err := spawn(c, info, files, time.Until(deadline))
 	if err != nil {
 		return nil, fmt.Errorf("start automount again: %w", err)
@@ -194,7 +214,62 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := verifySame(newPid, info); err != nil {
 		return res, err
 	}
+	// The namespace files and the old binary are ours; the container's
+	// root and working directory are not (the daemon may hold them).
+	var ours []*os.File
+	for i, f := range files {
+		if n := daemonFileNames[i]; n != "root" && n != "cwd" {
+			ours = append(ours, f)
+		}
+	}
+	if leaked := leakedFDs(newPid, ours); len(leaked) > 0 {
+		return res, fmt.Errorf("the new automount (pid %d) holds files of the hook's: fds %v", newPid, leaked)
+	}
 	return res, nil
+}
+
+// leakedFDs lists the fds of pid that refer to one of ours (same device
+// and inode), or to our own executable. It copies each fd with
+// pidfd_getfd and fstats it: no path of the container is walked.
+func leakedFDs(pid int, ours []*os.File) []int {
+	p, err := mounts.OpenProcess(pid)
+	if err != nil {
+		return nil
+	}
+	defer p.Close()
+	type key struct{ dev, ino uint64 }
+	mine := map[key]bool{}
+	add := func(fd int) {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil {
+			mine[key{st.Dev, st.Ino}] = true
+		}
+	}
+	for _, f := range ours {
+		add(int(f.Fd()))
+	}
+	if exe, err := os.Open("/proc/self/exe"); err == nil {
+		add(int(exe.Fd()))
+		exe.Close()
+	}
+	var leaked []int
+	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(p.PidFD(), n, 0)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && mine[key{st.Dev, st.Ino}] {
+			leaked = append(leaked, n)
+		}
+		unix.Close(fd)
+	}
+	return leaked
 }
 
 // daemonFileNames are the files of the old daemon the spawner needs, in
@@ -422,6 +497,11 @@ const (
 )
 
 func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
+	// Nothing of ours may reach the container stage but what it is
+	// handed explicitly (ExtraFiles below).
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail(fmt.Errorf("mark fds close-on-exec: %w", err))
+	}
 	if err := joinCgroups(req.Daemon.Cgroups); err != nil {
 		return fail(err)
 	}
@@ -519,15 +599,21 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 		fdCwdC = 4
 		fdExeC = 5
 	)
-	for fd := 3; fd < 7; fd++ {
-		unix.CloseOnExec(fd)
+	// No fd of ours reaches the daemon: the exe and cwd fds are used
+	// through /proc/self/fd and fchdir, both fine with close-on-exec.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail(fmt.Errorf("mark fds close-on-exec: %w", err))
 	}
 	if err := unix.Fchdir(fdCwdC); err != nil {
 		return fail(fmt.Errorf("enter the daemon's working directory: %w", err))
 	}
-	null, err := os.OpenFile("/dev/null", os.O_RDWR, 0)
-	if err != nil {
-		return fail(fmt.Errorf("open the container's /dev/null: %w", err))
+	var stdio [3]*os.File
+	for i, p := range d.Stdio {
+		f, err := openStdio(p, i == 0)
+		if err != nil {
+			return fail(err)
+		}
+		stdio[i] = f
 	}
 	// Bounding and inheritable sets: per thread, inherited by the fork
 	// below (this goroutine stays on its thread).
@@ -553,8 +639,9 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 			return fail(fmt.Errorf("set no_new_privs: %w", err))
 		}
 	}
+	removeStaleFlag(d.NsPid)
 	cmd := &exec.Cmd{Path: "/proc/self/fd/" + strconv.Itoa(fdExeC), Args: d.Argv, Env: d.Env}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid:     true,
 		Credential: &syscall.Credential{Uid: d.UID[1], Gid: d.GID[1], Groups: d.Groups},
@@ -565,6 +652,52 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	out.Encode(map[string]int{"ns_pid": cmd.Process.Pid})
 	cmd.Process.Release()
 	return 0
+}
+
+// automount's flag files: it refuses to start ("program is already
+// running") while the pid written there exists, and after a restore the
+// new daemon may well get the pid of the one that was killed.
+var flagFiles = []string{"/run/autofs-running", "/var/run/autofs-running"}
+
+// removeStaleFlag removes the flag file of the killed daemon: only when it
+// names that daemon's pid, which is gone.
+func removeStaleFlag(oldPid int) {
+	for _, p := range flagFiles {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != nil {
+			continue
+		}
+		buf := make([]byte, 32)
+		n, _ := unix.Read(fd, buf)
+		unix.Close(fd)
+		if n > 0 && strings.TrimSpace(string(buf[:n])) == strconv.Itoa(oldPid) {
+			unix.Unlink(p)
+		}
+	}
+}
+
+// openStdio opens one of the daemon's stdio files again, inside the
+// container: the file it had when that is a regular file or a character
+// device (never a FIFO or socket, whose open could block or which are
+// gone), else /dev/null.
+func openStdio(path string, read bool) (*os.File, error) {
+	flags := os.O_WRONLY | os.O_APPEND
+	if read {
+		flags = os.O_RDONLY
+	}
+	if path != "" && path != "/dev/null" {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && (st.Mode&unix.S_IFMT == unix.S_IFREG || st.Mode&unix.S_IFMT == unix.S_IFCHR) {
+			if f, err := os.OpenFile(path, flags|unix.O_NONBLOCK|unix.O_NOCTTY, 0); err == nil {
+				return f, nil
+			}
+		}
+	}
+	f, err := os.OpenFile("/dev/null", flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the container's /dev/null: %w", err)
+	}
+	return f, nil
 }
 
 func lastCap() int {
