@@ -42,7 +42,7 @@ type Mount struct {
 	// NestedPids are processes of the container in other mount
 	// namespaces that hold a copy of this mount.
 	NestedPids []int
-	// Fixed is set when the state file records this device as fixed.
+	// Fixed is set when the state file shows this mount needs no fix.
 	Fixed bool
 }
 
@@ -56,7 +56,7 @@ type Container struct {
 }
 
 // inspect reads the container's mounts and processes from the host side.
-func inspect(p *mounts.Process, fixed map[uint64]bool) (*Container, error) {
+func inspect(p *mounts.Process, good func(dev uint64) bool) (*Container, error) {
 	t, err := mounts.ReadTable(p.Pid)
 	if err != nil {
 		return nil, err
@@ -75,7 +75,7 @@ func inspect(p *mounts.Process, fixed map[uint64]bool) (*Container, error) {
 	}
 	byDev := map[uint64]*Mount{}
 	for _, a := range t.Autofs {
-		m := &Mount{Autofs: a, Fixed: fixed[a.Dev()]}
+		m := &Mount{Autofs: a, Fixed: good != nil && good(a.Dev())}
 		m.MasterPid = c.Procs.MasterOf(a.Options)
 		nsPid := 0
 		comm := ""

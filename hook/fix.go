@@ -48,6 +48,12 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 		return fmt.Errorf("%w: %w", errRefused, err)
 	}
 	log := opts.Log.WithField("pid", pid)
+	// The common case, a container without autofs mounts: nothing to
+	// lock, nothing to record.
+	if t, err := mounts.ReadTable(pid); err == nil && len(t.Autofs) == 0 && !hasState(p) {
+		log.Debug("no autofs mounts: nothing to do")
+		return nil
+	}
 	var sf *stateFile
 	if !opts.DryRun {
 		if sf, err = lockState(p, lockTimeout); err != nil {
@@ -73,12 +79,17 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		mark = &sf.rec.PostResume
 	}
 	if *mark != nil && !opts.Force {
-		log.Infof("%s already done at %s: nothing to do", ph, (*mark).At.Format(time.RFC3339Nano))
+		log.Debugf("%s already done at %s: nothing to do", ph, (*mark).At.Format(time.RFC3339Nano))
 		return nil
 	}
-	c, err := inspect(p, sf.rec.fixedSet())
+	c, err := inspect(p, sf.rec.knownGood)
 	if err != nil {
 		return fmt.Errorf("%s: %w", ph, err)
+	}
+	if len(sf.rec.Restored) == 0 {
+		for _, m := range c.Mounts {
+			sf.rec.Restored = append(sf.rec.Restored, m.Dev())
+		}
 	}
 	if opts.AssumeRestored {
 		c.Evidence.Forced = true

@@ -24,7 +24,7 @@ const planMountinfo = `1 0 0:60 / / rw - overlay overlay rw
 
 // fakeContainer classifies planMountinfo as inspect would, with the
 // masters given by pgrp: 100 systemd, 200 automount, 300 unknown.
-func fakeContainer(t *testing.T, restored bool, fixed map[uint64]bool) *Container {
+func fakeContainer(t *testing.T, restored bool, rec record) *Container {
 	t.Helper()
 	tab, err := mounts.ParseTable(strings.NewReader(planMountinfo))
 	if err != nil {
@@ -33,7 +33,7 @@ func fakeContainer(t *testing.T, restored bool, fixed map[uint64]bool) *Containe
 	kinds := map[int]units.Kind{100: units.Systemd, 200: units.Automount, 300: units.Unknown}
 	c := &Container{Table: tab, Evidence: Evidence{OwnTimeNS: restored}}
 	for _, a := range tab.Autofs {
-		m := &Mount{Autofs: a, MasterPid: a.Options.PGrp, Kind: kinds[a.Options.PGrp], Fixed: fixed[a.Dev()]}
+		m := &Mount{Autofs: a, MasterPid: a.Options.PGrp, Kind: kinds[a.Options.PGrp], Fixed: rec.knownGood(a.Dev())}
 		if a.Mountpoint() == "/srv/n" {
 			m.NestedPids = []int{555}
 		}
@@ -62,19 +62,27 @@ func TestStateOf(t *testing.T) {
 		"/srv/a": StateStale, "/srv/b": StateStale, "/ind": StateOK, "/srv/d": StateStale,
 		"/srv/x": StateOK, "/srv/cat": StateCatatonic, "/srv/n": StateStale,
 	}
-	for _, m := range fakeContainer(t, true, nil).Mounts {
+	for _, m := range fakeContainer(t, true, record{}).Mounts {
 		if m.State != want[m.Mountpoint()] {
 			t.Errorf("restored %s: %s, want %s", m.Mountpoint(), m.State, want[m.Mountpoint()])
 		}
 	}
-	for _, m := range fakeContainer(t, false, nil).Mounts {
+	for _, m := range fakeContainer(t, false, record{}).Mounts {
 		if m.State == StateStale {
 			t.Errorf("not restored %s: stale", m.Mountpoint())
 		}
 	}
-	for _, m := range fakeContainer(t, true, map[uint64]bool{67: true}).Mounts {
+	for _, m := range fakeContainer(t, true, record{Fixed: []uint64{67}}).Mounts {
 		if m.Mountpoint() == "/srv/b" && m.State != StateOK {
 			t.Errorf("fixed /srv/b: %s, want ok", m.State)
+		}
+	}
+	// Found at restore: /srv/a and /srv/b only; the others appeared later
+	// (a live master mounted them) and are not stale.
+	for _, m := range fakeContainer(t, true, record{Restored: []uint64{66, 67}}).Mounts {
+		wantStale := m.Mountpoint() == "/srv/a" || m.Mountpoint() == "/srv/b"
+		if (m.State == StateStale) != wantStale {
+			t.Errorf("%s: %s, stale want %v", m.Mountpoint(), m.State, wantStale)
 		}
 	}
 	orphan := &Mount{Autofs: &mounts.Autofs{Options: mounts.Options{FD: 3}}, Kind: units.None}
@@ -97,7 +105,7 @@ func TestPlanPreResume(t *testing.T) {
 		{"fresh start", false, Options{}, ""},
 	}
 	for _, tt := range tests {
-		got := mountpoints(planPreResume(fakeContainer(t, tt.restored, nil).Mounts, tt.opts, quietLog()))
+		got := mountpoints(planPreResume(fakeContainer(t, tt.restored, record{}).Mounts, tt.opts, quietLog()))
 		if got != tt.want {
 			t.Errorf("%s: picked %q, want %q", tt.name, got, tt.want)
 		}
@@ -105,7 +113,7 @@ func TestPlanPreResume(t *testing.T) {
 }
 
 func TestPlanPostResume(t *testing.T) {
-	c := fakeContainer(t, true, nil)
+	c := fakeContainer(t, true, record{})
 	prepared := []preparedMount{
 		{Mountpoint: "/srv/cat", Dev: 74, Kind: "systemd"},
 		// Detached by systemd after it was made catatonic: gone from the table.

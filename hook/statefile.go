@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +38,9 @@ type record struct {
 	// Fixed are the devices of autofs mounts that a fix created or
 	// reconnected: status reports them as ok.
 	Fixed []uint64 `json:"fixed,omitempty"`
+	// Restored are the devices of the autofs mounts the hook found when it
+	// first looked at the restored container.
+	Restored []uint64 `json:"restored,omitempty"`
 	// LastErrors are the errors of the last run that failed.
 	LastErrors []string `json:"last_errors,omitempty"`
 }
@@ -52,12 +57,14 @@ type phaseMark struct {
 	At time.Time `json:"at"`
 }
 
-func (r record) fixedSet() map[uint64]bool {
-	m := make(map[uint64]bool, len(r.Fixed))
-	for _, d := range r.Fixed {
-		m[d] = true
+// knownGood tells whether the autofs mount of device dev is known to be
+// served by a live master: the hook fixed it, or it did not exist when the
+// hook first looked at the restored container (a master made it since).
+func (r record) knownGood(dev uint64) bool {
+	if slices.Contains(r.Fixed, dev) {
+		return true
 	}
-	return m
+	return len(r.Restored) > 0 && !slices.Contains(r.Restored, dev)
 }
 
 // stateFile is an open, locked state file.
@@ -91,6 +98,7 @@ func lockState(p *mounts.Process, d time.Duration) (*stateFile, error) {
 	if err := ensureStateDir(); err != nil {
 		return nil, err
 	}
+	removeStale()
 	base := statePath(p)
 	lf, err := os.OpenFile(base+".lock", os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -123,6 +131,35 @@ func lockState(p *mounts.Process, d time.Duration) (*stateFile, error) {
 		return nil, fmt.Errorf("read state file: %w", err)
 	}
 	return s, nil
+}
+
+// hasState tells whether a state file exists for the container.
+func hasState(p *mounts.Process) bool {
+	_, err := os.Lstat(statePath(p) + ".json")
+	return err == nil
+}
+
+// removeStale removes the state and lock files of containers whose init
+// is gone (its pid is free or names another process now).
+func removeStale() {
+	ents, err := os.ReadDir(StateDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		base := strings.TrimSuffix(strings.TrimSuffix(name, ".json"), ".lock")
+		pidS, startS, ok := strings.Cut(base, "-")
+		pid, err1 := strconv.Atoi(pidS)
+		start, err2 := strconv.ParseUint(startS, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			continue
+		}
+		if st, err := mounts.ReadStat(pid); err == nil && st.StartTime == start {
+			continue
+		}
+		os.Remove(filepath.Join(StateDir, name))
+	}
 }
 
 // loadState reads a container's record without locking (for status).

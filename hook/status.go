@@ -75,7 +75,7 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 		log.Errorf("status: %v", err)
 		return ExitRefused
 	}
-	c, err := inspect(p, loadState(p).fixedSet())
+	c, err := inspect(p, loadState(p).knownGood)
 	if err != nil {
 		log.Errorf("status: %v", err)
 		return ExitFailed

@@ -49,6 +49,8 @@ type Daemon struct {
 	Stdio [3]string `json:"stdio"`
 	// NsPid is its pid in the container.
 	NsPid int `json:"ns_pid"`
+	// Exe is the path of its executable in the container.
+	Exe string `json:"exe"`
 }
 
 // CaptureDaemon reads what CaptureDaemon needs from /proc/PID.
@@ -78,6 +80,9 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	}
 	if ns := st.NSpid(); len(ns) > 0 {
 		d.NsPid = ns[len(ns)-1]
+	}
+	if d.Exe, err = os.Readlink(dir + "exe"); err != nil {
+		return nil, fmt.Errorf("read executable of %d: %w", pid, err)
 	}
 	var errs []error
 	d.UID, err = uints(st["Uid"], 10, 32)
@@ -597,7 +602,7 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	d := req.Daemon
 	const (
 		fdCwdC = 4
-		fdExeC = 5
+		fdExeC = 5 // the old daemon's executable, to check d.Exe against
 	)
 	// No fd of ours reaches the daemon: the exe and cwd fds are used
 	// through /proc/self/fd and fchdir, both fine with close-on-exec.
@@ -640,7 +645,16 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 		}
 	}
 	removeStaleFlag(d.NsPid)
-	cmd := &exec.Cmd{Path: "/proc/self/fd/" + strconv.Itoa(fdExeC), Args: d.Argv, Env: d.Env}
+	// Exec by path, so that the daemon's name (comm) is its own, but only
+	// if the path still names the very binary that ran (the fd we hold).
+	var want, got unix.Stat_t
+	if err := unix.Fstat(fdExeC, &want); err != nil {
+		return fail(fmt.Errorf("stat the old executable: %w", err))
+	}
+	if err := unix.Stat(d.Exe, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
+		return fail(fmt.Errorf("%s is no longer the binary the daemon ran (replaced or removed): refused", d.Exe))
+	}
+	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid:     true,

@@ -63,7 +63,35 @@ type systemd struct {
 	env  *mounts.WorkerEnv
 }
 
+// pingTimeout bounds one attempt to get an answer from systemd.
+const pingTimeout = time.Second
+
+// dialSystemd connects to the container's systemd and waits until it
+// answers a ping, connecting again when a connection stays silent: right
+// after a restore, systemd (seen with 252) may leave the first connection
+// unanswered until something else wakes it, while a new one is served.
 func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
+	var last error
+	for attempt := 1; ; attempt++ {
+		s, err := dialSystemdOnce(ctx, env)
+		if err == nil {
+			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+			err = s.conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(pctx, "org.freedesktop.DBus.Peer.Ping", 0).Err
+			cancel()
+			if err == nil {
+				return s, nil
+			}
+			s.conn.Close()
+			err = fmt.Errorf("no answer to ping on connection %d: %w", attempt, err)
+		}
+		last = err
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("the container's systemd does not answer: %w", last)
+		}
+	}
+}
+
+func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 	deadline, _ := ctx.Deadline()
 	sock, err := env.DialInContainer(SystemdSocket, time.Until(deadline))
 	if err != nil {

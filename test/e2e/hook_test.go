@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+	binDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// hookBinary is the binary under test: $AUTOFS_RESTORE_HOOK_BIN (set by
+// `make test` to what `make build` made), or a static build of the tree.
+func hookBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if p := os.Getenv("AUTOFS_RESTORE_HOOK_BIN"); p != "" {
+			binPath = p
+			return
+		}
+		binDir, binErr = os.MkdirTemp("", "arh-e2e-bin-")
+		if binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "autofs-restore-hook")
+		cmd := exec.Command("go", "build", "-tags", "osusergo,netgo", "-ldflags", "-linkmode external -extldflags -static", "-o", binPath, "./cmd/autofs-restore-hook")
+		cmd.Dir = filepath.Join(lab.Dir(), "..", "..")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// logFile points the hook's log at a file of the test (CRIU passes runc's
+// environment on to its action scripts) and returns a reader for it.
+func logFile(t *testing.T) func() string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "hook.log")
+	t.Setenv(hook.EnvLogFile, p)
+	t.Setenv(hook.EnvNoSyslog, "1")
+	return func() string {
+		b, _ := os.ReadFile(p)
+		return string(b)
+	}
+}
+
+func status(t *testing.T, c *lab.Container) hook.Report {
+	t.Helper()
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(hookBinary(t), "status", "--pid", strconv.Itoa(pid), "--json", "--no-syslog").Output()
+	if err != nil {
+		t.Fatalf("status --pid %d: %v", pid, err)
+	}
+	var r hook.Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return r
+}
+
+// allOK fails unless every autofs mount of c is served and not stale, and
+// (want >= 0) there are want of them; it returns the mount points.
+func allOK(t *testing.T, c *lab.Container, want int) []string {
+	t.Helper()
+	r := status(t, c)
+	var mps []string
+	for _, m := range r.Mounts {
+		mps = append(mps, m.Mountpoint)
+		if m.State != string(hook.StateOK) {
+			t.Errorf("%s: state %q (master %s %d)", m.Mountpoint, m.State, m.Master, m.MasterPid)
+		}
+	}
+	if want >= 0 && len(r.Mounts) != want {
+		t.Errorf("%d autofs mounts %v, want %d", len(r.Mounts), mps, want)
+	}
+	return mps
+}
+
+func noWaiters(t *testing.T, c *lab.Container) {
+	t.Helper()
+	w, err := c.AutofsWaiters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w) > 0 {
+		t.Errorf("processes %v of %s in autofs_wait:\n%s", w, c.Name, c.Describe())
+		c.KillWaiters()
+	}
+}
+
+// systemdWorks checks what a user of the systemd container sees: every
+// automount path answers, the filesystem that was on top kept its file.
+func systemdWorks(t *testing.T, c *lab.Container) {
+	t.Helper()
+	if got := mustWork(t, c, "cat", "/srv/a/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("/srv/a/state after restore: %q", got)
+	}
+	mustWork(t, c, "sh", "-c", "echo written-after-restore > /srv/b/x && cat /srv/b/x")
+	mustWork(t, c, "stat", "/srv/c/")
+	noWaiters(t, c)
+}
+
+func TestSystemdActionScript(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	c := lab.Up(t, "hook-sd", lab.Systemd, lab.Options{ActionScript: bin})
+	before := allOK(t, c, 3)
+	for round := 1; round <= 2; round++ {
+		checkpointRestore(t, c)
+		// At once after the restore: no wait, no retry.
+		systemdWorks(t, c)
+		allOK(t, c, len(before))
+		t.Logf("round %d hook log:\n%s", round, log())
+	}
+	l := log()
+	for _, unit := range []string{"srv-a.automount", "srv-b.automount", "srv-c.automount"} {
+		if n := strings.Count(l, "unit="+unit); n != 2 {
+			t.Errorf("%s restarted %d times in 2 restores, want 2 (once each, though CRIU runs every action twice)", unit, n)
+		}
+	}
+	if !strings.Contains(l, "filesystem on top preserved") {
+		t.Error("log does not say the filesystem on /srv/a was preserved")
+	}
+	out, _, _ := c.Exec(okWait, "journalctl", "--no-pager", "-o", "cat", "-u", "srv-b.automount")
+	if strings.Contains(out, "Automount point already active?") {
+		t.Errorf("systemd saw a request on the stale mount:\n%s", out)
+	}
+}
+
+// daemonInfo is what the test compares of the automount daemon.
+type daemonInfo struct {
+	pid, pgid, sid int
+	status         map[string]string
+	cgroup         string
+	fds            []string
+}
+
+func automountDaemons(t *testing.T, c *lab.Container) []daemonInfo {
+	t.Helper()
+	pids, err := c.Pids()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []daemonInfo
+	for _, p := range pids {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p))
+		if strings.TrimSpace(string(comm)) != "automount" {
+			continue
+		}
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		f := strings.Fields(string(st)[strings.LastIndexByte(string(st), ')')+2:])
+		d := daemonInfo{pid: p, status: map[string]string{}}
+		d.pgid, _ = strconv.Atoi(f[2])
+		d.sid, _ = strconv.Atoi(f[3])
+		s, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		for _, l := range strings.Split(string(s), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok {
+				d.status[k] = strings.TrimSpace(v)
+			}
+		}
+		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p))
+		d.cgroup = string(cg)
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
+		for _, e := range ents {
+			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p, e.Name()))
+			d.fds = append(d.fds, e.Name()+" -> "+l)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+var privilegeFields = []string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"}
+
+func TestAutomountActionScript(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	c := lab.Up(t, "hook-am", lab.Automount, lab.Options{ActionScript: bin})
+	allOK(t, c, 5)
+	orig := automountDaemons(t, c)
+	if len(orig) != 1 {
+		t.Fatalf("%d automount daemons before checkpoint", len(orig))
+	}
+	initPid, _ := c.Pid()
+	initCg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", initPid))
+	for round := 1; round <= 2; round++ {
+		checkpointRestore(t, c)
+		// Right after the restore, before any access: every mount served.
+		allOK(t, c, 5)
+		mustWork(t, c, "stat", "/srv/direct1/")
+		mustWork(t, c, "sh", "-c", "echo d2 > /srv/direct2/x && cat /srv/direct2/x")
+		mustWork(t, c, "ls", "/srv/dmulti/sub")
+		mustWork(t, c, "ls", "/ind/multi/sub")
+		if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+			t.Fatalf("/ind/k1/state: %q", got)
+		}
+		mustWork(t, c, "ls", "/ind/k3")
+		noWaiters(t, c)
+		// /srv/dmulti, once triggered, has its offset /srv/dmulti/sub.
+		allOK(t, c, 6)
+		ds := automountDaemons(t, c)
+		if len(ds) != 1 {
+			t.Fatalf("round %d: %d automount daemons, want 1", round, len(ds))
+		}
+		d := ds[0]
+		if d.pgid != d.pid || d.sid != d.pid {
+			t.Errorf("new daemon %d: pgid %d sid %d, want a session leader", d.pid, d.pgid, d.sid)
+		}
+		for _, k := range privilegeFields {
+			if d.status[k] != orig[0].status[k] {
+				t.Errorf("new daemon %s = %q, the original had %q", k, d.status[k], orig[0].status[k])
+			}
+		}
+		if d.cgroup != string(initCg) {
+			t.Errorf("new daemon cgroups:\n%s\ncontainer init:\n%s", d.cgroup, initCg)
+		}
+		for _, fd := range d.fds {
+			_, target, _ := strings.Cut(fd, " -> ")
+			for _, bad := range []string{"mnt:[", "pid:[", "net:[", "ipc:[", "uts:[", "cgroup:[", "time:[", "user:[", bin} {
+				if strings.HasPrefix(target, bad) {
+					t.Errorf("new daemon holds %s: a file of the hook's", fd)
+				}
+			}
+		}
+		t.Logf("round %d: daemon %d, fds %v", round, d.pid, d.fds)
+		// CRIU refuses to dump a triggered direct mount: let the new
+		// daemon expire what is unused (SIGUSR1), which also shows it
+		// serves its mounts, then trigger the indirect keys again for
+		// the next round.
+		if err := syscall.Kill(d.pid, syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			covered := 0
+			for _, m := range status(t, c).Mounts {
+				if m.OnTop != "" || strings.HasPrefix(m.Mountpoint, "/srv/dmulti/") {
+					covered++
+				}
+			}
+			if covered == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the new daemon did not expire its direct mounts: %+v", status(t, c).Mounts)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		mustWork(t, c, "sh", "-c", "echo state-before-checkpoint > /ind/k1/state && ls /ind/multi")
+	}
+	l := log()
+	if n := strings.Count(l, "automount killed and started again"); n != 2 {
+		t.Errorf("daemon respawned %d times in 2 restores, want 2:\n%s", n, l)
+	}
+}
+
+func TestPlainContainerIsQuiet(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	c := lab.Up(t, "hook-plain", lab.Plain, lab.Options{ActionScript: bin})
+	checkpointRestore(t, c)
+	mustWork(t, c, "true")
+	if l := log(); strings.TrimSpace(l) != "" {
+		t.Errorf("the hook logged on a container without autofs:\n%s", l)
+	}
+	allOK(t, c, 0)
+}
