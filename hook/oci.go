@@ -151,14 +151,18 @@ func followerMain(args []string) int {
 }
 
 // restoredEnough tells whether CRIU has restored the mounts and the
-// masters: every autofs mount has a live master again.
+// masters: every autofs mount is served by a process that is a known
+// master again (systemd or automount by its executable and name, which
+// CRIU restores last). While CRIU still builds the mount tree, autofs
+// mounts sit in its staging namespace under their restorer processes,
+// which match none of these.
 func restoredEnough(p *mounts.Process) bool {
 	c, err := inspect(p, nil)
 	if err != nil || len(c.Mounts) == 0 {
 		return false
 	}
 	for _, m := range c.Mounts {
-		if m.MasterPid == 0 && !m.Options.Catatonic() {
+		if !managed(m) {
 			return false
 		}
 	}

@@ -64,7 +64,7 @@ type systemd struct {
 }
 
 // pingTimeout bounds one attempt to get an answer from systemd.
-const pingTimeout = time.Second
+const pingTimeout = 250 * time.Millisecond
 
 // dialSystemd connects to the container's systemd and waits until it
 // answers a ping, connecting again when a connection stays silent: right

@@ -26,19 +26,31 @@
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
 #   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
+#   podman-up NAME [WIRING] [--count N] [--no-trigger]
+#        Like "up NAME systemd" but run by podman 4.3 (--runtime runc
+#        --cgroup-manager=cgroupfs --events-backend=file --network none
+#        --ulimit nofile/nproc=4096 --hooks-dir BUNDLE/hooks.d --rootfs
+#        BUNDLE/rootfs --systemd=always). --hook is written as BUNDLE/hooks.d/
+#        arh-lab.json, --action-script via --annotation org.criu.config=...
+#        Afterwards exec, checkpoint, restore (no new wiring), pid, ps,
+#        waiters, mounts, down work on it as on a runc container; checkpoint
+#        images stay in podman's storage.
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
 #   exec NAME [--timeout SEC] [--] CMD...
-#        runc exec with a hard deadline (timeout -s KILL, default 10 s). On a
-#        timeout: prints "arh-lab: TIMEOUT" + the container's processes in
-#        autofs_wait to stderr and exits 124. The blocked process stays
-#        (see kill-waiters).
+#        runc exec with a hard deadline (timeout --foreground -s KILL, default
+#        10 s, whole seconds). On a timeout: prints "arh-lab: TIMEOUT" + the
+#        container's processes in autofs_wait to stderr and exits 124. The
+#        blocked process stays (see kill-waiters).
 #   checkpoint NAME [--image DIR] [--leave-running]
 #        runc checkpoint --image-path DIR (default BUNDLE/image, replaced).
 #   restore NAME [--image DIR] [WIRING | --unwire]
 #        runc restore -d with the CRIU wrapper first in PATH. WIRING given here
 #        is written into config.json first (see wire).
-#   down NAME         runc delete -f, remove cgroups and the bundle. Idempotent.
+#   stop NAME         runc delete -f and remove its cgroups, keep the bundle and
+#                     the image (to restore the same image again). Idempotent.
+#                     (podman: podman rm -f, which drops its checkpoint too.)
+#   down NAME         stop, then remove the bundle. Idempotent.
 #   pid NAME          host pid of the container's init.
 #   pids NAME         host pids of all processes in the container's pid namespace.
 #   ps NAME           pid, state, wchan and command of each of them.
@@ -48,6 +60,8 @@
 #                     from /proc/PID/mountinfo (never walks a path).
 #   status NAME       runc state.
 #   list              lab bundles and runc containers named arh-lab-*.
+#   reap              down the bundles whose owner process is gone (up records
+#                     $ARH_LAB_OWNER_PID, set by the Go package, in BUNDLE/owner).
 #
 # WIRING (how our hook is plugged in; any combination):
 #   --action-script BIN   CRIU action script, without touching /etc/criu: the
@@ -148,14 +162,14 @@ parse_opts() {
 		shift
 	done
 }
-[[ $COUNT =~ ^[0-9]+$ ]] || true
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 
 save_conf() { # save_conf BUNDLE
+	# declare -g: load_conf sources this inside a function.
 	{
 		declare -p KIND COUNT AUTOMOUNT_DAEMON ACTION_SCRIPT HOOK_PATH HOOK_STAGE HOOK_TIMEOUT
 		declare -p CRIU_OPTS HOOK_ARGS HOOK_ENV
-	} >"$1/lab.conf"
+	} | sed -e 's/^declare -- /declare -g /' -e 's/^declare -a /declare -ga /' >"$1/lab.conf"
 }
 load_conf() { # load_conf BUNDLE ; keeps wiring given on the command line
 	local a=$ACTION_SCRIPT h=$HOOK_PATH hs=$HOOK_STAGE ht=$HOOK_TIMEOUT
@@ -334,6 +348,7 @@ make_bundle() { # make_bundle NAME
 	mkdir -p "$b/log" "$b/work"
 	cp -a "$ROOTFS_SRC" "$b/rootfs"
 	mkdir -p "$b/rootfs/lab"
+	echo "$name" >"$b/rootfs/etc/hostname"
 	case $KIND in
 	systemd) populate_systemd "$b/rootfs" ;;
 	automount) populate_automount "$b/rootfs" ;;
@@ -341,21 +356,36 @@ make_bundle() { # make_bundle NAME
 	esac
 	save_conf "$b"
 	write_config "$name" "$b"
+	# Owner (Go test process) for "reap": pid and start time.
+	if [ -n "${ARH_LAB_OWNER_PID:-}" ] && [ -r "/proc/$ARH_LAB_OWNER_PID/stat" ]; then
+		echo "$ARH_LAB_OWNER_PID $(proc_starttime "$ARH_LAB_OWNER_PID")" >"$b/owner"
+	fi
 }
+proc_starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
 
 # ------------------------------------------------------------ inspection
+is_podman() { [ -f "$LAB_DIR/$1/podman" ]; }
+podman_argv() { # sets PODMAN=(podman + the lab's global flags) for container $1
+	PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file --hooks-dir "$(bundle_of "$1")/hooks.d")
+}
 init_pid() { # host pid of the init, empty if not running
+	if is_podman "$1"; then
+		local p
+		p=$(timeout -s KILL 30 podman --events-backend=file inspect -f '{{.State.Pid}}' "$1" 2>/dev/null) || true
+		[ "${p:-0}" = 0 ] || echo "$p"
+		return 0
+	fi
 	runc state "$1" 2>/dev/null | sed -n 's/^ *"pid": *\([0-9]*\),*$/\1/p'
 }
 runc_status() { runc state "$1" 2>/dev/null | sed -n 's/^ *"status": *"\([a-z]*\)",*$/\1/p'; }
 container_pids() { # all host pids in the init's pid namespace
-	local ip ns p
+	local ip ns
 	ip=$(init_pid "$1")
 	[ -n "$ip" ] || return 0
 	ns=$(readlink "/proc/$ip/ns/pid" 2>/dev/null) || return 0
-	for p in /proc/[0-9]*; do
-		[ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
-	done | sort -n
+	# One stat for all processes: "/proc/PID/ns/pid pid:[INO]".
+	stat -c '%n %N' /proc/[0-9]*/ns/pid 2>/dev/null |
+		awk -v ns="$ns" 'index($0, "-> \x27" ns "\x27") { split($1, f, "/"); print f[3] }' | sort -n
 	return 0
 }
 proc_line() { # pid state wchan cmdline
@@ -395,20 +425,29 @@ autofs_mounts() { # autofs mounts of the container and the mounts at or below th
 		"/proc/$ip/mountinfo" "/proc/$ip/mountinfo"
 }
 
+exec_argv() { # sets EXEC=(runc exec) or (podman exec) for container $1
+	if is_podman "$1"; then
+		EXEC=(podman --events-backend=file exec)
+	else
+		EXEC=(runc exec)
+	fi
+}
+
 wait_ready() { # wait_ready NAME KIND
-	local name=$1 deadline s ip n want
+	local name=$1 deadline s ip n want EXEC
+	exec_argv "$name"
 	deadline=$(($(now_ms) + 90000))
 	case $2 in
 	systemd)
 		while :; do
-			s=$(timeout -s KILL 5 runc exec "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
+			s=$(timeout -s KILL 5 "${EXEC[@]}" "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
 			case $s in running | degraded) break ;; esac
 			[ "$(now_ms)" -lt "$deadline" ] || die "systemd in $name not up after 90 s (state '$s')"
 			sleep 0.3
 		done
 		[ "$s" = running ] || {
 			say "warning: systemd in $name is '$s'; failed units:"
-			timeout -s KILL 5 runc exec "$name" systemctl --failed --no-pager </dev/null >&2 || true
+			timeout -s KILL 5 "${EXEC[@]}" "$name" systemctl --failed --no-pager </dev/null >&2 || true
 		}
 		want=$(wc -l <"$(bundle_of "$name")/rootfs/lab/automounts")
 		;;
@@ -426,15 +465,16 @@ wait_ready() { # wait_ready NAME KIND
 }
 
 trigger() { # trigger NAME KIND: mount what must be mounted at checkpoint time
-	local name=$1
+	local name=$1 EXEC
+	exec_argv "$name"
 	case $2 in
 	systemd)
-		timeout -s KILL 10 runc exec "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
+		timeout -s KILL 10 "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
 			die "triggering /srv/a in $name failed"
 		say "$name: triggered /srv/a, wrote /srv/a/state"
 		;;
 	automount)
-		timeout -s KILL 10 runc exec "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
+		timeout -s KILL 10 "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
 			die "triggering /ind/k1 and /ind/multi in $name failed"
 		say "$name: triggered /ind/k1 (wrote /ind/k1/state) and /ind/multi (offset /ind/multi/sub untriggered)"
 		;;
@@ -459,6 +499,42 @@ cmd_up() {
 	wait_ready "$name" "$KIND"
 	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
 	took "up $name"
+}
+
+cmd_podman_up() {
+	local name=$1 b ann=() hooks_json PODMAN
+	shift
+	KIND=systemd
+	parse_opts "$@"
+	check_name "$name"
+	command -v podman >/dev/null || die "podman is not installed (see provision.sh warnings)"
+	b=$(bundle_of "$name")
+	make_bundle "$name"
+	touch "$b/podman"
+	mkdir -p "$b/hooks.d"
+	if [ -n "$ACTION_SCRIPT" ] || [ ${#CRIU_OPTS[@]} -gt 0 ]; then
+		ann=(--annotation "org.criu.config=$b/criu.conf")
+	else
+		ann=(--annotation "org.criu.config=")
+	fi
+	if [ -n "$HOOK_PATH" ]; then
+		hooks_json="{\"version\": \"1.0.0\", \"hook\": {\"path\": $(json_str "$HOOK_PATH"), \"args\": $(json_arr "$HOOK_PATH" "${HOOK_ARGS[@]}")"
+		[ ${#HOOK_ENV[@]} = 0 ] || hooks_json+=", \"env\": $(json_arr "${HOOK_ENV[@]}")"
+		hooks_json+="}, \"when\": {\"always\": true}, \"stages\": [$(json_str "$HOOK_STAGE")]}"
+		echo "$hooks_json" >"$b/hooks.d/arh-lab.json"
+	fi
+	podman_argv "$name"
+	if ! timeout -s KILL 120 "${PODMAN[@]}" run -d --name "$name" --network none \
+		--ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --systemd=always \
+		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" \
+		--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1" \
+		--rootfs "$b/rootfs" /lib/systemd/systemd </dev/null >"$b/log/run.log" 2>&1; then
+		cat "$b/log/run.log" >&2
+		die "podman run $name failed"
+	fi
+	wait_ready "$name" systemd
+	[ "$TRIGGER" = 0 ] || trigger "$name" systemd
+	took "podman-up $name"
 }
 
 cmd_bundle() {
@@ -494,7 +570,10 @@ cmd_exec() {
 	[ ${#REST[@]} -gt 0 ] || die "exec: no command"
 	start=$(now_ms)
 	rc=0
-	timeout -s KILL "$TIMEOUT" runc exec "$name" "${REST[@]}" </dev/null || rc=$?
+	# --foreground: only runc exec is killed, not timeout itself (no "Killed"
+	# noise); the process inside the container stays, see kill-waiters.
+	exec_argv "$name"
+	timeout --foreground -s KILL "$TIMEOUT" "${EXEC[@]}" "$name" "${REST[@]}" </dev/null || rc=$?
 	if [ $rc = 137 ] && [ $(($(now_ms) - start)) -ge $((TIMEOUT * 1000 - 100)) ]; then
 		say "TIMEOUT: '${REST[*]}' in $name did not finish within ${TIMEOUT}s (runc exec killed)"
 		print_waiters "$name"
@@ -512,6 +591,15 @@ cmd_checkpoint() {
 	check_name "$name"
 	b=$(bundle_of "$name")
 	[ -d "$b" ] || die "no bundle $b"
+	if is_podman "$name"; then
+		local extra_p=() PODMAN
+		podman_argv "$name"
+		[ "$LEAVE_RUNNING" = 0 ] || extra_p=(--leave-running)
+		timeout -s KILL 120 "${PODMAN[@]}" container checkpoint "${extra_p[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1 ||
+			{ cat "$b/log/checkpoint.log" >&2; die "podman container checkpoint $name failed"; }
+		took "checkpoint $name (podman)"
+		return 0
+	fi
 	IMAGE=$(abspath "${IMAGE:-$b/image}")
 	rm -rf "$IMAGE"
 	mkdir -p "$IMAGE" "$b/work"
@@ -533,6 +621,16 @@ cmd_restore() {
 	parse_opts "$@"
 	check_name "$name"
 	b=$(bundle_of "$name")
+	if is_podman "$name"; then
+		[ "$WIRING_GIVEN" = 0 ] || die "podman restores with the hooks and annotations given at podman-up"
+		local PODMAN
+		podman_argv "$name"
+		timeout -s KILL 120 "${PODMAN[@]}" container restore "$name" </dev/null >"$b/log/restore.log" 2>&1 ||
+			{ cat "$b/log/restore.log" >&2; die "podman container restore $name failed"; }
+		say "restored $name (podman): init pid $(init_pid "$name")"
+		took "restore $name (podman)"
+		return 0
+	fi
 	load_conf "$b"
 	if [ "$WIRING_GIVEN" = 1 ] || [ "$UNWIRE" = 1 ]; then
 		save_conf "$b"
@@ -561,10 +659,14 @@ cgroup_cleanup() { # remove /sys/fs/cgroup/*/arh-lab/NAME trees (children first)
 	done
 }
 
-cmd_down() {
-	local name=$1 b i
-	check_name "$name"
-	b=$(bundle_of "$name")
+stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
+	local name=$1 i
+	if is_podman "$name"; then
+		local PODMAN
+		podman_argv "$name"
+		timeout -s KILL 60 "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
+		return 0
+	fi
 	if [ -n "$(runc_status "$name")" ]; then
 		timeout -s KILL 30 runc delete -f "$name" >/dev/null 2>&1 || true
 		for i in $(seq 50); do [ -z "$(runc_status "$name")" ] && break; sleep 0.1; done
@@ -576,6 +678,19 @@ cmd_down() {
 		[ -z "$(runc_status "$name")" ] || say "warning: runc still knows $name: $(runc_status "$name")"
 	fi
 	cgroup_cleanup "$name"
+}
+
+cmd_stop() {
+	check_name "$1"
+	stop_container "$1"
+	took "stop $1"
+}
+
+cmd_down() {
+	local name=$1 b
+	check_name "$name"
+	b=$(bundle_of "$name")
+	stop_container "$name"
 	if [ -d "$b" ]; then
 		# Never rm -rf across a mount point.
 		if awk -v b="$b" '$5 == b || index($5, b "/") == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
@@ -586,12 +701,27 @@ cmd_down() {
 	took "down $name"
 }
 
+cmd_reap() { # down bundles whose owner process (recorded by up) is gone
+	local d n pid st
+	for d in "$LAB_DIR"/arh-lab-*; do
+		[ -f "$d/owner" ] || continue
+		read -r pid st <"$d/owner" || continue
+		[ -n "$pid" ] || continue
+		if [ "$(proc_starttime "$pid")" != "$st" ]; then
+			n=${d##*/}
+			say "reaping $n (owner process $pid is gone)"
+			cmd_down "$n"
+		fi
+	done
+	return 0
+}
+
 cmd_list() {
 	local d
 	for d in "$LAB_DIR"/arh-lab-*; do
 		[ -d "$d" ] || continue
 		local n=${d##*/} k=""
-		k=$(sed -n 's/^declare -- KIND="\(.*\)"$/\1/p' "$d/lab.conf" 2>/dev/null)
+		k=$(sed -n 's/^declare -g KIND="\(.*\)"$/\1/p' "$d/lab.conf" 2>/dev/null)
 		printf '%-30s %-10s %s\n' "$n" "${k:-?}" "$(runc_status "$n")"
 	done
 	runc list 2>/dev/null | awk 'NR == 1 || $1 ~ /^arh-lab-/'
@@ -604,11 +734,13 @@ shift
 case $cmd in
 up) [ $# -ge 2 ] || usage; cmd_up "$@" ;;
 bundle) [ $# -ge 2 ] || usage; cmd_bundle "$@" ;;
+podman-up) [ $# -ge 1 ] || usage; cmd_podman_up "$@" ;;
 wire) [ $# -ge 1 ] || usage; cmd_wire "$@" ;;
 exec) [ $# -ge 2 ] || usage; cmd_exec "$@" ;;
 checkpoint) [ $# -ge 1 ] || usage; cmd_checkpoint "$@" ;;
 restore) [ $# -ge 1 ] || usage; cmd_restore "$@" ;;
 down) [ $# -ge 1 ] || usage; cmd_down "$1" ;;
+stop) [ $# -ge 1 ] || usage; cmd_stop "$1" ;;
 pid) check_name "${1:-}"; p=$(init_pid "$1"); [ -n "$p" ] || die "$1 is not running"; echo "$p" ;;
 pids) check_name "${1:-}"; container_pids "$1" ;;
 ps) check_name "${1:-}"; for p in $(container_pids "$1"); do proc_line "$p"; done ;;
@@ -621,6 +753,7 @@ kill-waiters)
 mounts) check_name "${1:-}"; autofs_mounts "$1" ;;
 status) check_name "${1:-}"; runc state "$1" ;;
 list) cmd_list ;;
+reap) cmd_reap ;;
 -h | --help | help) usage ;;
 *) die "unknown command $cmd (lab.sh --help)" ;;
 esac

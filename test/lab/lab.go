@@ -1,0 +1,402 @@
+// Package lab runs the end-to-end lab of autofs-restore-hook from Go tests:
+// runc containers with AutoFS mounts (systemd .automount units, or the autofs
+// automount daemon) that are checkpointed and restored with CRIU, with or
+// without our hook wired in.
+//
+// It is a thin wrapper around the scripts next to this file: provision.sh
+// (packages, CRIU 4.1.1 from Debian trixie, a bookworm rootfs, all cached under
+// /var/cache/autofs-restore-hook) and lab.sh (bundles under /var/tmp/arh-lab).
+// See README.md in this directory for what each kind of container contains
+// and what was reproduced with it.
+//
+// Typical use:
+//
+//	func TestX(t *testing.T) {
+//		lab.Require(t) // skips without root or /dev/autofs, provisions otherwise
+//		c := lab.Up(t, "x", lab.Systemd, lab.Options{ActionScript: hookBinary})
+//		if err := c.Checkpoint(); err != nil { t.Fatal(err) }
+//		if err := c.Restore(); err != nil { t.Fatal(err) }
+//		out, timedOut, err := c.Exec(5*time.Second, "stat", "/srv/b/")
+//		...
+//	}
+//
+// Safety: a path of a restored container may block forever in autofs_wait.
+// Exec always has a deadline and kills runc exec with SIGKILL when it passes;
+// the process inside the container stays blocked (AutofsWaiters lists it,
+// KillWaiters ends it). Containers are removed by t.Cleanup.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Kind is the kind of lab container.
+type Kind string
+
+const (
+	// Systemd: systemd is PID 1, with .automount units /srv/a, /srv/b, /srv/c
+	// (tmpfs .mount units). Up mounts /srv/a and writes /srv/a/state
+	// ("state-before-checkpoint") unless Options.NoTrigger.
+	Systemd Kind = "systemd"
+	// Automount: a sh loop is PID 1 and the autofs automount daemon runs with
+	// a direct map (/srv/direct1, /srv/direct2, /srv/dmulti with offset /sub)
+	// and an indirect map /ind (keys k1 k2 k3, multi with offset /sub). Up
+	// mounts /ind/k1 (writes /ind/k1/state) and /ind/multi unless NoTrigger.
+	Automount Kind = "automount"
+	// Plain: no autofs at all.
+	Plain Kind = "plain"
+)
+
+// Options configure a container. The wiring fields (ActionScript, Hook...)
+// are written into the bundle's config.json; Wire changes them later.
+type Options struct {
+	// Count adds N more automount points for benchmarks: /srv/u1../srv/uN
+	// (Systemd) or direct entries /srv/d1../srv/dN (Automount).
+	Count int
+	// NoTrigger leaves every automount point untriggered at Up.
+	NoTrigger bool
+	// ActionScript is wired as CRIU action script through a per-bundle CRIU
+	// config file named by the org.criu.config annotation (/etc/criu is
+	// never touched; unwired bundles set the annotation to "").
+	ActionScript string
+	// CriuOpts are extra lines for that CRIU config file.
+	CriuOpts []string
+	// Hook is wired as OCI hook at HookStage (default createRuntime), with
+	// args [Hook, HookArgs...] and environment HookEnv ("K=V").
+	Hook      string
+	HookStage string
+	HookArgs  []string
+	HookEnv   []string
+}
+
+// Container is a lab container started by Up.
+type Container struct {
+	Name   string // runc container id: "arh-lab-<name>-<pid of the test process>"
+	Kind   Kind
+	Bundle string // /var/tmp/arh-lab/<Name>
+	t      testing.TB
+}
+
+var (
+	provisionOnce sync.Once
+	provisionErr  error
+	provisionOut  string
+)
+
+// Dir is the directory holding provision.sh and lab.sh (this package's source
+// directory, or $ARH_LAB_SCRIPTS).
+func Dir() string {
+	if d := os.Getenv("ARH_LAB_SCRIPTS"); d != "" {
+		return d
+	}
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "test/lab"
+	}
+	return filepath.Dir(file)
+}
+
+// Require skips the test, loudly, when the lab cannot run here (not root, or
+// no /dev/autofs). Otherwise it runs provision.sh (once per test process) and
+// fails the test if provisioning fails. It also removes lab containers left
+// behind by test processes that no longer exist.
+func Require(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP E2E: the autofs-restore-hook lab needs root (runc, CRIU, autofs)")
+	}
+	if _, err := os.Stat("/dev/autofs"); err != nil {
+		t.Skipf("SKIP E2E: the autofs-restore-hook lab needs /dev/autofs: %v", err)
+	}
+	ran := false
+	provisionOnce.Do(func() {
+		ran = true
+		start := time.Now()
+		out, err := run(30*time.Minute, filepath.Join(Dir(), "provision.sh"))
+		provisionOut = out
+		if err != nil {
+			provisionErr = fmt.Errorf("provision.sh: %w", err)
+			return
+		}
+		provisionOut += fmt.Sprintf("provisioning took %v\n", time.Since(start).Round(time.Millisecond))
+		// Best effort: containers of dead test processes.
+		_, _ = run(5*time.Minute, filepath.Join(Dir(), "lab.sh"), "reap")
+	})
+	if provisionErr != nil {
+		t.Fatalf("E2E lab provisioning failed: %v\n%s", provisionErr, provisionOut)
+	}
+	if ran {
+		t.Logf("E2E lab provisioned:\n%s", strings.TrimSpace(provisionOut))
+	}
+}
+
+// Up creates and starts a container of the given kind (see lab.sh up) and
+// registers its removal with t.Cleanup. name is made unique per test process:
+// the container is called "arh-lab-<name>-<pid>". Up fails the test on error.
+func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
+	t.Helper()
+	Require(t)
+	name = strings.TrimPrefix(name, "arh-lab-")
+	c := &Container{
+		Name: fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
+		Kind: kind,
+		t:    t,
+	}
+	c.Bundle = filepath.Join(labDir(), c.Name)
+	// Leftovers of an earlier run with this very process id, silently.
+	_, _ = run(2*time.Minute, filepath.Join(Dir(), "lab.sh"), "down", c.Name)
+	t.Cleanup(func() {
+		if err := c.Down(); err != nil {
+			t.Errorf("lab down %s: %v", c.Name, err)
+		}
+	})
+	args := append([]string{"up", c.Name, string(kind)}, opts.args()...)
+	if opts.Count > 0 {
+		args = append(args, "--count", strconv.Itoa(opts.Count))
+	}
+	if opts.NoTrigger {
+		args = append(args, "--no-trigger")
+	}
+	if _, err := c.lab(5*time.Minute, args...); err != nil {
+		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)
+	}
+	return c
+}
+
+// Exec runs args in the container (runc exec) with a hard deadline. When the
+// deadline passes, runc exec is killed with SIGKILL and timedOut is true (err
+// is nil then); the process in the container may stay blocked in autofs_wait.
+// out holds stdout and stderr.
+func (c *Container) Exec(timeout time.Duration, args ...string) (out string, timedOut bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "runc", append([]string{"exec", c.Name}, args...)...)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	cmd.WaitDelay = 2 * time.Second // do not wait for pipes held by stray children
+	err = cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		return buf.String(), true, nil
+	}
+	if err != nil {
+		return buf.String(), false, fmt.Errorf("runc exec %s %q: %w: %s", c.Name, args, err, strings.TrimSpace(buf.String()))
+	}
+	return buf.String(), false, nil
+}
+
+// Checkpoint runs runc checkpoint into Bundle/image (replacing it); the
+// container is gone afterwards.
+func (c *Container) Checkpoint() error {
+	_, err := c.lab(3*time.Minute, "checkpoint", c.Name)
+	return err
+}
+
+// Restore runs runc restore -d from Bundle/image, with the CRIU wrapper first
+// in PATH and the wiring currently in config.json (see Wire).
+func (c *Container) Restore() error {
+	_, err := c.lab(3*time.Minute, "restore", c.Name)
+	return err
+}
+
+// Wire replaces the hook wiring in config.json (only the ActionScript,
+// CriuOpts and Hook* fields of opts are used; zero Options unwire). It takes
+// effect at the next Restore.
+func (c *Container) Wire(opts Options) error {
+	_, err := c.lab(time.Minute, append([]string{"wire", c.Name}, opts.args()...)...)
+	return err
+}
+
+// Stop removes the running container (runc delete -f) but keeps the bundle
+// and the checkpoint image, so that the same image can be restored again.
+func (c *Container) Stop() error {
+	_, err := c.lab(2*time.Minute, "stop", c.Name)
+	return err
+}
+
+// Down removes the container, its cgroups and its bundle. Idempotent.
+func (c *Container) Down() error {
+	_, err := c.lab(2*time.Minute, "down", c.Name)
+	return err
+}
+
+// Pid is the host pid of the container's init.
+func (c *Container) Pid() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "runc", "state", c.Name).Output()
+	if err != nil {
+		return 0, fmt.Errorf("runc state %s: %w", c.Name, err)
+	}
+	var st struct {
+		Pid    int    `json:"pid"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return 0, fmt.Errorf("runc state %s: %w", c.Name, err)
+	}
+	if st.Pid == 0 || st.Status != "running" {
+		return 0, fmt.Errorf("%s is %q, not running", c.Name, st.Status)
+	}
+	return st.Pid, nil
+}
+
+// Pids are the host pids of every process in the container's pid namespace.
+func (c *Container) Pids() ([]int, error) {
+	init, err := c.Pid()
+	if err != nil {
+		return nil, err
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && l == ns {
+			pids = append(pids, pid)
+		}
+	}
+	sort.Ints(pids)
+	return pids, nil
+}
+
+// AutofsWaiters are the host pids of the container's processes whose
+// /proc/PID/wchan is autofs_wait (blocked on an automount request).
+func (c *Container) AutofsWaiters() ([]int, error) {
+	pids, err := c.Pids()
+	if err != nil {
+		return nil, err
+	}
+	var w []int
+	for _, p := range pids {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", p)); err == nil && string(b) == "autofs_wait" {
+			w = append(w, p)
+		}
+	}
+	return w, nil
+}
+
+// KillWaiters sends SIGKILL to every process of AutofsWaiters (the only
+// signal that ends an autofs_wait) and waits up to 5 s for them to go.
+func (c *Container) KillWaiters() error {
+	w, err := c.AutofsWaiters()
+	if err != nil {
+		return err
+	}
+	for _, p := range w {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if w, err = c.AutofsWaiters(); err != nil || len(w) == 0 {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: still in autofs_wait after SIGKILL: %v", c.Name, w)
+}
+
+// Describe is one line per process of the container: pid, state, wchan,
+// command (for logs).
+func (c *Container) Describe() string {
+	pids, err := c.Pids()
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range pids {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		state := "?"
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = string(stat[i+2])
+		}
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", p))
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		fmt.Fprintf(&b, "%7d %s %-22s %s\n", p, state, string(wchan), strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
+	}
+	return b.String()
+}
+
+func (o Options) args() []string {
+	var a []string
+	if o.ActionScript != "" {
+		a = append(a, "--action-script", o.ActionScript)
+	}
+	for _, l := range o.CriuOpts {
+		a = append(a, "--criu-opt", l)
+	}
+	if o.Hook != "" {
+		a = append(a, "--hook", o.Hook)
+		if o.HookStage != "" {
+			a = append(a, "--hook-stage", o.HookStage)
+		}
+		for _, x := range o.HookArgs {
+			a = append(a, "--hook-arg", x)
+		}
+		for _, x := range o.HookEnv {
+			a = append(a, "--hook-env", x)
+		}
+	}
+	return a
+}
+
+// lab runs lab.sh and logs its output (timings) to the test.
+func (c *Container) lab(timeout time.Duration, args ...string) (string, error) {
+	out, err := run(timeout, filepath.Join(Dir(), "lab.sh"), args...)
+	if c.t != nil {
+		c.t.Helper()
+		if s := strings.TrimSpace(out); s != "" {
+			c.t.Logf("lab.sh %s:\n%s", strings.Join(args, " "), s)
+		}
+	}
+	return out, err
+}
+
+// run runs a command with a deadline; stdout and stderr are combined.
+func run(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "ARH_LAB_OWNER_PID="+strconv.Itoa(os.Getpid()))
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		err = fmt.Errorf("timed out after %v: %w", timeout, err)
+	}
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%s %s: %w", filepath.Base(name), strings.Join(args, " "), err)
+	}
+	return buf.String(), err
+}
+
+func labDir() string {
+	if d := os.Getenv("ARH_LAB_DIR"); d != "" {
+		return d
+	}
+	return "/var/tmp/arh-lab"
+}
