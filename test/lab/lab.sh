@@ -34,7 +34,8 @@
 #        arh-lab.json, --action-script via --annotation org.criu.config=...
 #        Afterwards exec, checkpoint, restore (no new wiring), pid, ps,
 #        waiters, mounts, down work on it as on a runc container; checkpoint
-#        images stay in podman's storage.
+#        images stay in podman's storage. With $ARH_LAB_HOOKS_JSON set, that
+#        file is copied into the container's hooks dir instead of --hook.
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
 #   exec NAME [--timeout SEC] [--] CMD...
@@ -517,7 +518,10 @@ cmd_podman_up() {
 	else
 		ann=(--annotation "org.criu.config=")
 	fi
-	if [ -n "$HOOK_PATH" ]; then
+	if [ -n "${ARH_LAB_HOOKS_JSON:-}" ]; then
+		# A given hooks.d file (the project's shipped one, say) as is.
+		cp "$ARH_LAB_HOOKS_JSON" "$b/hooks.d/"
+	elif [ -n "$HOOK_PATH" ]; then
 		hooks_json="{\"version\": \"1.0.0\", \"hook\": {\"path\": $(json_str "$HOOK_PATH"), \"args\": $(json_arr "$HOOK_PATH" "${HOOK_ARGS[@]}")"
 		[ ${#HOOK_ENV[@]} = 0 ] || hooks_json+=", \"env\": $(json_arr "${HOOK_ENV[@]}")"
 		hooks_json+="}, \"when\": {\"always\": true}, \"stages\": [$(json_str "$HOOK_STAGE")]}"

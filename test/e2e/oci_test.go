@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// ociLog wires the hook's log file through the hook's environment (a
+// runtime gives a hook only the environment of its configuration).
+func ociLog(t *testing.T) (string, func() string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "hook.log")
+	return p, func() string {
+		b, _ := os.ReadFile(p)
+		return string(b)
+	}
+}
+
+// followers are the detached workers of the hook still running.
+func followers() []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(b), "__autofs-restore-hook-follow") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// waitFixed waits until the detached worker is done and every autofs mount
+// of c is ok, and returns how long that took after the restore returned.
+func waitFixed(t *testing.T, c *lab.Container, want int, log func() string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(20 * time.Second)
+	for {
+		ok := len(followers()) == 0
+		if ok {
+			r := status(t, c)
+			for _, m := range r.Mounts {
+				ok = ok && m.State == string(hook.StateOK)
+			}
+			ok = ok && len(r.Mounts) == want
+		}
+		if ok {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not fixed 20 s after the restore (workers %v); hook log:\n%s", followers(), log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// touchEarly starts an access to path right after the restore, before the
+// fix can have run, and returns a function that fails the test if that
+// access hung (it must be answered or fail, never stay blocked).
+func touchEarly(t *testing.T, c *lab.Container, path string) func() {
+	done := make(chan string, 1)
+	go func() {
+		out, timedOut, err := c.Exec(okWait, "stat", "-c", "%n", path)
+		if timedOut {
+			done <- "hung"
+			return
+		}
+		done <- strings.TrimSpace(out) + " " + errString(err)
+	}()
+	return func() {
+		t.Helper()
+		r := <-done
+		if r == "hung" {
+			t.Fatalf("an access to %s made right after the restore hung for %v:\n%s", path, okWait, c.Describe())
+		}
+		t.Logf("early access to %s ended: %s", path, r)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "(ok)"
+	}
+	return "(failed fast: " + err.Error() + ")"
+}
+
+func TestSystemdOCIHook(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	logPath, log := ociLog(t)
+	c := lab.Up(t, "oci-sd", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}})
+	for round := 1; round <= 2; round++ {
+		checkpointRestore(t, c)
+		early := touchEarly(t, c, "/srv/b/")
+		early()
+		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
+		systemdWorks(t, c)
+	}
+	t.Logf("hook log:\n%s", log())
+	if n := strings.Count(log(), "unit=srv-c.automount"); n != 2 {
+		t.Errorf("srv-c.automount restarted %d times in 2 restores, want 2", n)
+	}
+}
+
+func TestAutomountOCIHook(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	logPath, log := ociLog(t)
+	c := lab.Up(t, "oci-am", lab.Automount, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}})
+	checkpointRestore(t, c)
+	early := touchEarly(t, c, "/srv/direct1/")
+	early()
+	t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 5, log).Round(time.Millisecond))
+	mustWork(t, c, "sh", "-c", "echo d2 > /srv/direct2/x && cat /srv/direct2/x")
+	mustWork(t, c, "ls", "/ind/multi/sub")
+	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("/ind/k1/state: %q", got)
+	}
+	noWaiters(t, c)
+	if ds := automountDaemons(t, c); len(ds) != 1 || ds[0].pgid != ds[0].pid {
+		t.Fatalf("daemons after the fix: %+v", ds)
+	}
+	t.Logf("hook log:\n%s", log())
+}
+
+// A fresh start with the hook wired restarts nothing.
+func TestFreshStartWithHookTouchesNothing(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	logPath, log := ociLog(t)
+	c := lab.Up(t, "oci-fresh", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1", hook.EnvLogLevel + "=debug"}})
+	systemdWorks(t, c)
+	if l := log(); !strings.Contains(l, "status=creating") || strings.Contains(l, "restarted") || strings.Contains(l, "catatonic") {
+		t.Errorf("hook log of a fresh start:\n%s", l)
+	}
+	out := mustWork(t, c, "journalctl", "--no-pager", "-o", "cat", "-u", "srv-b.automount", "-u", "srv-c.automount")
+	if strings.Contains(out, "Unset automount") || strings.Contains(out, "Failed") || strings.Contains(out, "hangup") {
+		t.Errorf("journal shows a stop or failure:\n%s", out)
+	}
+}
+
+// podman with --hooks-dir holding the shipped hooks.d JSON (its path
+// pointed at the binary under test).
+func TestPodmanHooksDir(t *testing.T) {
+	lab.Require(t)
+	if _, err := exec.LookPath("podman"); err != nil {
+		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)
+	}
+	bin := hookBinary(t)
+	logPath, log := ociLog(t)
+	shipped, err := os.ReadFile(filepath.Join(lab.Dir(), "..", "..", "hooks.d", "autofs-restore-hook.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(shipped, &h); err != nil {
+		t.Fatal(err)
+	}
+	hk := h["hook"].(map[string]any)
+	hk["path"] = bin
+	hk["env"] = []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}
+	b, _ := json.Marshal(h)
+	jsonPath := filepath.Join(t.TempDir(), "autofs-restore-hook.json")
+	if err := os.WriteFile(jsonPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ARH_LAB_HOOKS_JSON", jsonPath)
+	name := "arh-lab-pod-" + strings.TrimPrefix(filepath.Base(t.TempDir()), "00")
+	labSh := filepath.Join(lab.Dir(), "lab.sh")
+	sh := func(timeout time.Duration, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("timeout", append([]string{"-s", "KILL", strconv.Itoa(int(timeout.Seconds())), "bash", labSh}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("lab.sh %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { exec.Command("bash", labSh, "down", name).Run() })
+	start := time.Now()
+	sh(3*time.Minute, "podman-up", name)
+	t.Logf("TIMING podman-up: %v", time.Since(start).Round(time.Millisecond))
+	sh(2*time.Minute, "checkpoint", name)
+	sh(2*time.Minute, "restore", name)
+	deadline := time.Now().Add(20 * time.Second)
+	for len(followers()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, p := range []string{"/srv/b/", "/srv/c/"} {
+		out := sh(15*time.Second, "exec", name, "--timeout", "5", "--", "stat", "-c", "%n", p)
+		t.Logf("podman exec stat %s: %s", p, strings.TrimSpace(out))
+	}
+	if out := sh(15*time.Second, "exec", name, "--timeout", "5", "--", "cat", "/srv/a/state"); !strings.Contains(out, "state-before-checkpoint") {
+		t.Fatalf("/srv/a/state after podman restore: %q", out)
+	}
+	if l := log(); !strings.Contains(l, "unit=srv-b.automount") {
+		t.Fatalf("the shipped hooks.d JSON did not fix the container; hook log:\n%s", l)
+	}
+	t.Logf("hook log:\n%s", log())
+}
