@@ -11,14 +11,14 @@ BIN      := bin/autofs-restore-hook
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build deps test unit demo bench install uninstall clean
+.PHONY: all build deps test unit fuzz demo bench install uninstall clean
 
 all: build
 
 # gcc and the static C library are needed for the cgo constructor.
 deps:
 	@command -v gcc >/dev/null && test -e /usr/lib/x86_64-linux-gnu/libc.a || \
-		{ echo "installing gcc and libc6-dev"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev >/dev/null; }
+		{ echo "installing gcc and libc6-dev"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q gcc libc6-dev >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q gcc libc6-dev >/dev/null; }; }
 
 build: deps
 	$(GOBUILD) -o $(BIN) ./cmd/autofs-restore-hook
@@ -30,6 +30,14 @@ test: build
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) go test -v -count=1 -timeout 25m ./...
+	$(MAKE) fuzz
+
+# Bounded fuzzing of the two parsers of untrusted input; the corpus in
+# testdata/fuzz is replayed by every plain `go test` too.
+FUZZTIME ?= 15s
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./hook
+	go test -run '^$$' -fuzz '^FuzzParseOptions$$' -fuzztime $(FUZZTIME) ./mounts
 
 # Unit and integration tests only (no lab).
 unit: deps
@@ -38,8 +46,13 @@ unit: deps
 demo: build
 	bash test/demo.sh $(CURDIR)/$(BIN)
 
+# Benchmarks (root, the lab): no-op cost, discovery, fix against the
+# unavoidable work and a shell baseline. Prints the tables of BENCHMARKS.md.
 bench: build
-	bash bench/run.sh $(CURDIR)/$(BIN)
+	@echo "## 2. Discovery (parse and classify mountinfo)"; echo
+	go test -run '^$$' -bench BenchmarkParseTable -benchmem -count 1 ./mounts | grep -E '^Benchmark|^cpu'
+	@echo
+	go run ./test/bench -bin $(CURDIR)/$(BIN)
 
 # The binary first: a hooks.d JSON naming a missing binary breaks every
 # container start.

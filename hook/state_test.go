@@ -96,3 +96,26 @@ func TestDecide(t *testing.T) {
 		}
 	}
 }
+
+func FuzzReadState(f *testing.F) {
+	f.Add(`{"ociVersion":"1.0.2","id":"c1","status":"stopped","pid":42,"bundle":"/b"}`)
+	f.Add(`{"id":"c","status":"creating","pid":0}`)
+	f.Add(`{"id":"c","status":"running","pid":1,"annotations":{"a":"b"}}`)
+	f.Add(``)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, in string) {
+		st, err := ReadState(strings.NewReader(in))
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error %q", err)
+			}
+			return
+		}
+		if st.ID == "" || st.Pid < 0 {
+			t.Fatalf("accepted invalid state %+v", st)
+		}
+		if _, err := Decide(st, Evidence{}); err != nil && st.Status != "running" {
+			t.Fatalf("Decide failed on accepted state %+v: %v", st, err)
+		}
+	})
+}

@@ -54,8 +54,8 @@ func (p *Process) Alive() bool {
 	return unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil
 }
 
-// Check returns ErrGone when the process exited or /proc/PID now describes
-// another process. Call it after reading anything from /proc/PID.
+// Check returns ErrGone when the process exited (zombies included) or
+// /proc/PID now describes another process. Call it after reading anything from /proc/PID.
 func (p *Process) Check() error {
 	if !p.Alive() {
 		return fmt.Errorf("pid %d: %w", p.Pid, ErrGone)
@@ -63,6 +63,9 @@ func (p *Process) Check() error {
 	st, err := ReadStat(p.Pid)
 	if err != nil || st.StartTime != p.StartTime {
 		return fmt.Errorf("pid %d: %w (pid reused)", p.Pid, ErrGone)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return fmt.Errorf("pid %d: %w (exited)", p.Pid, ErrGone)
 	}
 	return nil
 }

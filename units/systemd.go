@@ -3,6 +3,7 @@ package units
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -131,12 +132,6 @@ func (s *systemd) call(obj dbus.BusObject, method string, out any, args ...any) 
 	return nil
 }
 
-func (s *systemd) property(path dbus.ObjectPath, iface, name string) (dbus.Variant, error) {
-	var v dbus.Variant
-	err := s.call(s.conn.Object("org.freedesktop.systemd1", path), "org.freedesktop.DBus.Properties.Get", &v, iface, name)
-	return v, err
-}
-
 // automountUnits maps each automount unit's Where= to its name and path.
 func (s *systemd) automountUnits() (map[string]unitRef, error) {
 	var list []struct {
@@ -149,16 +144,41 @@ func (s *systemd) automountUnits() (map[string]unitRef, error) {
 	if err := s.call(s.manager(), "org.freedesktop.systemd1.Manager.ListUnitsByPatterns", &list, []string{}, []string{"*.automount"}); err != nil {
 		return nil, fmt.Errorf("list automount units: %w", err)
 	}
+	paths := make([]dbus.ObjectPath, len(list))
+	for i, u := range list {
+		paths[i] = u.Path
+	}
+	wheres, err := s.properties(paths, "org.freedesktop.systemd1.Automount", "Where")
+	if err != nil {
+		return nil, fmt.Errorf("read Where= of the automount units: %w", err)
+	}
 	out := make(map[string]unitRef, len(list))
-	for _, u := range list {
-		v, err := s.property(u.Path, "org.freedesktop.systemd1.Automount", "Where")
-		if err != nil {
-			return nil, fmt.Errorf("read Where= of %s: %w", u.Name, err)
-		}
-		where, _ := v.Value().(string)
+	for i, u := range list {
+		where, _ := wheres[i].Value().(string)
 		out[where] = unitRef{Name: u.Name, Path: u.Path}
 	}
 	return out, nil
+}
+
+// properties reads one property of many objects in one pipelined batch:
+// the calls go out together and the answers are collected after.
+func (s *systemd) properties(paths []dbus.ObjectPath, iface, name string) ([]dbus.Variant, error) {
+	calls := make([]*dbus.Call, len(paths))
+	for i, p := range paths {
+		calls[i] = s.conn.Object("org.freedesktop.systemd1", p).GoWithContext(s.ctx, "org.freedesktop.DBus.Properties.Get", 0, nil, iface, name)
+	}
+	out := make([]dbus.Variant, len(paths))
+	var errs []error
+	for i, c := range calls {
+		<-c.Done
+		if c.Err == nil {
+			c.Err = c.Store(&out[i])
+		}
+		if c.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", paths[i], c.Err))
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 type unitRef struct {
@@ -315,25 +335,39 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			pending[i] = true
 		}
 	}
+	// The mount table tells when a unit has its new autofs mount; systemd
+	// is asked for the states only once every pending unit has one, in a
+	// single batch.
 	for len(pending) > 0 {
 		table, err := s.env.ReadTable()
 		if err != nil {
 			return err
 		}
+		var ready []int
 		for i := range pending {
 			t := targets[i]
-			v, err := s.property(units[t.Where].Path, "org.freedesktop.systemd1.Unit", "ActiveState")
-			if err != nil {
-				return fmt.Errorf("read state of %s: %w", results[i].Unit, err)
-			}
-			state, _ := v.Value().(string)
-			a := table.Find(t.Where)
-			if state == "active" && a != nil && a.Dev() != t.Dev && !a.Options.Catatonic() {
+			if a := table.Find(t.Where); a != nil && a.Dev() != t.Dev && !a.Options.Catatonic() {
 				results[i].NewDev = a.Dev()
-				delete(pending, i)
-			} else if state == "failed" {
-				results[i].Error = fmt.Sprintf("restart %s: the unit failed (see journalctl -u %s in the container)", results[i].Unit, results[i].Unit)
-				delete(pending, i)
+				ready = append(ready, i)
+			}
+		}
+		if len(ready) == len(pending) {
+			paths := make([]dbus.ObjectPath, len(ready))
+			for k, i := range ready {
+				paths[k] = units[targets[i].Where].Path
+			}
+			states, err := s.properties(paths, "org.freedesktop.systemd1.Unit", "ActiveState")
+			if err != nil {
+				return fmt.Errorf("read unit states: %w", err)
+			}
+			for k, i := range ready {
+				switch state, _ := states[k].Value().(string); state {
+				case "active":
+					delete(pending, i)
+				case "failed":
+					results[i].Error = fmt.Sprintf("restart %s: the unit failed (see journalctl -u %s in the container)", results[i].Unit, results[i].Unit)
+					delete(pending, i)
+				}
 			}
 		}
 		if len(pending) == 0 {
@@ -346,7 +380,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 				names = append(names, results[i].Unit)
 			}
 			return fmt.Errorf("restart %s: no new autofs mount before the deadline", strings.Join(names, ", "))
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 	return nil

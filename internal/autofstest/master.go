@@ -9,6 +9,7 @@ package autofstest
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -202,9 +203,14 @@ func MaybeRunMaster() {
 		return
 	}
 	err := runMaster(strings.Split(points, ":"))
+	if errors.Is(err, errStdinClosed) {
+		os.Exit(0) // the test is done with us
+	}
 	fmt.Fprintln(os.Stderr, "test master:", err)
 	os.Exit(1)
 }
+
+var errStdinClosed = errors.New("stdin closed")
 
 type mount struct {
 	ioctl []*os.File
@@ -266,7 +272,7 @@ func runMaster(points []string) error {
 			handlePacket(dev, byPoint, b)
 		case c, ok := <-cmds:
 			if !ok {
-				return fmt.Errorf("stdin closed")
+				return errStdinClosed
 			}
 			if pt, ok := strings.CutPrefix(c, "remount "); ok {
 				m := byPoint[pt]

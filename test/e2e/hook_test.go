@@ -299,3 +299,71 @@ func TestPlainContainerIsQuiet(t *testing.T) {
 	}
 	allOK(t, c, 0)
 }
+
+// Two `fix` runs at once for one restored container (no hook wired):
+// every unit is restarted once, both runs succeed, every path works.
+func TestConcurrentFixRunsRestartOnce(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hook-concurrent", lab.Systemd, lab.Options{})
+	checkpointRestore(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		out string
+		err error
+	}
+	ch := make(chan res, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+			ch <- res{string(out), err}
+		}()
+	}
+	var all string
+	for i := 0; i < 2; i++ {
+		r := <-ch
+		if r.err != nil {
+			t.Errorf("fix: %v\n%s", r.err, r.out)
+		}
+		all += r.out
+	}
+	for _, unit := range []string{"srv-a.automount", "srv-b.automount", "srv-c.automount"} {
+		if n := strings.Count(all, "unit="+unit); n != 1 {
+			t.Errorf("%s restarted %d times by two concurrent runs, want 1:\n%s", unit, n, all)
+		}
+	}
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+}
+
+// A follower whose container never finishes restoring (its process is
+// gone) exits quietly at once.
+func TestFollowerExitsWhenRestoreFails(t *testing.T) {
+	bin := hookBinary(t)
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	f := strings.Fields(string(st)[strings.LastIndexByte(string(st), ')')+2:])
+	start := f[19]
+	cmd.Process.Kill()
+	cmd.Wait()
+	logPath := filepath.Join(t.TempDir(), "log")
+	follow := exec.Command(bin, "__autofs-restore-hook-follow", strconv.Itoa(cmd.Process.Pid), start, "30s")
+	follow.Env = []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}
+	begin := time.Now()
+	if out, err := follow.CombinedOutput(); err != nil {
+		t.Fatalf("follower: %v %s", err, out)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("follower took %v to notice the restore failed", d)
+	}
+	b, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(b), "restore failed or ended; nothing to do") {
+		t.Errorf("follower log: %q", b)
+	}
+}

@@ -1,0 +1,113 @@
+package hook
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+func withStateDir(t *testing.T, dir string) {
+	t.Helper()
+	old := StateDir
+	StateDir = dir
+	t.Cleanup(func() { StateDir = old })
+}
+
+func self(t *testing.T) *mounts.Process {
+	t.Helper()
+	p, err := mounts.OpenProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func TestStateDirRefusedWhenOpenOrLink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: the state directory checks expect root-owned directories")
+	}
+	base := t.TempDir()
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	link := filepath.Join(base, "link")
+	os.Symlink(t.TempDir(), link)
+	for _, dir := range []string{open, link} {
+		withStateDir(t, dir)
+		_, err := lockState(self(t), time.Second)
+		if err == nil || !strings.Contains(err.Error(), "refused") {
+			t.Errorf("state dir %s: err = %v, want refused", dir, err)
+		}
+	}
+}
+
+func TestStateFileRoundTripAndLock(t *testing.T) {
+	withStateDir(t, filepath.Join(t.TempDir(), "state"))
+	p := self(t)
+	sf, err := lockState(p, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf.rec.Fixed = []uint64{7}
+	sf.rec.PreResume = &phaseMark{At: time.Now()}
+	if err := sf.Save(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{StateDir, sf.path, sf.path[:len(sf.path)-len(".json")] + ".lock"} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v: open to others", f, st.Mode())
+		}
+	}
+	// A second run waits for the lock, then gives up at its deadline.
+	start := time.Now()
+	if _, err := lockState(p, 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "another run holds") {
+		t.Fatalf("second lock: %v", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("gave up after %v, before its deadline", d)
+	}
+	sf.Unlock()
+	sf2, err := lockState(p, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf2.Unlock()
+	if !sf2.rec.knownGood(7) || sf2.rec.PreResume == nil {
+		t.Fatalf("record not kept: %+v", sf2.rec)
+	}
+	// A damaged file is reported, not overwritten.
+	os.WriteFile(sf.path, []byte("{garbage"), 0o600)
+	sf2.Unlock()
+	if _, err := lockState(p, time.Second); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("damaged state file: %v", err)
+	}
+}
+
+func TestRemoveStaleStateFiles(t *testing.T) {
+	withStateDir(t, filepath.Join(t.TempDir(), "state"))
+	if err := ensureStateDir(); err != nil {
+		t.Fatal(err)
+	}
+	p := self(t)
+	gone := filepath.Join(StateDir, "2147483000-12345.json")
+	reused := filepath.Join(StateDir, strings.Split(filepath.Base(statePath(p)), "-")[0]+"-1.json")
+	mine := statePath(p) + ".json"
+	for _, f := range []string{gone, reused, mine} {
+		os.WriteFile(f, []byte("{}"), 0o600)
+	}
+	removeStale()
+	for f, want := range map[string]bool{gone: false, reused: false, mine: true} {
+		if _, err := os.Stat(f); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", filepath.Base(f), err == nil, want)
+		}
+	}
+}

@@ -1,0 +1,46 @@
+package mounts
+
+import (
+	"errors"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// A pid reused by another process after the hook pinned it is detected.
+func TestProcessGoneAndReaped(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := OpenProcess(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Check(); err != nil {
+		t.Fatalf("live process: %v", err)
+	}
+	if err := p.Kill(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Dead but not reaped: a zombie keeps its pid.
+	if err := p.Check(); !errors.Is(err, ErrGone) {
+		t.Fatalf("killed process: Check = %v, want ErrGone", err)
+	}
+	if err := p.WaitReaped(100 * time.Millisecond); err == nil {
+		t.Fatal("WaitReaped returned before the parent reaped the zombie")
+	}
+	cmd.Wait()
+	if err := p.WaitReaped(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenProcess(cmd.Process.Pid); !errors.Is(err, ErrGone) {
+		t.Fatalf("OpenProcess of a reaped pid: %v", err)
+	}
+	for _, bad := range []int{0, -1} {
+		if _, err := OpenProcess(bad); err == nil {
+			t.Errorf("OpenProcess(%d) accepted", bad)
+		}
+	}
+}
