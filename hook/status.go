@@ -7,25 +7,31 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
 // MountStatus is one row of `status --json`.
 type MountStatus struct {
-	Mountpoint string   `json:"mountpoint"`
-	Type       string   `json:"type"`
-	Dev        string   `json:"dev"`
-	Master     string   `json:"master"`
-	MasterPid  int      `json:"master_pid,omitempty"`
-	Unit       string   `json:"unit,omitempty"`
-	State      string   `json:"state"`
-	OnTop      string   `json:"on_top,omitempty"`
-	Submounts  int      `json:"submounts,omitempty"`
-	Nested     []int    `json:"nested_copies,omitempty"`
-	Notes      []string `json:"notes,omitempty"`
+	Mountpoint string `json:"mountpoint"`
+	Type       string `json:"type"`
+	Dev        string `json:"dev"`
+	Master     string `json:"master"`
+	MasterPid  int    `json:"master_pid,omitempty"`
+	Unit       string `json:"unit,omitempty"`
+	// UnitConfirmed is set when the container's systemd said that this
+	// unit's Where= is the mount point (else the unit name is derived
+	// from the path).
+	UnitConfirmed bool     `json:"unit_confirmed,omitempty"`
+	State         string   `json:"state"`
+	OnTop         string   `json:"on_top,omitempty"`
+	Submounts     int      `json:"submounts,omitempty"`
+	Nested        []int    `json:"nested_copies,omitempty"`
+	Notes         []string `json:"notes,omitempty"`
 }
 
 // Report is the output of `status --json`.
@@ -34,6 +40,9 @@ type Report struct {
 	Restored bool          `json:"restored"`
 	Evidence []string      `json:"restore_evidence,omitempty"`
 	Mounts   []MountStatus `json:"mounts"`
+	// Blocked are the container's processes (host pids) sleeping in
+	// autofs_wait: waiting on an autofs request.
+	Blocked []int `json:"blocked,omitempty"`
 }
 
 func (c *Container) report() Report {
@@ -46,20 +55,26 @@ func (c *Container) report() Report {
 	}
 	for _, m := range c.Mounts {
 		s := MountStatus{
-			Mountpoint: m.Mountpoint(),
-			Type:       m.Options.Mode.String(),
-			Dev:        devString(m.Dev()),
-			Master:     string(m.Kind),
-			MasterPid:  m.MasterPid,
-			Unit:       m.Unit,
-			State:      string(m.State),
-			Submounts:  len(m.Submounts),
-			Nested:     m.NestedPids,
+			Mountpoint:    m.Mountpoint(),
+			Type:          m.Options.Mode.String(),
+			Dev:           devString(m.Dev()),
+			Master:        string(m.Kind),
+			MasterPid:     m.MasterPid,
+			Unit:          m.Unit,
+			UnitConfirmed: m.UnitConfirmed,
+			State:         string(m.State),
+			Submounts:     len(m.Submounts),
+			Nested:        m.NestedPids,
 		}
 		if m.OnTop != nil {
 			s.OnTop = m.OnTop.FSType + " " + m.OnTop.Source
 		}
 		r.Mounts = append(r.Mounts, s)
+	}
+	for _, pid := range c.Procs.Pids {
+		if mounts.Wchan(pid) == "autofs_wait" {
+			r.Blocked = append(r.Blocked, pid)
+		}
 	}
 	return r
 }
@@ -80,6 +95,7 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 		log.Errorf("status: %v", err)
 		return ExitFailed
 	}
+	c.confirmUnits(log)
 	r := c.report()
 	if asJSON {
 		enc := json.NewEncoder(out)
@@ -114,9 +130,40 @@ func writeTable(out io.Writer, r Report) {
 		if len(m.Nested) > 0 {
 			nested = strconv.Itoa(len(m.Nested))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, dash(m.Unit), m.State, dash(m.OnTop), nested)
+		unit := dash(m.Unit)
+		if m.Unit != "" && !m.UnitConfirmed {
+			unit += " (guessed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, unit, m.State, dash(m.OnTop), nested)
 	}
 	tw.Flush()
+	if len(r.Blocked) > 0 {
+		fmt.Fprintf(out, "%d process(es) of the container blocked in autofs_wait (host pids): %v\n", len(r.Blocked), r.Blocked)
+	}
+}
+
+// confirmUnits asks the container's systemd which automount unit serves
+// each systemd mount (its Where=). Failing that, the names derived from
+// the paths stay, marked as guessed.
+func (c *Container) confirmUnits(log *logrus.Logger) {
+	need := false
+	for _, m := range c.Mounts {
+		need = need || m.Kind == units.Systemd
+	}
+	if !need {
+		return
+	}
+	var byWhere map[string]string
+	deadline := time.Now().Add(5 * time.Second)
+	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdUnits, deadline, 6*time.Second, nil, &byWhere); err != nil {
+		log.Warnf("status: could not ask the container's systemd for its units (%v): unit names are derived from the paths", err)
+		return
+	}
+	for _, m := range c.Mounts {
+		if u, ok := byWhere[m.Mountpoint()]; ok && m.Kind == units.Systemd {
+			m.Unit, m.UnitConfirmed = u, true
+		}
+	}
 }
 
 func dash(s string) string {
