@@ -34,7 +34,11 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
 		return ExitOK
 	}
-	err = fixPid(pid, phases, Options{Log: log})
+	nested := os.Getenv(EnvNested)
+	if nested != "" && nested != "fix" && nested != "skip" {
+		log.Errorf("%s: %s=%q: want fix or skip; using fix", action, EnvNested, nested)
+	}
+	err = fixPid(pid, phases, Options{Log: log, SkipNested: nested == "skip"})
 	if err != nil {
 		l := log.WithField("pid", pid)
 		if errors.Is(err, errRefused) {

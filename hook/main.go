@@ -31,6 +31,9 @@ const (
 const (
 	EnvCRIUAction  = "CRTOOLS_SCRIPT_ACTION"
 	EnvCRIUInitPid = "CRTOOLS_INIT_PID"
+	// EnvNested sets --nested where no flag can be given (CRIU action
+	// script, OCI hook configs without args).
+	EnvNested = "AUTOFS_RESTORE_HOOK_NESTED"
 )
 
 const usage = `autofs-restore-hook: make autofs mounts work again after a CRIU restore
@@ -46,6 +49,8 @@ Common flags (also as environment, since CRIU passes no arguments):
   --log-file FILE   append log lines to FILE   (AUTOFS_RESTORE_HOOK_LOG_FILE)
   --log-level LVL   error|warning|info|debug   (AUTOFS_RESTORE_HOOK_LOG_LEVEL)
   --no-syslog       do not log to syslog        (AUTOFS_RESTORE_HOOK_NO_SYSLOG=1)
+  --nested fix|skip mounts with copies in nested mount namespaces
+                                                (AUTOFS_RESTORE_HOOK_NESTED)
 
 Exit codes: 0 done or nothing to do, 1 a fix step failed, 2 bad usage or
 input (nothing touched), 3 refused (not a container the hook may act on).
@@ -92,7 +97,11 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "")
 	dryRun := fs.Bool("dry-run", false, "")
 	force := fs.Bool("force", false, "")
-	nested := fs.String("nested", "fix", "")
+	nestedDefault := "fix"
+	if v := os.Getenv(EnvNested); v != "" {
+		nestedDefault = v
+	}
+	nested := fs.String("nested", nestedDefault, "")
 	restoreTimeout := fs.Duration("restore-timeout", 60*time.Second, "")
 	assumeRestored := fs.Bool("assume-restored", false, "")
 	if err := fs.Parse(args); err != nil {

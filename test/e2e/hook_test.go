@@ -367,3 +367,57 @@ func TestFollowerExitsWhenRestoreFails(t *testing.T) {
 		t.Errorf("follower log: %q", b)
 	}
 }
+
+// A service of the container in its own mount namespace without
+// propagation holds copies of the autofs mounts: --nested=skip leaves
+// those mounts alone, the default fixes them and warns that the copies
+// become catatonic (and they do).
+func TestNestedMountNamespace(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hook-nested", lab.Systemd, lab.Options{})
+	mustWork(t, c, "systemd-run", "--unit", "nested", "unshare", "-m", "--propagation", "private", "sleep", "1000")
+	checkpointRestore(t, c)
+	var nested []int
+	for _, m := range status(t, c).Mounts {
+		if len(m.Nested) == 0 {
+			t.Errorf("%s: no nested copy seen", m.Mountpoint)
+		}
+		nested = m.Nested
+	}
+	pid, _ := c.Pid()
+	fix := func(args ...string) string {
+		out, err := exec.Command(bin, append([]string{"fix", "--pid", strconv.Itoa(pid), "--no-syslog"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("fix %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	out := fix("--nested=skip")
+	if n := strings.Count(out, "left alone (--nested=skip)"); n < 3 {
+		t.Errorf("--nested=skip: %d mounts left alone, want 3:\n%s", n, out)
+	}
+	for _, m := range status(t, c).Mounts {
+		if m.State != string(hook.StateStale) {
+			t.Errorf("%s after --nested=skip: %q, want still stale", m.Mountpoint, m.State)
+		}
+	}
+	out = fix("--force")
+	if n := strings.Count(out, "their copies become catatonic"); n < 3 {
+		t.Errorf("default: %d warnings about nested copies, want 3:\n%s", n, out)
+	}
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+	if len(nested) == 0 {
+		t.Fatal("no nested process")
+	}
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", nested[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, " - autofs ") && !strings.Contains(l, "fd=-1") {
+			t.Errorf("nested copy not catatonic: %s", l)
+		}
+	}
+}
