@@ -31,8 +31,16 @@ const (
 var (
 	lockTimeout    = 30 * time.Second
 	workerTimeout  = 10 * time.Second
-	restartTimeout = 20 * time.Second
+	restartTimeout = 20 * time.Second // default of --timeout
 )
+
+// timeout is the deadline of a master's restart (--timeout).
+func (o Options) timeout() time.Duration {
+	if o.Timeout > 0 {
+		return o.Timeout
+	}
+	return restartTimeout
+}
 
 // errRefused marks errors that map to ExitRefused.
 var errRefused = errors.New("refused")
@@ -272,9 +280,9 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		return nil
 	}
 	start := time.Now()
-	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(restartTimeout)}
+	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(opts.timeout())}
 	var res []units.RestartResult
-	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, restartTimeout+2*time.Second, workerLog(log), &res); err != nil {
+	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, opts.timeout()+2*time.Second, workerLog(log), &res); err != nil {
 		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
 	}
 	took := time.Since(start).Round(time.Microsecond)
@@ -309,7 +317,7 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	for _, m := range ms {
 		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: restartTimeout, Log: workerLog(dl)})
+	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl)})
 	if err != nil {
 		dl.Errorf("respawn: %v", err)
 		return fmt.Errorf("post-resume: automount %d: %w", pid, err)

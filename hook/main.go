@@ -41,6 +41,7 @@ const usage = `autofs-restore-hook: make autofs mounts work again after a CRIU r
 Usage:
   autofs-restore-hook status --pid PID [--json]
   autofs-restore-hook fix --pid PID [--dry-run] [--nested=fix|skip] [--force]
+                           [--assume-restored] [--timeout D]
   autofs-restore-hook version
   autofs-restore-hook [--restore-timeout D]   OCI hook: state JSON on stdin
   (CRTOOLS_SCRIPT_ACTION set)                  CRIU action script
@@ -103,6 +104,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	nested := fs.String("nested", nestedDefault, "")
 	restoreTimeout := fs.Duration("restore-timeout", 60*time.Second, "")
+	timeout := fs.Duration("timeout", restartTimeout, "")
 	assumeRestored := fs.Bool("assume-restored", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -126,7 +128,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	defer closeLog()
-	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored}
+	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored, Timeout: *timeout}
 	if cmd == "" {
 		return ociMain(stdin, opts)
 	}
@@ -159,5 +161,7 @@ type Options struct {
 	SkipNested     bool
 	AssumeRestored bool
 	RestoreTimeout time.Duration
-	Log            *logrus.Logger
+	// Timeout bounds the restart of the masters (0: the default).
+	Timeout time.Duration
+	Log     *logrus.Logger
 }

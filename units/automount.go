@@ -84,6 +84,9 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	if d.Exe, err = os.Readlink(dir + "exe"); err != nil {
 		return nil, fmt.Errorf("read executable of %d: %w", pid, err)
 	}
+	// A binary replaced since the start reads "PATH (deleted)": the path
+	// is still what to compare with.
+	d.Exe = strings.TrimSuffix(d.Exe, " (deleted)")
 	var errs []error
 	d.UID, err = uints(st["Uid"], 10, 32)
 	errs = append(errs, err)
@@ -196,6 +199,10 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := d.Check(); err != nil {
 		return nil, err
 	}
+	// Refuse before the kill, not after, when the binary changed.
+	if err := sameBinary(files[1], files[3], info.Exe); err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+	}
 	if err := releaseThroughDaemon(d, targets, o.Log); err != nil && o.Log != nil {
 		o.Log(err.Error())
 	}
@@ -275,6 +282,28 @@ func leakedFDs(pid int, ours []*os.File) []int {
 		unix.Close(fd)
 	}
 	return leaked
+}
+
+// sameBinary checks that path, resolved inside the container's root
+// (openat2 RESOLVE_IN_ROOT: no symlink of the container leads out of it),
+// is still the executable the daemon runs.
+func sameBinary(root, exe *os.File, path string) error {
+	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return fmt.Errorf("%s is gone from the container (%v): refused", path, err)
+	}
+	defer unix.Close(fd)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(fd, &a); err != nil {
+		return err
+	}
+	if err := unix.Fstat(int(exe.Fd()), &b); err != nil {
+		return err
+	}
+	if a.Dev != b.Dev || a.Ino != b.Ino {
+		return fmt.Errorf("%s is no longer the binary the daemon ran (replaced since it started): refused", path)
+	}
+	return nil
 }
 
 // daemonFileNames are the files of the old daemon the spawner needs, in

@@ -421,3 +421,61 @@ func TestNestedMountNamespace(t *testing.T) {
 		}
 	}
 }
+
+// The container's systemd does not answer (stopped): fix gives up at its
+// deadline with an error naming the cause; once systemd runs again, the
+// next fix finishes the job (the failed phase was not marked done).
+func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hook-stopped", lab.Systemd, lab.Options{})
+	checkpointRestore(t, c)
+	pid, _ := c.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	start := time.Now()
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "3s").CombinedOutput()
+	took := time.Since(start)
+	if err == nil || !strings.Contains(string(out), "does not answer") {
+		t.Fatalf("fix with systemd stopped: err %v, output:\n%s", err, out)
+	}
+	if took > 8*time.Second {
+		t.Errorf("fix took %v with --timeout 3s", took)
+	}
+	t.Logf("fix gave up after %v: %s", took.Round(time.Millisecond), lastLineOf(string(out)))
+	syscall.Kill(pid, syscall.SIGCONT)
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fix after SIGCONT: %v\n%s", err, out)
+	}
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+}
+
+// The automount binary was replaced since the daemon started: the hook
+// refuses before it kills anything, and says why.
+func TestAutomountBinaryReplacedIsRefused(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hook-replaced", lab.Automount, lab.Options{})
+	checkpointRestore(t, c)
+	before := automountDaemons(t, c)
+	mustWork(t, c, "sh", "-c", "cp -p /usr/sbin/automount /usr/sbin/automount.new && mv /usr/sbin/automount.new /usr/sbin/automount")
+	pid, _ := c.Pid()
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no longer the binary the daemon ran") {
+		t.Fatalf("fix: err %v, output:\n%s", err, out)
+	}
+	after := automountDaemons(t, c)
+	if len(before) != 1 || len(after) != 1 || before[0].pid != after[0].pid {
+		t.Fatalf("the daemon was touched: before %d, after %d", len(before), len(after))
+	}
+	t.Logf("refused: %s", lastLineOf(string(out)))
+}
+
+func lastLineOf(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
