@@ -209,3 +209,51 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 		t.Fatalf("the same tmpfs is not back on top: before %+v after %+v", a.OnTop, b.OnTop)
 	}
 }
+
+// A thousand autofs mounts: the mount table is read and every mount made
+// catatonic by one worker, within its deadline.
+func TestThousandMounts(t *testing.T) {
+	requireAutofs(t)
+	names := make([]string, 1000)
+	for i := range names {
+		names[i] = fmt.Sprintf("m%04d", i)
+	}
+	m, p, points := startMaster(t, names...)
+	start := time.Now()
+	tab, err := mounts.ReadTable(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var targets []mounts.Target
+	for _, pt := range points {
+		a := tab.Find(pt)
+		if a == nil {
+			t.Fatalf("%s missing from the mount table", pt)
+		}
+		targets = append(targets, mounts.Target{Where: pt, Dev: a.Dev()})
+	}
+	read := time.Since(start)
+	var res []mounts.TargetResult
+	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 30*time.Second, nil, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Error != "" {
+			t.Fatalf("%s: %s", r.Where, r.Error)
+		}
+	}
+	tab, err = mounts.ReadTable(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, a := range tab.Autofs {
+		if a.Options.Catatonic() {
+			n++
+		}
+	}
+	if n != 1000 {
+		t.Fatalf("%d of 1000 mounts catatonic", n)
+	}
+	t.Logf("1000 mounts: table read in %v, all catatonic after %v", read, time.Since(start))
+}

@@ -1,8 +1,12 @@
 package units
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestDaemonReproducible(t *testing.T) {
@@ -42,5 +46,51 @@ func TestDaemonReproducible(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// The daemon's path is resolved inside the container's root: an absolute
+// symlink there does not lead to the host's file of the same name.
+func TestSameBinaryStaysInRoot(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// In the "container", automount is a link to an absolute path that,
+	// on the host, is a program the "daemon" runs.
+	host, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(host, filepath.Join(root, "usr/sbin/automount")); err != nil {
+		t.Fatal(err)
+	}
+	rootF, err := os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootF.Close()
+	exe, err := os.OpenFile(host, unix.O_PATH, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exe.Close()
+	if err := sameBinary(rootF, exe, "/usr/sbin/automount"); err == nil || !strings.Contains(err.Error(), "gone from the container") {
+		t.Fatalf("a symlink out of the root was followed: err = %v", err)
+	}
+	// The same binary inside the root is accepted; another one is not.
+	if err := os.MkdirAll(filepath.Join(root, filepath.Dir(host)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(host, filepath.Join(root, host)); err != nil {
+		t.Skipf("SKIP: cannot hard-link /bin/sh into %s: %v", root, err)
+	}
+	if err := sameBinary(rootF, exe, "/usr/sbin/automount"); err != nil {
+		t.Fatalf("the daemon's own binary, through a link inside the root: %v", err)
+	}
+	other, _ := os.OpenFile("/bin/true", unix.O_PATH, 0)
+	defer other.Close()
+	if err := sameBinary(rootF, other, "/usr/sbin/automount"); err == nil || !strings.Contains(err.Error(), "no longer the binary") {
+		t.Fatalf("another binary: err = %v", err)
 	}
 }

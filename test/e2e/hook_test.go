@@ -479,3 +479,49 @@ func lastLineOf(s string) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return l[len(l)-1]
 }
+
+// The hook killed between the two phases and run again finishes the job
+// from its state file: pre-resume is not redone, each unit restarted once.
+func TestKilledBetweenPhasesAndRerun(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hook-killed", lab.Systemd, lab.Options{})
+	checkpointRestore(t, c)
+	pid, _ := c.Pid()
+	cmd := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var first strings.Builder
+	buf := make([]byte, 4096)
+	for !strings.Contains(first.String(), "pre-resume finished") {
+		n, err := stderr.Read(buf)
+		first.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("fix ended before pre-resume finished: %v\n%s", err, first.String())
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if strings.Contains(first.String(), "restarted") {
+		t.Fatalf("killed too late, it already restarted:\n%s", first.String())
+	}
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil {
+		t.Fatalf("second fix: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "made catatonic") {
+		t.Errorf("pre-resume done twice:\n%s", out)
+	}
+	for _, unit := range []string{"srv-a.automount", "srv-b.automount", "srv-c.automount"} {
+		if n := strings.Count(string(out), "unit="+unit); n != 1 {
+			t.Errorf("%s restarted %d times by the second run, want 1:\n%s", unit, n, out)
+		}
+	}
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+}
