@@ -2,7 +2,6 @@ package mounts
 
 import (
 	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,29 +17,17 @@ func CatatonicThroughFDs(ctl *ControlDevice, p *Process, targets []Target) []str
 		want[t.Dev] = t.Where
 	}
 	var released []string
-	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(p.Pid) + "/fd")
-	for _, e := range ents {
-		if len(want) == 0 {
-			break
-		}
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		fd, err := unix.PidfdGetfd(p.PidFD(), n, 0)
-		if err != nil {
-			continue
-		}
-		f := os.NewFile(uintptr(fd), "fd-of-"+strconv.Itoa(p.Pid))
+	p.EachFD(func(_ int, f *os.File) bool {
 		var st unix.Stat_t
 		var sf unix.Statfs_t
+		fd := int(f.Fd())
 		if unix.Fstatfs(fd, &sf) == nil && sf.Type == unix.AUTOFS_SUPER_MAGIC && unix.Fstat(fd, &st) == nil {
 			if where, ok := want[st.Dev]; ok && ctl.Catatonic(f) == nil {
 				delete(want, st.Dev)
 				released = append(released, where)
 			}
 		}
-		f.Close()
-	}
+		return len(want) > 0
+	})
 	return released
 }

@@ -265,22 +265,13 @@ func leakedFDs(pid int, ours []*os.File) []int {
 		exe.Close()
 	}
 	var leaked []int
-	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		fd, err := unix.PidfdGetfd(p.PidFD(), n, 0)
-		if err != nil {
-			continue
-		}
+	p.EachFD(func(n int, f *os.File) bool {
 		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil && mine[key{st.Dev, st.Ino}] {
+		if unix.Fstat(int(f.Fd()), &st) == nil && mine[key{st.Dev, st.Ino}] {
 			leaked = append(leaked, n)
 		}
-		unix.Close(fd)
-	}
+		return true
+	})
 	return leaked
 }
 
