@@ -254,7 +254,9 @@ func planPostResume(c *Container, prepared []preparedMount, opts Options, log *l
 func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
 	sdTargets, daemons := planPostResume(c, sf.rec.Prepared, opts, log)
 	var errs []error
-	if len(sdTargets) > 0 {
+	// A run killed in the middle may have left a filesystem staged: the
+	// systemd worker puts it back, even with nothing else to do.
+	if len(sdTargets) > 0 || mounts.StagingMounted(c.Table) {
 		if err := restartSystemd(c, sdTargets, sf, opts, log); err != nil {
 			errs = append(errs, err)
 		}

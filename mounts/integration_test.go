@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,26 @@ func init() {
 			return nil, err
 		}
 		return []string{string(aside), string(back)}, nil
+	})
+}
+
+func init() {
+	// A run killed between move aside and move back: stage only.
+	mounts.RegisterTask("test-stage-only", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+		var t mounts.Target
+		if err := json.Unmarshal(args, &t); err != nil {
+			return nil, err
+		}
+		st, err := mounts.OpenStaging()
+		if err != nil {
+			return nil, err
+		}
+		return st.MoveAside(env.Ctl, t.Where, t.Dev)
+	})
+	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, _ json.RawMessage, logf func(string)) (any, error) {
+		var lines []string
+		err := mounts.RecoverStaged(env, func(s string) { lines = append(lines, s) })
+		return lines, err
 	})
 }
 
@@ -256,4 +277,41 @@ func TestThousandMounts(t *testing.T) {
 		t.Fatalf("%d of 1000 mounts catatonic", n)
 	}
 	t.Logf("1000 mounts: table read in %v, all catatonic after %v", read, time.Since(start))
+}
+
+// A run killed after moving a filesystem aside: the next run finds it in
+// the staging tmpfs and puts it back, content intact.
+func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
+	requireAutofs(t)
+	m, p, points := startMaster(t, "e")
+	if req, err := m.Access(points[0]); err == nil {
+		autofstest.WaitWchan(req, "", 3*time.Second)
+	}
+	a := autofsAt(t, m.Pid, points[0])
+	if a.OnTop == nil {
+		t.Fatal("nothing mounted on top")
+	}
+	var staged string
+	if err := mounts.RunInMountNS(p, "test-stage-only", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, &staged); err != nil {
+		t.Fatal(err)
+	}
+	tab, _ := mounts.ReadTable(m.Pid)
+	if !mounts.StagingMounted(tab) || tab.Find(points[0]).OnTop != nil {
+		t.Fatalf("after the interrupted run: staging mounted %v, on top %v", mounts.StagingMounted(tab), tab.Find(points[0]).OnTop)
+	}
+	var lines []string
+	if err := mounts.RunInMountNS(p, "test-recover", nil, 5*time.Second, nil, &lines); err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "put back") {
+		t.Fatalf("recovery said %q", lines)
+	}
+	tab, _ = mounts.ReadTable(m.Pid)
+	b := tab.Find(points[0])
+	if b.OnTop == nil || b.OnTop.ID != a.OnTop.ID {
+		t.Fatalf("the same tmpfs is not back on top: before %+v after %+v", a.OnTop, b.OnTop)
+	}
+	if mounts.StagingMounted(tab) {
+		t.Fatal("staging tmpfs left mounted after recovery")
+	}
 }

@@ -3,8 +3,11 @@ package mounts
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +52,7 @@ func openStagingAt(base string) (*Staging, error) {
 		return nil, fmt.Errorf("%s exists and is not a directory", base)
 	}
 	if !isStaging(base) {
-		if err := unix.Mount("autofs-restore-hook", base, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
+		if err := unix.Mount(stagingSource, base, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
 			return nil, fmt.Errorf("mount staging tmpfs on %s: %w", base, err)
 		}
 		fd, err := unix.Open(path.Join(base, stagingMarker), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
@@ -64,6 +67,9 @@ func openStagingAt(base string) (*Staging, error) {
 	}
 	return &Staging{Base: base}, nil
 }
+
+// stagingSource is the source name of the staging tmpfs in mountinfo.
+const stagingSource = "autofs-restore-hook"
 
 // stagingMarker is a file created in every staging tmpfs, by which a
 // later run recognises a staging area left by a run that was killed.
@@ -114,8 +120,15 @@ func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (strin
 			}
 			return "", fmt.Errorf("move aside %s: mkdir %s: %w", Escape(where), dst, err)
 		}
+		// Say where it belongs before moving it: a run killed before the
+		// move back leaves the next run what it needs to finish.
+		if err := os.WriteFile(dst+whereSuffix, []byte(where), 0o600); err != nil {
+			unix.Rmdir(dst)
+			return "", fmt.Errorf("move aside %s: record: %w", Escape(where), err)
+		}
 		if err := unix.Mount(where, dst, "", unix.MS_MOVE, ""); err != nil {
 			unix.Rmdir(dst)
+			os.Remove(dst + whereSuffix)
 			return "", fmt.Errorf("move aside %s: move to %s: %w", Escape(where), dst, err)
 		}
 		return dst, nil
@@ -153,7 +166,48 @@ func (s *Staging) MoveBack(env *WorkerEnv, staged, where string) error {
 	if err := unix.Rmdir(staged); err != nil {
 		return fmt.Errorf("remove %s: %w", staged, err)
 	}
+	os.Remove(staged + whereSuffix)
 	return nil
+}
+
+// whereSuffix names the file beside each staged directory that holds the
+// mount point its filesystem came from.
+const whereSuffix = ".where"
+
+// Leftovers are filesystems a killed earlier run left staged: staged
+// directory -> mount point it came from.
+func (s *Staging) Leftovers(t *Table) map[string]string {
+	out := map[string]string{}
+	ents, _ := os.ReadDir(s.Base)
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), whereSuffix)
+		if !ok {
+			continue
+		}
+		dir := path.Join(s.Base, name)
+		b, err := os.ReadFile(dir + whereSuffix)
+		if err != nil {
+			continue
+		}
+		for _, m := range t.All {
+			if m.Mountpoint == dir {
+				out[dir] = string(b)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// StagingMounted tells whether a staging tmpfs of the hook is mounted in
+// the mount table t (a run was killed before it cleaned up).
+func StagingMounted(t *Table) bool {
+	for _, m := range t.All {
+		if m.Source == stagingSource && slices.Contains(stagingCandidates, m.Mountpoint) {
+			return true
+		}
+	}
+	return false
 }
 
 // CatatonicAt opens the autofs mount of device dev at where and makes it
@@ -168,4 +222,30 @@ func (d *ControlDevice) CatatonicAt(where string, dev uint64) error {
 		return fmt.Errorf("autofs CATATONIC %s: %w", Escape(where), err)
 	}
 	return nil
+}
+
+// RecoverStaged puts back what a killed earlier run left in the staging
+// tmpfs, and removes the staging tmpfs once it is empty. It runs in the
+// worker.
+func RecoverStaged(env *WorkerEnv, logf func(string)) error {
+	table, err := env.ReadTable()
+	if err != nil || !StagingMounted(table) {
+		return err
+	}
+	st, err := OpenStaging()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for dir, where := range st.Leftovers(table) {
+		if err := st.MoveBack(env, dir, where); err != nil {
+			errs = append(errs, fmt.Errorf("recover %s left at %s by an earlier run: %w", Escape(where), dir, err))
+			continue
+		}
+		logf(fmt.Sprintf("%s: put back the filesystem an earlier, interrupted run had moved aside", Escape(where)))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, st.Close())
+	}
+	return errors.Join(errs...)
 }

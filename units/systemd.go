@@ -222,6 +222,12 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
+	if err := mounts.RecoverStaged(env, logf); err != nil {
+		logf(err.Error())
+	}
+	if len(req.Targets) == 0 {
+		return []RestartResult{}, nil
+	}
 	results := make([]RestartResult, len(req.Targets))
 	for i, t := range req.Targets {
 		results[i] = RestartResult{Where: t.Where, Unit: t.Unit}
