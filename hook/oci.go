@@ -128,6 +128,7 @@ func followerMain(args []string) int {
 		}
 		st, err := mounts.ReadStatus(pid)
 		if err != nil {
+			time.Sleep(2 * time.Millisecond)
 			continue
 		}
 		if st.TracerPid() == 0 {
