@@ -69,7 +69,11 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 		}
 		defer sf.Unlock()
 	} else {
-		sf = &stateFile{rec: loadState(p)}
+		rec, err := loadState(p)
+		if err != nil {
+			return err
+		}
+		sf = &stateFile{rec: rec}
 	}
 	var errs []error
 	for _, ph := range phases {

@@ -162,13 +162,21 @@ func removeStale() {
 	}
 }
 
-// loadState reads a container's record without locking (for status).
-func loadState(p *mounts.Process) record {
+// loadState reads a container's record without locking (for status and
+// dry runs). A missing file is an empty record; a damaged one is an error.
+func loadState(p *mounts.Process) (record, error) {
 	var r record
-	if b, err := readNoFollow(statePath(p) + ".json"); err == nil {
-		json.Unmarshal(b, &r)
+	b, err := readNoFollow(statePath(p) + ".json")
+	if errors.Is(err, os.ErrNotExist) {
+		return r, nil
 	}
-	return r
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
+		return record{}, fmt.Errorf("state file %s: %w", statePath(p)+".json", err)
+	}
+	return r, nil
 }
 
 func readNoFollow(path string) ([]byte, error) {

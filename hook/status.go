@@ -90,7 +90,11 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 		log.Errorf("status: %v", err)
 		return ExitRefused
 	}
-	c, err := inspect(p, loadState(p).knownGood)
+	rec, err := loadState(p)
+	if err != nil {
+		log.Warnf("status: %v: states are judged without it", err)
+	}
+	c, err := inspect(p, rec.knownGood)
 	if err != nil {
 		log.Errorf("status: %v", err)
 		return ExitFailed

@@ -302,7 +302,9 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 		}
 		results[i].MovedBack = true
 	}
-	if staging != nil && len(staged) > 0 {
+	// The staging tmpfs goes once it is empty; what could not be moved
+	// back stays there, and the next run puts it back (RecoverStaged).
+	if staging != nil {
 		allBack := true
 		for i := range staged {
 			allBack = allBack && results[i].MovedBack
@@ -312,8 +314,6 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 				logf(err.Error())
 			}
 		}
-	} else if staging != nil {
-		staging.Close()
 	}
 	return results, nil
 }
