@@ -107,8 +107,7 @@ func buildHello() string {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
 	b, err := cmd.CombinedOutput()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build hello: %v\n%s\n", err, b)
-		os.Exit(1)
+		fatal("build hello: %v\n%s\n", err, b)
 	}
 	return out
 }
@@ -117,8 +116,12 @@ func buildHello() string {
 
 type container struct{ name string }
 
+// current is the container being measured, removed by fatal on failure.
+var current *container
+
 func up(kind string, n int) *container {
 	c := &container{name: fmt.Sprintf("arh-lab-bench-%s-%d-%d", kind, n, os.Getpid())}
+	current = c
 	lab("down", c.name)
 	args := []string{"up", c.name, kind, "--no-trigger"}
 	if kind == "automount" {
@@ -142,7 +145,19 @@ func (c *container) fresh() int {
 	return pid
 }
 
-func (c *container) down() { lab("down", c.name) }
+func (c *container) down() {
+	lab("down", c.name)
+	current = nil
+}
+
+// fatal reports an error, removes the container being measured, and exits.
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format, args...)
+	if current != nil {
+		current.down()
+	}
+	os.Exit(1)
+}
 
 func lab(args ...string) (string, error) {
 	return run(5*time.Minute, "bash", append([]string{filepath.Join(labDir, "lab.sh")}, args...)...)
@@ -154,8 +169,7 @@ func timed(name string, args ...string) time.Duration {
 	out, err := run(2*time.Minute, name, args...)
 	d := time.Since(start)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s %v: %v\n%s\n", name, args, err, out)
-		os.Exit(1)
+		fatal("%s %v: %v\n%s\n", name, args, err, out)
 	}
 	return d
 }
@@ -262,15 +276,13 @@ func run(timeout time.Duration, name string, args ...string) (string, error) {
 
 func must(out string, err error) {
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%v\n%s\n", err, out)
-		os.Exit(1)
+		fatal("%v\n%s\n", err, out)
 	}
 }
 
 func check(err error) {
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fatal("%v\n", err)
 	}
 }
 
