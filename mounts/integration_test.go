@@ -22,19 +22,26 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// stageTarget decodes a Target and moves what covers it into the staging
+// tmpfs, as the systemd worker does.
+func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *mounts.Staging, string, error) {
+	var t mounts.Target
+	if err := json.Unmarshal(args, &t); err != nil {
+		return t, nil, "", err
+	}
+	st, err := mounts.OpenStaging()
+	if err != nil {
+		return t, nil, "", err
+	}
+	staged, err := st.MoveAside(env.Ctl, t.Where, t.Dev)
+	return t, st, staged, err
+}
+
 func init() {
 	// A task for the move test: stage what is on top of the mount, check
 	// it is gone from the mount point, move it back, read it again.
 	mounts.RegisterTask("test-move", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
-		var t mounts.Target
-		if err := json.Unmarshal(args, &t); err != nil {
-			return nil, err
-		}
-		st, err := mounts.OpenStaging()
-		if err != nil {
-			return nil, err
-		}
-		staged, err := st.MoveAside(env.Ctl, t.Where, t.Dev)
+		t, st, staged, err := stageTarget(env, args)
 		if err != nil {
 			return nil, err
 		}
@@ -66,15 +73,8 @@ func init() {
 func init() {
 	// A run killed between move aside and move back: stage only.
 	mounts.RegisterTask("test-stage-only", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
-		var t mounts.Target
-		if err := json.Unmarshal(args, &t); err != nil {
-			return nil, err
-		}
-		st, err := mounts.OpenStaging()
-		if err != nil {
-			return nil, err
-		}
-		return st.MoveAside(env.Ctl, t.Where, t.Dev)
+		_, _, staged, err := stageTarget(env, args)
+		return staged, err
 	})
 	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, _ json.RawMessage, logf func(string)) (any, error) {
 		var lines []string

@@ -163,15 +163,10 @@ func (m *Master) children() []int {
 // Wchan returns the kernel function pid sleeps in ("autofs_wait" for a
 // process blocked on an autofs request), or "" once it has exited.
 func Wchan(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
-	if err != nil {
+	if st, err := mounts.ReadStat(pid); err != nil || st.State == 'Z' {
 		return ""
 	}
-	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if i := strings.LastIndexByte(string(st), ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
-		return ""
-	}
-	return string(b)
+	return mounts.Wchan(pid)
 }
 
 // WaitWchan waits up to d until Wchan(pid) is want, and returns the last

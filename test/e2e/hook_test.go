@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -159,6 +160,20 @@ func TestSystemdActionScript(t *testing.T) {
 	}
 }
 
+// restoredWithoutHook starts a container with no hook wired, checkpoints
+// and restores it, and returns it with its init's pid: the state an
+// operator meets before running fix by hand.
+func restoredWithoutHook(t *testing.T, name string, kind lab.Kind) (*lab.Container, int) {
+	t.Helper()
+	c := lab.Up(t, name, kind, lab.Options{})
+	checkpointRestore(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, pid
+}
+
 // daemonInfo is what the test compares of the automount daemon.
 type daemonInfo struct {
 	pid, pgid, sid int
@@ -179,17 +194,15 @@ func automountDaemons(t *testing.T, c *lab.Container) []daemonInfo {
 		if strings.TrimSpace(string(comm)) != "automount" {
 			continue
 		}
-		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		f := strings.Fields(string(st)[strings.LastIndexByte(string(st), ')')+2:])
-		d := daemonInfo{pid: p, status: map[string]string{}}
-		d.pgid, _ = strconv.Atoi(f[2])
-		d.sid, _ = strconv.Atoi(f[3])
-		s, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
-		for _, l := range strings.Split(string(s), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok {
-				d.status[k] = strings.TrimSpace(v)
-			}
+		st, err := mounts.ReadStat(p)
+		if err != nil {
+			t.Fatal(err)
 		}
+		status, err := mounts.ReadStatus(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := daemonInfo{pid: p, pgid: st.PGrp, sid: st.Session, status: status}
 		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p))
 		d.cgroup = string(cg)
 		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
@@ -305,12 +318,7 @@ func TestPlainContainerIsQuiet(t *testing.T) {
 func TestConcurrentFixRunsRestartOnce(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
-	c := lab.Up(t, "hook-concurrent", lab.Systemd, lab.Options{})
-	checkpointRestore(t, c)
-	pid, err := c.Pid()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, pid := restoredWithoutHook(t, "hook-concurrent", lab.Systemd)
 	type res struct {
 		out string
 		err error
@@ -347,9 +355,11 @@ func TestFollowerExitsWhenRestoreFails(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
-	f := strings.Fields(string(st)[strings.LastIndexByte(string(st), ')')+2:])
-	start := f[19]
+	st, err := mounts.ReadStat(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strconv.FormatUint(st.StartTime, 10)
 	cmd.Process.Kill()
 	cmd.Wait()
 	logPath := filepath.Join(t.TempDir(), "log")
@@ -428,9 +438,7 @@ func TestNestedMountNamespace(t *testing.T) {
 func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
-	c := lab.Up(t, "hook-stopped", lab.Systemd, lab.Options{})
-	checkpointRestore(t, c)
-	pid, _ := c.Pid()
+	c, pid := restoredWithoutHook(t, "hook-stopped", lab.Systemd)
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -459,11 +467,9 @@ func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
 func TestAutomountBinaryReplacedIsRefused(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
-	c := lab.Up(t, "hook-replaced", lab.Automount, lab.Options{})
-	checkpointRestore(t, c)
+	c, pid := restoredWithoutHook(t, "hook-replaced", lab.Automount)
 	before := automountDaemons(t, c)
 	mustWork(t, c, "sh", "-c", "cp -p /usr/sbin/automount /usr/sbin/automount.new && mv /usr/sbin/automount.new /usr/sbin/automount")
-	pid, _ := c.Pid()
 	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no longer the binary the daemon ran") {
 		t.Fatalf("fix: err %v, output:\n%s", err, out)
@@ -485,9 +491,7 @@ func lastLineOf(s string) string {
 func TestKilledBetweenPhasesAndRerun(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
-	c := lab.Up(t, "hook-killed", lab.Systemd, lab.Options{})
-	checkpointRestore(t, c)
-	pid, _ := c.Pid()
+	c, pid := restoredWithoutHook(t, "hook-killed", lab.Systemd)
 	cmd := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

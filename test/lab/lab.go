@@ -43,6 +43,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // Kind is the kind of lab container.
@@ -261,23 +263,9 @@ func (c *Container) Pids() ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
+	pids, err := mounts.PidNamespaceMembers(init)
 	if err != nil {
 		return nil, err
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && l == ns {
-			pids = append(pids, pid)
-		}
 	}
 	sort.Ints(pids)
 	return pids, nil
@@ -292,7 +280,7 @@ func (c *Container) AutofsWaiters() ([]int, error) {
 	}
 	var w []int
 	for _, p := range pids {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", p)); err == nil && string(b) == "autofs_wait" {
+		if mounts.Wchan(p) == "autofs_wait" {
 			w = append(w, p)
 		}
 	}
