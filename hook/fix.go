@@ -3,6 +3,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -77,9 +78,16 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 	}
 	var errs []error
 	for _, ph := range phases {
-		if err := runPhase(p, ph, sf, opts, log.WithField("phase", string(ph))); err != nil {
-			errs = append(errs, err)
+		err := runPhase(p, ph, sf, opts, log.WithField("phase", string(ph)))
+		if err == nil {
+			continue
 		}
+		// Whatever step failed, a container that is gone explains it:
+		// say so first, and do not start the next phase.
+		if gone := p.Check(); gone != nil {
+			return fmt.Errorf("the container exited during %s (%w): %w", ph, gone, err)
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -265,6 +273,9 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 			errs = append(errs, err)
 		}
 	}
+	if err := retryRespawns(c, sf, opts, log); err != nil {
+		errs = append(errs, err)
+	}
 	pids := make([]int, 0, len(daemons))
 	for pid := range daemons {
 		pids = append(pids, pid)
@@ -285,6 +296,14 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		}
 		return nil
 	}
+	// Written down before the worker touches them: a run killed once it
+	// released a mount (systemd then detaches it) leaves the next run the
+	// list of units it still has to restart.
+	if recordTargets(sf, targets) {
+		if err := sf.Save(); err != nil {
+			return fmt.Errorf("post-resume: record the units to restart: %w", err)
+		}
+	}
 	start := time.Now()
 	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(opts.timeout())}
 	var res []units.RestartResult
@@ -297,7 +316,11 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(r.Where), "master": "systemd", "unit": r.Unit, "took": took})
 		if r.Error != "" {
 			ml.Errorf("restart: %s", r.Error)
-			errs = append(errs, fmt.Errorf("post-resume %s (%s): %s", mounts.Escape(r.Where), r.Unit, r.Error))
+			if r.Unit == "" {
+				errs = append(errs, fmt.Errorf("post-resume: %s", r.Error))
+			} else {
+				errs = append(errs, fmt.Errorf("post-resume %s (%s): %s", mounts.Escape(r.Where), r.Unit, r.Error))
+			}
 			continue
 		}
 		what := "restarted"
@@ -323,14 +346,119 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	for _, m := range ms {
 		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl)})
+	// Written down before the kill: if the new daemon does not come up,
+	// the next run starts it again from the record.
+	record := func(p *units.Pending) error {
+		sf.rec.Respawns = append(sf.rec.Respawns, *p)
+		return sf.Save()
+	}
+	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record})
 	if err != nil {
 		dl.Errorf("respawn: %v", err)
-		return fmt.Errorf("post-resume: automount %d: %w", pid, err)
+		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid))
 	}
+	sf.dropRespawn(pid)
 	for _, d := range res.Devs {
 		sf.rec.Fixed = append(sf.rec.Fixed, d)
 	}
 	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms), "took": time.Since(start).Round(time.Microsecond)}).Info("automount killed and started again; every mount reconnected")
 	return nil
+}
+
+// retryHint tells the operator what a rerun does after a failed respawn.
+func retryHint(sf *stateFile, pid int) string {
+	for _, p := range sf.rec.Respawns {
+		if p.OldPid == pid {
+			return " (its mounts fail fast meanwhile; once the cause is fixed, `fix` starts the daemon again)"
+		}
+	}
+	return ""
+}
+
+// dropRespawn forgets the record of the daemon that was pid.
+func (s *stateFile) dropRespawn(pid int) {
+	s.rec.Respawns = slices.DeleteFunc(s.rec.Respawns, func(p units.Pending) bool { return p.OldPid == pid })
+}
+
+// retryRespawns starts again the automount daemons an earlier run killed
+// and whose replacement did not come up: their mounts are left catatonic
+// with no master, which no other step of the fix would notice.
+func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	var errs []error
+	for _, p := range slices.Clone(sf.rec.Respawns) {
+		dl := log.WithFields(logrus.Fields{"master": "automount", "master_pid": p.OldPid})
+		var unserved []string
+		for _, t := range p.Targets {
+			if m := c.mountAt(t.Where); m == nil || m.Options.Catatonic() || m.MasterPid == 0 {
+				unserved = append(unserved, mounts.Escape(t.Where))
+			}
+		}
+		if len(unserved) == 0 {
+			dl.Info("its mounts are served again: nothing left to retry")
+			if !opts.DryRun {
+				sf.dropRespawn(p.OldPid)
+			}
+			continue
+		}
+		// Another automount would compete with the one we would start.
+		if other := c.automountPids(); len(other) > 0 {
+			err := fmt.Errorf("post-resume: automount %d was killed and %s still have no master, but automount %v runs in the container: not started a second time; stop it or restart automount by hand", p.OldPid, strings.Join(unserved, ", "), other)
+			dl.Error(err)
+			errs = append(errs, err)
+			continue
+		}
+		if opts.DryRun {
+			dl.Infof("would start the killed daemon again for %s (dry run)", strings.Join(unserved, ", "))
+			continue
+		}
+		start := time.Now()
+		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl)})
+		if err != nil {
+			dl.Errorf("start again: %v", err)
+			errs = append(errs, fmt.Errorf("post-resume: start automount %d again: %w", p.OldPid, err))
+			continue
+		}
+		sf.dropRespawn(p.OldPid)
+		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
+		dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(p.Targets), "took": time.Since(start).Round(time.Microsecond)}).Info("automount started again from the record of the earlier run; every mount reconnected")
+	}
+	return errors.Join(errs...)
+}
+
+// mountAt is the autofs mount at where (the topmost), or nil.
+func (c *Container) mountAt(where string) *Mount {
+	var found *Mount
+	for _, m := range c.Mounts {
+		if m.Mountpoint() == where {
+			found = m
+		}
+	}
+	return found
+}
+
+// automountPids lists the automount processes of the container.
+func (c *Container) automountPids() []int {
+	var out []int
+	for _, pid := range c.Procs.Pids {
+		if s, ok := c.Procs.Stat(pid); ok && s.Comm == "automount" && s.State != 'Z' {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// recordTargets adds the systemd targets to the prepared mounts of the
+// record, and tells whether it added any.
+func recordTargets(sf *stateFile, targets []units.RestartTarget) bool {
+	added := false
+	for _, t := range targets {
+		known := slices.ContainsFunc(sf.rec.Prepared, func(p preparedMount) bool {
+			return p.Mountpoint == t.Where && p.Dev == t.Dev
+		})
+		if !known && t.Dev != 0 {
+			sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: t.Where, Dev: t.Dev, Kind: string(units.Systemd), Unit: t.Unit})
+			added = true
+		}
+	}
+	return added
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
 // StateDir holds one state file and one lock per container. It lives on
@@ -30,8 +31,9 @@ type record struct {
 	Pid       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"`
 	// Prepared lists the mounts the pre-resume phase made catatonic (or
-	// found so), with their masters: post-resume fixes them even when
-	// their mount is gone by then (systemd detaches a catatonic mount).
+	// found so), and those post-resume is about to release, with their
+	// masters: post-resume fixes them even when their mount is gone by
+	// then (systemd detaches a catatonic mount).
 	Prepared   []preparedMount `json:"prepared,omitempty"`
 	PreResume  *phaseMark      `json:"pre_resume,omitempty"`
 	PostResume *phaseMark      `json:"post_resume,omitempty"`
@@ -43,6 +45,9 @@ type record struct {
 	Restored []uint64 `json:"restored,omitempty"`
 	// LastErrors are the errors of the last run that failed.
 	LastErrors []string `json:"last_errors,omitempty"`
+	// Respawns are the automount daemons killed whose replacement has not
+	// been seen serving yet: the next run starts them again from here.
+	Respawns []units.Pending `json:"respawns,omitempty"`
 }
 
 type preparedMount struct {

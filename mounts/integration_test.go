@@ -78,7 +78,7 @@ func init() {
 	})
 	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, _ json.RawMessage, logf func(string)) (any, error) {
 		var lines []string
-		err := mounts.RecoverStaged(env, func(s string) { lines = append(lines, s) })
+		_, err := mounts.RecoverStaged(env, nil, func(s string) { lines = append(lines, s) })
 		return lines, err
 	})
 }

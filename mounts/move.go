@@ -225,27 +225,35 @@ func (d *ControlDevice) CatatonicAt(where string, dev uint64) error {
 }
 
 // RecoverStaged puts back what a killed earlier run left in the staging
-// tmpfs, and removes the staging tmpfs once it is empty. It runs in the
-// worker.
-func RecoverStaged(env *WorkerEnv, logf func(string)) error {
+// tmpfs, and removes the staging tmpfs once it is empty. Filesystems of
+// mount points for which hold returns true are left staged and returned
+// (mount point -> staged directory): their autofs mount is about to be
+// replaced (or is gone already), and the caller puts them back on the new
+// one. It runs in the worker.
+func RecoverStaged(env *WorkerEnv, hold func(where string) bool, logf func(string)) (map[string]string, error) {
 	table, err := env.ReadTable()
 	if err != nil || !StagingMounted(table) {
-		return err
+		return nil, err
 	}
 	st, err := OpenStaging()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	held := map[string]string{}
 	var errs []error
 	for dir, where := range st.Leftovers(table) {
+		if hold != nil && hold(where) {
+			held[where] = dir
+			continue
+		}
 		if err := st.MoveBack(env, dir, where); err != nil {
 			errs = append(errs, fmt.Errorf("recover %s left at %s by an earlier run: %w", Escape(where), dir, err))
 			continue
 		}
 		logf(fmt.Sprintf("%s: put back the filesystem an earlier, interrupted run had moved aside", Escape(where)))
 	}
-	if len(errs) == 0 {
+	if len(errs) == 0 && len(held) == 0 {
 		errs = append(errs, st.Close())
 	}
-	return errors.Join(errs...)
+	return held, errors.Join(errs...)
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 )
 
 // WorkerArg is the hidden first argument that makes the binary run as a
@@ -101,6 +103,18 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 // runConnect is the child of DialInContainer: it connects to path and
 // passes the connection over fd 4.
 func runConnect(path string) int {
+	// Die with the worker. Not through SysProcAttr.Pdeathsig: Go's check
+	// that the parent still lives compares getppid() with the parent's
+	// pid, and getppid() is 0 here, in the container's pid namespace. The
+	// parent's end of fd 4 tells instead.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "set parent death signal:", err)
+		return 1
+	}
+	if n, _ := unix.Poll([]unix.PollFd{{Fd: 4, Events: unix.POLLIN}}, 0); n > 0 {
+		fmt.Fprintln(os.Stderr, "the worker is gone")
+		return 1
+	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -115,6 +129,24 @@ func runConnect(path string) int {
 		return 1
 	}
 	return 0
+}
+
+// Gone reports whether the container's process has exited (a zombie
+// counts as exited): /proc/PID is read through the directory fd the
+// worker got, so a new process that reused the pid is not mistaken for it.
+func (e *WorkerEnv) Gone() bool {
+	fd, err := unix.Openat(int(e.Proc.Fd()), "stat", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)
+	}
+	f := os.NewFile(uintptr(fd), "stat")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)
+	}
+	st, err := ParseStat(b)
+	return err == nil && (st.State == 'Z' || st.State == 'X')
 }
 
 // ReadTable reads the mount table of the container's process.
@@ -205,7 +237,7 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, WorkerArg, name)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, failpoint.Environ()...)
 	cmd.ExtraFiles = []*os.File{mntns, root, procDir, ctl, pidns, self}
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

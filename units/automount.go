@@ -51,6 +51,8 @@ type Daemon struct {
 	NsPid int `json:"ns_pid"`
 	// Exe is the path of its executable in the container.
 	Exe string `json:"exe"`
+	// Cwd is the path of its working directory in the container.
+	Cwd string `json:"cwd"`
 }
 
 // CaptureDaemon reads what CaptureDaemon needs from /proc/PID.
@@ -87,6 +89,9 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	// A binary replaced since the start reads "PATH (deleted)": the path
 	// is still what to compare with.
 	d.Exe = strings.TrimSuffix(d.Exe, " (deleted)")
+	if d.Cwd, err = os.Readlink(dir + "cwd"); err != nil {
+		return nil, fmt.Errorf("read working directory of %d: %w", pid, err)
+	}
 	var errs []error
 	d.UID, err = uints(st["Uid"], 10, 32)
 	errs = append(errs, err)
@@ -156,6 +161,11 @@ func (d *Daemon) Reproducible() error {
 type RespawnOptions struct {
 	Timeout time.Duration
 	Log     func(string)
+	// BeforeKill, when set, gets the record of the daemon right before it
+	// is killed; an error stops the respawn with the daemon untouched.
+	// A caller keeps the record so that RetryRespawn can start the daemon
+	// if the new one does not come up.
+	BeforeKill func(*Pending) error
 }
 
 // Respawned is the outcome of RespawnAutomount.
@@ -203,6 +213,15 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := sameBinary(files[1], files[3], info.Exe); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
+	if o.BeforeKill != nil {
+		p, err := newPending(pid, info, targets, files)
+		if err != nil {
+			return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+		}
+		if err := o.BeforeKill(p); err != nil {
+			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
+		}
+	}
 	if err := releaseThroughDaemon(d, targets, o.Log); err != nil && o.Log != nil {
 		o.Log(err.Error())
 	}
@@ -214,7 +233,21 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := d.WaitReaped(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
+	return startAgain(c, info, files, targets, deadline)
+}
+
+// startAgain starts the daemon described by info with the files of
+// daemonFileNames, waits until it serves every target, and checks it.
+func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time) (*Respawned, error) {
 	newPid, err := spawn(c, info, files, time.Until(deadline))
+	if errors.Is(err, errNotRunning) {
+		// Gone (and reaped) before its host pid was looked up.
+		var where []string
+		for _, t := range targets {
+			where = append(where, mounts.Escape(t.Where))
+		}
+		return nil, fmt.Errorf("the new automount %w, before it served %s: see its log in the container", err, strings.Join(where, ", "))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("start automount again: %w", err)
 	}
@@ -401,6 +434,9 @@ func lastError(b []byte) string {
 	return ""
 }
 
+// errNotRunning: the new daemon exited at once.
+var errNotRunning = errors.New("exited at once")
+
 // hostPid maps a pid of the container's pid namespace to the host's.
 func hostPid(initPid, nsPid int) (int, error) {
 	pids, err := mounts.PidNamespaceMembers(initPid)
@@ -416,7 +452,7 @@ func hostPid(initPid, nsPid int) (int, error) {
 			return p, nil
 		}
 	}
-	return 0, fmt.Errorf("new daemon (pid %d in the container) is not running", nsPid)
+	return 0, fmt.Errorf("(pid %d in the container) %w", nsPid, errNotRunning)
 }
 
 // waitServed waits until every target mount point has an autofs mount
@@ -440,7 +476,7 @@ func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time
 		if len(missing) == 0 {
 			return devs, nil
 		}
-		if _, err := mounts.ReadStat(newPid); err != nil {
+		if st, err := mounts.ReadStat(newPid); err != nil || st.State == 'Z' || st.State == 'X' {
 			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))
 		}
 		if time.Now().After(deadline) {

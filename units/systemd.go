@@ -10,6 +10,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -64,13 +65,23 @@ type systemd struct {
 	env  *mounts.WorkerEnv
 }
 
-// pingTimeout bounds one attempt to get an answer from systemd.
-const pingTimeout = 250 * time.Millisecond
+// pingTimeout bounds one attempt to get an answer from systemd, and
+// authTimeout one authentication; retryPause separates two attempts.
+const (
+	pingTimeout = 250 * time.Millisecond
+	authTimeout = time.Second
+	retryPause  = 50 * time.Millisecond
+)
+
+// errContainerGone is returned when the container's process exits while
+// the hook waits for its systemd.
+var errContainerGone = errors.New("the container exited during the fix")
 
 // dialSystemd connects to the container's systemd and waits until it
 // answers a ping, connecting again when a connection stays silent: right
 // after a restore, systemd (seen with 252) may leave the first connection
 // unanswered until something else wakes it, while a new one is served.
+// It gives up when ctx ends or when the container's process is gone.
 func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
@@ -86,8 +97,17 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 			err = fmt.Errorf("no answer to ping on connection %d: %w", attempt, err)
 		}
 		last = err
+		if env.Gone() {
+			return nil, fmt.Errorf("%w (last attempt to reach its systemd: %v)", errContainerGone, last)
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("the container's systemd does not answer: %w", last)
+		}
+		t := time.NewTimer(retryPause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 		}
 	}
 }
@@ -103,12 +123,16 @@ func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv) (*systemd, erro
 		sock.Close()
 		return nil, fmt.Errorf("connect to the container's systemd at %s: %w", SystemdSocket, err)
 	}
+	// A stopped or dying systemd never answers: each attempt is bounded,
+	// so that the caller notices a container that exited meanwhile.
+	actx, cancel := context.WithTimeout(ctx, authTimeout)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- conn.Auth([]dbus.Auth{dbus.AuthExternal("0")}) }()
 	select {
 	case err = <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
+	case <-actx.Done():
+		err = fmt.Errorf("no answer within %s", authTimeout)
 	}
 	if err != nil {
 		conn.Close()
@@ -222,11 +246,15 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
-	if err := mounts.RecoverStaged(env, logf); err != nil {
-		logf(err.Error())
+	// What a killed earlier run left staged goes back now, except on the
+	// mount points restarted below: it goes back on their new mount.
+	isTarget := map[string]bool{}
+	for _, t := range req.Targets {
+		isTarget[t.Where] = true
 	}
+	held, rerr := mounts.RecoverStaged(env, func(where string) bool { return isTarget[where] }, logf)
 	if len(req.Targets) == 0 {
-		return []RestartResult{}, nil
+		return []RestartResult{}, rerr
 	}
 	results := make([]RestartResult, len(req.Targets))
 	for i, t := range req.Targets {
@@ -234,16 +262,16 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	}
 	s, err := dialSystemd(ctx, env)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, rerr)
 	}
 	defer s.conn.Close()
 	units, err := s.automountUnits()
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, rerr)
 	}
 	table, err := env.ReadTable()
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, rerr)
 	}
 	var staging *mounts.Staging
 	staged := map[int]string{}
@@ -256,8 +284,20 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 			continue
 		}
 		r.Unit = u.Name
+		if dir, ok := held[t.Where]; ok {
+			// Staged by a killed earlier run: it goes back after the
+			// restart, like what is staged now.
+			if staging == nil {
+				if staging, err = mounts.OpenStaging(); err != nil {
+					r.Error = err.Error()
+					continue
+				}
+			}
+			staged[i] = dir
+			logf(fmt.Sprintf("%s: the filesystem an earlier, interrupted run moved aside goes back after the restart", mounts.Escape(t.Where)))
+		}
 		if a := table.Find(t.Where); a != nil && a.Dev() == t.Dev {
-			if a.OnTop != nil {
+			if _, ok := staged[i]; !ok && a.OnTop != nil {
 				if staging == nil {
 					if staging, err = mounts.OpenStaging(); err != nil {
 						r.Error = err.Error()
@@ -285,6 +325,9 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 		}
 		restart = append(restart, i)
 	}
+	// Filesystems on top are staged and the old mounts released: a run
+	// killed from here on leaves the next run something to recover.
+	failpoint.Pause("staged", logf)
 	if len(restart) > 0 {
 		if err := s.restartAll(req.Targets, results, restart, units, logf); err != nil {
 			for _, i := range restart {
@@ -314,6 +357,11 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 				logf(err.Error())
 			}
 		}
+	}
+	if rerr != nil {
+		// A filesystem left staged is an error of this run, whatever
+		// else worked.
+		results = append(results, RestartResult{Where: "(staging)", Error: rerr.Error()})
 	}
 	return results, nil
 }

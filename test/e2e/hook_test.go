@@ -23,6 +23,7 @@ var (
 	binPath string
 	binErr  error
 	binDir  string
+	binMu   sync.Mutex
 )
 
 func TestMain(m *testing.M) {
@@ -42,22 +43,55 @@ func hookBinary(t *testing.T) string {
 			binPath = p
 			return
 		}
-		binDir, binErr = os.MkdirTemp("", "arh-e2e-bin-")
-		if binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "autofs-restore-hook")
-		cmd := exec.Command("go", "build", "-tags", "osusergo,netgo", "-ldflags", "-linkmode external -extldflags -static", "-o", binPath, "./cmd/autofs-restore-hook")
-		cmd.Dir = filepath.Join(lab.Dir(), "..", "..")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		binPath, binErr = buildHook("autofs-restore-hook")
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+var (
+	fpOnce sync.Once
+	fpPath string
+	fpErr  error
+)
+
+// failpointBinary is a build of the tree with the pause points of package
+// failpoint compiled in, for the tests that kill the hook at a step.
+func failpointBinary(t *testing.T) string {
+	t.Helper()
+	fpOnce.Do(func() { fpPath, fpErr = buildHook("autofs-restore-hook", "failpoints") })
+	if fpErr != nil {
+		t.Fatal(fpErr)
+	}
+	return fpPath
+}
+
+// buildHook builds the binary statically, as `make build` does, with
+// the given build tags, in a directory of its own under binDir.
+func buildHook(name string, tags ...string) (string, error) {
+	binMu.Lock()
+	defer binMu.Unlock()
+	if binDir == "" {
+		d, err := os.MkdirTemp("", "arh-e2e-bin-")
+		if err != nil {
+			return "", err
+		}
+		binDir = d
+	}
+	dir, err := os.MkdirTemp(binDir, "build-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-tags", strings.Join(append([]string{"osusergo", "netgo"}, tags...), ","), "-ldflags", "-linkmode external -extldflags -static", "-o", out, "./cmd/autofs-restore-hook")
+	cmd.Dir = filepath.Join(lab.Dir(), "..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %v: %v\n%s", tags, err, b)
+	}
+	return out, nil
 }
 
 // logFile points the hook's log at a file of the test (CRIU passes runc's

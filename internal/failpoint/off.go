@@ -1,0 +1,10 @@
+//go:build !failpoints
+
+package failpoint
+
+// Pause does nothing: this build has no pause points.
+func Pause(name string, logf func(string)) {}
+
+// Environ is what a child process of the hook needs to keep the pause
+// point selected: nothing in this build.
+func Environ() []string { return nil }

@@ -1,0 +1,26 @@
+//go:build failpoints
+
+package failpoint
+
+import (
+	"os"
+	"time"
+)
+
+// Pause blocks for up to five minutes when Env selects name, after saying
+// so through logf: the test kills the hook meanwhile.
+func Pause(name string, logf func(string)) {
+	if os.Getenv(Env) != name {
+		return
+	}
+	logf("failpoint " + name + ": paused")
+	time.Sleep(5 * time.Minute)
+}
+
+// Environ passes the selected pause point on to a child process.
+func Environ() []string {
+	if v, ok := os.LookupEnv(Env); ok {
+		return []string{Env + "=" + v}
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// hookProcs lists the running processes of the binary bin (the hook, its
+// workers and helpers), excluding zombies.
+func hookProcs(bin string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		exe, err := os.Readlink("/proc/" + e.Name() + "/exe")
+		if err != nil || strings.TrimSuffix(exe, " (deleted)") != bin {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmd), "\x00", " "))
+	}
+	return out
+}
+
+// readUntil reads r into b until b holds want; it fails the test if r
+// ends first.
+func readUntil(t *testing.T, r io.Reader, b *strings.Builder, want string) {
+	t.Helper()
+	buf := make([]byte, 4096)
+	for !strings.Contains(b.String(), want) {
+		n, err := r.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("output ended before %q: %v\n%s", want, err, b.String())
+		}
+	}
+}
+
+// The container exits while fix waits for its (stopped) systemd: fix
+// notices within a couple of seconds, says the container exited, exits 1,
+// and leaves no process of its own behind.
+func TestContainerExitsDuringFix(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c, pid := restoredWithoutHook(t, "hook-exits", lab.Systemd)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	cmd := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "60s")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	var out strings.Builder
+	readUntil(t, stderr, &out, "pre-resume finished")
+	time.Sleep(2 * time.Second) // fix now waits for systemd
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	rest, _ := io.ReadAll(stderr)
+	out.Write(rest)
+	err = cmd.Wait()
+	took := time.Since(stopped)
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("fix exited %d (%v) when the container exited, want 1", code, err)
+	}
+	if !strings.Contains(out.String(), "container exited during post-resume") {
+		t.Errorf("the error does not say the container exited:\n%s", out.String())
+	}
+	if took > 10*time.Second {
+		t.Errorf("fix ended %v after the container was stopped (--timeout 60s)", took)
+	}
+	if left := hookProcs(bin); len(left) > 0 {
+		t.Errorf("processes of the hook left behind: %v", left)
+	}
+	t.Logf("fix ended %v after the stop: %s", took.Round(time.Millisecond), lastLineOf(out.String()))
+}
+
+// The hook is killed in the middle of post-resume, with the filesystem
+// on top of /srv/a moved into its staging tmpfs and the old mounts
+// released, right before the restart is sent (a pause point of a
+// failpoints build holds it there): no process of it is left, and a
+// second run completes the job, restarting each unit once and keeping
+// what was on top. The shipped binary has no pause point.
+func TestKilledDuringPostResumeAndRerun(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	if b, err := os.ReadFile(bin); err != nil || bytes.Contains(b, []byte(failpoint.Env)) {
+		t.Fatalf("%s mentions %s (or cannot be read: %v): pause points in the shipped build", bin, failpoint.Env, err)
+	}
+	fp := failpointBinary(t)
+	c, pid := restoredWithoutHook(t, "hook-killed-post", lab.Systemd)
+	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
+	cmd.Env = append(os.Environ(), failpoint.Env+"=staged")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	var first strings.Builder
+	readUntil(t, stderr, &first, "failpoint staged: paused")
+	if !strings.Contains(first.String(), "/srv/a: moved tmpfs on top aside") {
+		t.Fatalf("paused before /srv/a was staged:\n%s", first.String())
+	}
+	tab, err := mounts.ReadTable(pid)
+	if err != nil || !mounts.StagingMounted(tab) {
+		t.Fatalf("no staging tmpfs in the container while paused (%v)", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(hookProcs(fp)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := hookProcs(fp); len(left) > 0 {
+		t.Errorf("processes of the hook left after it was killed: %v", left)
+	}
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil {
+		t.Fatalf("second fix: %v\n%s", err, out)
+	}
+	for _, unit := range []string{"srv-a.automount", "srv-b.automount", "srv-c.automount"} {
+		if n := strings.Count(string(out), "unit="+unit); n != 1 {
+			t.Errorf("%s restarted %d times by the second run, want 1:\n%s", unit, n, out)
+		}
+	}
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+	if tab, err := mounts.ReadTable(pid); err != nil || mounts.StagingMounted(tab) {
+		t.Errorf("staging tmpfs left in the container (or mount table unreadable: %v)", err)
+	}
+	t.Logf("first run killed while paused:\n%s\nsecond run:\n%s", first.String(), out)
+}
+
+// The respawned automount exits at once (here: the container's /tmp is
+// read-only, and automount cannot make its test mount): fix reports it
+// without waiting for its deadline, the mounts fail fast instead of
+// hanging, and once the cause is gone a second fix starts the daemon
+// again from what the first run recorded.
+func TestRespawnedDaemonExitsAtOnce(t *testing.T) {
+	lab.Require(t)
+	bin := hookBinary(t)
+	c, pid := restoredWithoutHook(t, "hook-amexit", lab.Automount)
+	before := automountDaemons(t, c)
+	if len(before) != 1 {
+		t.Fatalf("%d automount daemons after restore, want 1", len(before))
+	}
+	mustWork(t, c, "mount", "-t", "tmpfs", "-o", "ro", "tmpfs", "/tmp")
+	start := time.Now()
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "20s").CombinedOutput()
+	took := time.Since(start)
+	if err == nil || !strings.Contains(string(out), "before it served") {
+		t.Fatalf("fix with a daemon that cannot start: err %v, output:\n%s", err, out)
+	}
+	if took > 10*time.Second {
+		t.Errorf("fix took %v to notice the daemon exited (--timeout 20s)", took)
+	}
+	t.Logf("fix failed after %v: %s", took.Round(time.Millisecond), lastLineOf(string(out)))
+	if ds := automountDaemons(t, c); len(ds) != 0 {
+		t.Fatalf("automount daemons %v after the failed start, want none", ds)
+	}
+	// No master, but no hang either: the mounts were made catatonic.
+	for _, p := range []string{"/srv/direct1/", "/ind/k1/"} {
+		out, timedOut, err := c.Exec(okWait, "stat", p)
+		if timedOut {
+			t.Fatalf("stat %s hung with no daemon:\n%s", p, c.Describe())
+		}
+		t.Logf("stat %s with no daemon: %v %s", p, err, strings.TrimSpace(out))
+	}
+	noWaiters(t, c)
+	mustWork(t, c, "umount", "/tmp")
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fix once /tmp is writable: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "started again from the record") {
+		t.Errorf("second fix did not start the daemon again:\n%s", out)
+	}
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("%d automount daemons after the second fix, want 1", len(ds))
+	}
+	for _, k := range privilegeFields {
+		if ds[0].status[k] != before[0].status[k] {
+			t.Errorf("daemon started again: %s = %q, the original had %q", k, ds[0].status[k], before[0].status[k])
+		}
+	}
+	allOK(t, c, 5)
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/ind/multi/sub")
+	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("/ind/k1/state: %q", got)
+	}
+	noWaiters(t, c)
+	// A third run has nothing left to do.
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "started again") {
+		t.Errorf("third fix: %v\n%s", err, out)
+	}
+}

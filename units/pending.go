@@ -1,0 +1,200 @@
+package units
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// Pending records an automount daemon that is about to be killed: what
+// it ran and where, so that the daemon can be started again later if the
+// new one does not come up (it may exit at once, for instance when the
+// container's /tmp is read-only). The old daemon's /proc files are gone
+// by then; the record names its namespaces, root, working directory and
+// executable by identity (namespace inode, device and inode), and
+// RetryRespawn only uses files of the container that match them.
+type Pending struct {
+	// OldPid is the killed daemon's pid in the host's numbering.
+	OldPid  int             `json:"old_pid"`
+	Daemon  *Daemon         `json:"daemon"`
+	Targets []mounts.Target `json:"targets"`
+	// NS maps each namespace kind (as in /proc/PID/ns) to its inode.
+	NS   map[string]uint64 `json:"ns"`
+	Root FileID            `json:"root"`
+	Cwd  FileID            `json:"cwd"`
+	Exe  FileID            `json:"exe"`
+}
+
+// FileID identifies a file by device and inode.
+type FileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func fileID(f *os.File) (FileID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return FileID{}, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return FileID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// newPending builds the record of the daemon pid from the files opened by
+// openDaemonFiles.
+func newPending(pid int, info *Daemon, targets []mounts.Target, files []*os.File) (*Pending, error) {
+	p := &Pending{OldPid: pid, Daemon: info, Targets: targets, NS: map[string]uint64{}}
+	for i, n := range daemonFileNames {
+		id, err := fileID(files[i])
+		if err != nil {
+			return nil, err
+		}
+		switch n {
+		case "root":
+			p.Root = id
+		case "cwd":
+			p.Cwd = id
+		case "exe":
+			p.Exe = id
+		default:
+			p.NS[n[len("ns/"):]] = id.Ino
+		}
+	}
+	user, err := mounts.Namespace(pid, "user")
+	if err != nil {
+		return nil, err
+	}
+	p.NS["user"] = user
+	return p, nil
+}
+
+// RetryRespawn starts again the daemon of a Pending record, in the
+// container c: the namespaces and root come from a process of the
+// container that shares all of the old daemon's, and the working
+// directory and executable are looked up inside that root (never leaving
+// it) and must be the very files the old daemon had. It refuses rather
+// than start the daemon anywhere else, then checks the new daemon as
+// RespawnAutomount does.
+func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, error) {
+	if p == nil || p.Daemon == nil {
+		return nil, errors.New("retry respawn: empty record")
+	}
+	deadline := time.Now().Add(o.Timeout)
+	if err := p.Daemon.Reproducible(); err != nil {
+		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
+	}
+	files, err := filesLike(c, p)
+	if err != nil {
+		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
+	}
+	defer closeAll(files)
+	if err := c.Check(); err != nil {
+		return nil, err
+	}
+	return startAgain(c, p.Daemon, files, p.Targets, deadline)
+}
+
+// filesLike opens, in daemonFileNames order, files of the container
+// identical to those the daemon of p had.
+func filesLike(c *mounts.Process, p *Pending) ([]*os.File, error) {
+	pids, err := mounts.PidNamespaceMembers(c.Pid)
+	if err != nil {
+		return nil, err
+	}
+	// The container's init first: it usually shares everything.
+	cands := append([]int{c.Pid}, pids...)
+	for _, pid := range cands {
+		if !sharesNamespaces(pid, p.NS) {
+			continue
+		}
+		files, err := openLike(pid, p)
+		if err == nil {
+			return files, nil
+		}
+		if errors.Is(err, errMismatch) {
+			continue
+		}
+		return nil, err
+	}
+	return nil, fmt.Errorf("no process of the container shares the namespaces and root of the killed daemon: refused; start automount by hand")
+}
+
+var errMismatch = errors.New("not the daemon's")
+
+func sharesNamespaces(pid int, ns map[string]uint64) bool {
+	for kind, ino := range ns {
+		got, err := mounts.Namespace(pid, kind)
+		if err != nil || got != ino {
+			return false
+		}
+	}
+	return len(ns) > 0
+}
+
+// openLike opens the namespaces and root of pid and the daemon's working
+// directory and executable inside that root, checking each against p.
+func openLike(pid int, p *Pending) (files []*os.File, err error) {
+	defer func() {
+		if err != nil {
+			closeAll(files)
+			files = nil
+		}
+	}()
+	dir := "/proc/" + strconv.Itoa(pid) + "/"
+	var root *os.File
+	for _, n := range daemonFileNames {
+		var f *os.File
+		var want FileID
+		switch n {
+		case "root":
+			f, err = os.OpenFile(dir+"root", unix.O_PATH|unix.O_CLOEXEC, 0)
+			want = p.Root
+		case "cwd":
+			f, err = openInRoot(root, p.Daemon.Cwd, unix.O_DIRECTORY)
+			want = p.Cwd
+		case "exe":
+			f, err = openInRoot(root, p.Daemon.Exe, 0)
+			want = p.Exe
+		default:
+			f, err = os.OpenFile(dir+n, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return files, fmt.Errorf("open %s like the killed daemon's: %w", n, err)
+		}
+		files = append(files, f)
+		id, err := fileID(f)
+		if err != nil {
+			return files, err
+		}
+		switch n {
+		case "root":
+			root = f
+			fallthrough
+		case "cwd", "exe":
+			if id != want {
+				return files, fmt.Errorf("%s of pid %d: %w", n, pid, errMismatch)
+			}
+		default:
+			// Opened by path: pinned now, so check the very file.
+			if id.Ino != p.NS[n[len("ns/"):]] {
+				return files, fmt.Errorf("%s of pid %d: %w", n, pid, errMismatch)
+			}
+		}
+	}
+	return files, nil
+}
+
+// openInRoot opens path inside root (an O_PATH fd) without following any
+// symlink out of it or through /proc magic links.
+func openInRoot(root *os.File, path string, flags int) (*os.File, error) {
+	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: uint64(unix.O_PATH | unix.O_CLOEXEC | flags), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return nil, fmt.Errorf("%s in the container: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
