@@ -315,3 +315,56 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 		t.Fatal("staging tmpfs left mounted after recovery")
 	}
 }
+
+// oddNames are mount point names that mountinfo escapes or that stretch
+// its limits: a space, a tab, a newline, a backslash and an escape-like
+// text, UTF-8, and a path of about 3,900 bytes (PATH_MAX is 4,096).
+func oddNames() []string {
+	long := ""
+	for i := 0; i < 19; i++ {
+		long = filepath.Join(long, fmt.Sprintf("%02d-%s", i, strings.Repeat("d", 197)))
+	}
+	return []string{"with space", "tab\there", "new\nline", `back\slash \040`, "ünï-cødé", long}
+}
+
+// Odd mount points are found in the mount table under their exact
+// (decoded) path, escaped to one line for logs, and released by the
+// worker like any other.
+func TestOddMountPoints(t *testing.T) {
+	requireAutofs(t)
+	m, p, points := startMaster(t, oddNames()...)
+	tab, err := mounts.ReadTable(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var targets []mounts.Target
+	for _, pt := range points {
+		a := tab.Find(pt)
+		if a == nil {
+			t.Fatalf("%q missing from the mount table", pt)
+		}
+		if e := mounts.Escape(pt); strings.ContainsAny(e, " \t\n") {
+			t.Errorf("Escape(%q) = %q: not one word", pt, e)
+		}
+		targets = append(targets, mounts.Target{Where: pt, Dev: a.Dev()})
+	}
+	t.Logf("longest mount point: %d bytes", len(points[len(points)-1]))
+	var res []mounts.TargetResult
+	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 10*time.Second, nil, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Error != "" {
+			t.Errorf("%q: %s", r.Where, r.Error)
+		}
+	}
+	tab, err = mounts.ReadTable(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pt := range points {
+		if a := tab.Find(pt); a == nil || !a.Options.Catatonic() {
+			t.Errorf("%q not catatonic after the worker: %+v", pt, a)
+		}
+	}
+}

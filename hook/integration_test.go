@@ -1,0 +1,93 @@
+package hook
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+func TestMain(m *testing.M) {
+	autofstest.MaybeRunMaster()
+	os.Exit(m.Run())
+}
+
+// status on real autofs mounts with odd mount points (a master in its
+// own pid and mount namespaces, as a container's): JSON gives each path
+// exactly, the table one escaped line per mount.
+func TestStatusOddMountPoints(t *testing.T) {
+	if ok, why := autofstest.Available(); !ok {
+		t.Skipf("SKIP INTEGRATION (%s): real autofs tests need root and /dev/autofs", why)
+	}
+	StateDir = t.TempDir()
+	long := ""
+	for i := 0; i < 19; i++ {
+		long = filepath.Join(long, fmt.Sprintf("%02d-%s", i, strings.Repeat("d", 197)))
+	}
+	dir := t.TempDir()
+	var points []string
+	for _, n := range []string{"with space", "tab\there", "new\nline", `back\slash \040`, long} {
+		points = append(points, filepath.Join(dir, n))
+	}
+	m, err := autofstest.StartMaster(points...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+
+	var js bytes.Buffer
+	if code := statusMain(m.Pid, true, &js, log); code != ExitOK {
+		t.Fatalf("status --json exited %d", code)
+	}
+	var r Report
+	if err := json.Unmarshal(js.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, ms := range r.Mounts {
+		got[ms.Mountpoint] = true
+	}
+	for _, pt := range points {
+		if !got[pt] {
+			t.Errorf("status --json lacks %q", pt)
+		}
+	}
+
+	var table bytes.Buffer
+	if code := statusMain(m.Pid, false, &table, log); code != ExitOK {
+		t.Fatalf("status exited %d", code)
+	}
+	// Mounts the master's namespace copied from the host are listed too:
+	// only the lines under dir count.
+	var lines []string
+	for _, l := range strings.Split(table.String(), "\n") {
+		if strings.HasPrefix(l, mounts.Escape(dir)+"/") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != len(points) {
+		t.Fatalf("status printed %d lines for %d mounts:\n%s", len(lines), len(points), table.String())
+	}
+	for _, pt := range points {
+		n := 0
+		for _, l := range lines {
+			if strings.HasPrefix(l, mounts.Escape(pt)+" ") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d lines start with %q, want 1:\n%s", n, mounts.Escape(pt), table.String())
+		}
+	}
+}
