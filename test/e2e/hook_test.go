@@ -496,15 +496,26 @@ func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
 	allOK(t, c, 3)
 }
 
-// The automount binary was replaced since the daemon started: the hook
-// refuses before it kills anything, and says why.
+// The automount binary is missing, or was replaced since the daemon
+// started: the hook refuses before it kills anything, and says why.
 func TestAutomountBinaryReplacedIsRefused(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-replaced", lab.Automount)
 	before := automountDaemons(t, c)
-	mustWork(t, c, "sh", "-c", "cp -p /usr/sbin/automount /usr/sbin/automount.new && mv /usr/sbin/automount.new /usr/sbin/automount")
+	// Missing first: removed (a copy kept aside, a new inode), then the
+	// copy put in its place: replaced.
+	mustWork(t, c, "sh", "-c", "cp -p /usr/sbin/automount /usr/sbin/automount.keep && rm /usr/sbin/automount")
 	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "/usr/sbin/automount is gone from the container") {
+		t.Fatalf("fix with the binary missing: err %v, output:\n%s", err, out)
+	}
+	if after := automountDaemons(t, c); len(after) != 1 || after[0].pid != before[0].pid {
+		t.Fatalf("the daemon was touched with its binary missing")
+	}
+	t.Logf("missing binary refused: %s", lastLineOf(string(out)))
+	mustWork(t, c, "mv", "/usr/sbin/automount.keep", "/usr/sbin/automount")
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no longer the binary the daemon ran") {
 		t.Fatalf("fix: err %v, output:\n%s", err, out)
 	}
