@@ -695,6 +695,13 @@ cmd_down() {
 	check_name "$name"
 	b=$(bundle_of "$name")
 	stop_container "$name"
+	# A restore killed midway leaves runc's state directory behind with
+	# CRIU's root still mounted in it; runc then refuses the name forever.
+	local rs=/run/runc/$name
+	if [ -d "$rs" ] && ! runc state "$name" >/dev/null 2>&1; then
+		awk -v b="$rs" '$5 == b || index($5, b "/") == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
+		rm -rf --one-file-system "$rs"
+	fi
 	if [ -d "$b" ]; then
 		# Never rm -rf across a mount point.
 		if awk -v b="$b" '$5 == b || index($5, b "/") == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
