@@ -76,6 +76,10 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 		}
 		sf = &stateFile{rec: rec}
 	}
+	if !opts.DryRun {
+		// The errors of this run replace those of the last one.
+		sf.rec.LastErrors = nil
+	}
 	var errs []error
 	for _, ph := range phases {
 		err := runPhase(p, ph, sf, opts, log.WithField("phase", string(ph)))
@@ -139,7 +143,7 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 	} else {
 		// Not marked done: the next run (CRIU's second call, or `fix`)
 		// tries again what failed; what succeeded is recorded and skipped.
-		sf.rec.LastErrors = strings.Split(perr.Error(), "\n")
+		sf.rec.LastErrors = append(sf.rec.LastErrors, strings.Split(perr.Error(), "\n")...)
 	}
 	if err := sf.Save(); err != nil {
 		perr = errors.Join(perr, err)

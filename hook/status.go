@@ -43,6 +43,20 @@ type Report struct {
 	// Blocked are the container's processes (host pids) sleeping in
 	// autofs_wait: waiting on an autofs request.
 	Blocked []int `json:"blocked,omitempty"`
+	// LastErrors are the errors of the hook's last run on this container
+	// (from its state file), if it failed.
+	LastErrors []string `json:"last_errors,omitempty"`
+	// Pending are the automount daemons the hook killed whose replacement
+	// never served: the next `fix` starts them again.
+	Pending []PendingDaemon `json:"pending_respawns,omitempty"`
+}
+
+// PendingDaemon is an automount daemon killed by the hook and not yet
+// running again.
+type PendingDaemon struct {
+	OldPid int      `json:"old_pid"`
+	Argv   []string `json:"argv"`
+	Mounts []string `json:"mounts"`
 }
 
 func (c *Container) report() Report {
@@ -101,6 +115,17 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 	}
 	c.confirmUnits(log)
 	r := c.report()
+	r.LastErrors = rec.LastErrors
+	for _, p := range rec.Respawns {
+		d := PendingDaemon{OldPid: p.OldPid}
+		if p.Daemon != nil {
+			d.Argv = p.Daemon.Argv
+		}
+		for _, t := range p.Targets {
+			d.Mounts = append(d.Mounts, t.Where)
+		}
+		r.Pending = append(r.Pending, d)
+	}
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -120,29 +145,21 @@ func writeTable(out io.Writer, r Report) {
 		restored = "yes (" + strings.Join(r.Evidence, ", ") + ")"
 	}
 	fmt.Fprintf(out, "container pid %d, restored: %s, %d autofs mount(s)\n", r.Pid, restored, len(r.Mounts))
-	if len(r.Mounts) == 0 {
-		return
+	if len(r.Mounts) > 0 {
+		writeMounts(out, r.Mounts)
 	}
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MOUNT POINT\tTYPE\tMASTER\tUNIT\tSTATE\tON TOP\tNESTED COPIES")
-	for _, m := range r.Mounts {
-		master := m.Master
-		if m.MasterPid > 0 {
-			master += " (" + strconv.Itoa(m.MasterPid) + ")"
-		}
-		nested := "-"
-		if len(m.Nested) > 0 {
-			nested = strconv.Itoa(len(m.Nested))
-		}
-		unit := dash(m.Unit)
-		if m.Unit != "" && !m.UnitConfirmed {
-			unit += " (guessed)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, unit, m.State, dash(m.OnTop), nested)
-	}
-	tw.Flush()
 	if len(r.Blocked) > 0 {
 		fmt.Fprintf(out, "%d process(es) of the container blocked in autofs_wait (host pids): %v\n", len(r.Blocked), r.Blocked)
+	}
+	for _, p := range r.Pending {
+		var ms []string
+		for _, m := range p.Mounts {
+			ms = append(ms, mounts.Escape(m))
+		}
+		fmt.Fprintf(out, "automount (was pid %d) killed by the hook and not running again: its mounts %s have no master; run fix once the cause is fixed\n", p.OldPid, strings.Join(ms, ", "))
+	}
+	for _, e := range r.LastErrors {
+		fmt.Fprintf(out, "last run failed: %s\n", e)
 	}
 }
 
@@ -175,4 +192,25 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func writeMounts(out io.Writer, ms []MountStatus) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MOUNT POINT\tTYPE\tMASTER\tUNIT\tSTATE\tON TOP\tNESTED COPIES")
+	for _, m := range ms {
+		master := m.Master
+		if m.MasterPid > 0 {
+			master += " (" + strconv.Itoa(m.MasterPid) + ")"
+		}
+		nested := "-"
+		if len(m.Nested) > 0 {
+			nested = strconv.Itoa(len(m.Nested))
+		}
+		unit := dash(m.Unit)
+		if m.Unit != "" && !m.UnitConfirmed {
+			unit += " (guessed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, unit, m.State, dash(m.OnTop), nested)
+	}
+	tw.Flush()
 }

@@ -190,6 +190,15 @@ func TestRespawnedDaemonExitsAtOnce(t *testing.T) {
 		t.Logf("stat %s with no daemon: %v %s", p, err, strings.TrimSpace(out))
 	}
 	noWaiters(t, c)
+	// status tells the operator what is pending, and why.
+	r := status(t, c)
+	if len(r.Pending) != 1 || len(r.Pending[0].Mounts) != 4 || len(r.LastErrors) == 0 || !strings.Contains(strings.Join(r.LastErrors, " "), "before it served") {
+		t.Errorf("status after the failed start: pending %+v, last errors %q", r.Pending, r.LastErrors)
+	}
+	text, err := exec.Command(bin, "status", "--pid", strconv.Itoa(pid), "--no-syslog").Output()
+	if err != nil || !strings.Contains(string(text), "killed by the hook and not running again") || !strings.Contains(string(text), "last run failed: ") {
+		t.Errorf("status text (%v):\n%s", err, text)
+	}
 	mustWork(t, c, "umount", "/tmp")
 	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
 	if err != nil {
@@ -214,6 +223,9 @@ func TestRespawnedDaemonExitsAtOnce(t *testing.T) {
 		t.Fatalf("/ind/k1/state: %q", got)
 	}
 	noWaiters(t, c)
+	if r := status(t, c); len(r.Pending) != 0 || len(r.LastErrors) != 0 {
+		t.Errorf("status after the second fix: pending %+v, last errors %q", r.Pending, r.LastErrors)
+	}
 	// A third run has nothing left to do.
 	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
 	if err != nil || strings.Contains(string(out), "started again") {
