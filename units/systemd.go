@@ -66,7 +66,8 @@ type systemd struct {
 }
 
 // pingTimeout bounds one attempt to get an answer from systemd, and
-// authTimeout one authentication; retryPause separates two attempts.
+// authTimeout one authentication; retryPause is the least time between
+// the starts of two attempts.
 const (
 	pingTimeout = 250 * time.Millisecond
 	authTimeout = time.Second
@@ -85,6 +86,7 @@ var errContainerGone = errors.New("the container exited during the fix")
 func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
+		began := time.Now()
 		s, err := dialSystemdOnce(ctx, env)
 		if err == nil {
 			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
@@ -103,7 +105,9 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("the container's systemd does not answer: %w", last)
 		}
-		t := time.NewTimer(retryPause)
+		// Only an attempt that failed at once is followed by a pause: a
+		// silent connection already took its ping deadline.
+		t := time.NewTimer(retryPause - time.Since(began))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
