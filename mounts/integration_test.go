@@ -241,29 +241,10 @@ func TestThousandMounts(t *testing.T) {
 	}
 	m, p, points := startMaster(t, names...)
 	start := time.Now()
-	tab, err := mounts.ReadTable(m.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var targets []mounts.Target
-	for _, pt := range points {
-		a := tab.Find(pt)
-		if a == nil {
-			t.Fatalf("%s missing from the mount table", pt)
-		}
-		targets = append(targets, mounts.Target{Where: pt, Dev: a.Dev()})
-	}
+	targets := targetsAt(t, m.Pid, points)
 	read := time.Since(start)
-	var res []mounts.TargetResult
-	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 30*time.Second, nil, &res); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range res {
-		if r.Error != "" {
-			t.Fatalf("%s: %s", r.Where, r.Error)
-		}
-	}
-	tab, err = mounts.ReadTable(m.Pid)
+	makeCatatonic(t, p, targets, 30*time.Second)
+	tab, err := mounts.ReadTable(m.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +314,45 @@ func oddNames() []string {
 func TestOddMountPoints(t *testing.T) {
 	requireAutofs(t)
 	m, p, points := startMaster(t, oddNames()...)
+	targets := targetsAt(t, m.Pid, points)
+	for _, pt := range points {
+		if e := mounts.Escape(pt); strings.ContainsAny(e, " \t\n") {
+			t.Errorf("Escape(%q) = %q: not one word", pt, e)
+		}
+	}
+	t.Logf("longest mount point: %d bytes", len(points[len(points)-1]))
+	makeCatatonic(t, p, targets, 10*time.Second)
 	tab, err := mounts.ReadTable(m.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pt := range points {
+		if a := tab.Find(pt); a == nil || !a.Options.Catatonic() {
+			t.Errorf("%q not catatonic after the worker: %+v", pt, a)
+		}
+	}
+}
+
+// makeCatatonic runs the catatonic worker on targets and fails the test
+// on any error.
+func makeCatatonic(t *testing.T, p *mounts.Process, targets []mounts.Target, timeout time.Duration) {
+	t.Helper()
+	var res []mounts.TargetResult
+	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, timeout, nil, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Error != "" {
+			t.Fatalf("%q: %s", r.Where, r.Error)
+		}
+	}
+}
+
+// targetsAt finds the autofs mount at each of points in pid's mount
+// table (under its exact path) and returns them as worker targets.
+func targetsAt(t *testing.T, pid int, points []string) []mounts.Target {
+	t.Helper()
+	tab, err := mounts.ReadTable(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,28 +362,7 @@ func TestOddMountPoints(t *testing.T) {
 		if a == nil {
 			t.Fatalf("%q missing from the mount table", pt)
 		}
-		if e := mounts.Escape(pt); strings.ContainsAny(e, " \t\n") {
-			t.Errorf("Escape(%q) = %q: not one word", pt, e)
-		}
 		targets = append(targets, mounts.Target{Where: pt, Dev: a.Dev()})
 	}
-	t.Logf("longest mount point: %d bytes", len(points[len(points)-1]))
-	var res []mounts.TargetResult
-	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 10*time.Second, nil, &res); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range res {
-		if r.Error != "" {
-			t.Errorf("%q: %s", r.Where, r.Error)
-		}
-	}
-	tab, err = mounts.ReadTable(m.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pt := range points {
-		if a := tab.Find(pt); a == nil || !a.Options.Catatonic() {
-			t.Errorf("%q not catatonic after the worker: %+v", pt, a)
-		}
-	}
+	return targets
 }

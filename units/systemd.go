@@ -83,7 +83,7 @@ var errContainerGone = errors.New("the container exited during the fix")
 // after a restore, systemd (seen with 252) may leave the first connection
 // unanswered until something else wakes it, while a new one is served.
 // It gives up when ctx ends or when the container's process is gone.
-func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
+func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, logf func(string)) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
@@ -99,6 +99,9 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
 			err = fmt.Errorf("no answer to ping on connection %d: %w", attempt, err)
 		}
 		last = err
+		if logf != nil {
+			logf(fmt.Sprintf("systemd: attempt %d after %s: %v", attempt, time.Since(began).Round(time.Microsecond), err))
+		}
 		if env.Gone() {
 			return nil, fmt.Errorf("%w (last attempt to reach its systemd: %v)", errContainerGone, last)
 		}
@@ -222,7 +225,7 @@ func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	s, err := dialSystemd(ctx, env)
+	s, err := dialSystemd(ctx, env, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +267,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for i, t := range req.Targets {
 		results[i] = RestartResult{Where: t.Where, Unit: t.Unit}
 	}
-	s, err := dialSystemd(ctx, env)
+	s, err := dialSystemd(ctx, env, logf)
 	if err != nil {
 		return nil, errors.Join(err, rerr)
 	}

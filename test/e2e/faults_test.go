@@ -35,6 +35,24 @@ func hookProcs(bin string) []string {
 	return out
 }
 
+// startFix starts `bin fix --pid PID --no-syslog ARGS...` with env added
+// to the test's environment, and returns it with its stderr. The process
+// is killed at cleanup if it still runs.
+func startFix(t *testing.T, bin string, env []string, pid int, args ...string) (*exec.Cmd, io.Reader) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"fix", "--pid", strconv.Itoa(pid), "--no-syslog"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return cmd, stderr
+}
+
 // readUntil reads r into b until b holds want; it fails the test if r
 // ends first.
 func readUntil(t *testing.T, r io.Reader, b *strings.Builder, want string) {
@@ -60,15 +78,7 @@ func TestContainerExitsDuringFix(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
-	cmd := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "60s")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
+	cmd, stderr := startFix(t, bin, nil, pid, "--timeout", "60s")
 	var out strings.Builder
 	readUntil(t, stderr, &out, "pre-resume finished")
 	time.Sleep(2 * time.Second) // fix now waits for systemd
@@ -78,7 +88,7 @@ func TestContainerExitsDuringFix(t *testing.T) {
 	stopped := time.Now()
 	rest, _ := io.ReadAll(stderr)
 	out.Write(rest)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	took := time.Since(stopped)
 	if code := cmd.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("fix exited %d (%v) when the container exited, want 1", code, err)
@@ -109,16 +119,7 @@ func TestKilledDuringPostResumeAndRerun(t *testing.T) {
 	}
 	fp := failpointBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-killed-post", lab.Systemd)
-	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
-	cmd.Env = append(os.Environ(), failpoint.Env+"=staged")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
+	cmd, stderr := startFix(t, fp, []string{failpoint.Env + "=staged"}, pid)
 	var first strings.Builder
 	readUntil(t, stderr, &first, "failpoint staged: paused")
 	if !strings.Contains(first.String(), "/srv/a: moved tmpfs on top aside") {

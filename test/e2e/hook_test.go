@@ -537,23 +537,9 @@ func TestKilledBetweenPhasesAndRerun(t *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-killed", lab.Systemd)
-	cmd := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr := startFix(t, bin, nil, pid)
 	var first strings.Builder
-	buf := make([]byte, 4096)
-	for !strings.Contains(first.String(), "pre-resume finished") {
-		n, err := stderr.Read(buf)
-		first.Write(buf[:n])
-		if err != nil {
-			t.Fatalf("fix ended before pre-resume finished: %v\n%s", err, first.String())
-		}
-	}
+	readUntil(t, stderr, &first, "pre-resume finished")
 	cmd.Process.Kill()
 	cmd.Wait()
 	if strings.Contains(first.String(), "restarted") {
