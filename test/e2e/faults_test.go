@@ -38,7 +38,7 @@ func hookProcs(bin string) []string {
 // startFix starts `bin fix --pid PID --no-syslog ARGS...` with env added
 // to the test's environment, and returns it with its stderr. The process
 // is killed at cleanup if it still runs.
-func startFix(t *testing.T, bin string, env []string, pid int, args ...string) (*exec.Cmd, io.Reader) {
+func startFix(t testing.TB, bin string, env []string, pid int, args ...string) (*exec.Cmd, io.Reader) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"fix", "--pid", strconv.Itoa(pid), "--no-syslog"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
@@ -55,7 +55,7 @@ func startFix(t *testing.T, bin string, env []string, pid int, args ...string) (
 
 // readUntil reads r into b until b holds want; it fails the test if r
 // ends first.
-func readUntil(t *testing.T, r io.Reader, b *strings.Builder, want string) {
+func readUntil(t testing.TB, r io.Reader, b *strings.Builder, want string) {
 	t.Helper()
 	buf := make([]byte, 4096)
 	for !strings.Contains(b.String(), want) {
@@ -70,7 +70,8 @@ func readUntil(t *testing.T, r io.Reader, b *strings.Builder, want string) {
 // The container exits while fix waits for its (stopped) systemd: fix
 // notices within a couple of seconds, says the container exited, exits 1,
 // and leaves no process of its own behind.
-func TestContainerExitsDuringFix(t *testing.T) {
+func TestContainerExitsDuringFix(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-exits", lab.Systemd)
@@ -111,7 +112,8 @@ func TestContainerExitsDuringFix(t *testing.T) {
 // failpoints build holds it there): no process of it is left, and a
 // second run completes the job, restarting each unit once and keeping
 // what was on top. The shipped binary has no pause point.
-func TestKilledDuringPostResumeAndRerun(t *testing.T) {
+func TestKilledDuringPostResumeAndRerun(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	if b, err := os.ReadFile(bin); err != nil || bytes.Contains(b, []byte(failpoint.Env)) {
@@ -160,7 +162,8 @@ func TestKilledDuringPostResumeAndRerun(t *testing.T) {
 // without waiting for its deadline, the mounts fail fast instead of
 // hanging, and once the cause is gone a second fix starts the daemon
 // again from what the first run recorded.
-func TestRespawnedDaemonExitsAtOnce(t *testing.T) {
+func TestRespawnedDaemonExitsAtOnce(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-amexit", lab.Automount)

@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 
 // hookBinary is the binary under test: $AUTOFS_RESTORE_HOOK_BIN (set by
 // `make test` to what `make build` made), or a static build of the tree.
-func hookBinary(t *testing.T) string {
+func hookBinary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		if p := os.Getenv("AUTOFS_RESTORE_HOOK_BIN"); p != "" {
@@ -59,7 +59,7 @@ var (
 
 // failpointBinary is a build of the tree with the pause points of package
 // failpoint compiled in, for the tests that kill the hook at a step.
-func failpointBinary(t *testing.T) string {
+func failpointBinary(t testing.TB) string {
 	t.Helper()
 	fpOnce.Do(func() { fpPath, fpErr = buildHook("autofs-restore-hook", "failpoints") })
 	if fpErr != nil {
@@ -96,7 +96,7 @@ func buildHook(name string, tags ...string) (string, error) {
 
 // logFile points the hook's log at a file of the test (CRIU passes runc's
 // environment on to its action scripts) and returns a reader for it.
-func logFile(t *testing.T) func() string {
+func logFile(t testing.TB) func() string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "hook.log")
 	t.Setenv(hook.EnvLogFile, p)
@@ -107,7 +107,7 @@ func logFile(t *testing.T) func() string {
 	}
 }
 
-func status(t *testing.T, c *lab.Container) hook.Report {
+func status(t testing.TB, c *lab.Container) hook.Report {
 	t.Helper()
 	pid, err := c.Pid()
 	if err != nil {
@@ -126,7 +126,7 @@ func status(t *testing.T, c *lab.Container) hook.Report {
 
 // allOK fails unless every autofs mount of c is served and not stale, and
 // (want >= 0) there are want of them; it returns the mount points.
-func allOK(t *testing.T, c *lab.Container, want int) []string {
+func allOK(t testing.TB, c *lab.Container, want int) []string {
 	t.Helper()
 	r := status(t, c)
 	var mps []string
@@ -142,7 +142,7 @@ func allOK(t *testing.T, c *lab.Container, want int) []string {
 	return mps
 }
 
-func noWaiters(t *testing.T, c *lab.Container) {
+func noWaiters(t testing.TB, c *lab.Container) {
 	t.Helper()
 	w, err := c.AutofsWaiters()
 	if err != nil {
@@ -156,7 +156,7 @@ func noWaiters(t *testing.T, c *lab.Container) {
 
 // systemdWorks checks what a user of the systemd container sees: every
 // automount path answers, the filesystem that was on top kept its file.
-func systemdWorks(t *testing.T, c *lab.Container) {
+func systemdWorks(t testing.TB, c *lab.Container) {
 	t.Helper()
 	if got := mustWork(t, c, "cat", "/srv/a/state"); !strings.Contains(got, "state-before-checkpoint") {
 		t.Fatalf("/srv/a/state after restore: %q", got)
@@ -166,7 +166,8 @@ func systemdWorks(t *testing.T, c *lab.Container) {
 	noWaiters(t, c)
 }
 
-func TestSystemdActionScript(t *testing.T) {
+func TestSystemdActionScript(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	log := logFile(t)
@@ -197,7 +198,7 @@ func TestSystemdActionScript(t *testing.T) {
 // restoredWithoutHook starts a container with no hook wired, checkpoints
 // and restores it, and returns it with its init's pid: the state an
 // operator meets before running fix by hand.
-func restoredWithoutHook(t *testing.T, name string, kind lab.Kind) (*lab.Container, int) {
+func restoredWithoutHook(t testing.TB, name string, kind lab.Kind) (*lab.Container, int) {
 	t.Helper()
 	c := lab.Up(t, name, kind, lab.Options{})
 	checkpointRestore(t, c)
@@ -216,7 +217,7 @@ type daemonInfo struct {
 	fds            []string
 }
 
-func automountDaemons(t *testing.T, c *lab.Container) []daemonInfo {
+func automountDaemons(t testing.TB, c *lab.Container) []daemonInfo {
 	t.Helper()
 	pids, err := c.Pids()
 	if err != nil {
@@ -251,7 +252,8 @@ func automountDaemons(t *testing.T, c *lab.Container) []daemonInfo {
 
 var privilegeFields = []string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"}
 
-func TestAutomountActionScript(t *testing.T) {
+func TestAutomountActionScript(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	log := logFile(t)
@@ -334,7 +336,8 @@ func TestAutomountActionScript(t *testing.T) {
 	}
 }
 
-func TestPlainContainerIsQuiet(t *testing.T) {
+func TestPlainContainerIsQuiet(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	log := logFile(t)
@@ -349,7 +352,8 @@ func TestPlainContainerIsQuiet(t *testing.T) {
 
 // Two `fix` runs at once for one restored container (no hook wired):
 // every unit is restarted once, both runs succeed, every path works.
-func TestConcurrentFixRunsRestartOnce(t *testing.T) {
+func TestConcurrentFixRunsRestartOnce(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-concurrent", lab.Systemd)
@@ -383,7 +387,8 @@ func TestConcurrentFixRunsRestartOnce(t *testing.T) {
 
 // A follower whose container never finishes restoring (its process is
 // gone) exits quietly at once.
-func TestFollowerExitsWhenRestoreFails(t *testing.T) {
+func TestFollowerExitsWhenRestoreFails(tt *testing.T) {
+	t := lab.Record(tt)
 	bin := hookBinary(t)
 	cmd := exec.Command("sleep", "60")
 	if err := cmd.Start(); err != nil {
@@ -416,7 +421,8 @@ func TestFollowerExitsWhenRestoreFails(t *testing.T) {
 // propagation holds copies of the autofs mounts: --nested=skip leaves
 // those mounts alone, the default fixes them and warns that the copies
 // become catatonic (and they do).
-func TestNestedMountNamespace(t *testing.T) {
+func TestNestedMountNamespace(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c := lab.Up(t, "hook-nested", lab.Systemd, lab.Options{})
@@ -469,7 +475,8 @@ func TestNestedMountNamespace(t *testing.T) {
 // The container's systemd does not answer (stopped): fix gives up at its
 // deadline with an error naming the cause; once systemd runs again, the
 // next fix finishes the job (the failed phase was not marked done).
-func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
+func TestSystemdNotAnsweringHitsDeadline(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-stopped", lab.Systemd)
@@ -498,7 +505,8 @@ func TestSystemdNotAnsweringHitsDeadline(t *testing.T) {
 
 // The automount binary is missing, or was replaced since the daemon
 // started: the hook refuses before it kills anything, and says why.
-func TestAutomountBinaryReplacedIsRefused(t *testing.T) {
+func TestAutomountBinaryReplacedIsRefused(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-replaced", lab.Automount)
@@ -533,7 +541,8 @@ func lastLineOf(s string) string {
 
 // The hook killed between the two phases and run again finishes the job
 // from its state file: pre-resume is not redone, each unit restarted once.
-func TestKilledBetweenPhasesAndRerun(t *testing.T) {
+func TestKilledBetweenPhasesAndRerun(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-killed", lab.Systemd)

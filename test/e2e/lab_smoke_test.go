@@ -21,7 +21,7 @@ const hangWait = 3 * time.Second
 // okWait bounds an access that must work.
 const okWait = 10 * time.Second
 
-func timed(t *testing.T, what string, f func() error) {
+func timed(t testing.TB, what string, f func() error) {
 	t.Helper()
 	start := time.Now()
 	if err := f(); err != nil {
@@ -31,7 +31,7 @@ func timed(t *testing.T, what string, f func() error) {
 }
 
 // mustWork runs args in c and fails the test if it times out or fails.
-func mustWork(t *testing.T, c *lab.Container, args ...string) string {
+func mustWork(t testing.TB, c *lab.Container, args ...string) string {
 	t.Helper()
 	start := time.Now()
 	out, timedOut, err := c.Exec(okWait, args...)
@@ -48,7 +48,7 @@ func mustWork(t *testing.T, c *lab.Container, args ...string) string {
 // mustHang runs args in c and fails the test unless it blocks for hangWait
 // with a process of the container in autofs_wait. The waiters are killed
 // afterwards.
-func mustHang(t *testing.T, c *lab.Container, args ...string) {
+func mustHang(t testing.TB, c *lab.Container, args ...string) {
 	t.Helper()
 	out, timedOut, err := c.Exec(hangWait, args...)
 	if !timedOut {
@@ -67,13 +67,14 @@ func mustHang(t *testing.T, c *lab.Container, args ...string) {
 	}
 }
 
-func checkpointRestore(t *testing.T, c *lab.Container) {
+func checkpointRestore(t testing.TB, c *lab.Container) {
 	t.Helper()
 	timed(t, "checkpoint "+c.Name, c.Checkpoint)
 	timed(t, "restore "+c.Name, c.Restore)
 }
 
-func TestSystemdRestoreWithoutHookHangs(t *testing.T) {
+func TestSystemdRestoreWithoutHookHangs(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	var c *lab.Container
 	timed(t, "up systemd", func() error { c = lab.Up(t, "smoke-systemd", lab.Systemd, lab.Options{}); return nil })
@@ -98,7 +99,8 @@ func TestSystemdRestoreWithoutHookHangs(t *testing.T) {
 
 // TestSystemdManualFixWorks shows the accesses that the bug breaks do work
 // after the known manual fix, so tests of the hook can pass and fail.
-func TestSystemdManualFixWorks(t *testing.T) {
+func TestSystemdManualFixWorks(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	c := lab.Up(t, "smoke-sdfix", lab.Systemd, lab.Options{})
 	checkpointRestore(t, c)
@@ -109,7 +111,8 @@ func TestSystemdManualFixWorks(t *testing.T) {
 	mustHang(t, c, "stat", "/srv/c/")
 }
 
-func TestAutomountRestoreWithoutHookHangs(t *testing.T) {
+func TestAutomountRestoreWithoutHookHangs(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	var c *lab.Container
 	timed(t, "up automount", func() error { c = lab.Up(t, "smoke-automount", lab.Automount, lab.Options{}); return nil })

@@ -16,7 +16,7 @@ import (
 
 // ociLog wires the hook's log file through the hook's environment (a
 // runtime gives a hook only the environment of its configuration).
-func ociLog(t *testing.T) (string, func() string) {
+func ociLog(t testing.TB) (string, func() string) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "hook.log")
 	return p, func() string {
@@ -40,7 +40,7 @@ func followers() []string {
 
 // waitFixed waits until the detached worker is done and every autofs mount
 // of c is ok, and returns how long that took after the restore returned.
-func waitFixed(t *testing.T, c *lab.Container, want int, log func() string) time.Duration {
+func waitFixed(t testing.TB, c *lab.Container, want int, log func() string) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(20 * time.Second)
@@ -66,7 +66,7 @@ func waitFixed(t *testing.T, c *lab.Container, want int, log func() string) time
 // touchEarly starts an access to path right after the restore, before the
 // fix can have run, and returns a function that fails the test if that
 // access hung (it must be answered or fail, never stay blocked).
-func touchEarly(t *testing.T, c *lab.Container, path string) func() {
+func touchEarly(t testing.TB, c *lab.Container, path string) func() {
 	done := make(chan string, 1)
 	go func() {
 		out, timedOut, err := c.Exec(okWait, "stat", "-c", "%n", path)
@@ -93,7 +93,8 @@ func errString(err error) string {
 	return "(failed fast: " + err.Error() + ")"
 }
 
-func TestSystemdOCIHook(t *testing.T) {
+func TestSystemdOCIHook(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
@@ -111,7 +112,8 @@ func TestSystemdOCIHook(t *testing.T) {
 	}
 }
 
-func TestAutomountOCIHook(t *testing.T) {
+func TestAutomountOCIHook(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
@@ -133,7 +135,8 @@ func TestAutomountOCIHook(t *testing.T) {
 }
 
 // A fresh start with the hook wired restarts nothing.
-func TestFreshStartWithHookTouchesNothing(t *testing.T) {
+func TestFreshStartWithHookTouchesNothing(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
@@ -150,7 +153,8 @@ func TestFreshStartWithHookTouchesNothing(t *testing.T) {
 
 // podman with --hooks-dir holding the shipped hooks.d JSON (its path
 // pointed at the binary under test).
-func TestPodmanHooksDir(t *testing.T) {
+func TestPodmanHooksDir(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	if _, err := exec.LookPath("podman"); err != nil {
 		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)

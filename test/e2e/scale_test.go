@@ -21,7 +21,7 @@ const wmemDefault = "/proc/sys/net/core/wmem_default"
 // the restore hangs for good, before any hook runs (seen here: 279 "Send
 // fd" lines in restore.log, the task blocked in sock_alloc_send_pskb).
 // README documents the setting for operators.
-func raiseSendBuffer(t *testing.T) {
+func raiseSendBuffer(t testing.TB) {
 	t.Helper()
 	old, err := os.ReadFile(wmemDefault)
 	if err != nil {
@@ -39,7 +39,8 @@ func raiseSendBuffer(t *testing.T) {
 
 // A restored container whose automount daemon serves 1,004 autofs mounts:
 // one fix reconnects all of them, and the far ends of the map work.
-func TestThousandMountsRestored(t *testing.T) {
+func TestThousandMountsRestored(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	raiseSendBuffer(t)
@@ -73,7 +74,8 @@ func TestThousandMountsRestored(t *testing.T) {
 // A restored container whose systemd has 1,003 automount units, one of
 // them covered by a tmpfs with state: one fix restarts all of them in one
 // batch and keeps what was on top.
-func TestThousandSystemdUnitsRestored(t *testing.T) {
+func TestThousandSystemdUnitsRestored(tt *testing.T) {
+	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	raiseSendBuffer(t)
