@@ -347,30 +347,52 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	}
 	start := time.Now()
 	var targets []mounts.Target
+	mine := map[uint64]bool{}
 	for _, m := range ms {
 		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
+		mine[m.Dev()] = true
 	}
+	also := alsoServedBy(c, pid, mine)
 	// Written down before the kill: if the new daemon does not come up,
 	// the next run starts it again from the record.
 	record := func(p *units.Pending) error {
 		sf.rec.Respawns = append(sf.rec.Respawns, *p)
 		return sf.Save()
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record})
+	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record, Also: also})
+	if res != nil {
+		// Those it serves work, even if others do not.
+		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
+	}
 	if err != nil {
 		dl.Errorf("respawn: %v", err)
-		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid))
+		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid, res))
 	}
 	sf.dropRespawn(pid)
-	for _, d := range res.Devs {
-		sf.rec.Fixed = append(sf.rec.Fixed, d)
-	}
-	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms), "took": time.Since(start).Round(time.Microsecond)}).Info("automount killed and started again; every mount reconnected")
+	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms) + len(also), "took": time.Since(start).Round(time.Microsecond)}).Info("automount killed and started again; every mount reconnected")
 	return nil
 }
 
+// alsoServedBy lists the other mounts that the daemon pid serves (those
+// not in skip): healthy ones, an indirect mount typically. Killing the
+// daemon leaves them masterless too, so the respawn waits for them as well.
+func alsoServedBy(c *Container, pid int, skip map[uint64]bool) []mounts.Target {
+	var also []mounts.Target
+	for _, m := range c.Mounts {
+		if m.MasterPid == pid && !skip[m.Dev()] && !m.Options.Catatonic() {
+			also = append(also, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
+		}
+	}
+	return also
+}
+
 // retryHint tells the operator what a rerun does after a failed respawn.
-func retryHint(sf *stateFile, pid int) string {
+func retryHint(sf *stateFile, pid int, res *units.Respawned) string {
+	if res != nil && res.Pid > 0 {
+		if st, err := mounts.ReadStat(res.Pid); err == nil && st.State != 'Z' && st.State != 'X' {
+			return fmt.Sprintf(" (automount %d runs but does not serve them: are they still in the container's master map?)", res.Pid)
+		}
+	}
 	for _, p := range sf.rec.Respawns {
 		if p.OldPid == pid {
 			return " (its mounts fail fast meanwhile; once the cause is fixed, `fix` starts the daemon again)"
@@ -417,13 +439,15 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 		}
 		start := time.Now()
 		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl)})
+		if res != nil {
+			sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
+		}
 		if err != nil {
 			dl.Errorf("start again: %v", err)
 			errs = append(errs, fmt.Errorf("post-resume: start automount %d again: %w", p.OldPid, err))
 			continue
 		}
 		sf.dropRespawn(p.OldPid)
-		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
 		dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(p.Targets), "took": time.Since(start).Round(time.Microsecond)}).Info("automount started again from the record of the earlier run; every mount reconnected")
 	}
 	return errors.Join(errs...)

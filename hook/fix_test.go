@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -138,5 +139,30 @@ func TestPlanPostResume(t *testing.T) {
 	}
 	if want := "/srv/a /srv/b"; strings.Join(got, " ") != want {
 		t.Errorf("without prepared, nested skipped: %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+// The daemon 200 is respawned for its stale /srv/d; its indirect /ind
+// loses its master too, so the respawn must wait for it as well.
+func TestAlsoServedBy(t *testing.T) {
+	c := fakeContainer(t, true, record{})
+	_, daemons := planPostResume(c, nil, Options{}, quietLog())
+	skip := map[uint64]bool{}
+	for _, m := range daemons[200] {
+		skip[m.Dev()] = true
+	}
+	var got []string
+	for _, tg := range alsoServedBy(c, 200, skip) {
+		got = append(got, tg.Where)
+	}
+	if strings.Join(got, " ") != "/ind" {
+		t.Errorf("also waited for %q, want /ind", got)
+	}
+	if also := alsoServedBy(c, 300, nil); len(also) != 1 || also[0].Where != "/srv/x" {
+		t.Errorf("daemon 300: %v, want /srv/x", also)
+	}
+	// A catatonic mount has no master to lose.
+	if also := alsoServedBy(c, 100, nil); strings.Contains(fmt.Sprint(also), "/srv/cat") {
+		t.Errorf("daemon 100: %v includes the catatonic /srv/cat", also)
 	}
 }

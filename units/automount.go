@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -166,6 +167,11 @@ type RespawnOptions struct {
 	// A caller keeps the record so that RetryRespawn can start the daemon
 	// if the new one does not come up.
 	BeforeKill func(*Pending) error
+	// Also are the daemon's other mounts, which need no release (an
+	// indirect mount does not cache its device): the kill leaves them
+	// masterless all the same, so the respawn waits for the new daemon to
+	// take them over too.
+	Also []mounts.Target
 }
 
 // Respawned is the outcome of RespawnAutomount.
@@ -183,7 +189,7 @@ type Respawned struct {
 // mounts down through stale devices), starts it again with the same
 // command line, environment, working directory, credentials and
 // capabilities in all of the container's namespaces and cgroups, and waits
-// until every target has a live master again.
+// until every target, and every mount of o.Also, has a live master again.
 func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
 	deadline := time.Now().Add(o.Timeout)
 	d, err := mounts.OpenProcess(pid)
@@ -213,8 +219,9 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := sameBinary(files[1], files[3], info.Exe); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
+	all := append(slices.Clip(targets), o.Also...)
 	if o.BeforeKill != nil {
-		p, err := newPending(pid, info, targets, files)
+		p, err := newPending(pid, info, all, files)
 		if err != nil {
 			return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 		}
@@ -233,7 +240,7 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := d.WaitReaped(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
-	return startAgain(c, info, files, targets, deadline)
+	return startAgain(c, info, files, all, deadline)
 }
 
 // startAgain starts the daemon described by info with the files of
@@ -456,7 +463,8 @@ func hostPid(initPid, nsPid int) (int, error) {
 }
 
 // waitServed waits until every target mount point has an autofs mount
-// served by newPid (its pgrp) and not catatonic.
+// served by newPid (its pgrp) and not catatonic. At the deadline it
+// returns the devices of the targets served by then with its error.
 func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
 	for {
 		t, err := mounts.ReadTable(initPid)
@@ -480,7 +488,7 @@ func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time
 			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
+			return devs, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

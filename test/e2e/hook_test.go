@@ -101,10 +101,16 @@ func logFile(t testing.TB) func() string {
 	p := filepath.Join(t.TempDir(), "hook.log")
 	t.Setenv(hook.EnvLogFile, p)
 	t.Setenv(hook.EnvNoSyslog, "1")
-	return func() string {
+	read := func() string {
 		b, _ := os.ReadFile(p)
 		return string(b)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the hook's log at the failure:\n%s", read())
+		}
+	})
+	return read
 }
 
 func status(t testing.TB, c *lab.Container) hook.Report {
@@ -532,6 +538,53 @@ func TestAutomountBinaryReplacedIsRefused(tt *testing.T) {
 		t.Fatalf("the daemon was touched: before %d, after %d", len(before), len(after))
 	}
 	t.Logf("refused: %s", lastLineOf(string(out)))
+}
+
+// Killing the daemon leaves every mount it serves masterless, the
+// indirect /ind included, which needs no fix of its own: the hook waits
+// until the new daemon serves it too, and says so when it does not (here
+// /ind was dropped from the master map since the daemon started).
+func TestAutomountIndirectMountWaitedFor(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	// Untriggered: /ind has no offset mount of its own to wait for.
+	c := lab.Up(t, "hook-indirect", lab.Automount, lab.Options{NoTrigger: true})
+	checkpointRestore(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWork(t, c, "sed", "-i", `/^\/ind\t/d`, "/etc/auto.master")
+	start := time.Now()
+	var out []byte
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--timeout", "3s", "--no-syslog").CombinedOutput()
+	t.Logf("fix took %v: %s", time.Since(start).Round(time.Millisecond), out)
+	if err == nil {
+		t.Fatalf("fix succeeded though the new daemon does not serve /ind")
+	}
+	last := lastLineOf(string(out))
+	if !strings.Contains(last, "/ind before the deadline") || !strings.Contains(last, "does not serve them") {
+		t.Errorf("fix output does not name /ind and the cause:\n%s", out)
+	}
+	if strings.Contains(last, "/srv/direct1") {
+		t.Errorf("fix blames a mount the new daemon serves: %s", last)
+	}
+	// The direct mounts work, and status says so; /ind fails at once, it
+	// does not hang, and status says it is not served.
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/srv/dmulti/sub")
+	o, timedOut, _ := c.Exec(5*time.Second, "ls", "/ind/k2")
+	if timedOut {
+		t.Fatalf("/ind/k2 hangs after the fix")
+	}
+	t.Logf("ls /ind/k2: %s", strings.TrimSpace(o))
+	for _, m := range status(t, c).Mounts {
+		underInd := m.Mountpoint == "/ind" || strings.HasPrefix(m.Mountpoint, "/ind/")
+		if ok := m.State == string(hook.StateOK); ok == underInd {
+			t.Errorf("%s: state %q", m.Mountpoint, m.State)
+		}
+	}
 }
 
 func lastLineOf(s string) string {

@@ -19,10 +19,16 @@ import (
 func ociLog(t testing.TB) (string, func() string) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "hook.log")
-	return p, func() string {
+	read := func() string {
 		b, _ := os.ReadFile(p)
 		return string(b)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the hook's log at the failure:\n%s", read())
+		}
+	})
+	return p, read
 }
 
 // followers are the detached workers of the hook still running.

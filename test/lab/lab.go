@@ -163,6 +163,9 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 	// Leftovers of an earlier run with this very process id, silently.
 	_, _ = run(2*time.Minute, filepath.Join(Dir(), "lab.sh"), "down", c.Name)
 	t.Cleanup(func() {
+		if t.Failed() {
+			c.logState()
+		}
 		if err := c.Down(); err != nil {
 			t.Errorf("lab down %s: %v", c.Name, err)
 		}
@@ -178,6 +181,17 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)
 	}
 	return c
+}
+
+// logState logs what a failed test leaves in the container, before its
+// removal: the processes, and for Automount the end of the daemon's log.
+func (c *Container) logState() {
+	c.t.Helper()
+	c.t.Logf("%s at the failure:\n%s", c.Name, c.Describe())
+	if c.Kind == Automount {
+		out, timedOut, err := c.Exec(5*time.Second, "tail", "-n", "40", "/run/automount.log")
+		c.t.Logf("end of /run/automount.log in %s (timed out %v, err %v):\n%s", c.Name, timedOut, err, out)
+	}
 }
 
 // Exec runs args in the container (runc exec) with a hard deadline. When the
