@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -103,4 +104,11 @@ func TestThousandSystemdUnitsRestored(tt *testing.T) {
 		mustWork(t, c, "ls", p+"/")
 	}
 	noWaiters(t, c)
+	// The last test of a run must not leave the hook's record on the host.
+	if err := c.Down(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(lab.HookStateDir, strconv.Itoa(pid)+"-*")); len(left) > 0 {
+		t.Errorf("lab down left the hook's state on the host: %v", left)
+	}
 }
