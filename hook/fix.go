@@ -389,7 +389,7 @@ func alsoServedBy(c *Container, pid int, skip map[uint64]bool) []mounts.Target {
 // retryHint tells the operator what a rerun does after a failed respawn.
 func retryHint(sf *stateFile, pid int, res *units.Respawned) string {
 	if res != nil && res.Pid > 0 {
-		if st, err := mounts.ReadStat(res.Pid); err == nil && st.State != 'Z' && st.State != 'X' {
+		if st, err := mounts.ReadStat(res.Pid); err == nil && !st.Exited() {
 			return fmt.Sprintf(" (automount %d runs but does not serve them: are they still in the container's master map?)", res.Pid)
 		}
 	}
@@ -468,7 +468,7 @@ func (c *Container) mountAt(where string) *Mount {
 func (c *Container) automountPids() []int {
 	var out []int
 	for _, pid := range c.Procs.Pids {
-		if s, ok := c.Procs.Stat(pid); ok && s.Comm == "automount" && s.State != 'Z' {
+		if s, ok := c.Procs.Stat(pid); ok && s.Comm == "automount" && !s.Exited() {
 			out = append(out, pid)
 		}
 	}

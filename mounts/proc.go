@@ -41,7 +41,7 @@ func OpenProcess(pid int) (*Process, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	if st.State == 'Z' || st.State == 'X' {
+	if st.Exited() {
 		unix.Close(fd)
 		return nil, fmt.Errorf("pid %d: %w (zombie)", pid, ErrGone)
 	}
@@ -64,7 +64,7 @@ func (p *Process) Check() error {
 	if err != nil || st.StartTime != p.StartTime {
 		return fmt.Errorf("pid %d: %w (pid reused)", p.Pid, ErrGone)
 	}
-	if st.State == 'Z' || st.State == 'X' {
+	if st.Exited() {
 		return fmt.Errorf("pid %d: %w (exited)", p.Pid, ErrGone)
 	}
 	return nil
@@ -154,6 +154,10 @@ type Stat struct {
 	Session   int
 	StartTime uint64
 }
+
+// Exited reports whether the process has ended: a zombie not yet reaped
+// by its parent, or one being reaped.
+func (s Stat) Exited() bool { return s.State == 'Z' || s.State == 'X' }
 
 // ReadStat parses /proc/PID/stat.
 func ReadStat(pid int) (Stat, error) {

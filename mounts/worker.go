@@ -146,7 +146,7 @@ func (e *WorkerEnv) Gone() bool {
 		return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)
 	}
 	st, err := ParseStat(b)
-	return err == nil && (st.State == 'Z' || st.State == 'X')
+	return err == nil && st.Exited()
 }
 
 // ReadTable reads the mount table of the container's process.

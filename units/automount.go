@@ -484,7 +484,7 @@ func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time
 		if len(missing) == 0 {
 			return devs, nil
 		}
-		if st, err := mounts.ReadStat(newPid); err != nil || st.State == 'Z' || st.State == 'X' {
+		if st, err := mounts.ReadStat(newPid); err != nil || st.Exited() {
 			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))
 		}
 		if time.Now().After(deadline) {

@@ -163,7 +163,7 @@ func (m *Master) children() []int {
 // Wchan returns the kernel function pid sleeps in ("autofs_wait" for a
 // process blocked on an autofs request), or "" once it has exited.
 func Wchan(pid int) string {
-	if st, err := mounts.ReadStat(pid); err != nil || st.State == 'Z' {
+	if st, err := mounts.ReadStat(pid); err != nil || st.Exited() {
 		return ""
 	}
 	return mounts.Wchan(pid)
