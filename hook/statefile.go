@@ -145,7 +145,10 @@ func hasState(p *mounts.Process) bool {
 }
 
 // removeStale removes the state and lock files of containers whose init
-// is gone (its pid is free or names another process now).
+// is gone: its pid is free or names another process now, or it has exited
+// and waits to be reaped (after runc checkpoint, the old init stayed a
+// zombie here for seconds, until its parent, the host's PID 1, reaped it:
+// long enough for the restore that follows to see it).
 func removeStale() {
 	ents, err := os.ReadDir(StateDir)
 	if err != nil {
@@ -160,7 +163,7 @@ func removeStale() {
 		if !ok || err1 != nil || err2 != nil {
 			continue
 		}
-		if st, err := mounts.ReadStat(pid); err == nil && st.StartTime == start {
+		if st, err := mounts.ReadStat(pid); err == nil && st.StartTime == start && !st.Exited() {
 			continue
 		}
 		os.Remove(filepath.Join(StateDir, name))

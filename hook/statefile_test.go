@@ -1,7 +1,9 @@
 package hook
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -101,13 +103,41 @@ func TestRemoveStaleStateFiles(t *testing.T) {
 	gone := filepath.Join(StateDir, "2147483000-12345.json")
 	reused := filepath.Join(StateDir, strings.Split(filepath.Base(statePath(p)), "-")[0]+"-1.json")
 	mine := statePath(p) + ".json"
-	for _, f := range []string{gone, reused, mine} {
+	// A container init that has exited but that its parent has not reaped
+	// yet (seen right after a checkpoint) is gone too.
+	z := zombie(t)
+	zst, err := mounts.ReadStat(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := filepath.Join(StateDir, fmt.Sprintf("%d-%d.json", z, zst.StartTime))
+	for _, f := range []string{gone, reused, mine, exited} {
 		os.WriteFile(f, []byte("{}"), 0o600)
 	}
 	removeStale()
-	for f, want := range map[string]bool{gone: false, reused: false, mine: true} {
+	for f, want := range map[string]bool{gone: false, reused: false, mine: true, exited: false} {
 		if _, err := os.Stat(f); (err == nil) != want {
 			t.Errorf("%s: exists %v, want %v", filepath.Base(f), err == nil, want)
+		}
+	}
+}
+
+// zombie starts a child that exits at once and is left unreaped until the
+// test ends; it returns its pid once /proc shows it as a zombie.
+func zombie(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Wait() })
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if st, err := mounts.ReadStat(pid); err == nil && st.State == 'Z' {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d did not become a zombie in 5s", pid)
 		}
 	}
 }
