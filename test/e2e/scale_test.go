@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -108,7 +109,7 @@ func TestThousandSystemdUnitsRestored(tt *testing.T) {
 	if err := c.Down(); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := filepath.Glob(filepath.Join(lab.HookStateDir, strconv.Itoa(pid)+"-*")); len(left) > 0 {
+	if left, _ := filepath.Glob(filepath.Join(hook.StateDir, strconv.Itoa(pid)+"-*")); len(left) > 0 {
 		t.Errorf("lab down left the hook's state on the host: %v", left)
 	}
 }

@@ -246,25 +246,9 @@ func (c *Container) Stop() error {
 
 // Down removes the container, its cgroups and its bundle. Idempotent.
 func (c *Container) Down() error {
-	pid, pidErr := c.Pid()
 	_, err := c.lab(2*time.Minute, "down", c.Name)
-	if pidErr == nil && err == nil {
-		// The hook keeps its record of the container under /run until its
-		// next run notices that the init is gone; the lab puts the host
-		// back at once.
-		files, _ := filepath.Glob(filepath.Join(HookStateDir, strconv.Itoa(pid)+"-*"))
-		for _, f := range files {
-			if rmErr := os.Remove(f); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
-				err = fmt.Errorf("remove the hook's state %s: %w", f, rmErr)
-			}
-		}
-	}
 	return err
 }
-
-// HookStateDir is where the hook keeps its per-container records
-// (hook.StateDir); Down removes those of the container it removes.
-const HookStateDir = "/run/autofs-restore-hook"
 
 // Pid is the host pid of the container's init.
 func (c *Container) Pid() (int, error) {

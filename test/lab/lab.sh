@@ -51,7 +51,8 @@
 #   stop NAME         runc delete -f and remove its cgroups, keep the bundle and
 #                     the image (to restore the same image again). Idempotent.
 #                     (podman: podman rm -f, which drops its checkpoint too.)
-#   down NAME         stop, then remove the bundle. Idempotent.
+#   down NAME         stop, remove the bundle and the hook's state files of
+#                     the init. Idempotent.
 #   pid NAME          host pid of the container's init.
 #   pids NAME         host pids of all processes in the container's pid namespace.
 #   ps NAME           pid, state, wchan and command of each of them.
@@ -85,6 +86,7 @@ set -euo pipefail
 
 LAB_DIR=${ARH_LAB_DIR:-/var/tmp/arh-lab}
 CACHE=${ARH_LAB_CACHE:-/var/cache/autofs-restore-hook}
+HOOK_STATE_DIR=/run/autofs-restore-hook # hook.StateDir
 ROOTFS_SRC=$CACHE/rootfs-bookworm
 export PATH=$CACHE/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -691,10 +693,16 @@ cmd_stop() {
 }
 
 cmd_down() {
-	local name=$1 b
+	local name=$1 b pid
 	check_name "$name"
 	b=$(bundle_of "$name")
+	pid=$(init_pid "$name" || true)
 	stop_container "$name"
+	# The hook keeps a record per container init under /run until its next
+	# run finds the init gone: put the host back now.
+	if [ -n "$pid" ]; then
+		rm -f "$HOOK_STATE_DIR/$pid"-*.json "$HOOK_STATE_DIR/$pid"-*.lock
+	fi
 	# A restore killed midway leaves runc's state directory behind with
 	# CRIU's root still mounted in it; runc then refuses the name forever.
 	local rs=/run/runc/$name
