@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 )
 
 var (
@@ -114,7 +117,10 @@ func buildHello() string {
 
 // ---- fix on a real restored container ----
 
-type container struct{ name string }
+type container struct {
+	name  string
+	fixed []int // inits the hook fixed: their state files go with the container
+}
 
 // current is the container being measured, removed by fatal on failure.
 var current *container
@@ -145,8 +151,19 @@ func (c *container) fresh() int {
 	return pid
 }
 
+// down removes the container and the hook's state files of every init
+// the hook fixed in it (lab.sh down only knows the current one; the hook
+// removes the others at its next run, which the last restore never gets).
 func (c *container) down() {
 	lab("down", c.name)
+	for _, pid := range c.fixed {
+		files, _ := filepath.Glob(filepath.Join(hook.StateDir, strconv.Itoa(pid)+"-*"))
+		for _, f := range files {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				fmt.Fprintf(os.Stderr, "remove the hook's state: %v\n", err)
+			}
+		}
+	}
 	current = nil
 }
 
@@ -174,7 +191,8 @@ func timed(name string, args ...string) time.Duration {
 	return d
 }
 
-func hookFix(pid int) time.Duration {
+func (c *container) hookFix(pid int) time.Duration {
+	c.fixed = append(c.fixed, pid)
 	return timed(*bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--log-level", "error")
 }
 
@@ -210,7 +228,7 @@ func systemdTable(ns []int) {
 				pid := c.fresh()
 				switch k {
 				case 0:
-					hookT = append(hookT, hookFix(pid))
+					hookT = append(hookT, c.hookFix(pid))
 				case 1:
 					us := units(pid)
 					restartT = append(restartT, timed("nsenter", append([]string{"-t", strconv.Itoa(pid), "-m", "-p", "--", "systemctl", "restart"}, us...)...))
@@ -241,7 +259,7 @@ func automountTable(ns []int) {
 			for _, k := range order {
 				pid := c.fresh()
 				if k == 0 {
-					hookT = append(hookT, hookFix(pid))
+					hookT = append(hookT, c.hookFix(pid))
 					continue
 				}
 				killT = append(killT, timed("nsenter", "-t", strconv.Itoa(pid), "-a", "--", "sh", "-c",
