@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 // exactly, the table one escaped line per mount.
 func TestStatusOddMountPoints(t *testing.T) {
 	if ok, why := autofstest.Available(); !ok {
-		t.Skipf("SKIP INTEGRATION (%s): real autofs tests need root and /dev/autofs", why)
+		testenv.Skip(t, "INTEGRATION (%s): real autofs tests need root and /dev/autofs (make test runs them in the test VM)", why)
 	}
 	StateDir = t.TempDir()
 	long := ""

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -30,9 +31,7 @@ func self(t *testing.T) *mounts.Process {
 }
 
 func TestStateDirRefusedWhenOpenOrLink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIP: the state directory checks expect root-owned directories")
-	}
+	testenv.RequireRoot(t, "the state directory checks expect root-owned directories")
 	base := t.TempDir()
 	open := filepath.Join(base, "open")
 	os.Mkdir(open, 0o777)

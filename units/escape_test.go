@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 
 var escapeCases = []struct{ path, want string }{
@@ -32,7 +34,7 @@ func TestPathUnitName(t *testing.T) {
 func TestPathUnitNameMatchesSystemd(t *testing.T) {
 	bin, err := exec.LookPath("systemd-escape")
 	if err != nil {
-		t.Skip("SKIP: systemd-escape not installed; the table above still runs")
+		testenv.Skip(t, "systemd-escape not installed (package systemd); the table above still runs")
 	}
 	for _, tt := range escapeCases {
 		out, err := exec.Command(bin, "--path", "--suffix=automount", tt.path).Output()

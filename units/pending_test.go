@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -12,9 +13,7 @@ import (
 // very identities it names; a record whose binary, working directory or
 // namespace no process has is refused, never approximated.
 func TestFilesLikePending(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (reads /proc/PID/ns of other processes)")
-	}
+	testenv.RequireRoot(t, "reads /proc/PID/ns of other processes")
 	self := os.Getpid()
 	info, err := CaptureDaemon(self)
 	if err != nil {
