@@ -11,7 +11,7 @@ BIN      := bin/autofs-restore-hook
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build deps test unit fuzz demo bench install uninstall clean
+.PHONY: all build deps test test-kernels unit fuzz demo bench install uninstall clean
 
 all: build
 
@@ -24,14 +24,24 @@ build: deps
 	$(GOBUILD) -o $(BIN) ./cmd/autofs-restore-hook
 
 # Everything: formatting, vet, unit, integration (root, real autofs) and
-# end-to-end (runc + CRIU lab, provisioned by test/lab/provision.sh).
+# end-to-end (runc + CRIU lab, provisioned by test/lab/provision.sh), run by
+# test/tests.sh: natively on a kernel with autofs, else in a QEMU guest
+# booting Debian 12's kernel (test/vm). ARH_TEST_VM=1 forces the VM,
+# ARH_TEST_VM=0 forbids it; RUN=regexp runs only the matching tests.
+RUN ?=
 test: build
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	go vet -tags failpoints ./...
-	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) go test -v -count=1 -timeout 25m ./...
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
+
+# The kernel matrix: every test in the VM on Debian 12's and on Debian 13's
+# stock kernel, one table row per kernel.
+KERNELS ?= bookworm trixie
+test-kernels: build
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) bash test/kernels.sh $(KERNELS)
 
 # Bounded fuzzing of the two parsers of untrusted input; the corpus in
 # testdata/fuzz is replayed by every plain `go test` too. The budget is a
@@ -47,8 +57,9 @@ fuzz:
 unit: deps
 	go test -count=1 ./hook/... ./mounts/... ./units/... ./internal/...
 
+# In the test VM when this kernel has no autofs (as tests.sh decides).
 demo: build
-	bash test/demo.sh $(CURDIR)/$(BIN)
+	bash test/vm/maybe.sh bash test/demo.sh $(CURDIR)/$(BIN)
 
 # Benchmarks (root, the lab): no-op cost, discovery, fix against the
 # unavoidable work and a shell baseline. Prints the tables of BENCHMARKS.md.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
@@ -82,7 +83,7 @@ func TestContainerExitsDuringFix(tt *testing.T) {
 	cmd, stderr := startFix(t, bin, nil, pid, "--timeout", "60s")
 	var out strings.Builder
 	readUntil(t, stderr, &out, "pre-resume finished")
-	time.Sleep(2 * time.Second) // fix now waits for systemd
+	time.Sleep(testenv.Scale(2 * time.Second)) // fix now waits for systemd
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func TestContainerExitsDuringFix(tt *testing.T) {
 	if !strings.Contains(out.String(), "container exited during post-resume") {
 		t.Errorf("the error does not say the container exited:\n%s", out.String())
 	}
-	if took > 10*time.Second {
+	if took > testenv.Scale(10*time.Second) {
 		t.Errorf("fix ended %v after the container was stopped (--timeout 60s)", took)
 	}
 	if left := hookProcs(bin); len(left) > 0 {
@@ -133,7 +134,7 @@ func TestKilledDuringPostResumeAndRerun(tt *testing.T) {
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testenv.Scale(5 * time.Second))
 	for len(hookProcs(fp)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -178,7 +179,7 @@ func TestRespawnedDaemonExitsAtOnce(tt *testing.T) {
 	if err == nil || !strings.Contains(string(out), "before it served") {
 		t.Fatalf("fix with a daemon that cannot start: err %v, output:\n%s", err, out)
 	}
-	if took > 10*time.Second {
+	if took > testenv.Scale(10*time.Second) {
 		t.Errorf("fix took %v to notice the daemon exited (--timeout 20s)", took)
 	}
 	t.Logf("fix failed after %v: %s", took.Round(time.Millisecond), lastLineOf(string(out)))

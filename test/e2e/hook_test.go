@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
@@ -58,10 +59,18 @@ var (
 )
 
 // failpointBinary is a build of the tree with the pause points of package
-// failpoint compiled in, for the tests that kill the hook at a step.
+// failpoint compiled in, for the tests that kill the hook at a step:
+// $AUTOFS_RESTORE_HOOK_FP_BIN (set by test/tests.sh, which builds it on the
+// host), or a static build of the tree.
 func failpointBinary(t testing.TB) string {
 	t.Helper()
-	fpOnce.Do(func() { fpPath, fpErr = buildHook("autofs-restore-hook", "failpoints") })
+	fpOnce.Do(func() {
+		if p := os.Getenv("AUTOFS_RESTORE_HOOK_FP_BIN"); p != "" {
+			fpPath = p
+			return
+		}
+		fpPath, fpErr = buildHook("autofs-restore-hook", "failpoints")
+	})
 	if fpErr != nil {
 		t.Fatal(fpErr)
 	}
@@ -318,7 +327,7 @@ func TestAutomountActionScript(tt *testing.T) {
 		if err := syscall.Kill(d.pid, syscall.SIGUSR1); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(testenv.Scale(10 * time.Second))
 		for {
 			covered := 0
 			for _, m := range status(t, c).Mounts {
@@ -414,7 +423,7 @@ func TestFollowerExitsWhenRestoreFails(tt *testing.T) {
 	if out, err := follow.CombinedOutput(); err != nil {
 		t.Fatalf("follower: %v %s", err, out)
 	}
-	if d := time.Since(begin); d > 5*time.Second {
+	if d := time.Since(begin); d > testenv.Scale(5*time.Second) {
 		t.Errorf("follower took %v to notice the restore failed", d)
 	}
 	b, _ := os.ReadFile(logPath)
@@ -496,7 +505,7 @@ func TestSystemdNotAnsweringHitsDeadline(tt *testing.T) {
 	if err == nil || !strings.Contains(string(out), "does not answer") {
 		t.Fatalf("fix with systemd stopped: err %v, output:\n%s", err, out)
 	}
-	if took > 8*time.Second {
+	if took > testenv.Scale(8*time.Second) {
 		t.Errorf("fix took %v with --timeout 3s", took)
 	}
 	t.Logf("fix gave up after %v: %s", took.Round(time.Millisecond), lastLineOf(string(out)))

@@ -15,11 +15,13 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
-// hangWait is how long an access must block to count as hung.
-const hangWait = 3 * time.Second
-
-// okWait bounds an access that must work.
-const okWait = 10 * time.Second
+// hangWait is how long an access must block to count as hung, and okWait
+// bounds an access that must work; lab.Container.Exec stretches both by
+// testenv.Scale.
+const (
+	hangWait = 3 * time.Second
+	okWait   = 10 * time.Second
+)
 
 func timed(t testing.TB, what string, f func() error) {
 	t.Helper()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -49,7 +50,7 @@ func followers() []string {
 func waitFixed(t testing.TB, c *lab.Container, want int, log func() string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	deadline := start.Add(20 * time.Second)
+	deadline := start.Add(testenv.Scale(20 * time.Second))
 	for {
 		ok := len(followers()) == 0
 		if ok {
@@ -188,7 +189,7 @@ func TestPodmanHooksDir(tt *testing.T) {
 	labSh := filepath.Join(lab.Dir(), "lab.sh")
 	sh := func(timeout time.Duration, args ...string) string {
 		t.Helper()
-		cmd := exec.Command("timeout", append([]string{"-s", "KILL", strconv.Itoa(int(timeout.Seconds())), "bash", labSh}, args...)...)
+		cmd := exec.Command("timeout", append([]string{"-s", "KILL", strconv.Itoa(int(testenv.Scale(timeout).Seconds())), "bash", labSh}, args...)...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("lab.sh %v: %v\n%s", args, err, out)
@@ -201,7 +202,7 @@ func TestPodmanHooksDir(tt *testing.T) {
 	t.Logf("TIMING podman-up: %v", time.Since(start).Round(time.Millisecond))
 	sh(2*time.Minute, "checkpoint", name)
 	sh(2*time.Minute, "restore", name)
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(testenv.Scale(20 * time.Second))
 	for len(followers()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -44,6 +44,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -120,10 +121,10 @@ func Dir() string {
 func Require(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("SKIP E2E: the autofs-restore-hook lab needs root (runc, CRIU, autofs)")
+		testenv.Skip(t, "E2E: the autofs-restore-hook lab needs root (runc, CRIU, autofs)")
 	}
 	if _, err := os.Stat("/dev/autofs"); err != nil {
-		t.Skipf("SKIP E2E: the autofs-restore-hook lab needs /dev/autofs: %v", err)
+		testenv.Skip(t, "E2E: the autofs-restore-hook lab needs /dev/autofs (make test runs it in the test VM): %v", err)
 	}
 	ran := false
 	provisionOnce.Do(func() {
@@ -194,12 +195,12 @@ func (c *Container) logState() {
 	}
 }
 
-// Exec runs args in the container (runc exec) with a hard deadline. When the
-// deadline passes, runc exec is killed with SIGKILL and timedOut is true (err
-// is nil then); the process in the container may stay blocked in autofs_wait.
-// out holds stdout and stderr.
+// Exec runs args in the container (runc exec) with a hard deadline, timeout
+// stretched by testenv.Scale. When the deadline passes, runc exec is killed
+// with SIGKILL and timedOut is true (err is nil then); the process in the
+// container may stay blocked in autofs_wait. out holds stdout and stderr.
 func (c *Container) Exec(timeout time.Duration, args ...string) (out string, timedOut bool, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(timeout))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "runc", append([]string{"exec", c.Name}, args...)...)
 	var buf bytes.Buffer
@@ -252,7 +253,7 @@ func (c *Container) Down() error {
 
 // Pid is the host pid of the container's init.
 func (c *Container) Pid() (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(30*time.Second))
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "runc", "state", c.Name).Output()
 	if err != nil {
@@ -311,7 +312,7 @@ func (c *Container) KillWaiters() error {
 	for _, p := range w {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testenv.Scale(5 * time.Second))
 	for time.Now().Before(deadline) {
 		if w, err = c.AutofsWaiters(); err != nil || len(w) == 0 {
 			return err
@@ -377,8 +378,10 @@ func (c *Container) lab(timeout time.Duration, args ...string) (string, error) {
 	return out, err
 }
 
-// run runs a command with a deadline; stdout and stderr are combined.
+// run runs a command with a deadline (stretched by testenv.Scale); stdout
+// and stderr are combined.
 func run(timeout time.Duration, name string, args ...string) (string, error) {
+	timeout = testenv.Scale(timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)

@@ -80,7 +80,9 @@
 #   --hook-timeout SEC    OCI hook timeout.
 #
 # NAME must start with arh-lab-. Environment: ARH_LAB_DIR (default
-# /var/tmp/arh-lab), ARH_LAB_CACHE (default /var/cache/autofs-restore-hook).
+# /var/tmp/arh-lab), ARH_LAB_CACHE (default /var/cache/autofs-restore-hook),
+# ARH_TEST_SLOWDOWN (multiplies every wait and deadline of this script,
+# exec --timeout included; rounded up to a whole number; default 1).
 # Every command prints "arh-lab: <command> NAME took S.SSs" to stderr.
 set -euo pipefail
 
@@ -90,6 +92,8 @@ HOOK_STATE_DIR=/run/autofs-restore-hook # hook.StateDir
 ROOTFS_SRC=$CACHE/rootfs-bookworm
 export PATH=$CACHE/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
+# The tests' slowdown factor (internal/testenv), as a whole number >= 1.
+SLOW=$(awk -v f="${ARH_TEST_SLOWDOWN:-1}" 'BEGIN { n = int(f); if (n < f) n++; if (n < 1) n = 1; print n }')
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 fmt_ms() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 T0=$(now_ms)
@@ -374,7 +378,7 @@ podman_argv() { # sets PODMAN=(podman + the lab's global flags) for container $1
 init_pid() { # host pid of the init, empty if not running
 	if is_podman "$1"; then
 		local p
-		p=$(timeout -s KILL 30 podman --events-backend=file inspect -f '{{.State.Pid}}' "$1" 2>/dev/null) || true
+		p=$(timeout -s KILL $((30 * SLOW)) podman --events-backend=file inspect -f '{{.State.Pid}}' "$1" 2>/dev/null) || true
 		[ "${p:-0}" = 0 ] || echo "$p"
 		return 0
 	fi
@@ -439,18 +443,18 @@ exec_argv() { # sets EXEC=(runc exec) or (podman exec) for container $1
 wait_ready() { # wait_ready NAME KIND
 	local name=$1 deadline s ip n want EXEC
 	exec_argv "$name"
-	deadline=$(($(now_ms) + 90000))
+	deadline=$(($(now_ms) + 90000 * SLOW))
 	case $2 in
 	systemd)
 		while :; do
-			s=$(timeout -s KILL 5 "${EXEC[@]}" "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
+			s=$(timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
 			case $s in running | degraded) break ;; esac
-			[ "$(now_ms)" -lt "$deadline" ] || die "systemd in $name not up after 90 s (state '$s')"
+			[ "$(now_ms)" -lt "$deadline" ] || die "systemd in $name not up after $((90 * SLOW)) s (state '$s')"
 			sleep 0.3
 		done
 		[ "$s" = running ] || {
 			say "warning: systemd in $name is '$s'; failed units:"
-			timeout -s KILL 5 "${EXEC[@]}" "$name" systemctl --failed --no-pager </dev/null >&2 || true
+			timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" "$name" systemctl --failed --no-pager </dev/null >&2 || true
 		}
 		want=$(wc -l <"$(bundle_of "$name")/rootfs/lab/automounts")
 		;;
@@ -461,7 +465,7 @@ wait_ready() { # wait_ready NAME KIND
 	while :; do
 		n=$(grep -c ' - autofs ' "/proc/$ip/mountinfo" || true)
 		[ "$n" -lt "$want" ] || break
-		[ "$(now_ms)" -lt "$deadline" ] || die "$name has $n autofs mounts, want $want, after 90 s"
+		[ "$(now_ms)" -lt "$deadline" ] || die "$name has $n autofs mounts, want $want, after $((90 * SLOW)) s"
 		sleep 0.2
 	done
 	say "$name ready: $n autofs mounts"
@@ -472,12 +476,12 @@ trigger() { # trigger NAME KIND: mount what must be mounted at checkpoint time
 	exec_argv "$name"
 	case $2 in
 	systemd)
-		timeout -s KILL 10 "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
+		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
 			die "triggering /srv/a in $name failed"
 		say "$name: triggered /srv/a, wrote /srv/a/state"
 		;;
 	automount)
-		timeout -s KILL 10 "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
+		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
 			die "triggering /ind/k1 and /ind/multi in $name failed"
 		say "$name: triggered /ind/k1 (wrote /ind/k1/state) and /ind/multi (offset /ind/multi/sub untriggered)"
 		;;
@@ -530,7 +534,7 @@ cmd_podman_up() {
 		echo "$hooks_json" >"$b/hooks.d/arh-lab.json"
 	fi
 	podman_argv "$name"
-	if ! timeout -s KILL 120 "${PODMAN[@]}" run -d --name "$name" --network none \
+	if ! timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" run -d --name "$name" --network none \
 		--ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --systemd=always \
 		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" \
 		--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1" \
@@ -579,6 +583,7 @@ cmd_exec() {
 	# --foreground: only runc exec is killed, not timeout itself (no "Killed"
 	# noise); the process inside the container stays, see kill-waiters.
 	exec_argv "$name"
+	TIMEOUT=$((TIMEOUT * SLOW))
 	timeout --foreground -s KILL "$TIMEOUT" "${EXEC[@]}" "$name" "${REST[@]}" </dev/null || rc=$?
 	if [ $rc = 137 ] && [ $(($(now_ms) - start)) -ge $((TIMEOUT * 1000 - 100)) ]; then
 		say "TIMEOUT: '${REST[*]}' in $name did not finish within ${TIMEOUT}s (runc exec killed)"
@@ -601,7 +606,7 @@ cmd_checkpoint() {
 		local extra_p=() PODMAN
 		podman_argv "$name"
 		[ "$LEAVE_RUNNING" = 0 ] || extra_p=(--leave-running)
-		timeout -s KILL 120 "${PODMAN[@]}" container checkpoint "${extra_p[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1 ||
+		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container checkpoint "${extra_p[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1 ||
 			{ cat "$b/log/checkpoint.log" >&2; die "podman container checkpoint $name failed"; }
 		took "checkpoint $name (podman)"
 		return 0
@@ -611,7 +616,7 @@ cmd_checkpoint() {
 	mkdir -p "$IMAGE" "$b/work"
 	local extra=()
 	[ "$LEAVE_RUNNING" = 0 ] || extra+=(--leave-running)
-	if ! timeout -s KILL 120 runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
+	if ! timeout -s KILL $((120 * SLOW)) runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
 		cat "$b/log/checkpoint.log" >&2
 		say "last lines of $b/work/dump.log:"
 		tail -15 "$b/work/dump.log" >&2 2>/dev/null || true
@@ -631,7 +636,7 @@ cmd_restore() {
 		[ "$WIRING_GIVEN" = 0 ] || die "podman restores with the hooks and annotations given at podman-up"
 		local PODMAN
 		podman_argv "$name"
-		timeout -s KILL 120 "${PODMAN[@]}" container restore "$name" </dev/null >"$b/log/restore.log" 2>&1 ||
+		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container restore "$name" </dev/null >"$b/log/restore.log" 2>&1 ||
 			{ cat "$b/log/restore.log" >&2; die "podman container restore $name failed"; }
 		say "restored $name (podman): init pid $(init_pid "$name")"
 		took "restore $name (podman)"
@@ -647,7 +652,7 @@ cmd_restore() {
 	if [ -n "$(runc_status "$name")" ]; then die "$name still exists in runc (status $(runc_status "$name")): down it or checkpoint it first"; fi
 	mkdir -p "$b/work"
 	say "restore $name: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}'"
-	if ! (cd "$b" && timeout -s KILL 120 runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
+	if ! (cd "$b" && timeout -s KILL $((120 * SLOW)) runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
 		cat "$b/log/restore.log" >&2
 		say "last lines of $b/work/restore.log:"
 		tail -15 "$b/work/restore.log" >&2 2>/dev/null || true
@@ -670,16 +675,16 @@ stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
 	if is_podman "$name"; then
 		local PODMAN
 		podman_argv "$name"
-		timeout -s KILL 60 "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
+		timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
 		return 0
 	fi
 	if [ -n "$(runc_status "$name")" ]; then
-		timeout -s KILL 30 runc delete -f "$name" >/dev/null 2>&1 || true
+		timeout -s KILL $((30 * SLOW)) runc delete -f "$name" >/dev/null 2>&1 || true
 		for i in $(seq 50); do [ -z "$(runc_status "$name")" ] && break; sleep 0.1; done
 		if [ -n "$(runc_status "$name")" ]; then
-			timeout -s KILL 10 runc kill -a "$name" KILL >/dev/null 2>&1 || true
+			timeout -s KILL $((10 * SLOW)) runc kill -a "$name" KILL >/dev/null 2>&1 || true
 			sleep 0.5
-			timeout -s KILL 30 runc delete -f "$name" >/dev/null 2>&1 || true
+			timeout -s KILL $((30 * SLOW)) runc delete -f "$name" >/dev/null 2>&1 || true
 		fi
 		[ -z "$(runc_status "$name")" ] || say "warning: runc still knows $name: $(runc_status "$name")"
 	fi

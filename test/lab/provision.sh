@@ -25,7 +25,7 @@ CRIU_DIR=$CACHE/criu-trixie
 CRIU_WRAPPER=$CACHE/bin/criu
 ROOTFS=$CACHE/rootfs-bookworm
 # Bump when the rootfs preparation below changes: an older rootfs is rebuilt.
-ROOTFS_VERSION=3
+ROOTFS_VERSION=4
 ROOTFS_PACKAGES=systemd,systemd-sysv,autofs,procps,util-linux,coreutils,mount,psmisc
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -175,11 +175,16 @@ prepare_rootfs() { # prepare_rootfs DIR
 	# An empty auto.master: kind "automount" writes its own maps per container.
 	echo "# written per container by test/lab/lab.sh" >"$r/etc/auto.master"
 	rm -rf "$r/var/cache/apt/archives"/*.deb "$r/var/lib/apt/lists"/*_Packages
+	# Documentation, translations and all time zones but UTC: half the files,
+	# which halves the cost of each bundle's copy (35 s over 9p, 14 s on
+	# ext4 in the test VM before this).
+	rm -rf "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/locale/* "$r"/usr/share/info/*
+	find "$r/usr/share/zoneinfo" -mindepth 1 -maxdepth 1 ! -name Etc ! -name UTC -exec rm -rf {} +
 	echo "$ROOTFS_VERSION" >"$r/.arh-lab-done"
 }
 step_start "bookworm rootfs ($ROOTFS)"
 if [ "$(cat "$ROOTFS/.arh-lab-done" 2>/dev/null)" = "$ROOTFS_VERSION" ] && [ -x "$ROOTFS/lib/systemd/systemd" ] && [ -x "$ROOTFS/usr/sbin/automount" ]; then
-	step_end "present (version $ROOTFS_VERSION, $(du -sh "$ROOTFS" 2>/dev/null | cut -f1))"
+	step_end "present (version $ROOTFS_VERSION)"
 else
 	base="$CACHE/.rootfs-debootstrap"
 	if [ ! -f "$base/.debootstrap-done" ]; then
