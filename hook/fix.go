@@ -148,8 +148,25 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 	if err := sf.Save(); err != nil {
 		perr = errors.Join(perr, err)
 	}
+	if ph == PostResume {
+		warnBlocked(c, log)
+	}
 	log.Infof("%s finished in %s", ph, time.Since(start).Round(time.Microsecond))
 	return perr
+}
+
+// warnBlocked names the container's processes that still sleep in
+// autofs_wait once post-resume is done: requesters that were waiting
+// before the hook could act. Linux 6.1 (Debian 12) does not wake them when
+// their mount becomes catatonic (autofs_catatonic_mode wakes only
+// interruptible sleepers, autofs_wait sleeps killable); 6.12 does. On
+// such a kernel only SIGKILL ends them, which the hook leaves to the
+// operator.
+func warnBlocked(c *Container, log *logrus.Entry) {
+	if b := c.Blocked(); len(b) > 0 {
+		log.Warnf("%d process(es) of the container in autofs_wait after the fix (host pids %v): a request that was pending before the hook could act "+
+			"stays asleep on kernels that do not wake it when its mount becomes catatonic (Linux 6.1 does not, 6.12 does); only SIGKILL ends it", len(b), b)
+	}
 }
 
 // skipNested tells whether m is left alone because of --nested=skip, and

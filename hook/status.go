@@ -85,12 +85,20 @@ func (c *Container) report() Report {
 		}
 		r.Mounts = append(r.Mounts, s)
 	}
+	r.Blocked = c.Blocked()
+	return r
+}
+
+// Blocked lists the container's processes (host pids) that sleep in
+// autofs_wait now.
+func (c *Container) Blocked() []int {
+	var pids []int
 	for _, pid := range c.Procs.Pids {
 		if mounts.Wchan(pid) == "autofs_wait" {
-			r.Blocked = append(r.Blocked, pid)
+			pids = append(pids, pid)
 		}
 	}
-	return r
+	return pids
 }
 
 func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
