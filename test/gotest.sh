@@ -10,9 +10,11 @@
 set -uo pipefail
 DIR=${1:?usage: gotest.sh DIR [ARGS...]}
 shift
+[ -s "$DIR/list" ] || { echo "gotest: no test binaries listed in $DIR/list (is $DIR visible here?)"; exit 1; }
 rc=0
 : >"$DIR/results"
 while read -r pkg dir bin; do
+	[ -x "$DIR/$bin" ] || { echo "gotest: $DIR/$bin is missing"; rc=1; continue; }
 	start=$(date +%s%N)
 	(cd "$dir" && "$DIR/$bin" -test.v -test.count=1 "$@" 2>&1) | tee "$DIR/$bin.log"
 	prc=${PIPESTATUS[0]}

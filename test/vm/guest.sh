@@ -23,7 +23,9 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t mqueue mqueue /dev/mqueue 2>/dev/null
 mount -t tmpfs -o mode=0755 tmpfs /run || die "/run"
 mkdir -p /run/lock && chmod 1777 /run/lock
-mount -t tmpfs -o mode=1777 tmpfs /tmp || die "/tmp"
+# /tmp stays the overlay's: the host's /tmp, writable in the guest (a
+# checkout there must stay visible).
+chmod 1777 /tmp
 
 # The kernel's modules, where modprobe (the host's kmod) and the kernel's
 # own module requests (runc, iptables, CRIU) look for them.
@@ -54,12 +56,13 @@ hostname arh-test-vm
 
 # The ext4 disk run.sh made, with the lab's rootfs in it: CRIU cannot dump
 # a systemd container whose rootfs is on tmpfs or overlayfs, and copying the
-# rootfs over 9p is slow.
+# rootfs over 9p is slow. Only the lab's own directories are bound from it,
+# so that no host path (a checkout under /var/tmp, say) is hidden.
 mkdir -p /mnt/arh-disk
 mount -o noatime /dev/vda /mnt/arh-disk || die "mount /dev/vda"
-for d in /var/tmp /var/lib/containers; do
-	mkdir -p "/mnt/arh-disk$d" "$d"
-	mount --bind "/mnt/arh-disk$d" "$d" || die "bind $d"
+for d in "${ARH_LAB_DIR:-/var/tmp/arh-lab}:arh-lab" /var/lib/containers:containers; do
+	mkdir -p "/mnt/arh-disk/${d##*:}" "${d%:*}"
+	mount --bind "/mnt/arh-disk/${d##*:}" "${d%:*}" || die "bind ${d%:*}"
 done
 if [ -d /mnt/arh-disk/rootfs-bookworm ]; then
 	mount --bind /mnt/arh-disk/rootfs-bookworm "$ARH_VM_LAB_ROOTFS" || die "bind the lab's rootfs"

@@ -6,7 +6,7 @@
 # it has the host's tools, Go build results and lab caches; the guest has no
 # network, so provision on the host first. guest.sh (next to this file) sets
 # the guest up (modules with autofs4, cgroups as the host has them, /run,
-# /tmp, an ext4 disk on /var/tmp and /var/lib/containers, lo up) and runs CMD
+# an ext4 disk for the lab's bundles and podman's storage, lo up) and runs CMD
 # in the current directory with the variables listed in ARH_VM_PASSENV.
 #
 # CMD's output is shown as it runs; run.sh exits with CMD's exit status, or
@@ -76,13 +76,14 @@ trap 'exit 130' INT TERM
 DISK_GB=${ARH_VM_DISK_GB:-20}
 disk_key=empty
 [ -f "$ROOTFS/.arh-lab-done" ] && disk_key=rootfs-$(cat "$ROOTFS/.arh-lab-done")-$(stat -c %Y "$ROOTFS/.arh-lab-done")
-DISK=$VMCACHE/disk-$disk_key-${DISK_GB}G.raw
+# Bump when the disk's layout below changes.
+DISK_LAYOUT=2
+DISK=$VMCACHE/disk$DISK_LAYOUT-$disk_key-${DISK_GB}G.raw
 if [ ! -f "$DISK" ]; then
 	t=$(date +%s)
 	stage=$VMCACHE/.disk-stage
-	rm -rf "$stage" "$VMCACHE"/disk-*.raw
-	mkdir -p "$stage/var/tmp" "$stage/var/lib/containers"
-	chmod 1777 "$stage/var/tmp"
+	rm -rf "$stage" "$VMCACHE"/disk*.raw
+	mkdir -p "$stage/arh-lab" "$stage/containers"
 	# Hard links: the stage costs no copy; mkfs.ext4 -d copies the tree.
 	[ "$disk_key" = empty ] || cp -al "$ROOTFS" "$stage/rootfs-bookworm"
 	mkfs.ext4 -q -F -O ^has_journal -E nodiscard,root_owner=0:0 -d "$stage" "$DISK.tmp" "${DISK_GB}G"
