@@ -86,7 +86,7 @@ if [ ! -f "$DISK" ]; then
 	mkdir -p "$stage/arh-lab" "$stage/containers"
 	# Hard links: the stage costs no copy; mkfs.ext4 -d copies the tree.
 	[ "$disk_key" = empty ] || cp -al "$ROOTFS" "$stage/rootfs-bookworm"
-	mkfs.ext4 -q -F -O ^has_journal -E nodiscard,root_owner=0:0 -d "$stage" "$DISK.tmp" "${DISK_GB}G"
+	mkfs.ext4 -q -F -O ^has_journal -E nodiscard,root_owner=0:0 -d "$stage" "$DISK.tmp" "${DISK_GB}G" >/dev/null
 	mv "$DISK.tmp" "$DISK"
 	rm -rf "$stage"
 	echo "vm: built the guest's disk image $DISK in $(($(date +%s) - t))s" >&2
