@@ -39,7 +39,10 @@ type WorkerEnv struct {
 	Proc *os.File
 	Ctl  *ControlDevice
 
-	pidNS, self *os.File
+	// The container's pid and mount namespaces and root, and our own
+	// executable, all opened on the host: DialInContainer starts its child
+	// from them, never from a path of the container.
+	pidNS, mntNS, root, self *os.File
 }
 
 // connectArg names the helper mode of the worker that connects a socket
@@ -52,6 +55,12 @@ const connectArg = "connect"
 // SO_PEERCRED (systemd refuses a peer whose pid it cannot see) then
 // accept it, while the worker itself stays outside the pid namespace,
 // where no autofs mount of the container can make it wait.
+//
+// The child is our own executable, started through the fd opened on the
+// host, from a thread that is still in the host's mount namespace and
+// root: nothing of the container (its /proc, its files) chooses what
+// runs. The child joins the container's mount namespace and root itself
+// before it resolves path.
 func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Conn, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -60,24 +69,33 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 	ours := os.NewFile(uintptr(pair[0]), "dial-parent")
 	theirs := os.NewFile(uintptr(pair[1]), "dial-child")
 	defer ours.Close()
-	// Children of this (locked) thread are born in the container's pid
-	// namespace; the worker itself is not moved.
-	if err := unix.Setns(int(e.pidNS.Fd()), unix.CLONE_NEWPID); err != nil {
-		theirs.Close()
-		return nil, fmt.Errorf("dial %s: join pid namespace for children: %w", path, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	// The container's /proc resolves the child's /proc/self.
-	cmd := exec.CommandContext(ctx, "/proc/self/fd/3", WorkerArg, connectArg, path)
-	cmd.Args[0] = "autofs-restore-hook"
-	cmd.ExtraFiles = []*os.File{e.self, theirs}
-	cmd.Env = []string{}
 	var stderr limitedBuffer
-	cmd.Stderr = &stderr
-	err = cmd.Run()
-	theirs.Close()
-	if err != nil {
+	done := make(chan error, 1)
+	go func() {
+		// A thread of its own, never unlocked: it dies with this goroutine,
+		// so its pid namespace for children is never reused. It is not the
+		// worker's main thread, so it is still in the host's mount
+		// namespace and root, where /proc/self/fd/3 below is our own fd.
+		runtime.LockOSThread()
+		defer theirs.Close()
+		if err := unix.Setns(int(e.pidNS.Fd()), unix.CLONE_NEWPID); err != nil {
+			done <- fmt.Errorf("join pid namespace for children: %w", err)
+			return
+		}
+		if err := hostRootOK(); err != nil {
+			done <- err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "/proc/self/fd/3", WorkerArg, connectArg, path)
+		cmd.Args[0] = "autofs-restore-hook"
+		cmd.ExtraFiles = []*os.File{e.self, theirs, e.mntNS, e.root}
+		cmd.Env = []string{}
+		cmd.Stderr = &stderr
+		done <- cmd.Run()
+	}()
+	if err := <-done; err != nil {
 		return nil, fmt.Errorf("dial %s from the container's pid namespace: %v %s", path, err, stderr.String())
 	}
 	buf := make([]byte, 1)
@@ -100,8 +118,19 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 	return net.FileConn(f)
 }
 
-// runConnect is the child of DialInContainer: it connects to path and
-// passes the connection over fd 4.
+// hostRootOK checks that the calling thread still resolves /proc in the
+// host's procfs, as the threads DialInContainer uses must.
+func hostRootOK() error {
+	var sf unix.Statfs_t
+	if err := unix.Statfs("/proc/self/fd", &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
+		return fmt.Errorf("this thread's /proc is not the host's procfs (%v): refusing to start a child by /proc/self/fd", err)
+	}
+	return nil
+}
+
+// runConnect is the child of DialInContainer: it joins the container's
+// mount namespace (fd 5) and root (fd 6), connects to path and passes the
+// connection over fd 4.
 func runConnect(path string) int {
 	// Die with the worker. Not through SysProcAttr.Pdeathsig: Go's check
 	// that the parent still lives compares getppid() with the parent's
@@ -113,6 +142,10 @@ func runConnect(path string) int {
 	}
 	if n, _ := unix.Poll([]unix.PollFd{{Fd: 4, Events: unix.POLLIN}}, 0); n > 0 {
 		fmt.Fprintln(os.Stderr, "the worker is gone")
+		return 1
+	}
+	if err := enterMountNS(5, 6); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -322,6 +355,12 @@ func RunWorker() {
 	if task == nil {
 		fail(fmt.Errorf("worker: unknown task %q", os.Args[2]))
 	}
+	// Kept for DialInContainer's child, which joins them itself.
+	mntNS, err1 := unix.FcntlInt(3, unix.F_DUPFD_CLOEXEC, 10)
+	root, err2 := unix.FcntlInt(4, unix.F_DUPFD_CLOEXEC, 10)
+	if err := errors.Join(err1, err2); err != nil {
+		fail(fmt.Errorf("worker %s: keep namespace fds: %w", os.Args[2], err))
+	}
 	if err := enterMountNS(3, 4); err != nil {
 		fail(fmt.Errorf("worker %s: %w", os.Args[2], err))
 	}
@@ -332,7 +371,8 @@ func RunWorker() {
 	for _, fd := range []int{5, 6, 7, 8} {
 		unix.CloseOnExec(fd)
 	}
-	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}, pidNS: os.NewFile(7, "pidns"), self: os.NewFile(8, "self")}
+	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}, pidNS: os.NewFile(7, "pidns"),
+		mntNS: os.NewFile(uintptr(mntNS), "mntns"), root: os.NewFile(uintptr(root), "root"), self: os.NewFile(8, "self")}
 	res, err := task(env, args, func(s string) { send(workerMsg{Log: s}) })
 	if err != nil {
 		fail(err)

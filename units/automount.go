@@ -382,9 +382,12 @@ func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, logf func(
 
 // spawnRequest is what the first spawner stage gets on stdin.
 type spawnRequest struct {
-	Daemon  *Daemon `json:"daemon"`
-	Mounts  string  `json:"cgroup_mounts"` // host /proc/self/mountinfo, for cgroup paths
-	Timeout string  `json:"timeout"`
+	Daemon *Daemon `json:"daemon"`
+	// LastCap is the host's /proc/sys/kernel/cap_last_cap, read by stage
+	// host: the container's /proc is the container's to forge.
+	LastCap int    `json:"last_cap"`
+	Mounts  string `json:"cgroup_mounts"` // host /proc/self/mountinfo, for cgroup paths
+	Timeout string `json:"timeout"`
 }
 
 // spawn runs the spawner chain and returns the new daemon's host pid.
@@ -524,10 +527,13 @@ func verifySame(pid int, want *Daemon) error {
 }
 
 // RunSpawner is the body of both spawner stages. Stage "host" runs on the
-// host: it moves itself into the old daemon's cgroups, joins its
-// namespaces (pid for its children) and root, and starts stage
-// "container", which now lives in the container's pid and time
-// namespaces. That stage drops what the old daemon did not have, starts
+// host: it reads the host's cap_last_cap, moves itself into the old
+// daemon's cgroups, joins its namespaces but the mount namespace (pid for
+// its children), and starts stage "container" through the fd of our own
+// executable, resolved in the host's /proc: nothing of the container
+// chooses what runs. Stage "container" lives in the container's pid and
+// time namespaces; it joins the daemon's mount namespace and root first,
+// then drops what the old daemon did not have, starts
 // the daemon as a session leader with stdio on the container's /dev/null,
 // reports its pid and exits, so that the container's init adopts it.
 func RunSpawner(args []string) int {
@@ -571,6 +577,11 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fail(fmt.Errorf("mark fds close-on-exec: %w", err))
 	}
+	last, err := lastCap()
+	if err != nil {
+		return fail(err)
+	}
+	req.LastCap = last
 	if err := joinCgroups(req.Daemon.Cgroups); err != nil {
 		return fail(err)
 	}
@@ -581,30 +592,33 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 		fd   int
 		kind int
 		name string
-	}{{fdIPC, unix.CLONE_NEWIPC, "ipc"}, {fdUTS, unix.CLONE_NEWUTS, "uts"}, {fdNet, unix.CLONE_NEWNET, "net"}, {fdCgroupNS, unix.CLONE_NEWCGROUP, "cgroup"}, {fdPid, unix.CLONE_NEWPID, "pid"}, {fdMnt, unix.CLONE_NEWNS, "mnt"}} {
+	}{{fdIPC, unix.CLONE_NEWIPC, "ipc"}, {fdUTS, unix.CLONE_NEWUTS, "uts"}, {fdNet, unix.CLONE_NEWNET, "net"}, {fdCgroupNS, unix.CLONE_NEWCGROUP, "cgroup"}, {fdPid, unix.CLONE_NEWPID, "pid"}} {
 		if err := unix.Setns(ns.fd, ns.kind); err != nil {
 			return fail(fmt.Errorf("join the container's %s namespace: %w", ns.name, err))
 		}
 	}
-	if err := unix.Fchdir(fdRoot); err != nil {
-		return fail(fmt.Errorf("enter the container's root: %w", err))
-	}
-	if err := unix.Chroot("."); err != nil {
-		return fail(fmt.Errorf("chroot: %w", err))
+	// Not the mount namespace nor the root: the container stage is our own
+	// executable, started through the fd opened on the host, and /proc
+	// below is still the host's procfs. The container stage joins the
+	// container's mount namespace and root itself.
+	var sf unix.Statfs_t
+	if err := unix.Statfs("/proc/self/fd", &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
+		return fail(fmt.Errorf("/proc is not the host's procfs (%v): refusing to start the container stage", err))
 	}
 	body, _ := json.Marshal(req)
 	// The child is the first process of ours in the container's pid
-	// namespace; the container's /proc resolves its /proc/self.
+	// namespace.
 	cmd := exec.Command("/proc/self/fd/3", SpawnerArg, "container")
 	cmd.Args[0] = "autofs-restore-hook"
-	cmd.ExtraFiles = []*os.File{os.NewFile(fdSelf, "self"), os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens")}
+	cmd.ExtraFiles = []*os.File{os.NewFile(fdSelf, "self"), os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens"),
+		os.NewFile(fdMnt, "mnt"), os.NewFile(fdRoot, "root")}
 	cmd.Env = []string{EnvTimeNSFD + "=6"}
 	cmd.Stdin = bytes.NewReader(body)
 	cmd.Dir = "/"
 	var buf bytes.Buffer
 	cmd.Stdout = &buf
 	cmd.Stderr = &buf
-	err := cmd.Run()
+	err = cmd.Run()
 	os.Stdout.Write(buf.Bytes())
 	if err != nil {
 		return fail(fmt.Errorf("container stage: %v", err))
@@ -665,9 +679,25 @@ func hasAllOptions(opts string, want []string) bool {
 func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 	d := req.Daemon
 	const (
-		fdCwdC = 4
-		fdExeC = 5 // the old daemon's executable, to check d.Exe against
+		fdCwdC  = 4
+		fdExeC  = 5 // the old daemon's executable, to check d.Exe against
+		fdMntC  = 7 // the container's mount namespace and root, joined first
+		fdRootC = 8
 	)
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fail(fmt.Errorf("unshare CLONE_FS: %w", err))
+	}
+	if err := unix.Setns(fdMntC, unix.CLONE_NEWNS); err != nil {
+		return fail(fmt.Errorf("join the container's mnt namespace: %w", err))
+	}
+	if err := unix.Fchdir(fdRootC); err != nil {
+		return fail(fmt.Errorf("enter the container's root: %w", err))
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fail(fmt.Errorf("chroot: %w", err))
+	}
+	unix.Close(fdMntC)
+	unix.Close(fdRootC)
 	// No fd of ours reaches the daemon: the exe and cwd fds are used
 	// through /proc/self/fd and fchdir, both fine with close-on-exec.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
@@ -686,8 +716,7 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	}
 	// Bounding and inheritable sets: per thread, inherited by the fork
 	// below (this goroutine stays on its thread).
-	last := lastCap()
-	for c := 0; c <= last; c++ {
+	for c := 0; c <= req.LastCap; c++ {
 		if d.CapBnd&(1<<c) == 0 {
 			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
 				return fail(fmt.Errorf("drop capability %d from the bounding set: %w", c, err))
@@ -778,14 +807,17 @@ func openStdio(path string, read bool) (*os.File, error) {
 	return f, nil
 }
 
-func lastCap() int {
+// lastCap is the host's highest capability number. Stage host reads it
+// before it joins anything; a value it cannot read or that makes no
+// sense is an error, never a guess.
+func lastCap() (int, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
 	if err != nil {
-		return 40
+		return 0, fmt.Errorf("read the host's cap_last_cap: %w", err)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 40
+	if err != nil || n < 0 || n > 63 {
+		return 0, fmt.Errorf("the host's cap_last_cap is %q: refused", strings.TrimSpace(string(b)))
 	}
-	return n
+	return n, nil
 }

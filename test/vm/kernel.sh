@@ -14,6 +14,7 @@
 #   $ARH_VM_CACHE/kernel-DIST/initrd.gz      the initramfs
 #   $ARH_VM_CACHE/kernel-DIST/lib/modules/V  its modules (bound into the guest)
 #   $ARH_VM_CACHE/kernel-DIST/version        V (uname -r), and the .deb's name
+#   $ARH_VM_CACHE/kernel-DIST/config         its build configuration
 #
 # Prints the kernel directory on stdout; progress goes to stderr. Run as root.
 # ARH_VM_CACHE defaults to /var/cache/autofs-restore-hook/vm,
@@ -76,6 +77,7 @@ if [ ! -f "$KDIR/.kernel-done" ]; then
 	rm -rf "$tmp/k"
 	mkdir -p "$tmp/k/lib/modules"
 	mv "$vmlinuz" "$tmp/k/vmlinuz"
+	cp "$tmp/x/boot/config-$kver" "$tmp/k/config" 2>/dev/null || true
 	mv "$mods" "$tmp/k/lib/modules/$kver"
 	depmod -b "$tmp/k" "$kver"
 	printf '%s\n%s\n' "$kver" "$(basename "$deb")" >"$tmp/k/version"
