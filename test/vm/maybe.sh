@@ -13,4 +13,5 @@ if [ "$VM" = 0 ]; then
 	exec "$@"
 fi
 bash "$HERE/../lab/provision.sh"
+export ARH_TEST_SLOWDOWN=${ARH_TEST_SLOWDOWN:-3} # as test/tests.sh in the VM
 ARH_VM_PASSENV="HOOK ARH_DEMO_WIRING ARH_TEST_SLOWDOWN ${ARH_VM_PASSENV:-}" exec bash "$HERE/run.sh" -- "$@"
