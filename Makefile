@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG      := github.com/autofs-restore-hook/autofs-restore-hook
 BIN      := bin/autofs-restore-hook
 # A static binary: it joins the container's time namespace in a C
-# constructor (units/timens.go), so cgo is on and linked statically.
+# constructor (internal/cstart), so cgo is on and linked statically.
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
@@ -34,6 +34,7 @@ test: build
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	go vet -tags failpoints ./...
+	CGO_ENABLED=0 go vet ./hook/... ./mounts/... ./units/... ./test/...
 	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
 

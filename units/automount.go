@@ -380,6 +380,11 @@ func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, logf func(
 	return nil
 }
 
+// EnvTimeNSFD names the fd of the time namespace that the spawner's
+// container stage joins at start, in a C constructor (internal/cstart):
+// a multithreaded process cannot join one.
+const EnvTimeNSFD = "_AUTOFS_RESTORE_HOOK_TIMENS_FD"
+
 // spawnRequest is what the first spawner stage gets on stdin.
 type spawnRequest struct {
 	Daemon *Daemon `json:"daemon"`

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	// C constructors that run before the Go runtime (see the package).
+	_ "github.com/autofs-restore-hook/autofs-restore-hook/internal/cstart"
 )
 
 func main() {

@@ -1,4 +1,4 @@
-package units
+package cstart
 
 // A Go process is multithreaded before main runs, and the kernel lets
 // only a single-threaded process join a time namespace (EUSERS). The
@@ -6,7 +6,7 @@ package units
 // gives a restored container one), so the stage of the spawner that forks
 // it joins that namespace here, in a constructor that runs before the Go
 // runtime starts its threads. It does nothing unless the spawner set
-// EnvTimeNSFD, and it removes that variable.
+// units.EnvTimeNSFD, and it removes that variable.
 
 /*
 #define _GNU_SOURCE
@@ -35,6 +35,3 @@ __attribute__((constructor)) static void autofs_restore_hook_join_timens(void) {
 }
 */
 import "C"
-
-// EnvTimeNSFD names the fd of the time namespace to join at start.
-const EnvTimeNSFD = "_AUTOFS_RESTORE_HOOK_TIMENS_FD"

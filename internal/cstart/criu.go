@@ -1,11 +1,12 @@
-package hook
+package cstart
 
 // CRIU runs an action script for every action of every dump and restore
 // (about fifteen, each twice under runc). All but two are no-ops for the
 // hook, and starting the Go runtime costs more than the rest of the
 // program: this constructor answers them before the runtime starts, as a
 // C program would. Kept in step with criuMain, which handles the same
-// actions the same way if the constructor is ever compiled out.
+// actions the same way if the constructor is ever compiled out
+// (hook/criu.go).
 
 /*
 #include <stdlib.h>
