@@ -128,7 +128,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	defer closeLog()
-	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored, Timeout: *timeout}
+	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, LogConfig: lc, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored, Timeout: *timeout}
 	if cmd == "" {
 		return ociMain(stdin, opts)
 	}
@@ -164,4 +164,6 @@ type Options struct {
 	// Timeout bounds the restart of the masters (0: the default).
 	Timeout time.Duration
 	Log     *logrus.Logger
+	// LogConfig is what Log was built from, for the detached worker.
+	LogConfig LogConfig
 }

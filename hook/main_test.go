@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
@@ -72,5 +73,33 @@ func TestMainUsage(t *testing.T) {
 				t.Errorf("usage error is %d lines, want one: %q", n+1, stderr)
 			}
 		})
+	}
+}
+
+// Every option of the OCI hook reaches the detached worker, which gets
+// nothing from the environment but PATH.
+func TestFollowerCommandCarriesEveryOption(t *testing.T) {
+	opts := Options{SkipNested: true, AssumeRestored: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second,
+		LogConfig: LogConfig{File: "/var/log/x.log", Level: "debug", NoSyslog: true}}
+	cmd, err := followerCommand("/x/autofs-restore-hook", 42, 4242, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cmd.Args) != 3 || cmd.Args[1] != followerArg {
+		t.Fatalf("args %q", cmd.Args)
+	}
+	var got followerConfig
+	if err := json.Unmarshal([]byte(cmd.Args[2]), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := followerConfig{Pid: 42, StartTime: 4242, Log: opts.LogConfig, SkipNested: true, AssumeRestored: true, Timeout: opts.Timeout, RestoreTimeout: opts.RestoreTimeout}
+	if got != want {
+		t.Errorf("follower configuration %+v, want %+v", got, want)
+	}
+	if len(cmd.Env) != 1 || !strings.HasPrefix(cmd.Env[0], "PATH=") {
+		t.Errorf("follower environment %q, want PATH only", cmd.Env)
+	}
+	if cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setsid {
+		t.Errorf("follower not in a session of its own")
 	}
 }

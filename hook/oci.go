@@ -1,16 +1,17 @@
 package hook
 
 import (
-	"errors"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"golang.org/x/sys/unix"
 )
 
 // followerArg is the hidden first argument of the detached worker that
@@ -57,9 +58,44 @@ func ociMain(stdin io.Reader, opts Options) int {
 	return ExitOK
 }
 
+// followerConfig is everything the detached worker needs, passed whole
+// as its one argument (JSON): it reads nothing from its environment, so
+// every option of the OCI hook (flags, or the hooks.d JSON's env) reaches
+// it as the hook parsed it.
+type followerConfig struct {
+	Pid            int           `json:"pid"`
+	StartTime      uint64        `json:"start_time"`
+	Log            LogConfig     `json:"log"`
+	SkipNested     bool          `json:"skip_nested,omitempty"`
+	AssumeRestored bool          `json:"assume_restored,omitempty"`
+	Timeout        time.Duration `json:"timeout"`
+	RestoreTimeout time.Duration `json:"restore_timeout"`
+}
+
+// followerEnv is the whole environment of the detached worker.
+var followerEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// followerCommand is the detached worker for the container whose init is
+// pid (started at start): a new session, stdio on null, the minimal
+// environment, and opts in its argument.
+func followerCommand(exe string, pid int, start uint64, opts Options, null *os.File) (*exec.Cmd, error) {
+	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Log: opts.LogConfig, SkipNested: opts.SkipNested,
+		AssumeRestored: opts.AssumeRestored, Timeout: opts.Timeout, RestoreTimeout: opts.RestoreTimeout})
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, followerArg, string(b))
+	cmd.Env = followerEnv
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd, nil
+}
+
 // startFollower starts the detached worker: a new session, stdio on
 // /dev/null (never the runtime's pipes, which the runtime waits on), no
-// other fd, and the log settings passed through the environment.
+// other fd (every fd the hook inherited from the runtime is made
+// close-on-exec first), the minimal environment, the options as JSON.
 func startFollower(pid int, opts Options) error {
 	p, err := mounts.OpenProcess(pid)
 	if err != nil {
@@ -75,46 +111,67 @@ func startFollower(pid int, opts Options) error {
 		return err
 	}
 	defer null.Close()
-	cmd := exec.Command(exe, followerArg, strconv.Itoa(pid), strconv.FormatUint(p.StartTime, 10), opts.RestoreTimeout.String())
-	cmd.Env = append(os.Environ(), EnvLogLevel+"="+opts.Log.GetLevel().String())
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd, err := followerCommand(exe, pid, p.StartTime, opts, null)
+	if err != nil {
+		return err
+	}
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("mark inherited fds close-on-exec: %w", err)
+	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	return cmd.Process.Release()
 }
 
+// followerLife bounds the whole life of the detached worker beyond its
+// wait for the restore: the fix after it, and a margin.
+const followerLife = 30 * time.Second
+
 // followerMain follows a restore of the container whose init is pid: while
 // CRIU still holds the tasks it makes stale mounts catatonic (pre-resume),
 // once they run it restarts the masters (post-resume). It gives up at its
-// deadline and exits quietly if the restore fails.
+// deadline and exits quietly if the restore fails. One deadline covers its
+// whole life: the restore timeout, the restart timeout and followerLife.
 func followerMain(args []string) int {
-	log, closeLog, err := newLogger(logConfigFromEnv(os.Getenv), io.Discard)
+	fds := openFDs() // before the logger opens anything
+	var cfg followerConfig
+	var cfgErr error
+	if len(args) != 1 {
+		cfgErr = fmt.Errorf("want one argument, got %d", len(args))
+	} else if err := json.Unmarshal([]byte(args[0]), &cfg); err != nil {
+		cfgErr = err
+	}
+	log, closeLog, err := newLogger(cfg.Log, io.Discard)
 	if err != nil {
 		log, closeLog, _ = newLogger(LogConfig{}, io.Discard)
+		log.Errorf("follow: %v: logging to syslog only", err)
 	}
 	defer closeLog()
-	if len(args) != 3 {
-		log.Errorf("follow: want pid, start time and timeout, got %q", args)
+	if cfgErr != nil || cfg.Pid <= 0 || cfg.RestoreTimeout <= 0 {
+		log.Errorf("follow: bad configuration %q: %v", args, cfgErr)
 		return ExitUsage
 	}
-	pid, err1 := strconv.Atoi(args[0])
-	start, err2 := strconv.ParseUint(args[1], 10, 64)
-	timeout, err3 := time.ParseDuration(args[2])
-	if err := errors.Join(err1, err2, err3); err != nil {
-		log.Errorf("follow: bad arguments %q: %v", args, err)
-		return ExitUsage
-	}
+	pid, start, timeout := cfg.Pid, cfg.StartTime, cfg.RestoreTimeout
 	l := log.WithField("pid", pid)
+	l.Debugf("follow: started with configuration %s, fds %q and environment %q", args[0], fds, os.Environ())
+	restart := cfg.Timeout
+	if restart <= 0 {
+		restart = restartTimeout
+	}
+	life := timeout + restart + followerLife
+	time.AfterFunc(life, func() {
+		l.Errorf("follow: still running after %s (restore timeout, restart timeout and %s): exiting; run `autofs-restore-hook fix --pid %d`", life, followerLife, pid)
+		closeLog()
+		os.Exit(ExitFailed)
+	})
 	p, err := mounts.OpenProcess(pid)
 	if err != nil || p.StartTime != start {
 		l.Info("follow: the container's process is gone: the restore failed or ended; nothing to do")
 		return ExitOK
 	}
 	defer p.Close()
-	opts := Options{Log: log}
+	opts := Options{Log: log, LogConfig: cfg.Log, SkipNested: cfg.SkipNested, AssumeRestored: cfg.AssumeRestored, Timeout: cfg.Timeout, RestoreTimeout: cfg.RestoreTimeout}
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	for {
@@ -174,4 +231,16 @@ func logLines(f func(string, ...any), prefix string, err error) {
 	for _, line := range strings.Split(err.Error(), "\n") {
 		f("%s%s", prefix, line)
 	}
+}
+
+// openFDs lists the process's open fds as "N=target" (from /proc/self/fd;
+// the directory's own fd is among them).
+func openFDs() []string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var fds []string
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fds = append(fds, e.Name()+"="+l)
+	}
+	return fds
 }

@@ -417,8 +417,9 @@ func TestFollowerExitsWhenRestoreFails(tt *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	logPath := filepath.Join(t.TempDir(), "log")
-	follow := exec.Command(bin, "__autofs-restore-hook-follow", strconv.Itoa(cmd.Process.Pid), start, "30s")
-	follow.Env = []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}
+	cfg := fmt.Sprintf(`{"pid":%d,"start_time":%s,"log":{"File":%q,"NoSyslog":true},"restore_timeout":30000000000}`, cmd.Process.Pid, start, logPath)
+	follow := exec.Command(bin, "__autofs-restore-hook-follow", cfg)
+	follow.Env = []string{}
 	begin := time.Now()
 	if out, err := follow.CombinedOutput(); err != nil {
 		t.Fatalf("follower: %v %s", err, out)
