@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // criuMain is the CRIU action-script mode. It acts at pre-resume and
@@ -56,6 +58,11 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 // fixMain is `fix --pid`: both phases back to back, for a container that
 // already runs.
 func fixMain(pid int, opts Options) int {
+	// One state file and lock per container, whatever pid was given.
+	if init, err := mounts.InitOf(pid); err == nil && init != pid && refuseHost(pid) == nil {
+		opts.Log.Infof("fix: pid %d is not the init of its pid namespace: acting on its init, pid %d", pid, init)
+		pid = init
+	}
 	if !opts.Force && !opts.AssumeRestored {
 		// A fix restarts masters: only for restored containers, unless the
 		// operator insists.

@@ -282,6 +282,25 @@ func PidNamespaceMembers(pid int) ([]int, error) {
 	return out, nil
 }
 
+// InitOf returns the host pid of the init (pid 1) of pid's pid namespace
+// (the innermost one, for a process in nested pid namespaces).
+func InitOf(pid int) (int, error) {
+	members, err := PidNamespaceMembers(pid)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range members {
+		st, err := ReadStatus(m)
+		if err != nil {
+			continue
+		}
+		if ns := st.NSpid(); len(ns) > 0 && ns[len(ns)-1] == 1 {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("the pid namespace of %d has no init (pid 1)", pid)
+}
+
 // Wchan returns the kernel function pid sleeps in.
 func Wchan(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")

@@ -376,10 +376,20 @@ func TestConcurrentFixRunsRestartOnce(tt *testing.T) {
 		out string
 		err error
 	}
+	// One run is given the init, the other another process of the
+	// container: both must take the init's lock.
+	pids, err := c.Pids()
+	if err != nil || len(pids) < 2 {
+		t.Fatalf("pids of %s: %v %v", c.Name, pids, err)
+	}
+	other := pids[0]
+	if other == pid {
+		other = pids[1]
+	}
 	ch := make(chan res, 2)
-	for i := 0; i < 2; i++ {
+	for _, p := range []int{pid, other} {
 		go func() {
-			out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+			out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(p), "--no-syslog").CombinedOutput()
 			ch <- res{string(out), err}
 		}()
 	}
@@ -395,6 +405,9 @@ func TestConcurrentFixRunsRestartOnce(tt *testing.T) {
 		if n := strings.Count(all, "unit="+unit); n != 1 {
 			t.Errorf("%s restarted %d times by two concurrent runs, want 1:\n%s", unit, n, all)
 		}
+	}
+	if !strings.Contains(all, fmt.Sprintf("pid %d is not the init of its pid namespace: acting on its init, pid %d", other, pid)) {
+		t.Errorf("the run given pid %d did not act on the init %d:\n%s", other, pid, all)
 	}
 	systemdWorks(t, c)
 	allOK(t, c, 3)
