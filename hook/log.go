@@ -107,15 +107,36 @@ func (lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	b.WriteString(" autofs-restore-hook ")
 	b.WriteString(e.Level.String())
 	b.WriteString(": ")
-	b.WriteString(strings.ReplaceAll(e.Message, "\n", " "))
+	b.WriteString(controlEscaped(strings.ReplaceAll(e.Message, "\n", " ")))
 	keys := make([]string, 0, len(e.Data))
 	for k := range e.Data {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, " %s=%v", k, e.Data[k])
+		fmt.Fprintf(&b, " %s=%s", controlEscaped(k), controlEscaped(fmt.Sprint(e.Data[k])))
 	}
 	b.WriteByte('\n')
 	return b.Bytes(), nil
 }
+
+// controlEscaped writes every control character of s (a newline, a
+// carriage return, an escape sequence's ESC: text a container may have
+// chosen, in a unit name, a mount source or an error) as \ooo, so that a
+// log line stays one line and a terminal shows what it got.
+func controlEscaped(s string) string {
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			fmt.Fprintf(&b, "\\%03o", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

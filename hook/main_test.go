@@ -3,6 +3,7 @@ package hook
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -101,5 +102,32 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	}
 	if cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setsid {
 		t.Errorf("follower not in a session of its own")
+	}
+}
+
+// Text a container chose (a unit name, a mount source, an error) cannot
+// forge a log line or send a terminal an escape sequence.
+func TestContainerTextEscaped(t *testing.T) {
+	evil := "srv-b.automount\r\n2026-01-01T00:00:00.000Z autofs-restore-hook info: forged\x1b[2J"
+	l, done, err := newLogger(LogConfig{NoSyslog: true}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	var buf bytes.Buffer
+	l.SetOutput(&buf)
+	l.WithField("unit", evil).Info("restart " + evil)
+	out := buf.String()
+	if strings.Count(out, "\n") != 1 || strings.ContainsAny(out[:len(out)-1], "\r\n\x1b") {
+		t.Errorf("log line with container text: %q", out)
+	}
+	if !strings.Contains(out, `\015`) || !strings.Contains(out, `\033[2J`) {
+		t.Errorf("control characters not shown escaped: %q", out)
+	}
+	buf.Reset()
+	writeTable(&buf, Report{Pid: 1, Mounts: []MountStatus{{Mountpoint: "/srv/b", Type: "direct", Master: "systemd", Unit: evil, UnitConfirmed: true, State: "ok", OnTop: "tmpfs x\x1b]0;title\x07"}},
+		LastErrors: []string{"restart: " + evil}})
+	if strings.ContainsAny(buf.String(), "\r\x1b\x07") || strings.Count(buf.String(), "\n") != 4 {
+		t.Errorf("status table with container text:\n%q", buf.String())
 	}
 }

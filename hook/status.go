@@ -167,7 +167,7 @@ func writeTable(out io.Writer, r Report) {
 		fmt.Fprintf(out, "automount (was pid %d) killed by the hook and not running again: its mounts %s have no master; run fix once the cause is fixed\n", p.OldPid, strings.Join(ms, ", "))
 	}
 	for _, e := range r.LastErrors {
-		fmt.Fprintf(out, "last run failed: %s\n", e)
+		fmt.Fprintf(out, "last run failed: %s\n", controlEscaped(e))
 	}
 }
 
@@ -218,7 +218,9 @@ func writeMounts(out io.Writer, ms []MountStatus) {
 		if m.Unit != "" && !m.UnitConfirmed {
 			unit += " (guessed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, unit, m.State, dash(m.OnTop), nested)
+		// The unit name comes from the container's systemd, what is on top
+		// from its mount table: their control characters are escaped.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mounts.Escape(m.Mountpoint), m.Type, master, controlEscaped(unit), m.State, controlEscaped(dash(m.OnTop)), nested)
 	}
 	tw.Flush()
 }
