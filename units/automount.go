@@ -197,6 +197,11 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 		return nil, err
 	}
 	defer d.Close()
+	// The daemon must be a process of the container: a pid given by
+	// mistake, or reused by a process of the host, is never killed.
+	if err := inPidNamespaceOf(pid, c.Pid); err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+	}
 	info, err := CaptureDaemon(pid)
 	if err != nil {
 		return nil, err
@@ -241,6 +246,23 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
 	return startAgain(c, info, files, all, deadline)
+}
+
+// inPidNamespaceOf refuses a pid that is not in the pid namespace of the
+// container whose init is initPid.
+func inPidNamespaceOf(pid, initPid int) error {
+	want, err := mounts.Namespace(initPid, "pid")
+	if err != nil {
+		return err
+	}
+	got, err := mounts.Namespace(pid, "pid")
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("pid %d is not in the container's pid namespace: refused", pid)
+	}
+	return nil
 }
 
 // startAgain starts the daemon described by info with the files of

@@ -1,11 +1,17 @@
 package units
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -95,5 +101,47 @@ func TestSameBinaryStaysInRoot(t *testing.T) {
 	defer other.Close()
 	if err := sameBinary(rootF, other, "/usr/sbin/automount"); err == nil || !strings.Contains(err.Error(), "no longer the binary") {
 		t.Fatalf("another binary: err = %v", err)
+	}
+}
+
+// A pid outside the container's pid namespace (given by mistake, or a
+// daemon's pid reused by a host process) is refused before anything is
+// done to it: the process lives on.
+func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
+	testenv.RequireRoot(t, "a stand-in container in its own pid namespace")
+	ctr := exec.Command("unshare", "-p", "-m", "--fork", "--mount-proc", "sleep", "300")
+	if err := ctr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctr.Process.Kill(); ctr.Wait() })
+	host := exec.Command("sleep", "300")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
+	var init int
+	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); init == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ctr.Process.Pid, ctr.Process.Pid))
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			init, _ = strconv.Atoi(f[0])
+		}
+	}
+	if init == 0 {
+		t.Fatal("the stand-in container did not start")
+	}
+	c, err := mounts.OpenProcess(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = RespawnAutomount(c, host.Process.Pid, nil, RespawnOptions{Timeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "not in the container's pid namespace") {
+		t.Fatalf("respawn of a host process: err = %v, want a refusal", err)
+	}
+	if err := unix.Kill(host.Process.Pid, 0); err != nil {
+		t.Fatalf("the host process was touched: %v", err)
+	}
+	if st, err := mounts.ReadStat(host.Process.Pid); err != nil || st.Exited() {
+		t.Fatalf("the host process is gone: %v", err)
 	}
 }
