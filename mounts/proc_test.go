@@ -2,11 +2,7 @@ package mounts
 
 import (
 	"errors"
-	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -54,32 +50,8 @@ func TestProcessGoneAndReaped(t *testing.T) {
 // InitOf finds pid 1 of a process's pid namespace, from any member.
 func TestInitOf(t *testing.T) {
 	testenv.RequireRoot(t, "unshare of a pid namespace")
-	cmd := exec.Command("unshare", "-p", "-m", "--fork", "--mount-proc", "sh", "-c", "sleep 300 & wait")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	kids := func(pid int) []int {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-		var out []int
-		for _, f := range strings.Fields(string(b)) {
-			n, _ := strconv.Atoi(f)
-			out = append(out, n)
-		}
-		return out
-	}
-	var init, sleeper int
-	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); sleeper == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if k := kids(cmd.Process.Pid); len(k) > 0 {
-			init = k[0]
-			if k := kids(init); len(k) > 0 {
-				sleeper = k[0]
-			}
-		}
-	}
-	if sleeper == 0 {
-		t.Fatal("the process tree in its own pid namespace did not start")
-	}
+	init := testenv.InOwnPidNamespace(t, "sh", "-c", "sleep 300 & wait")
+	sleeper := testenv.WaitChild(t, init)
 	for _, p := range []int{init, sleeper} {
 		got, err := InitOf(p)
 		if err != nil || got != init {

@@ -82,7 +82,7 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 			done <- fmt.Errorf("join pid namespace for children: %w", err)
 			return
 		}
-		if err := hostRootOK(); err != nil {
+		if err := HostProcOK(); err != nil {
 			done <- err
 			return
 		}
@@ -118,9 +118,11 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 	return net.FileConn(f)
 }
 
-// hostRootOK checks that the calling thread still resolves /proc in the
-// host's procfs, as the threads DialInContainer uses must.
-func hostRootOK() error {
+// HostProcOK checks that the calling thread resolves /proc/self/fd in a
+// procfs, as a thread must that starts our executable by /proc/self/fd/N
+// (DialInContainer, the spawner's host stage): never a /proc the
+// container could have replaced.
+func HostProcOK() error {
 	var sf unix.Statfs_t
 	if err := unix.Statfs("/proc/self/fd", &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
 		return fmt.Errorf("this thread's /proc is not the host's procfs (%v): refusing to start a child by /proc/self/fd", err)

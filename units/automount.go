@@ -628,9 +628,8 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 	// executable, started through the fd opened on the host, and /proc
 	// below is still the host's procfs. The container stage joins the
 	// container's mount namespace and root itself.
-	var sf unix.Statfs_t
-	if err := unix.Statfs("/proc/self/fd", &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
-		return fail(fmt.Errorf("/proc is not the host's procfs (%v): refusing to start the container stage", err))
+	if err := mounts.HostProcOK(); err != nil {
+		return fail(fmt.Errorf("start the container stage: %w", err))
 	}
 	body, _ := json.Marshal(req)
 	// The child is the first process of ours in the container's pid

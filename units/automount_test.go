@@ -1,11 +1,9 @@
 package units
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,26 +107,12 @@ func TestSameBinaryStaysInRoot(t *testing.T) {
 // done to it: the process lives on.
 func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 	testenv.RequireRoot(t, "a stand-in container in its own pid namespace")
-	ctr := exec.Command("unshare", "-p", "-m", "--fork", "--mount-proc", "sleep", "300")
-	if err := ctr.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ctr.Process.Kill(); ctr.Wait() })
+	init := testenv.InOwnPidNamespace(t, "sleep", "300")
 	host := exec.Command("sleep", "300")
 	if err := host.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
-	var init int
-	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); init == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ctr.Process.Pid, ctr.Process.Pid))
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			init, _ = strconv.Atoi(f[0])
-		}
-	}
-	if init == 0 {
-		t.Fatal("the stand-in container did not start")
-	}
 	c, err := mounts.OpenProcess(init)
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,23 +25,7 @@ func TestFollowerGetsOnlyItsConfiguration(tt *testing.T) {
 	bin := hookBinary(t)
 	// A stand-in for a container's init being restored: own pid and mount
 	// namespaces, no autofs mount.
-	sl := exec.Command("unshare", "-m", "-p", "--fork", "--mount-proc", "sleep", "300")
-	if err := sl.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sl.Process.Kill(); sl.Wait() })
-	var initPid int
-	deadline := time.Now().Add(testenv.Scale(10 * time.Second))
-	for initPid == 0 && time.Now().Before(deadline) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", sl.Process.Pid, sl.Process.Pid))
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			initPid, _ = strconv.Atoi(f[0])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if initPid == 0 {
-		t.Fatal("the stand-in init did not start")
-	}
+	initPid := testenv.InOwnPidNamespace(t, "sleep", "300")
 	t.Cleanup(func() {
 		m, _ := filepath.Glob(filepath.Join(hook.StateDir, strconv.Itoa(initPid)+"-*"))
 		for _, f := range m {

@@ -1,0 +1,40 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// InOwnPidNamespace starts args in pid and mount namespaces of their own
+// (unshare -p -m --fork --mount-proc), a stand-in for a container's init
+// that needs no autofs, kills them when the test ends, and returns the
+// host pid of their init (pid 1 in that namespace).
+func InOwnPidNamespace(t testing.TB, args ...string) int {
+	t.Helper()
+	cmd := exec.Command("unshare", append([]string{"-p", "-m", "--fork", "--mount-proc"}, args...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return WaitChild(t, cmd.Process.Pid)
+}
+
+// WaitChild waits (10 s, scaled) until pid has a child and returns it.
+func WaitChild(t testing.TB, pid int) int {
+	t.Helper()
+	for deadline := time.Now().Add(Scale(10 * time.Second)); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				return n
+			}
+		}
+	}
+	t.Fatalf("pid %d started no child within %v", pid, Scale(10*time.Second))
+	return 0
+}
