@@ -376,7 +376,11 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 		sf.rec.Respawns = append(sf.rec.Respawns, *p)
 		return sf.Save()
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record, Also: also})
+	st, ok := c.Procs.Stat(pid)
+	if !ok {
+		return fmt.Errorf("post-resume: automount %d: not in the process snapshot", pid)
+	}
+	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record, Also: also})
 	if res != nil {
 		// Those it serves work, even if others do not.
 		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)

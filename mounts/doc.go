@@ -1,10 +1,13 @@
 // Package mounts holds everything the hook knows about mounts: reading a
 // container's mount table from /proc/PID/mountinfo, decoding the options of
 // autofs superblocks, talking to the kernel's autofs control device
-// (/dev/autofs), entering a container's mount namespace, and moving the
+// (/dev/autofs), pinning processes and reading their open files from
+// fdinfo, entering a container's mount namespace, and moving the
 // filesystems that sit on top of autofs mount points.
 //
 // Nothing in this package walks a path below a possibly broken autofs mount
-// from the calling process: such work runs in a child process with a
-// deadline (see Worker).
+// from the calling process, nor touches a file of the container's (an fd
+// on a FUSE file system the container serves can block its user forever):
+// such work runs in a child process with a deadline (RunInMountNS,
+// RunOnHost).
 package mounts

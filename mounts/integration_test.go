@@ -159,9 +159,9 @@ func TestStaleMountHangsAndIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
-	got := mounts.CatatonicThroughFDs(ctl, p, []mounts.Target{{Where: points[0], Dev: a.Dev()}})
-	if len(got) != 1 {
-		t.Fatalf("released %v, want %s", got, points[0])
+	got, err := mounts.CatatonicThroughFDs(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(s string) { t.Log(s) })
+	if err != nil || len(got) != 1 {
+		t.Fatalf("released %v (%v), want %s", got, err, points[0])
 	}
 	if a := autofsAt(t, m.Pid, points[0]); !a.Options.Catatonic() {
 		t.Fatalf("mount not catatonic: %+v", a.Options)

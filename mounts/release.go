@@ -1,33 +1,124 @@
 package mounts
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
+// taskCatatonicFDs is the host task that copies the daemon's ioctl fds.
+const taskCatatonicFDs = "catatonic-fds"
+
+func init() { RegisterHostTask(taskCatatonicFDs, catatonicFDsTask) }
+
+// daemonFD is one fd of the daemon on a target, as FDs saw it.
+type daemonFD struct {
+	N     int    `json:"n"`
+	MntID int    `json:"mnt_id"`
+	Where string `json:"where"`
+}
+
+type catatonicFDsRequest struct {
+	Pid       int        `json:"pid"`
+	StartTime uint64     `json:"start_time"`
+	FDs       []daemonFD `json:"fds"`
+}
+
 // CatatonicThroughFDs makes each target catatonic through an fd that
 // process p holds on it (the automount daemon keeps an ioctl fd on every
-// direct and offset mount), copied with pidfd_getfd. This works even when
-// a request is pending, when no path walk can reach the mount; the
-// waiters are released at once. It returns the mount points released.
-func CatatonicThroughFDs(ctl *ControlDevice, p *Process, targets []Target) []string {
-	want := make(map[uint64]string, len(targets))
-	for _, t := range targets {
-		want[t.Dev] = t.Where
+// direct and offset mount). This works even when a request is pending,
+// when no path walk can reach the mount; the waiters are released at
+// once. It returns the mount points released.
+//
+// The fds are chosen from fdinfo and the daemon's mount table, without
+// touching any file: only fds on the targets' autofs mounts are copied
+// (pidfd_getfd), and that in a child (RunOnHost), because the process
+// may swap an fd for a file whose close never returns (a FUSE file whose
+// server does not answer the FLUSH) between the choice and the copy.
+func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, logf func(string)) ([]string, error) {
+	t, err := ReadTable(p.Pid)
+	if err != nil {
+		return nil, err
+	}
+	where := map[uint64]string{}
+	for _, tg := range targets {
+		where[tg.Dev] = tg.Where
+	}
+	mounts := map[int]string{} // mount id of a target's autofs mount → target
+	for _, a := range t.Autofs {
+		if w, ok := where[a.Dev()]; ok {
+			mounts[a.Info.ID] = w
+		}
+	}
+	fds, err := p.FDs()
+	if err != nil {
+		return nil, err
+	}
+	req := catatonicFDsRequest{Pid: p.Pid, StartTime: p.StartTime}
+	taken := map[string]bool{}
+	for _, fd := range fds {
+		if w, ok := mounts[fd.MntID]; ok && !taken[w] {
+			taken[w] = true
+			req.FDs = append(req.FDs, daemonFD{N: fd.N, MntID: fd.MntID, Where: w})
+		}
+	}
+	if len(req.FDs) == 0 {
+		return nil, nil
 	}
 	var released []string
-	p.EachFD(func(_ int, f *os.File) bool {
-		var st unix.Stat_t
-		var sf unix.Statfs_t
-		fd := int(f.Fd())
-		if unix.Fstatfs(fd, &sf) == nil && sf.Type == unix.AUTOFS_SUPER_MAGIC && unix.Fstat(fd, &st) == nil {
-			if where, ok := want[st.Dev]; ok && ctl.Catatonic(f) == nil {
-				delete(want, st.Dev)
-				released = append(released, where)
-			}
+	if err := RunOnHost(taskCatatonicFDs, req, timeout, logf, &released); err != nil {
+		return nil, fmt.Errorf("make catatonic through the daemon's fds: %w", err)
+	}
+	return released, nil
+}
+
+// catatonicFDsTask copies each chosen fd and, when the copy is still on
+// the autofs mount the choice saw (read from our own fdinfo, which asks
+// no file system), makes that mount catatonic. A copy that is not is
+// never closed by us: its close might never return. The task ends
+// then, and its exit closes it, in a process that can be left behind.
+func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	var req catatonicFDsRequest
+	if err := json.Unmarshal(args, &req); err != nil {
+		return nil, fmt.Errorf("catatonic-fds: bad request: %w", err)
+	}
+	p, err := OpenProcess(req.Pid)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	if p.StartTime != req.StartTime {
+		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, ErrGone)
+	}
+	var released []string
+	var errs []error
+	for _, d := range req.FDs {
+		fd, err := unix.PidfdGetfd(p.pidfd, d.N, 0)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("copy fd %d of %d: %w", d.N, req.Pid, err))
+			continue
 		}
-		return len(want) > 0
-	})
-	return released
+		unix.CloseOnExec(fd)
+		if got, err := OwnFD(fd); err != nil || got.MntID != d.MntID {
+			return released, fmt.Errorf("fd %d of %d is no longer on %s (the process swapped it): stopped, the copy left open", d.N, req.Pid, Escape(d.Where))
+		}
+		f := os.NewFile(uintptr(fd), "fd "+fmt.Sprint(d.N))
+		if err := env.Ctl.Catatonic(f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", Escape(d.Where), err))
+		} else {
+			released = append(released, d.Where)
+		}
+		f.Close()
+	}
+	if len(released) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	for _, err := range errs {
+		logf(err.Error())
+	}
+	return released, nil
 }

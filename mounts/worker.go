@@ -196,19 +196,29 @@ func (e *WorkerEnv) ReadTable() (*Table, error) {
 }
 
 var (
-	tasksMu sync.Mutex
-	tasks   = map[string]Task{}
+	tasksMu   sync.Mutex
+	tasks     = map[string]Task{}
+	hostTasks = map[string]bool{}
 )
 
 // RegisterTask makes task runnable under name by RunInMountNS. Register
 // from init functions, so that the re-executed worker knows every task.
-func RegisterTask(name string, task Task) {
+func RegisterTask(name string, task Task) { register(name, task, false) }
+
+// RegisterHostTask makes task runnable under name by RunOnHost: in a
+// child that joins no namespace of any container, for work the hook's own
+// process must not do because it can block (a file of the container
+// copied with pidfd_getfd). Its WorkerEnv has only Ctl.
+func RegisterHostTask(name string, task Task) { register(name, task, true) }
+
+func register(name string, task Task, host bool) {
 	tasksMu.Lock()
 	defer tasksMu.Unlock()
 	if _, dup := tasks[name]; dup {
 		panic("mounts: task registered twice: " + name)
 	}
 	tasks[name] = task
+	hostTasks[name] = host
 }
 
 type workerMsg struct {
@@ -225,10 +235,6 @@ type workerMsg struct {
 // of waiting; it is killed all the same when timeout passes, and never
 // outlives the caller. Lines the task logs are passed to logf.
 func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf func(string), result any) error {
-	in, err := json.Marshal(args)
-	if err != nil {
-		return fmt.Errorf("worker %s: encode arguments: %w", name, err)
-	}
 	pid := strconv.Itoa(p.Pid)
 	mntns, err := os.Open("/proc/" + pid + "/ns/mnt")
 	if err != nil {
@@ -265,15 +271,39 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 	if err := p.Check(); err != nil {
 		return fmt.Errorf("worker %s: %w", name, err)
 	}
+	return runWorker(name, args, []*os.File{mntns, root, procDir, ctl, pidns, self}, timeout, logf, result)
+}
+
+// RunOnHost runs the host task called name (see RegisterHostTask) in a
+// child process, as RunInMountNS does; the child gets /dev/autofs only.
+func RunOnHost(name string, args any, timeout time.Duration, logf func(string), result any) error {
+	ctl, err := os.OpenFile("/dev/autofs", os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("worker %s: open /dev/autofs: %w", name, err)
+	}
+	defer ctl.Close()
+	return runWorker(name, args, []*os.File{ctl}, timeout, logf, result)
+}
+
+// exitGrace is how long a killed worker gets to be gone. One that is not
+// is blocked where SIGKILL does not reach (a FLUSH to a FUSE server that
+// does not answer): it is left behind, reported, and not waited for.
+const exitGrace = 2 * time.Second
+
+func runWorker(name string, args any, files []*os.File, timeout time.Duration, logf func(string), result any) error {
+	in, err := json.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("worker %s: encode arguments: %w", name, err)
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, exe, WorkerArg, name)
+	cmd := exec.Command(exe, WorkerArg, name)
 	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, failpoint.Environ()...)
-	cmd.ExtraFiles = []*os.File{mntns, root, procDir, ctl, pidns, self}
+	cmd.ExtraFiles = files
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = time.Second
@@ -288,26 +318,67 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 		return fmt.Errorf("worker %s: start: %w", name, err)
 	}
 	var final *workerMsg
-	var last string
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var m workerMsg
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			continue
-		}
-		if m.Log != "" {
-			last = m.Log
-			if logf != nil {
-				logf(m.Log)
+	var mu sync.Mutex
+	last := ""
+	// read is closed at the final message, or at the end of the output.
+	read := make(chan struct{})
+	var readOnce sync.Once
+	go func() {
+		defer readOnce.Do(func() { close(read) })
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			var m workerMsg
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				continue
 			}
+			mu.Lock()
+			if m.Log != "" {
+				last = m.Log
+				if logf != nil {
+					logf(m.Log)
+				}
+			}
+			if m.Done {
+				final = &m
+				readOnce.Do(func() { close(read) })
+			}
+			mu.Unlock()
 		}
-		if m.Done {
-			final = &m
+	}()
+	waited := make(chan error, 1)
+	timedOut := false
+	select {
+	case <-read:
+	case <-ctx.Done():
+		timedOut = true
+		cmd.Process.Kill()
+		select {
+		case <-read:
+		case <-time.After(exitGrace):
 		}
 	}
-	werr := cmd.Wait()
-	if ctx.Err() != nil {
+	go func() { waited <- cmd.Wait() }()
+	var werr error
+	select {
+	case werr = <-waited:
+	case <-time.After(exitGrace):
+		cmd.Process.Kill()
+		mu.Lock()
+		defer mu.Unlock()
+		said := ""
+		if final != nil && final.Error != "" {
+			said = ": " + final.Error
+		}
+		state := "?"
+		if st, err := ReadStat(cmd.Process.Pid); err == nil {
+			state = string(st.State)
+		}
+		return fmt.Errorf("worker %s (pid %d) does not exit after SIGKILL: left behind (state %s, wchan %s)%s", name, cmd.Process.Pid, state, Escape(Wchan(cmd.Process.Pid)), said)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if timedOut {
 		step := ""
 		if last != "" {
 			step = " (last step: " + last + ")"
@@ -352,10 +423,33 @@ func RunWorker() {
 		os.Exit(runConnect(os.Args[3]))
 	}
 	tasksMu.Lock()
-	task := tasks[os.Args[2]]
+	task, host := tasks[os.Args[2]], hostTasks[os.Args[2]]
 	tasksMu.Unlock()
 	if task == nil {
 		fail(fmt.Errorf("worker: unknown task %q", os.Args[2]))
+	}
+	readArgs := func() json.RawMessage {
+		args, err := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+		if err != nil {
+			fail(fmt.Errorf("worker %s: read arguments: %w", os.Args[2], err))
+		}
+		return args
+	}
+	finish := func(res any, err error) {
+		if err != nil {
+			fail(err)
+		}
+		b, err := json.Marshal(res)
+		if err != nil {
+			fail(fmt.Errorf("worker %s: encode result: %w", os.Args[2], err))
+		}
+		send(workerMsg{Done: true, Result: b})
+		os.Exit(0)
+	}
+	logf := func(s string) { send(workerMsg{Log: s}) }
+	if host {
+		unix.CloseOnExec(3)
+		finish(task(&WorkerEnv{Ctl: &ControlDevice{f: os.NewFile(3, "/dev/autofs")}}, readArgs(), logf))
 	}
 	// Kept for DialInContainer's child, which joins them itself.
 	mntNS, err1 := unix.FcntlInt(3, unix.F_DUPFD_CLOEXEC, 10)
@@ -366,25 +460,13 @@ func RunWorker() {
 	if err := enterMountNS(3, 4); err != nil {
 		fail(fmt.Errorf("worker %s: %w", os.Args[2], err))
 	}
-	args, err := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
-	if err != nil {
-		fail(fmt.Errorf("worker %s: read arguments: %w", os.Args[2], err))
-	}
+	args := readArgs()
 	for _, fd := range []int{5, 6, 7, 8} {
 		unix.CloseOnExec(fd)
 	}
 	env := &WorkerEnv{Proc: os.NewFile(5, "proc"), Ctl: &ControlDevice{f: os.NewFile(6, "/dev/autofs")}, pidNS: os.NewFile(7, "pidns"),
 		mntNS: os.NewFile(uintptr(mntNS), "mntns"), root: os.NewFile(uintptr(root), "root"), self: os.NewFile(8, "self")}
-	res, err := task(env, args, func(s string) { send(workerMsg{Log: s}) })
-	if err != nil {
-		fail(err)
-	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		fail(fmt.Errorf("worker %s: encode result: %w", os.Args[2], err))
-	}
-	send(workerMsg{Done: true, Result: b})
-	os.Exit(0)
+	finish(task(env, args, logf))
 }
 
 // enterMountNS moves the calling (locked) thread into the mount namespace

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -190,13 +191,21 @@ type Respawned struct {
 // command line, environment, working directory, credentials and
 // capabilities in all of the container's namespaces and cgroups, and waits
 // until every target, and every mount of o.Also, has a live master again.
-func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
+//
+// startTime is the daemon's start time when it was chosen (Stat.StartTime):
+// a pid that names another process by now (the daemon exited while the
+// container's systemd was being answered, and the pid was reused) is
+// refused, never killed.
+func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
 	deadline := time.Now().Add(o.Timeout)
 	d, err := mounts.OpenProcess(pid)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
+	if d.StartTime != startTime {
+		return nil, fmt.Errorf("respawn automount %d: the pid names another process than the daemon that was seen (started at tick %d, not %d; pid reused): refused", pid, d.StartTime, startTime)
+	}
 	// The daemon must be a process of the container: a pid given by
 	// mistake, or reused by a process of the host, is never killed.
 	if err := inPidNamespaceOf(pid, c.Pid); err != nil {
@@ -221,7 +230,7 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 		return nil, err
 	}
 	// Refuse before the kill, not after, when the binary changed.
-	if err := sameBinary(files[1], files[3], info.Exe); err != nil {
+	if err := checkBinary(d, files[3], info.Exe, min(5*time.Second, time.Until(deadline))); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
 	all := append(slices.Clip(targets), o.Also...)
@@ -234,7 +243,7 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
 		}
 	}
-	if err := releaseThroughDaemon(d, targets, o.Log); err != nil && o.Log != nil {
+	if err := releaseThroughDaemon(d, targets, min(5*time.Second, time.Until(deadline)), o.Log); err != nil && o.Log != nil {
 		o.Log(err.Error())
 	}
 	if err := d.Kill(5 * time.Second); err != nil {
@@ -245,7 +254,7 @@ func RespawnAutomount(c *mounts.Process, pid int, targets []mounts.Target, o Res
 	if err := d.WaitReaped(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
-	return startAgain(c, info, files, all, deadline)
+	return startAgain(c, info, files, all, deadline, o.Log)
 }
 
 // inPidNamespaceOf refuses a pid that is not in the pid namespace of the
@@ -267,8 +276,8 @@ func inPidNamespaceOf(pid, initPid int) error {
 
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
-func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time) (*Respawned, error) {
-	newPid, err := spawn(c, info, files, time.Until(deadline))
+func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
+	newPid, err := spawn(c, info, files, deadline, logf)
 	if errors.Is(err, errNotRunning) {
 		// Gone (and reaped) before its host pid was looked up.
 		var where []string
@@ -296,65 +305,117 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 			ours = append(ours, f)
 		}
 	}
-	if leaked := leakedFDs(newPid, ours); len(leaked) > 0 {
+	leaked, err := leakedFDs(newPid, ours)
+	if err != nil {
+		return res, fmt.Errorf("check the new automount's (pid %d) fds: %w", newPid, err)
+	}
+	if len(leaked) > 0 {
 		return res, fmt.Errorf("the new automount (pid %d) holds files of the hook's: fds %v", newPid, leaked)
 	}
 	return res, nil
 }
 
-// leakedFDs lists the fds of pid that refer to one of ours (same device
-// and inode), or to our own executable. It copies each fd with
-// pidfd_getfd and fstats it: no path of the container is walked.
-func leakedFDs(pid int, ours []*os.File) []int {
+// leakedFDs lists the fds of pid that are one of ours (the same file
+// opened through the same mount, as an fd inherited by mistake is), or
+// our own executable. It compares fdinfo, read from the host's /proc:
+// no file of the daemon is copied or touched, so one on a FUSE file
+// system whose server never answers costs nothing.
+func leakedFDs(pid int, ours []*os.File) ([]int, error) {
 	p, err := mounts.OpenProcess(pid)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	defer p.Close()
-	type key struct{ dev, ino uint64 }
-	mine := map[key]bool{}
-	add := func(fd int) {
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil {
-			mine[key{st.Dev, st.Ino}] = true
-		}
-	}
+	var mine []mounts.FDInfo
 	for _, f := range ours {
-		add(int(f.Fd()))
+		fi, err := mounts.OwnFD(int(f.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("fdinfo of our %s: %w", f.Name(), err)
+		}
+		mine = append(mine, fi)
 	}
-	if exe, err := os.Open("/proc/self/exe"); err == nil {
-		add(int(exe.Fd()))
-		exe.Close()
+	exe, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return nil, err
+	}
+	defer exe.Close()
+	fi, err := mounts.OwnFD(int(exe.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("fdinfo of our executable: %w", err)
+	}
+	mine = append(mine, fi)
+	theirs, err := p.FDs()
+	if err != nil {
+		return nil, err
 	}
 	var leaked []int
-	p.EachFD(func(n int, f *os.File) bool {
-		var st unix.Stat_t
-		if unix.Fstat(int(f.Fd()), &st) == nil && mine[key{st.Dev, st.Ino}] {
-			leaked = append(leaked, n)
+	for _, t := range theirs {
+		for _, m := range mine {
+			if t.Same(m) {
+				leaked = append(leaked, t.N)
+				break
+			}
 		}
-		return true
-	})
-	return leaked
+	}
+	return leaked, nil
 }
 
-// sameBinary checks that path, resolved inside the container's root
-// (openat2 RESOLVE_IN_ROOT: no symlink of the container leads out of it),
-// is still the executable the daemon runs.
-func sameBinary(root, exe *os.File, path string) error {
-	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+// taskAutomountBinary is the worker task that checks the daemon's binary.
+const taskAutomountBinary = "automount-binary"
+
+func init() { mounts.RegisterTask(taskAutomountBinary, automountBinaryTask) }
+
+type binaryCheck struct {
+	Path string `json:"path"`
+	Dev  uint64 `json:"dev"`
+	Ino  uint64 `json:"ino"`
+}
+
+// checkBinary refuses, before the kill, a daemon whose binary path no
+// longer names the file it runs (exe, opened on the host). The path is
+// the container's: it is looked at by a worker in the daemon's mount
+// namespace and root, with a deadline, never by the hook's own process
+// (a FUSE file system of the container mounted over it would answer the
+// stat never).
+func checkBinary(d *mounts.Process, exe *os.File, path string, timeout time.Duration) error {
+	id, err := fileID(exe)
 	if err != nil {
-		return fmt.Errorf("%s is gone from the container (%v): refused", path, err)
+		return fmt.Errorf("the daemon's executable: %w", err)
+	}
+	if err := mounts.RunInMountNS(d, taskAutomountBinary, binaryCheck{Path: path, Dev: id.Dev, Ino: id.Ino}, timeout, nil, nil); err != nil {
+		return fmt.Errorf("check %s in the container: %w: refused", mounts.Escape(path), err)
+	}
+	return nil
+}
+
+func automountBinaryTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+	var c binaryCheck
+	if err := json.Unmarshal(args, &c); err != nil {
+		return nil, fmt.Errorf("%s: bad request: %w", taskAutomountBinary, err)
+	}
+	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	return nil, sameBinary(root, c.Path, c.Dev, c.Ino)
+}
+
+// sameBinary checks that path, resolved inside root (openat2
+// RESOLVE_IN_ROOT: no symlink of the container leads out of it), is still
+// the file dev/ino the daemon runs.
+func sameBinary(root int, path string, dev, ino uint64) error {
+	fd, err := unix.Openat2(root, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return fmt.Errorf("%s is gone from the container (%v): refused", mounts.Escape(path), err)
 	}
 	defer unix.Close(fd)
-	var a, b unix.Stat_t
-	if err := unix.Fstat(fd, &a); err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if err := unix.Fstat(int(exe.Fd()), &b); err != nil {
-		return err
-	}
-	if a.Dev != b.Dev || a.Ino != b.Ino {
-		return fmt.Errorf("%s is no longer the binary the daemon ran (replaced since it started): refused", path)
+	if st.Dev != dev || st.Ino != ino {
+		return fmt.Errorf("%s is no longer the binary the daemon ran (replaced since it started): refused", mounts.Escape(path))
 	}
 	return nil
 }
@@ -388,18 +449,14 @@ func closeAll(files []*os.File) {
 
 // releaseThroughDaemon makes the targets catatonic with the ioctl fds the
 // daemon holds on them (see mounts.CatatonicThroughFDs).
-func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, logf func(string)) error {
-	ctl, err := mounts.OpenControlDevice()
-	if err != nil {
-		return err
-	}
-	defer ctl.Close()
-	for _, where := range mounts.CatatonicThroughFDs(ctl, d, targets) {
+func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, timeout time.Duration, logf func(string)) error {
+	released, err := mounts.CatatonicThroughFDs(d, targets, timeout, logf)
+	for _, where := range released {
 		if logf != nil {
 			logf(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
 		}
 	}
-	return nil
+	return err
 }
 
 // EnvTimeNSFD names the fd of the time namespace that the spawner's
@@ -412,13 +469,23 @@ type spawnRequest struct {
 	Daemon *Daemon `json:"daemon"`
 	// LastCap is the host's /proc/sys/kernel/cap_last_cap, read by stage
 	// host: the container's /proc is the container's to forge.
-	LastCap int    `json:"last_cap"`
-	Mounts  string `json:"cgroup_mounts"` // host /proc/self/mountinfo, for cgroup paths
-	Timeout string `json:"timeout"`
+	LastCap int `json:"last_cap"`
+	// Deadline (Unix nanoseconds) is when the hook stops waiting: the
+	// container stage is killed then, and never starts a daemon after it.
+	Deadline int64 `json:"deadline"`
 }
 
-// spawn runs the spawner chain and returns the new daemon's host pid.
-func spawn(c *mounts.Process, d *Daemon, files []*os.File, timeout time.Duration) (int, error) {
+// spawnResult is the last line a spawner stage prints.
+type spawnResult struct {
+	NsPid    int      `json:"ns_pid,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	Error    string   `json:"error,omitempty"`
+}
+
+// spawn runs the spawner chain and returns the new daemon's host pid. The
+// chain ends by the deadline: stage host kills the container stage then,
+// and is killed itself right after.
+func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (int, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, err
@@ -428,9 +495,9 @@ func spawn(c *mounts.Process, d *Daemon, files []*os.File, timeout time.Duration
 		return 0, err
 	}
 	defer self.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(spawnGrace))
 	defer cancel()
-	req, err := json.Marshal(spawnRequest{Daemon: d})
+	req, err := json.Marshal(spawnRequest{Daemon: d, Deadline: deadline.UnixNano()})
 	if err != nil {
 		return 0, err
 	}
@@ -439,21 +506,29 @@ func spawn(c *mounts.Process, d *Daemon, files []*os.File, timeout time.Duration
 	cmd.Stdin = bytes.NewReader(req)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = time.Second
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	var r spawnResult
+	jerr := json.Unmarshal(lastLine(out), &r)
+	for _, w := range r.Warnings {
+		if logf != nil {
+			logf("start automount again: " + w)
+		}
+	}
 	if err != nil {
 		return 0, fmt.Errorf("spawner: %v: %s%s", err, strings.TrimSpace(stderr.String()), lastError(out))
 	}
-	var r struct {
-		NsPid int    `json:"ns_pid"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(lastLine(out), &r); err != nil || r.Error != "" || r.NsPid <= 0 {
+	if jerr != nil || r.Error != "" || r.NsPid <= 0 {
 		return 0, fmt.Errorf("spawner: %s%s", r.Error, strings.TrimSpace(stderr.String()))
 	}
 	return hostPid(c.Pid, r.NsPid)
 }
+
+// spawnGrace is how long past the deadline stage host has to report that
+// it killed the container stage.
+const spawnGrace = 2 * time.Second
 
 func lastLine(b []byte) []byte {
 	b = bytes.TrimSpace(b)
@@ -632,19 +707,43 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 		return fail(fmt.Errorf("start the container stage: %w", err))
 	}
 	body, _ := json.Marshal(req)
+	// The container stage ends by the deadline, and with us: it gets
+	// SIGKILL at the deadline, and on our death (PR_SET_PDEATHSIG, which
+	// it sets itself, then checks the lifeline: the read end of a pipe
+	// whose write end only we hold, so that a death before the prctl is
+	// seen too).
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("lifeline: %w", err))
+	}
+	defer lifeW.Close()
+	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, req.Deadline))
+	defer cancel()
 	// The child is the first process of ours in the container's pid
 	// namespace.
-	cmd := exec.Command("/proc/self/fd/3", SpawnerArg, "container")
+	cmd := exec.CommandContext(ctx, "/proc/self/fd/3", SpawnerArg, "container")
 	cmd.Args[0] = "autofs-restore-hook"
 	cmd.ExtraFiles = []*os.File{os.NewFile(fdSelf, "self"), os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens"),
-		os.NewFile(fdMnt, "mnt"), os.NewFile(fdRoot, "root")}
+		os.NewFile(fdMnt, "mnt"), os.NewFile(fdRoot, "root"), lifeR}
 	cmd.Env = []string{EnvTimeNSFD + "=6"}
 	cmd.Stdin = bytes.NewReader(body)
 	cmd.Dir = "/"
+	cmd.WaitDelay = time.Second
 	var buf bytes.Buffer
 	cmd.Stdout = &buf
 	cmd.Stderr = &buf
-	err = cmd.Run()
+	err = cmd.Start()
+	lifeR.Close()
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if ctx.Err() != nil {
+		last := ""
+		if l := lastLine(buf.Bytes()); len(l) > 0 {
+			last = " (it said: " + mounts.Escape(string(l)) + ")"
+		}
+		return fail(fmt.Errorf("container stage: killed at the deadline%s", last))
+	}
 	os.Stdout.Write(buf.Bytes())
 	if err != nil {
 		return fail(fmt.Errorf("container stage: %v", err))
@@ -709,7 +808,17 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 		fdExeC  = 5 // the old daemon's executable, to check d.Exe against
 		fdMntC  = 7 // the container's mount namespace and root, joined first
 		fdRootC = 8
+		fdLife  = 9 // read end of stage host's lifeline
 	)
+	// Die with stage host; it may have died before this prctl, which the
+	// lifeline tells (its write end is closed).
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fail(fmt.Errorf("set the parent-death signal: %w", err))
+	}
+	if pfd := []unix.PollFd{{Fd: fdLife, Events: unix.POLLIN}}; func() bool { n, err := unix.Poll(pfd, 0); return err != nil || n > 0 }() {
+		return fail(errors.New("stage host is gone"))
+	}
+	deadline := time.Unix(0, req.Deadline)
 	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		return fail(fmt.Errorf("unshare CLONE_FS: %w", err))
 	}
@@ -722,6 +831,14 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	if err := unix.Chroot("."); err != nil {
 		return fail(fmt.Errorf("chroot: %w", err))
 	}
+	// Kept for the threads that open the daemon's stdio: a new thread
+	// shares the file system context (root, cwd) of the runtime thread
+	// it was cloned from, not this one's, and joins the container itself.
+	nsDup, err1 := unix.FcntlInt(fdMntC, unix.F_DUPFD_CLOEXEC, 10)
+	rootDup, err2 := unix.FcntlInt(fdRootC, unix.F_DUPFD_CLOEXEC, 10)
+	if err := errors.Join(err1, err2); err != nil {
+		return fail(fmt.Errorf("keep the container's namespace fds: %w", err))
+	}
 	unix.Close(fdMntC)
 	unix.Close(fdRootC)
 	// No fd of ours reaches the daemon: the exe and cwd fds are used
@@ -732,13 +849,9 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	if err := unix.Fchdir(fdCwdC); err != nil {
 		return fail(fmt.Errorf("enter the daemon's working directory: %w", err))
 	}
-	var stdio [3]*os.File
-	for i, p := range d.Stdio {
-		f, err := openStdio(p, i == 0)
-		if err != nil {
-			return fail(err)
-		}
-		stdio[i] = f
+	stdio, warnings, err := openStdio(d, nsDup, rootDup, min(stdioTimeout, time.Until(deadline)))
+	if err != nil {
+		return fail(err)
 	}
 	// Bounding and inheritable sets: per thread, inherited by the fork
 	// below (this goroutine stays on its thread).
@@ -773,6 +886,9 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	if err := unix.Stat(d.Exe, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
 		return fail(fmt.Errorf("%s is no longer the binary the daemon ran (replaced or removed): refused", d.Exe))
 	}
+	if time.Now().After(deadline) {
+		return fail(errors.New("the hook's deadline passed before the start: not started"))
+	}
 	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -782,7 +898,7 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start %s: %w", d.Argv[0], err))
 	}
-	out.Encode(map[string]int{"ns_pid": cmd.Process.Pid})
+	out.Encode(spawnResult{NsPid: cmd.Process.Pid, Warnings: warnings})
 	cmd.Process.Release()
 	return 0
 }
@@ -809,28 +925,163 @@ func removeStaleFlag(oldPid int) {
 	}
 }
 
-// openStdio opens one of the daemon's stdio files again, inside the
-// container: the file it had when that is a regular file or a character
-// device (never a FIFO or socket, whose open could block or which are
-// gone), else /dev/null.
-func openStdio(path string, read bool) (*os.File, error) {
-	flags := os.O_WRONLY | os.O_APPEND
-	if read {
-		flags = os.O_RDONLY
+// stdioTimeout bounds the opening of the daemon's stdio files: they are
+// paths of the container, which may lead onto a file system that never
+// answers.
+const stdioTimeout = 3 * time.Second
+
+// openStdio opens the daemon's stdio files again, inside the container:
+// each the file it had when that is still a regular file or a character
+// device there, else the container's /dev/null. They are opened as the
+// daemon: on a thread with its fs uid and gid, groups and effective
+// capabilities, through no symlink, so that the hook's root opens nothing
+// the daemon could not (a log path swapped for a symlink to a root-only
+// file gave it that file once). A file that is not opened within timeout
+// is replaced by /dev/null, with a warning; the opening thread is then
+// abandoned, and dies with this process. Each opening thread joins the
+// container's mount namespace (mntNS) and root (root) itself.
+func openStdio(d *Daemon, mntNS, root int, timeout time.Duration) (stdio [3]*os.File, warnings []string, err error) {
+	type result struct {
+		files    [3]*os.File
+		warnings []string
+		err      error
 	}
-	if path != "" && path != "/dev/null" {
-		var st unix.Stat_t
-		if unix.Stat(path, &st) == nil && (st.Mode&unix.S_IFMT == unix.S_IFREG || st.Mode&unix.S_IFMT == unix.S_IFCHR) {
-			if f, err := os.OpenFile(path, flags|unix.O_NONBLOCK|unix.O_NOCTTY, 0); err == nil {
-				return f, nil
+	res := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread has the daemon's credentials
+		var r result
+		if r.err = becomeForFiles(d, mntNS, root); r.err == nil {
+			for i, p := range d.Stdio {
+				var w string
+				r.files[i], w, r.err = openOneStdio(p, i == 0)
+				if w != "" {
+					r.warnings = append(r.warnings, w)
+				}
+				if r.err != nil {
+					break
+				}
 			}
 		}
+		res <- r
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			return stdio, nil, r.err
+		}
+		return r.files, r.warnings, nil
+	case <-time.After(timeout):
 	}
-	f, err := os.OpenFile("/dev/null", flags, 0)
+	// The files never came: /dev/null for all three, opened the same way,
+	// on a thread of its own.
+	go func() {
+		runtime.LockOSThread()
+		var r result
+		if r.err = becomeForFiles(d, mntNS, root); r.err == nil {
+			for i := range r.files {
+				if r.files[i], _, r.err = openOneStdio("", i == 0); r.err != nil {
+					break
+				}
+			}
+		}
+		res <- r
+	}()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			return stdio, nil, r.err
+		}
+		return r.files, []string{fmt.Sprintf("its stdio files %s were not opened within %s: it writes to /dev/null instead", mounts.Escape(strings.Join(d.Stdio[:], ", ")), timeout)}, nil
+	case <-time.After(timeout):
+		return stdio, nil, fmt.Errorf("open the container's /dev/null: no answer within %s", timeout)
+	}
+}
+
+// becomeForFiles moves the calling thread (locked, never unlocked) into
+// the container's mount namespace and root, and gives it the daemon's
+// access to files: fs uid and gid, supplementary groups and effective
+// capabilities. All are per thread in the kernel; the raw system calls
+// are used because the C library and Go apply them to every thread.
+func becomeForFiles(d *Daemon, mntNS, root int) error {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("unshare CLONE_FS: %w", err)
+	}
+	if err := unix.Setns(mntNS, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("join the container's mnt namespace: %w", err)
+	}
+	if err := unix.Fchdir(root); err != nil {
+		return fmt.Errorf("enter the container's root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	gids := make([]uint32, len(d.Groups))
+	copy(gids, d.Groups)
+	var p unsafe.Pointer
+	if len(gids) > 0 {
+		p = unsafe.Pointer(&gids[0])
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(gids)), uintptr(p), 0); e != 0 {
+		return fmt.Errorf("set the daemon's groups: %w", e)
+	}
+	// setfsuid and setfsgid return the previous id, never an error: the
+	// result is read back.
+	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(d.GID[3]), 0, 0)
+	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(d.UID[3]), 0, 0)
+	if got, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(got) != d.UID[3] {
+		return fmt.Errorf("set the daemon's fs uid %d: it is %d", d.UID[3], got)
+	}
+	if got, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(got) != d.GID[3] {
+		return fmt.Errorf("set the daemon's fs gid %d: it is %d", d.GID[3], got)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[0].Effective = data[0].Permitted & uint32(d.CapEff)
+	data[1].Effective = data[1].Permitted & uint32(d.CapEff>>32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("set the daemon's effective capabilities: %w", err)
+	}
+	return nil
+}
+
+// openOneStdio opens path ("" for /dev/null) for reading (stdin) or
+// appending, through no symlink, without blocking and without gaining a
+// controlling terminal, and keeps it only when it is a regular file or a
+// character device (never a FIFO or a socket). A path that cannot be
+// used gives /dev/null and a warning.
+func openOneStdio(path string, read bool) (*os.File, string, error) {
+	flags := unix.O_WRONLY | unix.O_APPEND
+	if read {
+		flags = unix.O_RDONLY
+	}
+	open := func(p string) (*os.File, error) {
+		fd, err := unix.Openat2(unix.AT_FDCWD, p, &unix.OpenHow{Flags: uint64(flags | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC), Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return nil, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || (st.Mode&unix.S_IFMT != unix.S_IFREG && st.Mode&unix.S_IFMT != unix.S_IFCHR) {
+			unix.Close(fd)
+			return nil, fmt.Errorf("not a regular file or a device")
+		}
+		return os.NewFile(uintptr(fd), p), nil
+	}
+	warning := ""
+	if path != "" && path != "/dev/null" {
+		f, err := open(path)
+		if err == nil {
+			return f, "", nil
+		}
+		warning = fmt.Sprintf("%s: %v: /dev/null instead", mounts.Escape(path), err)
+	}
+	f, err := open("/dev/null")
 	if err != nil {
-		return nil, fmt.Errorf("open the container's /dev/null: %w", err)
+		return nil, "", fmt.Errorf("open the container's /dev/null: %w", err)
 	}
-	return f, nil
+	return f, warning, nil
 }
 
 // lastCap is the host's highest capability number. Stage host reads it

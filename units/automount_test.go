@@ -82,7 +82,13 @@ func TestSameBinaryStaysInRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer exe.Close()
-	if err := sameBinary(rootF, exe, "/usr/sbin/automount"); err == nil || !strings.Contains(err.Error(), "gone from the container") {
+	id, err := fileID(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, ino := id.Dev, id.Ino
+	rootFD := int(rootF.Fd())
+	if err := sameBinary(rootFD, "/usr/sbin/automount", dev, ino); err == nil || !strings.Contains(err.Error(), "gone from the container") {
 		t.Fatalf("a symlink out of the root was followed: err = %v", err)
 	}
 	// The same binary inside the root is accepted; another one is not.
@@ -92,12 +98,16 @@ func TestSameBinaryStaysInRoot(t *testing.T) {
 	if err := os.Link(host, filepath.Join(root, host)); err != nil {
 		t.Fatalf("hard-link %s into %s: %v", host, root, err)
 	}
-	if err := sameBinary(rootF, exe, "/usr/sbin/automount"); err != nil {
+	if err := sameBinary(rootFD, "/usr/sbin/automount", dev, ino); err != nil {
 		t.Fatalf("the daemon's own binary, through a link inside the root: %v", err)
 	}
 	other, _ := os.OpenFile("/bin/true", unix.O_PATH, 0)
 	defer other.Close()
-	if err := sameBinary(rootF, other, "/usr/sbin/automount"); err == nil || !strings.Contains(err.Error(), "no longer the binary") {
+	oid, err := fileID(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sameBinary(rootFD, "/usr/sbin/automount", oid.Dev, oid.Ino); err == nil || !strings.Contains(err.Error(), "no longer the binary") {
 		t.Fatalf("another binary: err = %v", err)
 	}
 }
@@ -118,7 +128,11 @@ func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, err = RespawnAutomount(c, host.Process.Pid, nil, RespawnOptions{Timeout: 5 * time.Second})
+	st, err := mounts.ReadStat(host.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = RespawnAutomount(c, host.Process.Pid, st.StartTime, nil, RespawnOptions{Timeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "not in the container's pid namespace") {
 		t.Fatalf("respawn of a host process: err = %v, want a refusal", err)
 	}
@@ -127,5 +141,31 @@ func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 	}
 	if st, err := mounts.ReadStat(host.Process.Pid); err != nil || st.Exited() {
 		t.Fatalf("the host process is gone: %v", err)
+	}
+}
+
+// The daemon was chosen by pid and start time; by the time of the respawn
+// the pid names another process of the container (the daemon exited while
+// the container's systemd was answered, its pid reused). That process is
+// refused, never killed.
+func TestRespawnRefusesReusedPid(t *testing.T) {
+	testenv.RequireRoot(t, "a stand-in container in its own pid namespace")
+	init := testenv.InOwnPidNamespace(t, "sh", "-c", "sleep 300 & wait")
+	other := testenv.WaitChild(t, init)
+	c, err := mounts.OpenProcess(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := mounts.ReadStat(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = RespawnAutomount(c, other, st.StartTime-1, nil, RespawnOptions{Timeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "pid reused") {
+		t.Fatalf("respawn of a reused pid: err = %v, want a refusal", err)
+	}
+	if st, err := mounts.ReadStat(other); err != nil || st.Exited() {
+		t.Fatalf("the process that reused the pid is gone: %v", err)
 	}
 }

@@ -37,12 +37,16 @@ type FileID struct {
 	Ino uint64 `json:"ino"`
 }
 
+// fileID reads f's device and inode from the kernel's inode alone
+// (AT_STATX_DONT_SYNC): no file system is asked, so a file of the
+// container on a FUSE file system that does not answer (its working
+// directory, its binary) costs nothing.
 func fileID(f *os.File) (FileID, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return FileID{}, fmt.Errorf("stat %s: %w", f.Name(), err)
+	var st unix.Statx_t
+	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &st); err != nil {
+		return FileID{}, fmt.Errorf("statx %s: %w", f.Name(), err)
 	}
-	return FileID{Dev: st.Dev, Ino: st.Ino}, nil
+	return FileID{Dev: unix.Mkdev(st.Dev_major, st.Dev_minor), Ino: st.Ino}, nil
 }
 
 // newPending builds the record of the daemon pid from the files opened by
@@ -96,7 +100,7 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
-	return startAgain(c, p.Daemon, files, p.Targets, deadline)
+	return startAgain(c, p.Daemon, files, p.Targets, deadline, o.Log)
 }
 
 // filesLike opens, in daemonFileNames order, files of the container

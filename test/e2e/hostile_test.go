@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
@@ -87,4 +88,171 @@ func TestHostileProcSystemd(t *testing.T) {
 
 func TestHostileProcAutomount(t *testing.T) {
 	hostileProc(t, lab.Automount, "/srv/direct1/", "/ind/multi/sub/")
+}
+
+// fuseOverDaemonLog mounts a FUSE server of the test's over the automount
+// daemon's log (/run/automount.log, its stdout and stderr) in the
+// restored container, as the container itself could: the respawned
+// daemon opens it again. The server is aborted at the end, before the
+// container is torn down.
+func fuseOverDaemonLog(t testing.TB, pid int, answer func(op, reqPid uint32) bool) *fusetest.Server {
+	t.Helper()
+	return fuseOver(t, pid, "/run/automount.log", answer)
+}
+
+// fuseOver mounts a FUSE server of the test's over the file path of the
+// container of pid.
+func fuseOver(t testing.TB, pid int, path string, answer func(op, reqPid uint32) bool) *fusetest.Server {
+	t.Helper()
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	srv, err := fusetest.Mount(path, fusetest.Options{MntNS: ns, Answer: answer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+// inPidNS tells whether pid is a process of the pid namespace of init.
+func inPidNS(init int) func(pid uint32) bool {
+	want, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
+	return func(pid uint32) bool {
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+		return err == nil && got == want
+	}
+}
+
+// oursLeft lists the processes of the hook's binary that still run.
+func oursLeft(t testing.TB) []string {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if strings.Contains(string(b), "__autofs-restore-hook") {
+			out = append(out, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
+}
+
+func daemonFD(t testing.TB, c *lab.Container, n int) string {
+	t.Helper()
+	d := automountDaemons(t, c)
+	if len(d) != 1 {
+		t.Fatalf("want one automount daemon, have %d", len(d))
+	}
+	l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", d[0].pid, n))
+	return l
+}
+
+// The container serves the daemon's log path from FUSE and answers only
+// its own processes: the hook, a host process, gets nothing. The
+// respawned daemon logs there again, and the hook never waits on it. It
+// once copied every fd of the new daemon to compare it with its own, and
+// hung in the GETATTR of the copy (and would have in its FLUSH, past
+// SIGKILL).
+func TestHostileFUSELogAnswersOnlyContainer(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	c, pid := restoredWithoutHook(t, "hostile-fuse-log", lab.Automount)
+	mine := inPidNS(pid)
+	srv := fuseOverDaemonLog(t, pid, func(op, reqPid uint32) bool { return op == fusetest.OpInit || mine(reqPid) })
+	out, err := runHook(t, bin, 90*time.Second, "fix", "--pid", strconv.Itoa(pid), "--assume-restored", "--no-syslog", "--timeout", "30s")
+	t.Logf("fix (err %v):\n%s", err, out)
+	if err != nil {
+		t.Fatalf("fix: %v", err)
+	}
+	for _, w := range []string{"/srv/direct1/", "/ind/multi/sub/"} {
+		mustWork(t, c, "stat", w)
+	}
+	if l := daemonFD(t, c, 1); l != "/run/automount.log" {
+		t.Fatalf("the new daemon's stdout is %q, want its log /run/automount.log", l)
+	}
+	if srv.Written() == "" {
+		t.Fatal("the new daemon wrote nothing to its log")
+	}
+	if u := srv.UnansweredAll(); len(u) > 0 {
+		t.Fatalf("requests from outside the container reached the FUSE server (opcode: count): %v", u)
+	}
+	if left := oursLeft(t); len(left) > 0 {
+		t.Fatalf("processes of the hook left: %v", left)
+	}
+}
+
+// The container's FUSE server answers nothing at all: the daemon's log
+// cannot be opened. The respawn starts it with /dev/null instead, says so,
+// and leaves nothing behind; it once waited for the open until its own
+// deadline, failed, and left the spawner blocked in the container, where
+// it started a daemon once released.
+func TestHostileFUSELogNeverAnswers(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	c, pid := restoredWithoutHook(t, "hostile-fuse-stall", lab.Automount)
+	srv := fuseOverDaemonLog(t, pid, func(op, reqPid uint32) bool { return false })
+	out, err := runHook(t, bin, 90*time.Second, "fix", "--pid", strconv.Itoa(pid), "--assume-restored", "--no-syslog", "--timeout", "30s")
+	t.Logf("fix (err %v):\n%s", err, out)
+	if err != nil {
+		t.Fatalf("fix: %v", err)
+	}
+	if !strings.Contains(out, "were not opened within") || !strings.Contains(out, "/dev/null instead") {
+		t.Fatalf("no warning that the daemon's stdio went to /dev/null:\n%s", out)
+	}
+	for _, w := range []string{"/srv/direct1/", "/ind/multi/sub/"} {
+		mustWork(t, c, "stat", w)
+	}
+	if l := daemonFD(t, c, 1); l != "/dev/null" {
+		t.Fatalf("the new daemon's stdout is %q, want /dev/null", l)
+	}
+	if left := oursLeft(t); len(left) > 0 {
+		t.Fatalf("processes of the hook left while the FUSE server still stalls: %v", left)
+	}
+	// Released now: nothing of ours wakes up and starts a second daemon.
+	srv.Close()
+	time.Sleep(testenv.Scale(2 * time.Second))
+	if d := automountDaemons(t, c); len(d) != 1 {
+		t.Fatalf("%d automount daemons after the FUSE server went away, want 1", len(d))
+	}
+}
+
+// The container mounts a FUSE file that never answers over the daemon's
+// binary path. The check that the path still names the running binary is
+// made by a worker with a deadline, and refuses: the daemon is not
+// touched, and nothing of ours is left. The hook once made that check
+// itself, and its fstat waited for the server.
+func TestHostileFUSEOverDaemonBinary(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	c, pid := restoredWithoutHook(t, "hostile-fuse-exe", lab.Automount)
+	before := automountDaemons(t, c)
+	if len(before) != 1 {
+		t.Fatalf("want one automount daemon, have %d", len(before))
+	}
+	srv := fuseOver(t, pid, "/usr/sbin/automount", func(op, reqPid uint32) bool { return false })
+	start := time.Now()
+	out, err := runHook(t, bin, 90*time.Second, "fix", "--pid", strconv.Itoa(pid), "--assume-restored", "--no-syslog", "--timeout", "30s")
+	t.Logf("fix after %s (err %v):\n%s", time.Since(start).Round(time.Millisecond), err, out)
+	if err == nil || !strings.Contains(out, "check /usr/sbin/automount in the container") || !strings.Contains(out, "refused") {
+		t.Fatalf("want fix to refuse the respawn, because the binary could not be checked; err %v", err)
+	}
+	after := automountDaemons(t, c)
+	if len(after) != 1 || after[0].pid != before[0].pid {
+		t.Fatalf("the daemon was touched: before %+v, after %+v", before, after)
+	}
+	if left := oursLeft(t); len(left) > 0 {
+		t.Fatalf("processes of the hook left while the FUSE server still stalls: %v", left)
+	}
+	if u := srv.UnansweredAll(); len(u) == 0 {
+		t.Fatal("nothing asked the FUSE server: the test did not put the binary path on it")
+	}
 }

@@ -1,0 +1,121 @@
+package mounts
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// FDInfo is what the host's /proc/PID/fdinfo/N says of one open file. It
+// is read without touching the file: no file system is asked anything,
+// so a file of a FUSE server that never answers, or of a stale autofs
+// mount, costs nothing. Copying such a file into our own process
+// (pidfd_getfd) would: its fstat waits for the server, and its close
+// sends a FLUSH that the kernel waits for even through SIGKILL.
+type FDInfo struct {
+	// N is the fd's number in its process.
+	N int
+	// MntID is the id of the mount the file was opened through
+	// (mountinfo's first field; unique on the machine, whatever the
+	// namespace).
+	MntID int
+	// Ino is its inode number (Linux 5.14 and later; 0 before).
+	Ino uint64
+	// Link is the target of /proc/PID/fd/N: a path, or a name such as
+	// "pipe:[123]" for files that have none.
+	Link string
+}
+
+// Same reports whether a and b are the same file opened through the same
+// mount: an fd one process handed to another is.
+func (a FDInfo) Same(b FDInfo) bool {
+	if a.MntID != b.MntID {
+		return false
+	}
+	if a.Ino != 0 && b.Ino != 0 {
+		return a.Ino == b.Ino
+	}
+	return a.Link == b.Link
+}
+
+// FDs lists the open files of the process from the host's /proc, without
+// copying any of them. fds closed while they are listed are left out.
+func (p *Process) FDs() ([]FDInfo, error) {
+	dir := "/proc/" + strconv.Itoa(p.Pid)
+	ents, err := os.ReadDir(dir + "/fd")
+	if err != nil {
+		return nil, fmt.Errorf("list fds of pid %d: %w", p.Pid, err)
+	}
+	var out []FDInfo
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fi, err := readFDInfo(dir, n)
+		if err != nil {
+			continue // closed meanwhile
+		}
+		out = append(out, fi)
+	}
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// OwnFD is FDInfo of one of our own fds.
+func OwnFD(fd int) (FDInfo, error) { return readFDInfo("/proc/self", fd) }
+
+func readFDInfo(dir string, n int) (FDInfo, error) {
+	name := strconv.Itoa(n)
+	b, err := os.ReadFile(dir + "/fdinfo/" + name)
+	if err != nil {
+		return FDInfo{}, err
+	}
+	fi, err := ParseFDInfo(b)
+	if err != nil {
+		return FDInfo{}, fmt.Errorf("%s/fdinfo/%s: %w", dir, name, err)
+	}
+	fi.N = n
+	if fi.Link, err = os.Readlink(dir + "/fd/" + name); err != nil {
+		return FDInfo{}, err
+	}
+	return fi, nil
+}
+
+// ParseFDInfo reads the mnt_id and ino lines of an fdinfo file.
+func ParseFDInfo(b []byte) (FDInfo, error) {
+	var fi FDInfo
+	haveMnt := false
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		v = bytes.TrimSpace(v)
+		var err error
+		switch string(k) {
+		case "mnt_id":
+			fi.MntID, err = strconv.Atoi(string(v))
+			haveMnt = err == nil
+		case "ino":
+			fi.Ino, err = strconv.ParseUint(string(v), 10, 64)
+		}
+		if err != nil {
+			return FDInfo{}, fmt.Errorf("malformed %s %q", k, v)
+		}
+	}
+	if !haveMnt {
+		return FDInfo{}, errors.New("no mnt_id")
+	}
+	return fi, nil
+}

@@ -1,0 +1,116 @@
+package units
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"golang.org/x/sys/unix"
+)
+
+// The check that no fd of ours reached the new daemon never copies a file
+// of the daemon: one on a FUSE server that does not answer (a container's
+// own) once hung it for good, in the FLUSH of the copy's close.
+func TestLeakedFDsNeverTouchesFUSE(t *testing.T) {
+	ours, err := os.CreateTemp(t.TempDir(), "ours")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	other, err := os.CreateTemp(t.TempDir(), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	pid, srv := fusetest.Held(t, ours, other)
+	type result struct {
+		fds []int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { fds, err := leakedFDs(pid, []*os.File{ours}); done <- result{fds, err} }()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if !slices.Equal(r.fds, []int{4}) {
+			t.Fatalf("leaked fds %v, want [4] (our file, and not the other one at 5)", r.fds)
+		}
+	case <-time.After(testenv.Scale(10 * time.Second)):
+		srv.Close() // releases the check, so that the test can end
+		t.Fatalf("the fd check waited on the FUSE file for 10 s (requests left waiting: GETATTR %d, FLUSH %d, STATFS %d)",
+			srv.Unanswered(fusetest.OpGetattr), srv.Unanswered(fusetest.OpFlush), srv.Unanswered(fusetest.OpStatfs))
+	}
+	if n := srv.Unanswered(fusetest.OpFlush) + srv.Unanswered(fusetest.OpGetattr) + srv.Unanswered(fusetest.OpStatfs); n > 0 {
+		t.Fatalf("%d requests to the FUSE server from the check: it touched the file", n)
+	}
+}
+
+// The daemon's stdio files are opened again as the daemon: a non-root
+// daemon does not get a root-only file, and a path that was swapped for a
+// symlink (to anything) gives /dev/null; root gets its own file.
+func TestOpenStdioAsTheDaemon(t *testing.T) {
+	testenv.RequireRoot(t, "opening files as another user")
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} { // nobody walks there
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret, log := filepath.Join(dir, "secret"), filepath.Join(dir, "log")
+	if err := os.WriteFile(secret, []byte("root only"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log, nil, 0o666); err != nil || os.Chmod(log, 0o666) != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(log, link); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := os.Open("/proc/self/ns/mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	root, err := os.OpenFile("/", unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	nobody := uint32(65534)
+	for _, tc := range []struct {
+		name string
+		uid  uint32
+		want [3]string
+	}{
+		{"nobody", nobody, [3]string{"/dev/null", "/dev/null", log}},
+		{"root", 0, [3]string{secret, "/dev/null", log}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ids := []uint32{tc.uid, tc.uid, tc.uid, tc.uid}
+			d := &Daemon{UID: ids, GID: ids, Stdio: [3]string{secret, link, log}, CapEff: 0x1ffffffffff}
+			if tc.uid != 0 {
+				d.CapEff = 0
+			}
+			files, warnings, err := openStdio(d, int(ns.Fd()), int(root.Fd()), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, f := range files {
+				got, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+				f.Close()
+				if got != tc.want[i] {
+					t.Errorf("stdio %d (%s): opened %s, want %s", i, d.Stdio[i], got, tc.want[i])
+				}
+			}
+			t.Logf("warnings: %q", warnings)
+		})
+	}
+}
