@@ -3,7 +3,9 @@ package hook
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -149,13 +151,63 @@ func evidenceOf(pid int) (Evidence, error) {
 	if err != nil {
 		return ev, err
 	}
-	ev.Traced = st.TracerPid() != 0
+	ev.Traced = tracedByCRIU(st.TracerPid())
 	theirs, err1 := mounts.Namespace(pid, "time")
 	ours, err2 := mounts.Namespace(os.Getpid(), "time")
 	if err1 == nil && err2 == nil {
 		ev.OwnTimeNS = theirs != ours
 	}
 	return ev, nil
+}
+
+// tracedByCRIU reports whether tracer (a TracerPid, 0 for none) is CRIU:
+// a process of the hook's own pid namespace whose executable is named
+// criu (or the dynamic loader running a program named criu). Any other tracer, an operator's strace or gdb on the host or a
+// debugger of the container's own, is no sign of a restore.
+func tracedByCRIU(tracer int) bool {
+	if tracer <= 0 {
+		return false
+	}
+	same, err := mounts.SameNamespaces(tracer, "pid")
+	if err != nil || !same["pid"] {
+		return false
+	}
+	dir := "/proc/" + strconv.Itoa(tracer)
+	exe, err := os.Readlink(dir + "/exe")
+	if err != nil {
+		return false
+	}
+	base := filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+	if base == "criu" {
+		return true
+	}
+	// criu started through the dynamic loader (ld.so PATH/criu ...), as
+	// a CRIU built for another distribution's libraries is.
+	if !strings.HasPrefix(base, "ld-") && !strings.HasPrefix(base, "ld.so") {
+		return false
+	}
+	cmdline, err := os.ReadFile(dir + "/cmdline")
+	if err != nil {
+		return false
+	}
+	return loadedProgram(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")) == "criu"
+}
+
+// loadedProgram is the base name of the program a dynamic loader's
+// command line (ld.so [OPTION]... PROGRAM [ARG]...) runs, "" if none.
+func loadedProgram(args []string) string {
+	withValue := map[string]bool{"--library-path": true, "--preload": true, "--argv0": true, "--audit": true,
+		"--inhibit-rpath": true, "--glibc-hwcaps-prepend": true, "--glibc-hwcaps-mask": true}
+	for i := 1; i < len(args); i++ {
+		switch a := args[i]; {
+		case withValue[a]:
+			i++
+		case strings.HasPrefix(a, "--"):
+		default:
+			return filepath.Base(a)
+		}
+	}
+	return ""
 }
 
 // refuseHost refuses a pid that shares the hook's own mount or pid

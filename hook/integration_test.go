@@ -19,6 +19,7 @@ import (
 
 func TestMain(m *testing.M) {
 	autofstest.MaybeRunMaster()
+	maybeTrace()
 	os.Exit(m.Run())
 }
 

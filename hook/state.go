@@ -80,7 +80,9 @@ type Evidence struct {
 	// OwnTimeNS is set when the process sits in a time namespace other
 	// than the host's: CRIU restores tasks into a new one.
 	OwnTimeNS bool
-	// Traced is set while CRIU still holds the tasks (TracerPid != 0).
+	// Traced is set while CRIU still holds the tasks: their tracer is a
+	// process named criu of the host's pid namespace (any other tracer
+	// does not count).
 	Traced bool
 	// Forced is set by the operator (--assume-restored).
 	Forced bool

@@ -183,8 +183,13 @@ func (c *Container) confirmUnits(log *logrus.Logger) {
 		return
 	}
 	var byWhere map[string]string
-	deadline := time.Now().Add(5 * time.Second)
-	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdUnits, deadline, 6*time.Second, nil, &byWhere); err != nil {
+	req := units.UnitsRequest{Deadline: time.Now().Add(5 * time.Second)}
+	for _, m := range c.Mounts {
+		if m.Kind == units.Systemd {
+			req.Wheres = append(req.Wheres, m.Mountpoint())
+		}
+	}
+	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdUnits, req, 6*time.Second, nil, &byWhere); err != nil {
 		log.Warnf("status: could not ask the container's systemd for its units (%v): unit names are derived from the paths", err)
 		return
 	}

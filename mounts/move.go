@@ -23,8 +23,9 @@ type Staging struct {
 }
 
 // stagingCandidates are tried in order; /run is a tmpfs in every systemd
-// container.
-var stagingCandidates = []string{"/run/.autofs-restore-hook", "/dev/.autofs-restore-hook", "/tmp/.autofs-restore-hook"}
+// container. None is writable by a container's unprivileged users (a
+// world-writable /tmp would let one of them prepare the place).
+var stagingCandidates = []string{"/run/.autofs-restore-hook", "/dev/.autofs-restore-hook"}
 
 // OpenStaging mounts the staging tmpfs (or reuses the one a killed earlier
 // run left). It must run in the worker (inside the mount namespace).
@@ -40,32 +41,80 @@ func OpenStaging() (*Staging, error) {
 	return nil, fmt.Errorf("no place to stage mounts: %w", errors.Join(errs...))
 }
 
+// openStagingAt mounts the staging tmpfs on base through fds: base is
+// opened without following a symlink and checked (a root-owned directory
+// closed to others), and the new tmpfs (fsopen, fsmount) is attached to
+// that very directory (move_mount), so that nothing the container swaps
+// in after the check receives it.
 func openStagingAt(base string) (*Staging, error) {
 	if err := unix.Mkdir(base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("mkdir %s: %w", base, err)
 	}
+	dir, err := unix.Open(base, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w (not a directory?)", base, err)
+	}
+	defer unix.Close(dir)
 	var st unix.Stat_t
-	if err := unix.Lstat(base, &st); err != nil {
+	if err := unix.Fstat(dir, &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", base, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return nil, fmt.Errorf("%s exists and is not a directory", base)
+	if st.Uid != 0 || st.Mode&0o022 != 0 {
+		return nil, fmt.Errorf("%s is not a root-owned directory closed to others (uid %d, mode %o): refused", base, st.Uid, st.Mode&0o7777)
 	}
-	if !isStaging(base) {
-		if err := unix.Mount(stagingSource, base, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
+	if !isStaging(dir) {
+		mnt, err := newStagingMount()
+		if err != nil {
+			return nil, fmt.Errorf("staging tmpfs for %s: %w", base, err)
+		}
+		err = unix.MoveMount(mnt, "", dir, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		unix.Close(mnt)
+		if err != nil {
 			return nil, fmt.Errorf("mount staging tmpfs on %s: %w", base, err)
 		}
-		fd, err := unix.Open(path.Join(base, stagingMarker), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			unix.Unmount(base, unix.MNT_DETACH)
-			return nil, fmt.Errorf("mark staging %s: %w", base, err)
+		// The directory fd still names the directory below: reopen base,
+		// now the tmpfs's root.
+		unix.Close(dir)
+		if dir, err = unix.Open(base, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return nil, fmt.Errorf("open staging %s: %w", base, err)
 		}
-		unix.Close(fd)
+		if !isStaging(dir) {
+			return nil, fmt.Errorf("%s changed under the staging tmpfs: refused", base)
+		}
 	}
-	if err := unix.Mount("", base, "", unix.MS_PRIVATE, ""); err != nil {
+	if err := unix.MountSetattr(dir, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Propagation: unix.MS_PRIVATE}); err != nil {
 		return nil, fmt.Errorf("make %s private: %w", base, err)
 	}
 	return &Staging{Base: base}, nil
+}
+
+// newStagingMount makes a detached staging tmpfs holding the marker file
+// and returns its mount fd.
+func newStagingMount() (int, error) {
+	fs, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsopen tmpfs: %w", err)
+	}
+	defer unix.Close(fs)
+	for _, kv := range [][2]string{{"source", stagingSource}, {"mode", "0700"}, {"size", "64k"}} {
+		if err := unix.FsconfigSetString(fs, kv[0], kv[1]); err != nil {
+			return -1, fmt.Errorf("tmpfs option %s=%s: %w", kv[0], kv[1], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fs); err != nil {
+		return -1, fmt.Errorf("create tmpfs: %w", err)
+	}
+	mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsmount: %w", err)
+	}
+	fd, err := unix.Openat(mnt, stagingMarker, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		unix.Close(mnt)
+		return -1, fmt.Errorf("mark staging: %w", err)
+	}
+	unix.Close(fd)
+	return mnt, nil
 }
 
 // stagingSource is the source name of the staging tmpfs in mountinfo.
@@ -75,14 +124,15 @@ const stagingSource = "autofs-restore-hook"
 // later run recognises a staging area left by a run that was killed.
 const stagingMarker = ".autofs-restore-hook-staging"
 
-// isStaging tells whether a staging tmpfs is already mounted on base.
-func isStaging(base string) bool {
+// isStaging tells whether the directory dir is the root of a staging
+// tmpfs (one a killed earlier run left, or the one just mounted).
+func isStaging(dir int) bool {
 	var sf unix.Statfs_t
-	if unix.Statfs(base, &sf) != nil || sf.Type != unix.TMPFS_MAGIC {
+	if unix.Fstatfs(dir, &sf) != nil || sf.Type != unix.TMPFS_MAGIC {
 		return false
 	}
 	var st unix.Stat_t
-	return unix.Lstat(path.Join(base, stagingMarker), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+	return unix.Fstatat(dir, stagingMarker, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
 }
 
 // Close unmounts the staging tmpfs and removes its directory. Anything

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -46,6 +47,13 @@ type RestartRequest struct {
 	Deadline time.Time       `json:"deadline"`
 }
 
+// UnitsRequest is the input of the systemd-units task: the mount points
+// whose units are asked for.
+type UnitsRequest struct {
+	Wheres   []string  `json:"wheres"`
+	Deadline time.Time `json:"deadline"`
+}
+
 // RestartResult says what became of one target.
 type RestartResult struct {
 	Where string `json:"where"`
@@ -83,11 +91,11 @@ var errContainerGone = errors.New("the container exited during the fix")
 // after a restore, systemd (seen with 252) may leave the first connection
 // unanswered until something else wakes it, while a new one is served.
 // It gives up when ctx ends or when the container's process is gone.
-func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, logf func(string)) (*systemd, error) {
+func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf func(string)) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
-		s, err := dialSystemdOnce(ctx, env)
+		s, err := dialSystemdOnce(ctx, env, replyBudget(units))
 		if err == nil {
 			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
 			err = s.conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(pctx, "org.freedesktop.DBus.Peer.Ping", 0).Err
@@ -119,13 +127,53 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, logf func(string)) 
 	}
 }
 
-func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv) (*systemd, error) {
+func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64) (*systemd, error) {
 	deadline, _ := ctx.Deadline()
 	sock, err := env.DialInContainer(SystemdSocket, time.Until(deadline))
 	if err != nil {
 		return nil, fmt.Errorf("connect to the container's systemd: %w", err)
 	}
-	conn, err := dbus.NewConn(sock, dbus.WithContext(ctx))
+	s, err := systemdOver(ctx, sock, budget)
+	if err != nil {
+		return nil, err
+	}
+	s.env = env
+	return s, nil
+}
+
+// replyBudget is how many bytes the hook reads from the container's
+// systemd on one connection, for n units: its answers to the hook's
+// questions are a few hundred bytes a unit, and a systemd that sends
+// more (D-Bus allows 128 MiB a message) makes the connection fail
+// instead of the hook's memory grow.
+func replyBudget(n int) int64 { return 1<<20 + int64(n)*16<<10 }
+
+// errBudget is the error a connection returns once the container's
+// systemd sent more than its budget.
+var errBudget = errors.New("the container's systemd sent more than the hook reads")
+
+// budgetConn is a connection that reads at most budget bytes in all.
+type budgetConn struct {
+	net.Conn
+	budget, left int64
+}
+
+func (c *budgetConn) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, fmt.Errorf("%w (%d bytes on this connection)", errBudget, c.budget)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.Conn.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+// systemdOver speaks D-Bus to systemd over sock, reading at most budget
+// bytes from it.
+func systemdOver(ctx context.Context, sock net.Conn, budget int64) (*systemd, error) {
+	conn, err := dbus.NewConn(&budgetConn{Conn: sock, budget: budget, left: budget}, dbus.WithContext(ctx))
 	if err != nil {
 		sock.Close()
 		return nil, fmt.Errorf("connect to the container's systemd at %s: %w", SystemdSocket, err)
@@ -145,7 +193,7 @@ func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv) (*systemd, erro
 		conn.Close()
 		return nil, fmt.Errorf("authenticate to the container's systemd: %w", err)
 	}
-	return &systemd{conn: conn, ctx: ctx, env: env}, nil
+	return &systemd{conn: conn, ctx: ctx}, nil
 }
 
 func (s *systemd) manager() dbus.BusObject {
@@ -163,30 +211,54 @@ func (s *systemd) call(obj dbus.BusObject, method string, out any, args ...any) 
 	return nil
 }
 
-// automountUnits maps each automount unit's Where= to its name and path.
-func (s *systemd) automountUnits() (map[string]unitRef, error) {
-	var list []struct {
-		Name, Description, Load, Active, Sub, Following string
-		Path                                            dbus.ObjectPath
-		JobID                                           uint32
-		JobType                                         string
-		JobPath                                         dbus.ObjectPath
+// automountUnits maps each of wheres that an automount unit of the
+// container's systemd serves to that unit's name and path. systemd names
+// an automount unit after its mount point, so each is asked for by name:
+// two calls a mount point in all, however many units the container's
+// systemd would list.
+func (s *systemd) automountUnits(wheres []string) (map[string]unitRef, error) {
+	var asked []string
+	seen := map[string]bool{}
+	for _, w := range wheres {
+		if !seen[w] {
+			seen[w] = true
+			asked = append(asked, w)
+		}
 	}
-	if err := s.call(s.manager(), "org.freedesktop.systemd1.Manager.ListUnitsByPatterns", &list, []string{}, []string{"*.automount"}); err != nil {
-		return nil, fmt.Errorf("list automount units: %w", err)
+	calls := make([]*dbus.Call, len(asked))
+	for i, w := range asked {
+		calls[i] = s.manager().GoWithContext(s.ctx, "org.freedesktop.systemd1.Manager.GetUnit", 0, nil, PathUnitName(w, "automount"))
 	}
-	paths := make([]dbus.ObjectPath, len(list))
-	for i, u := range list {
-		paths[i] = u.Path
+	var found []string
+	var paths []dbus.ObjectPath
+	var errs []error
+	for i, c := range calls {
+		<-c.Done
+		var p dbus.ObjectPath
+		if c.Err == nil {
+			c.Err = c.Store(&p)
+		}
+		var de dbus.Error
+		switch {
+		case c.Err == nil:
+			found, paths = append(found, asked[i]), append(paths, p)
+		case errors.As(c.Err, &de) && de.Name == "org.freedesktop.systemd1.NoSuchUnit":
+		default:
+			errs = append(errs, fmt.Errorf("%s: %w", PathUnitName(asked[i], "automount"), c.Err))
+		}
 	}
-	wheres, err := s.properties(paths, "org.freedesktop.systemd1.Automount", "Where")
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("look up the automount units: %w", err)
+	}
+	wheresOf, err := s.properties(paths, "org.freedesktop.systemd1.Automount", "Where")
 	if err != nil {
 		return nil, fmt.Errorf("read Where= of the automount units: %w", err)
 	}
-	out := make(map[string]unitRef, len(list))
-	for i, u := range list {
-		where, _ := wheres[i].Value().(string)
-		out[where] = unitRef{Name: u.Name, Path: u.Path}
+	out := make(map[string]unitRef, len(found))
+	for i, w := range found {
+		if got, _ := wheresOf[i].Value().(string); got == w {
+			out[w] = unitRef{Name: PathUnitName(w, "automount"), Path: paths[i]}
+		}
 	}
 	return out, nil
 }
@@ -219,18 +291,18 @@ type unitRef struct {
 
 // systemdUnitsTask answers which unit serves which mount point.
 func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
-	var deadline time.Time
-	if err := json.Unmarshal(args, &deadline); err != nil {
-		return nil, err
+	var req UnitsRequest
+	if err := json.Unmarshal(args, &req); err != nil {
+		return nil, fmt.Errorf("%s: bad request: %w", TaskSystemdUnits, err)
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
-	s, err := dialSystemd(ctx, env, nil)
+	s, err := dialSystemd(ctx, env, len(req.Wheres), nil)
 	if err != nil {
 		return nil, err
 	}
 	defer s.conn.Close()
-	units, err := s.automountUnits()
+	units, err := s.automountUnits(req.Wheres)
 	if err != nil {
 		return nil, err
 	}
@@ -267,12 +339,16 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for i, t := range req.Targets {
 		results[i] = RestartResult{Where: t.Where, Unit: t.Unit}
 	}
-	s, err := dialSystemd(ctx, env, logf)
+	s, err := dialSystemd(ctx, env, len(req.Targets), logf)
 	if err != nil {
 		return nil, errors.Join(err, rerr)
 	}
 	defer s.conn.Close()
-	units, err := s.automountUnits()
+	wheres := make([]string, len(req.Targets))
+	for i, t := range req.Targets {
+		wheres[i] = t.Where
+	}
+	units, err := s.automountUnits(wheres)
 	if err != nil {
 		return nil, errors.Join(err, rerr)
 	}

@@ -1,0 +1,158 @@
+package units
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+	"golang.org/x/sys/unix"
+)
+
+// fakeSystemd serves D-Bus on one end of a socket pair, the way a
+// container's own systemd (or whatever listens on its private socket)
+// may: it accepts EXTERNAL authentication, then answers every method
+// call with what answer returns (a body, or the name of an error). It
+// returns the other end and the number of calls it got.
+func fakeSystemd(t *testing.T, answer func(m *dbus.Message) (body []any, errName string)) (net.Conn, *atomic.Int32) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := osFile(fd)
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	t.Cleanup(func() { conns[0].Close(); conns[1].Close() })
+	calls := &atomic.Int32{}
+	go func() {
+		srv := conns[1]
+		r := bufio.NewReader(srv)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			line = strings.TrimLeft(strings.TrimSpace(line), "\x00")
+			switch {
+			case line == "AUTH":
+				srv.Write([]byte("REJECTED EXTERNAL\r\n"))
+			case strings.HasPrefix(line, "AUTH EXTERNAL"):
+				srv.Write([]byte("OK 0123456789abcdef0123456789abcdef\r\n"))
+			case strings.HasPrefix(line, "NEGOTIATE_UNIX_FD"):
+				srv.Write([]byte("ERROR\r\n"))
+			case line == "BEGIN":
+				goto messages
+			}
+		}
+	messages:
+		serial := uint32(0)
+		for {
+			m, err := dbus.DecodeMessage(r)
+			if err != nil {
+				return
+			}
+			if m.Type != dbus.TypeMethodCall {
+				continue
+			}
+			calls.Add(1)
+			body, errName := answer(m)
+			reply := &dbus.Message{Type: dbus.TypeMethodReply, Headers: map[dbus.HeaderField]dbus.Variant{
+				dbus.FieldReplySerial: dbus.MakeVariant(m.Serial())}, Body: body}
+			if errName != "" {
+				reply.Type = dbus.TypeError
+				reply.Headers[dbus.FieldErrorName] = dbus.MakeVariant(errName)
+			}
+			if len(body) > 0 {
+				reply.Headers[dbus.FieldSignature] = dbus.MakeVariant(dbus.SignatureOf(body...))
+			}
+			var b bytes.Buffer
+			if err := reply.EncodeTo(&b, binary.LittleEndian); err != nil {
+				t.Errorf("encode the fake reply: %v", err)
+				return
+			}
+			serial++
+			binary.LittleEndian.PutUint32(b.Bytes()[8:12], serial)
+			if _, err := srv.Write(b.Bytes()); err != nil {
+				return
+			}
+		}
+	}()
+	return conns[0], calls
+}
+
+func member(m *dbus.Message) string {
+	v, _ := m.Headers[dbus.FieldMember].Value().(string)
+	return v
+}
+
+// The units of the mount points are looked up by name, two calls a mount
+// point: once the hook listed every automount unit the container's
+// systemd has, and asked each for its Where=, one call a unit.
+func TestAutomountUnitsAsksOnlyForTheMountPoints(t *testing.T) {
+	paths := map[string]string{"srv-a.automount": "/unit/a", "srv-c.automount": "/unit/c"}
+	wheres := map[string]string{"/unit/a": "/srv/a", "/unit/c": "/elsewhere"}
+	sock, calls := fakeSystemd(t, func(m *dbus.Message) ([]any, string) {
+		switch member(m) {
+		case "GetUnit":
+			if p, ok := paths[m.Body[0].(string)]; ok {
+				return []any{dbus.ObjectPath(p)}, ""
+			}
+			return nil, "org.freedesktop.systemd1.NoSuchUnit"
+		case "Get":
+			path, _ := m.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
+			return []any{dbus.MakeVariant(wheres[string(path)])}, ""
+		}
+		return nil, "org.freedesktop.DBus.Error.UnknownMethod"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := systemdOver(ctx, sock, replyBudget(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.automountUnits([]string{"/srv/a", "/srv/b", "/srv/c", "/srv/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got["/srv/a"].Name != "srv-a.automount" || got["/srv/a"].Path != "/unit/a" {
+		t.Fatalf("units %+v, want only /srv/a (srv-b has no unit, srv-c's Where= is another path)", got)
+	}
+	if n := calls.Load(); n != 5 {
+		t.Fatalf("%d calls to systemd, want 5 (3 GetUnit, 2 Get)", n)
+	}
+}
+
+// A container's systemd that answers with a huge message (D-Bus allows
+// 128 MiB) makes the connection fail once the hook has read its budget;
+// the hook does not take it all in.
+func TestHostileSystemdHugeReply(t *testing.T) {
+	huge := strings.Repeat("x", 32<<20)
+	sock, _ := fakeSystemd(t, func(m *dbus.Message) ([]any, string) { return []any{huge}, "" })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := systemdOver(ctx, sock, replyBudget(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.automountUnits([]string{"/srv/a"})
+	if err == nil || !strings.Contains(err.Error(), "more than the hook reads") {
+		t.Fatalf("err = %v, want the connection to fail at the budget", err)
+	}
+}
+
+func osFile(fd int) *os.File { return os.NewFile(uintptr(fd), "socket") }
