@@ -1,0 +1,75 @@
+package units
+
+// The check, before the kill, that the daemon's binary path still names
+// the file it runs, made by a worker inside the container.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// taskAutomountBinary is the worker task that checks the daemon's binary.
+const taskAutomountBinary = "automount-binary"
+
+func init() { mounts.RegisterTask(taskAutomountBinary, automountBinaryTask) }
+
+type binaryCheck struct {
+	Path string `json:"path"`
+	Dev  uint64 `json:"dev"`
+	Ino  uint64 `json:"ino"`
+}
+
+// checkBinary refuses, before the kill, a daemon whose binary path no
+// longer names the file it runs (exe, opened on the host). The path is
+// the container's: it is looked at by a worker in the daemon's mount
+// namespace and root, with a deadline, never by the hook's own process
+// (a FUSE file system of the container mounted over it would answer the
+// stat never).
+func checkBinary(d *mounts.Process, exe *os.File, path string, timeout time.Duration) error {
+	id, err := fileID(exe)
+	if err != nil {
+		return fmt.Errorf("the daemon's executable: %w", err)
+	}
+	if err := mounts.RunInMountNS(d, taskAutomountBinary, binaryCheck{Path: path, Dev: id.Dev, Ino: id.Ino}, timeout, nil, nil); err != nil {
+		return fmt.Errorf("check %s in the container: %w: refused", mounts.Escape(path), err)
+	}
+	return nil
+}
+
+func automountBinaryTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+	var c binaryCheck
+	if err := json.Unmarshal(args, &c); err != nil {
+		return nil, fmt.Errorf("%s: bad request: %w", taskAutomountBinary, err)
+	}
+	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	return nil, sameBinary(root, c.Path, c.Dev, c.Ino)
+}
+
+// sameBinary checks that path, resolved inside root (openat2
+// RESOLVE_IN_ROOT: no symlink of the container leads out of it), is still
+// the file dev/ino the daemon runs.
+func sameBinary(root int, path string, dev, ino uint64) error {
+	fd, err := unix.Openat2(root, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return fmt.Errorf("%s is gone from the container (%v): refused", mounts.Escape(path), err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Dev != dev || st.Ino != ino {
+		return fmt.Errorf("%s is no longer the binary the daemon ran (replaced since it started): refused", mounts.Escape(path))
+	}
+	return nil
+}

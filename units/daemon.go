@@ -1,0 +1,177 @@
+package units
+
+// The automount daemon as the hook captures it from the host's /proc: its
+// command line, environment, credentials and the files it runs with, and
+// whether it can be started again with exactly that power.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// Daemon is what is captured of an automount daemon before it is killed:
+// everything needed to start it again exactly as it ran.
+type Daemon struct {
+	Argv      []string `json:"argv"`
+	Env       []string `json:"env"`
+	UID       []uint32 `json:"uid"` // real, effective, saved, fs
+	GID       []uint32 `json:"gid"`
+	Groups    []uint32 `json:"groups"`
+	CapInh    uint64   `json:"cap_inh"`
+	CapPrm    uint64   `json:"cap_prm"`
+	CapEff    uint64   `json:"cap_eff"`
+	CapBnd    uint64   `json:"cap_bnd"`
+	CapAmb    uint64   `json:"cap_amb"`
+	NoNewPriv bool     `json:"no_new_privs"`
+	Seccomp   int      `json:"seccomp"`
+	// Cgroups are the lines of /proc/PID/cgroup.
+	Cgroups []string `json:"cgroups"`
+	// Stdio are the paths of fds 0, 1 and 2 in the container when they
+	// are files there (a log file, /dev/null); "" otherwise. The new
+	// daemon opens them again inside the container, so its log goes on
+	// where it went.
+	Stdio [3]string `json:"stdio"`
+	// NsPid is its pid in the container.
+	NsPid int `json:"ns_pid"`
+	// Exe is the path of its executable in the container.
+	Exe string `json:"exe"`
+	// Cwd is the path of its working directory in the container.
+	Cwd string `json:"cwd"`
+}
+
+// CaptureDaemon reads what CaptureDaemon needs from /proc/PID.
+func CaptureDaemon(pid int) (*Daemon, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/"
+	cmdline, err := os.ReadFile(dir + "cmdline")
+	if err != nil || len(cmdline) == 0 {
+		return nil, fmt.Errorf("read command line of %d: %v", pid, err)
+	}
+	environ, err := os.ReadFile(dir + "environ")
+	if err != nil {
+		return nil, fmt.Errorf("read environment of %d: %w", pid, err)
+	}
+	st, err := mounts.ReadStatus(pid)
+	if err != nil {
+		return nil, err
+	}
+	cg, err := os.ReadFile(dir + "cgroup")
+	if err != nil {
+		return nil, fmt.Errorf("read cgroups of %d: %w", pid, err)
+	}
+	d := &Daemon{Argv: splitNul(cmdline), Env: splitNul(environ), Cgroups: strings.Split(strings.TrimSpace(string(cg)), "\n")}
+	for i := range d.Stdio {
+		if l, err := os.Readlink(dir + "fd/" + strconv.Itoa(i)); err == nil && strings.HasPrefix(l, "/") && !strings.HasSuffix(l, " (deleted)") {
+			d.Stdio[i] = l
+		}
+	}
+	if ns := st.NSpid(); len(ns) > 0 {
+		d.NsPid = ns[len(ns)-1]
+	}
+	if d.Exe, err = os.Readlink(dir + "exe"); err != nil {
+		return nil, fmt.Errorf("read executable of %d: %w", pid, err)
+	}
+	// A binary replaced since the start reads "PATH (deleted)": the path
+	// is still what to compare with.
+	d.Exe = strings.TrimSuffix(d.Exe, " (deleted)")
+	if d.Cwd, err = os.Readlink(dir + "cwd"); err != nil {
+		return nil, fmt.Errorf("read working directory of %d: %w", pid, err)
+	}
+	var errs []error
+	d.UID, err = uints(st["Uid"], 10, 32)
+	errs = append(errs, err)
+	d.GID, err = uints(st["Gid"], 10, 32)
+	errs = append(errs, err)
+	d.Groups, err = uints(st["Groups"], 10, 32)
+	errs = append(errs, err)
+	for _, c := range []struct {
+		key string
+		dst *uint64
+	}{{"CapInh", &d.CapInh}, {"CapPrm", &d.CapPrm}, {"CapEff", &d.CapEff}, {"CapBnd", &d.CapBnd}, {"CapAmb", &d.CapAmb}} {
+		*c.dst, err = strconv.ParseUint(st[c.key], 16, 64)
+		errs = append(errs, err)
+	}
+	d.NoNewPriv = st["NoNewPrivs"] == "1"
+	d.Seccomp, err = strconv.Atoi(st["Seccomp"])
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil || len(d.UID) != 4 || len(d.GID) != 4 {
+		return nil, fmt.Errorf("parse credentials of %d: %v", pid, err)
+	}
+	return d, nil
+}
+
+func splitNul(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\x00")
+}
+
+func uints(s string, base, bits int) ([]uint32, error) {
+	var out []uint32
+	for _, f := range strings.Fields(s) {
+		n, err := strconv.ParseUint(f, base, bits)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
+}
+
+// Reproducible says why the daemon cannot be started again with exactly
+// its privileges, or returns nil.
+func (d *Daemon) Reproducible() error {
+	switch {
+	case d.Seccomp == 2:
+		return errors.New("it runs under a seccomp filter, which the hook cannot copy: refused rather than respawn it unconfined; restart the container's automount by hand")
+	case d.UID[0] != d.UID[1] || d.UID[1] != d.UID[2] || d.GID[0] != d.GID[1] || d.GID[1] != d.GID[2]:
+		return fmt.Errorf("it runs with mixed real/effective/saved ids (uid %v gid %v): refused", d.UID, d.GID)
+	case d.UID[0] != 0 && (d.CapPrm != 0 || d.CapAmb != 0):
+		return fmt.Errorf("it runs as uid %d with capabilities %#x: refused", d.UID[0], d.CapPrm)
+	case d.UID[0] == 0 && d.CapAmb != 0:
+		return errors.New("it runs as root with ambient capabilities: refused")
+	case d.UID[0] == 0 && d.CapPrm != d.CapBnd|d.CapInh:
+		// After exec, root gets permitted = bounding | inheritable: a
+		// daemon with less than that cannot be reproduced by exec.
+		return fmt.Errorf("its permitted capabilities %#x are not what exec gives root (%#x): refused", d.CapPrm, d.CapBnd|d.CapInh)
+	case len(d.Argv) == 0:
+		return errors.New("its command line is empty")
+	}
+	return nil
+}
+
+// verifySame checks the new daemon's credentials against the old ones.
+func verifySame(pid int, want *Daemon) error {
+	got, err := CaptureDaemon(pid)
+	if err != nil {
+		return err
+	}
+	var diffs []string
+	cmp := func(name string, a, b any) {
+		if fmt.Sprint(a) != fmt.Sprint(b) {
+			diffs = append(diffs, fmt.Sprintf("%s %v (was %v)", name, a, b))
+		}
+	}
+	cmp("uid", got.UID, want.UID)
+	cmp("gid", got.GID, want.GID)
+	cmp("groups", got.Groups, want.Groups)
+	cmp("CapInh", got.CapInh, want.CapInh)
+	cmp("CapPrm", got.CapPrm, want.CapPrm)
+	cmp("CapEff", got.CapEff, want.CapEff)
+	cmp("CapBnd", got.CapBnd, want.CapBnd)
+	cmp("CapAmb", got.CapAmb, want.CapAmb)
+	cmp("NoNewPrivs", got.NoNewPriv, want.NoNewPriv)
+	cmp("Seccomp", got.Seccomp, want.Seccomp)
+	cmp("cgroups", got.Cgroups, want.Cgroups)
+	if len(diffs) > 0 {
+		return fmt.Errorf("the new automount (pid %d) differs from the old one: %s", pid, strings.Join(diffs, "; "))
+	}
+	return nil
+}

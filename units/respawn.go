@@ -1,0 +1,311 @@
+package units
+
+// RespawnAutomount: the orchestration, in the hook's process, of replacing
+// a restored automount daemon (release, kill, start again, wait, check).
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// RespawnOptions tune RespawnAutomount.
+type RespawnOptions struct {
+	Timeout time.Duration
+	Log     func(string)
+	// BeforeKill, when set, gets the record of the daemon right before it
+	// is killed; an error stops the respawn with the daemon untouched.
+	// A caller keeps the record so that RetryRespawn can start the daemon
+	// if the new one does not come up.
+	BeforeKill func(*Pending) error
+	// Also are the daemon's other mounts, which need no release (an
+	// indirect mount does not cache its device): the kill leaves them
+	// masterless all the same, so the respawn waits for the new daemon to
+	// take them over too.
+	Also []mounts.Target
+}
+
+// Respawned is the outcome of RespawnAutomount.
+type Respawned struct {
+	// Pid is the new daemon's pid in the host's numbering.
+	Pid int
+	// Devs are the devices of the mounts it serves now.
+	Devs []uint64
+}
+
+// RespawnAutomount replaces the automount daemon pid of the container c:
+// it captures how the daemon runs, makes its stale mounts catatonic
+// (releasing anything waiting on them, through the daemon's own ioctl fds
+// where it holds them), kills it with SIGKILL (its SIGTERM path tears
+// mounts down through stale devices), starts it again with the same
+// command line, environment, working directory, credentials and
+// capabilities in all of the container's namespaces and cgroups, and waits
+// until every target, and every mount of o.Also, has a live master again.
+//
+// startTime is the daemon's start time when it was chosen (Stat.StartTime):
+// a pid that names another process by now (the daemon exited while the
+// container's systemd was being answered, and the pid was reused) is
+// refused, never killed.
+func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
+	deadline := time.Now().Add(o.Timeout)
+	d, err := mounts.OpenProcess(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	if d.StartTime != startTime {
+		return nil, fmt.Errorf("respawn automount %d: the pid names another process than the daemon that was seen (started at tick %d, not %d; pid reused): refused", pid, d.StartTime, startTime)
+	}
+	// The daemon must be a process of the container: a pid given by
+	// mistake, or reused by a process of the host, is never killed.
+	if err := inPidNamespaceOf(pid, c.Pid); err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+	}
+	info, err := CaptureDaemon(pid)
+	if err != nil {
+		return nil, err
+	}
+	if err := info.Reproducible(); err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+	}
+	if same, err := mounts.SameNamespaces(pid, "user"); err != nil || !same["user"] {
+		return nil, fmt.Errorf("respawn automount %d: it runs in another user namespace: refused", pid)
+	}
+	files, err := openDaemonFiles(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(files)
+	if err := d.Check(); err != nil {
+		return nil, err
+	}
+	// Refuse before the kill, not after, when the binary changed.
+	if err := checkBinary(d, files[3], info.Exe, min(5*time.Second, time.Until(deadline))); err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+	}
+	all := append(slices.Clip(targets), o.Also...)
+	if o.BeforeKill != nil {
+		p, err := newPending(pid, info, all, files)
+		if err != nil {
+			return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
+		}
+		if err := o.BeforeKill(p); err != nil {
+			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
+		}
+	}
+	if err := releaseThroughDaemon(d, targets, min(5*time.Second, time.Until(deadline)), o.Log); err != nil && o.Log != nil {
+		o.Log(err.Error())
+	}
+	if err := d.Kill(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
+	}
+	// automount refuses to start while the pid in its flag file
+	// (/run/autofs-running) exists, zombie included.
+	if err := d.WaitReaped(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
+	}
+	return startAgain(c, info, files, all, deadline, o.Log)
+}
+
+// inPidNamespaceOf refuses a pid that is not in the pid namespace of the
+// container whose init is initPid.
+func inPidNamespaceOf(pid, initPid int) error {
+	want, err := mounts.Namespace(initPid, "pid")
+	if err != nil {
+		return err
+	}
+	got, err := mounts.Namespace(pid, "pid")
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("pid %d is not in the container's pid namespace: refused", pid)
+	}
+	return nil
+}
+
+// startAgain starts the daemon described by info with the files of
+// daemonFileNames, waits until it serves every target, and checks it.
+func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
+	newPid, err := spawn(c, info, files, deadline, logf)
+	if errors.Is(err, errNotRunning) {
+		// Gone (and reaped) before its host pid was looked up.
+		var where []string
+		for _, t := range targets {
+			where = append(where, mounts.Escape(t.Where))
+		}
+		return nil, fmt.Errorf("the new automount %w, before it served %s: see its log in the container", err, strings.Join(where, ", "))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start automount again: %w", err)
+	}
+	res := &Respawned{Pid: newPid}
+	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
+	if err != nil {
+		return res, err
+	}
+	if err := verifySame(newPid, info); err != nil {
+		return res, err
+	}
+	// The namespace files and the old binary are ours; the container's
+	// root and working directory are not (the daemon may hold them).
+	var ours []*os.File
+	for i, f := range files {
+		if n := daemonFileNames[i]; n != "root" && n != "cwd" {
+			ours = append(ours, f)
+		}
+	}
+	leaked, err := leakedFDs(newPid, ours)
+	if err != nil {
+		return res, fmt.Errorf("check the new automount's (pid %d) fds: %w", newPid, err)
+	}
+	if len(leaked) > 0 {
+		return res, fmt.Errorf("the new automount (pid %d) holds files of the hook's: fds %v", newPid, leaked)
+	}
+	return res, nil
+}
+
+// leakedFDs lists the fds of pid that are one of ours (the same file
+// opened through the same mount, as an fd inherited by mistake is), or
+// our own executable. It compares fdinfo, read from the host's /proc:
+// no file of the daemon is copied or touched, so one on a FUSE file
+// system whose server never answers costs nothing.
+func leakedFDs(pid int, ours []*os.File) ([]int, error) {
+	p, err := mounts.OpenProcess(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	var mine []mounts.FDInfo
+	for _, f := range ours {
+		fi, err := mounts.OwnFD(int(f.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("fdinfo of our %s: %w", f.Name(), err)
+		}
+		mine = append(mine, fi)
+	}
+	exe, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return nil, err
+	}
+	defer exe.Close()
+	fi, err := mounts.OwnFD(int(exe.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("fdinfo of our executable: %w", err)
+	}
+	mine = append(mine, fi)
+	theirs, err := p.FDs()
+	if err != nil {
+		return nil, err
+	}
+	var leaked []int
+	for _, t := range theirs {
+		for _, m := range mine {
+			if t.Same(m) {
+				leaked = append(leaked, t.N)
+				break
+			}
+		}
+	}
+	return leaked, nil
+}
+
+// daemonFileNames are the files of the old daemon the spawner needs, in
+// the order of the spawner's fds (3, 4, ...).
+var daemonFileNames = []string{"ns/mnt", "root", "cwd", "exe", "ns/ipc", "ns/uts", "ns/net", "ns/cgroup", "ns/pid", "ns/time"}
+
+func openDaemonFiles(pid int) ([]*os.File, error) {
+	var files []*os.File
+	for _, n := range daemonFileNames {
+		flags := unix.O_RDONLY
+		if n == "root" || n == "cwd" || n == "exe" {
+			flags = unix.O_PATH
+		}
+		f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/"+n, flags|unix.O_CLOEXEC, 0)
+		if err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("open %s of automount %d: %w", n, pid, err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// releaseThroughDaemon makes the targets catatonic with the ioctl fds the
+// daemon holds on them (see mounts.CatatonicThroughFDs).
+func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, timeout time.Duration, logf func(string)) error {
+	released, err := mounts.CatatonicThroughFDs(d, targets, timeout, logf)
+	for _, where := range released {
+		if logf != nil {
+			logf(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
+		}
+	}
+	return err
+}
+
+// errNotRunning: the new daemon exited at once.
+var errNotRunning = errors.New("exited at once")
+
+// hostPid maps a pid of the container's pid namespace to the host's.
+func hostPid(initPid, nsPid int) (int, error) {
+	pids, err := mounts.PidNamespaceMembers(initPid)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range pids {
+		st, err := mounts.ReadStatus(p)
+		if err != nil {
+			continue
+		}
+		if ns := st.NSpid(); len(ns) > 0 && ns[len(ns)-1] == nsPid {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("(pid %d in the container) %w", nsPid, errNotRunning)
+}
+
+// waitServed waits until every target mount point has an autofs mount
+// served by newPid (its pgrp) and not catatonic. At the deadline it
+// returns the devices of the targets served by then with its error.
+func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
+	for {
+		t, err := mounts.ReadTable(initPid)
+		if err != nil {
+			return nil, err
+		}
+		var devs []uint64
+		var missing []string
+		for _, tg := range targets {
+			a := t.Find(tg.Where)
+			if a != nil && !a.Options.Catatonic() && a.Options.PGrp == newPid {
+				devs = append(devs, a.Dev())
+			} else {
+				missing = append(missing, mounts.Escape(tg.Where))
+			}
+		}
+		if len(missing) == 0 {
+			return devs, nil
+		}
+		if st, err := mounts.ReadStat(newPid); err != nil || st.Exited() {
+			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))
+		}
+		if time.Now().After(deadline) {
+			return devs, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
