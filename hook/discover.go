@@ -229,3 +229,25 @@ func refuseHost(pid int) error {
 func devString(dev uint64) string {
 	return strconv.FormatUint(uint64(unix.Major(dev)), 10) + ":" + strconv.FormatUint(uint64(unix.Minor(dev)), 10)
 }
+
+// mountAt is the autofs mount at where (the topmost), or nil.
+func (c *Container) mountAt(where string) *Mount {
+	var found *Mount
+	for _, m := range c.Mounts {
+		if m.Mountpoint() == where {
+			found = m
+		}
+	}
+	return found
+}
+
+// automountPids lists the automount processes of the container.
+func (c *Container) automountPids() []int {
+	var out []int
+	for _, pid := range c.Procs.Pids {
+		if s, ok := c.Procs.Stat(pid); ok && s.Comm == "automount" && !s.Exited() {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

@@ -221,3 +221,8 @@ func (s *stateFile) Save() error {
 
 // Unlock releases the lock.
 func (s *stateFile) Unlock() { s.lock.Close() }
+
+// dropRespawn forgets the record of the daemon that was pid.
+func (s *stateFile) dropRespawn(pid int) {
+	s.rec.Respawns = slices.DeleteFunc(s.rec.Respawns, func(p units.Pending) bool { return p.OldPid == pid })
+}

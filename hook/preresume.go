@@ -1,0 +1,90 @@
+package hook
+
+// Pre-resume: which mounts are made catatonic before the container's
+// tasks run again, and the doing of it.
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
+)
+
+// skipNested tells whether m is left alone because of --nested=skip, and
+// warns about nested copies either way.
+func skipNested(m *Mount, opts Options, log *logrus.Entry) bool {
+	if len(m.NestedPids) == 0 {
+		return false
+	}
+	if opts.SkipNested {
+		log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("left alone (--nested=skip): processes %v hold copies of it in other mount namespaces", m.NestedPids)
+		return true
+	}
+	log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("processes %v hold copies of it in other mount namespaces without propagation: their copies become catatonic (accesses fail with ENOENT)", m.NestedPids)
+	return false
+}
+
+// managed tells whether the hook knows how to fix m's master.
+func managed(m *Mount) bool { return m.Kind == units.Systemd || m.Kind == units.Automount }
+
+// planPreResume picks the mounts pre-resume makes catatonic: stale ones
+// of known masters that nothing covers (a covered mount cannot hang, and
+// post-resume preserves what covers it).
+func planPreResume(ms []*Mount, opts Options, log *logrus.Entry) []*Mount {
+	var picked []*Mount
+	for _, m := range ms {
+		switch {
+		case m.Kind == units.Unknown:
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Warnf("unknown master (pid %d): left alone", m.MasterPid)
+		case m.State != StateStale, m.OnTop != nil, skipNested(m, opts, log):
+		default:
+			picked = append(picked, m)
+		}
+	}
+	return picked
+}
+
+func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	picked := planPreResume(c.Mounts, opts, log)
+	if len(picked) == 0 {
+		return nil
+	}
+	targets := make([]mounts.Target, len(picked))
+	for i, m := range picked {
+		targets[i] = mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()}
+	}
+	if opts.DryRun {
+		for _, m := range picked {
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Info("would make catatonic (dry run)")
+		}
+		return nil
+	}
+	start := time.Now()
+	var res []mounts.TargetResult
+	err := mounts.RunInMountNS(c.Proc, mounts.TaskCatatonic, targets, workerTimeout, workerLog(log), &res)
+	if err != nil {
+		return fmt.Errorf("pre-resume: make stale mounts catatonic: %w", err)
+	}
+	took := time.Since(start).Round(time.Microsecond)
+	var errs []error
+	for i, r := range res {
+		m := picked[i]
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind), "took": took})
+		if r.Error != "" {
+			ml.Errorf("make catatonic: %s", r.Error)
+			errs = append(errs, fmt.Errorf("pre-resume %s: %s", mounts.Escape(m.Mountpoint()), r.Error))
+			continue
+		}
+		ml.Info("made catatonic: accesses fail fast until post-resume restarts its master")
+		sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: m.Mountpoint(), Dev: m.Dev(), Kind: string(m.Kind), MasterPid: m.MasterPid, Unit: m.Unit})
+	}
+	return errors.Join(errs...)
+}
+
+func workerLog(log *logrus.Entry) func(string) {
+	return func(s string) { log.Info(s) }
+}
