@@ -17,7 +17,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"io"
 	"os"
 	"runtime"
@@ -26,7 +25,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 
 	"golang.org/x/sys/unix"
 )
@@ -402,11 +402,12 @@ func HeldIn(t testing.TB, nsPid int, extra ...*os.File) (pid int, srv *Server) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sleep", "600")
-	if nsPid != 0 {
-		cmd = exec.Command("nsenter", "-t", strconv.Itoa(nsPid), "-m", "--", "sleep", "600")
-	}
 	cmd.ExtraFiles = append([]*os.File{file}, extra...)
-	err = cmd.Start()
+	if nsPid == 0 {
+		err = cmd.Start()
+	} else {
+		err = startInMountNS(cmd, nsPid)
+	}
 	file.Close() // while the server still answers its FLUSH
 	if err != nil {
 		srv.Close()
@@ -418,15 +419,30 @@ func HeldIn(t testing.TB, nsPid int, extra ...*os.File) (pid int, srv *Server) {
 		cmd.Wait()
 		unix.Unmount(target, unix.MNT_DETACH)
 	})
-	// nsenter has joined the namespace once it runs sleep.
-	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); ; time.Sleep(10 * time.Millisecond) {
-		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/comm"); strings.TrimSpace(string(b)) == "sleep" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the holder (pid %d) does not run sleep", cmd.Process.Pid)
-		}
-	}
 	f.Turn()
 	return cmd.Process.Pid, srv
+}
+
+// startInMountNS starts cmd from a thread of its own that joined the mount
+// namespace of pid (the child is forked from it, in that namespace).
+func startInMountNS(cmd *exec.Cmd, pid int) error {
+	ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/mnt")
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- err
+			return
+		}
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
+			errc <- err
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }
