@@ -36,7 +36,7 @@ func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *m
 	if err != nil {
 		return t, nil, "", err
 	}
-	staged, err := st.MoveAside(env.Ctl, t.Where, t.Dev)
+	staged, err := st.MoveAside(env, t.Where, t.Dev)
 	return t, st, staged, err
 }
 

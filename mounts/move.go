@@ -151,9 +151,11 @@ func (s *Staging) Close() error {
 // device dev at where into the staging area, keeping its content, open
 // files and submounts, and returns the place it was moved to. The autofs
 // mount below is made private first, since the kernel refuses to move a
-// mount off a shared parent.
-func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (string, error) {
-	ioctlFD, err := ctl.OpenMount(where, dev)
+// mount off a shared parent. The move works on fds (move_mount), each
+// checked against the mount table read from the host's /proc: a path the
+// container changes between the check and the move moves nothing else.
+func (s *Staging) MoveAside(env *WorkerEnv, where string, dev uint64) (string, error) {
+	ioctlFD, err := env.Ctl.OpenMount(where, dev)
 	if err != nil {
 		return "", fmt.Errorf("move aside %s: %w", Escape(where), err)
 	}
@@ -161,6 +163,19 @@ func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (strin
 	if err := unix.MountSetattr(int(ioctlFD.Fd()), "", unix.AT_EMPTY_PATH, &unix.MountAttr{Propagation: unix.MS_PRIVATE}); err != nil {
 		return "", fmt.Errorf("move aside %s: make autofs mount private: %w", Escape(where), err)
 	}
+	t, err := env.ReadTable()
+	if err != nil {
+		return "", fmt.Errorf("move aside %s: %w", Escape(where), err)
+	}
+	a := t.Find(where)
+	if a == nil || a.Dev() != dev || a.OnTop == nil {
+		return "", fmt.Errorf("move aside %s: no filesystem on top of its autofs mount", Escape(where))
+	}
+	top, err := openMountRoot(where, a.OnTop.ID)
+	if err != nil {
+		return "", fmt.Errorf("move aside %s: %w", Escape(where), err)
+	}
+	defer unix.Close(top)
 	for {
 		s.n++
 		dst := path.Join(s.Base, strconv.Itoa(s.n))
@@ -176,7 +191,8 @@ func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (strin
 			unix.Rmdir(dst)
 			return "", fmt.Errorf("move aside %s: record: %w", Escape(where), err)
 		}
-		if err := unix.Mount(where, dst, "", unix.MS_MOVE, ""); err != nil {
+		err := moveTo(top, dst)
+		if err != nil {
 			unix.Rmdir(dst)
 			os.Remove(dst + whereSuffix)
 			return "", fmt.Errorf("move aside %s: move to %s: %w", Escape(where), dst, err)
@@ -185,19 +201,51 @@ func (s *Staging) MoveAside(ctl *ControlDevice, where string, dev uint64) (strin
 	}
 }
 
+// openMountRoot opens (O_PATH) the root of the topmost mount at the mount
+// point p, through no symlink and without triggering an automount, and
+// checks that it is the mount id.
+func openMountRoot(p string, id int) (int, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", Escape(p), err)
+	}
+	var st unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &st); err != nil || st.Mask&unix.STATX_MNT_ID == 0 {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mount id of %s: %v (Linux 5.8 or later needed)", Escape(p), err)
+	}
+	if int(st.Mnt_id) != id {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s is mount %d, not mount %d of the mount table (changed meanwhile): refused", Escape(p), st.Mnt_id, id)
+	}
+	return fd, nil
+}
+
+// moveTo moves the mount whose root is the fd mnt onto the staging
+// directory dst (ours: a root-only tmpfs).
+func moveTo(mnt int, dst string) error {
+	dir, err := unix.Open(dst, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	return unix.MoveMount(mnt, "", dir, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+}
+
 // MoveBack puts a staged filesystem back on where, on top of the new
 // autofs mount there. Whatever was mounted on top of that autofs mount
 // meanwhile (a request served at once after the restart) is detached
 // first. The mount table, not a path walk, tells what is there: a walk
-// onto an autofs mount point could trigger it.
+// onto an autofs mount point could trigger it. The move works on fds, the
+// target checked to be that autofs mount.
 func (s *Staging) MoveBack(env *WorkerEnv, staged, where string) error {
+	var a *Autofs
 	for i := 0; ; i++ {
 		t, err := env.ReadTable()
 		if err != nil {
 			return fmt.Errorf("move back to %s: %w", Escape(where), err)
 		}
-		a := t.Find(where)
-		if a == nil {
+		if a = t.Find(where); a == nil {
 			return fmt.Errorf("move back to %s: no autofs mount there", Escape(where))
 		}
 		if a.OnTop == nil {
@@ -210,7 +258,17 @@ func (s *Staging) MoveBack(env *WorkerEnv, staged, where string) error {
 			return fmt.Errorf("move back to %s: detach what the restart mounted: %w", Escape(where), err)
 		}
 	}
-	if err := unix.Mount(staged, where, "", unix.MS_MOVE, ""); err != nil {
+	src, err := unix.Open(staged, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("move %s back to %s: %w", staged, Escape(where), err)
+	}
+	defer unix.Close(src)
+	dst, err := openMountRoot(where, a.Info.ID)
+	if err != nil {
+		return fmt.Errorf("move %s back to %s: %w", staged, Escape(where), err)
+	}
+	defer unix.Close(dst)
+	if err := unix.MoveMount(src, "", dst, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("move %s back to %s: %w", staged, Escape(where), err)
 	}
 	if err := unix.Rmdir(staged); err != nil {
