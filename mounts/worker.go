@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -370,11 +371,7 @@ func runWorker(name string, args any, files []*os.File, timeout time.Duration, l
 		if final != nil && final.Error != "" {
 			said = ": " + final.Error
 		}
-		state := "?"
-		if st, err := ReadStat(cmd.Process.Pid); err == nil {
-			state = string(st.State)
-		}
-		return fmt.Errorf("worker %s (pid %d) does not exit after SIGKILL: left behind (state %s, wchan %s)%s", name, cmd.Process.Pid, state, Escape(Wchan(cmd.Process.Pid)), said)
+		return fmt.Errorf("worker %s (pid %d) does not exit after SIGKILL: left behind (%s)%s", name, cmd.Process.Pid, threadStates(cmd.Process.Pid), said)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -513,4 +510,29 @@ func (l *limitedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return string(l.b)
+}
+
+// threadStates says where the threads of pid are: "state S in
+// request_wait_answer" for each (the leader of an exiting process is a
+// zombie while another thread waits).
+func threadStates(pid int) string {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		st, err := ParseStat(b)
+		if err != nil {
+			continue
+		}
+		w, _ := os.ReadFile(dir + e.Name() + "/wchan")
+		out = append(out, fmt.Sprintf("thread %s state %c in %s", e.Name(), st.State, Escape(string(w))))
+	}
+	if len(out) == 0 {
+		return "no thread visible"
+	}
+	return strings.Join(out, ", ")
 }
