@@ -32,17 +32,38 @@ const stdioTimeout = 3 * time.Second
 // abandoned, and dies with this process. Each opening thread joins the
 // container's mount namespace (mntNS) and root (root) itself.
 func openStdio(d *Daemon, mntNS, root int, timeout time.Duration) (stdio [3]*os.File, warnings []string, err error) {
-	type result struct {
-		files    [3]*os.File
-		warnings []string
-		err      error
+	select {
+	case r := <-openAsDaemon(d, mntNS, root, d.Stdio):
+		return r.files, r.warnings, r.err
+	case <-time.After(timeout):
 	}
-	res := make(chan result, 1)
+	// The files never came: /dev/null for all three, opened the same way.
+	select {
+	case r := <-openAsDaemon(d, mntNS, root, [3]string{}):
+		if r.err != nil {
+			return stdio, nil, r.err
+		}
+		return r.files, []string{fmt.Sprintf("its stdio files %s were not opened within %s: it writes to /dev/null instead", mounts.Escape(strings.Join(d.Stdio[:], ", ")), timeout)}, nil
+	case <-time.After(timeout):
+		return stdio, nil, fmt.Errorf("open the container's /dev/null: no answer within %s", timeout)
+	}
+}
+
+type stdioResult struct {
+	files    [3]*os.File
+	warnings []string
+	err      error
+}
+
+// openAsDaemon opens paths ("" for /dev/null) as stdin, stdout and stderr
+// on a thread of its own (becomeForFiles), and sends the result once.
+func openAsDaemon(d *Daemon, mntNS, root int, paths [3]string) <-chan stdioResult {
+	res := make(chan stdioResult, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread has the daemon's credentials
-		var r result
+		var r stdioResult
 		if r.err = becomeForFiles(d, mntNS, root); r.err == nil {
-			for i, p := range d.Stdio {
+			for i, p := range paths {
 				var w string
 				r.files[i], w, r.err = openOneStdio(p, i == 0)
 				if w != "" {
@@ -55,37 +76,7 @@ func openStdio(d *Daemon, mntNS, root int, timeout time.Duration) (stdio [3]*os.
 		}
 		res <- r
 	}()
-	select {
-	case r := <-res:
-		if r.err != nil {
-			return stdio, nil, r.err
-		}
-		return r.files, r.warnings, nil
-	case <-time.After(timeout):
-	}
-	// The files never came: /dev/null for all three, opened the same way,
-	// on a thread of its own.
-	go func() {
-		runtime.LockOSThread()
-		var r result
-		if r.err = becomeForFiles(d, mntNS, root); r.err == nil {
-			for i := range r.files {
-				if r.files[i], _, r.err = openOneStdio("", i == 0); r.err != nil {
-					break
-				}
-			}
-		}
-		res <- r
-	}()
-	select {
-	case r := <-res:
-		if r.err != nil {
-			return stdio, nil, r.err
-		}
-		return r.files, []string{fmt.Sprintf("its stdio files %s were not opened within %s: it writes to /dev/null instead", mounts.Escape(strings.Join(d.Stdio[:], ", ")), timeout)}, nil
-	case <-time.After(timeout):
-		return stdio, nil, fmt.Errorf("open the container's /dev/null: no answer within %s", timeout)
-	}
+	return res
 }
 
 // becomeForFiles moves the calling thread (locked, never unlocked) into
