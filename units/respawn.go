@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -147,13 +148,38 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	if err != nil {
 		return nil, fmt.Errorf("start automount again: %w", err)
 	}
+	// Pinned at once: a new daemon that fails its checks is killed, and
+	// only the process that was started.
+	// One that is gone already is reported by waitServed.
+	nd, err := mounts.OpenProcess(newPid)
+	if err == nil {
+		defer nd.Close()
+	}
 	res := &Respawned{Pid: newPid}
 	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
 	if err != nil {
 		return res, err
 	}
+	if err := verified(newPid, info, files); err != nil {
+		if nd == nil {
+			return nil, err
+		}
+		if kerr := nd.Kill(5 * time.Second); kerr != nil {
+			return nil, fmt.Errorf("%w; and it could not be killed: %v", err, kerr)
+		}
+		return nil, fmt.Errorf("%w: it was killed", err)
+	}
+	return res, nil
+}
+
+// verified checks the new daemon pid: the credentials of the old one
+// (info), and no fd of ours among its files.
+func verified(newPid int, info *Daemon, files []*os.File) error {
 	if err := verifySame(newPid, info); err != nil {
-		return res, err
+		return err
+	}
+	if err := failpoint.Err("verify"); err != nil {
+		return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
 	}
 	// The namespace files and the old binary are ours; the container's
 	// root and working directory are not (the daemon may hold them).
@@ -165,12 +191,12 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	}
 	leaked, err := leakedFDs(newPid, ours)
 	if err != nil {
-		return res, fmt.Errorf("check the new automount's (pid %d) fds: %w", newPid, err)
+		return fmt.Errorf("check the new automount's (pid %d) fds: %w", newPid, err)
 	}
 	if len(leaked) > 0 {
-		return res, fmt.Errorf("the new automount (pid %d) holds files of the hook's: fds %v", newPid, leaked)
+		return fmt.Errorf("the new automount (pid %d) holds files of the hook's: fds %v", newPid, leaked)
 	}
-	return res, nil
+	return nil
 }
 
 // leakedFDs lists the fds of pid that are one of ours (the same file

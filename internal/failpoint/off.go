@@ -8,3 +8,6 @@ func Pause(name string, logf func(string)) {}
 // Environ is what a child process of the hook needs to keep the pause
 // point selected: nothing in this build.
 func Environ() []string { return nil }
+
+// Err returns nil: this build injects no failure.
+func Err(name string) error { return nil }

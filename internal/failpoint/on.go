@@ -3,6 +3,7 @@
 package failpoint
 
 import (
+	"errors"
 	"os"
 	"time"
 )
@@ -23,4 +24,12 @@ func Environ() []string {
 		return []string{Env + "=" + v}
 	}
 	return nil
+}
+
+// Err returns an injected error when Env selects name.
+func Err(name string) error {
+	if os.Getenv(Env) != name {
+		return nil
+	}
+	return errors.New("failpoint " + name + ": injected failure")
 }

@@ -239,3 +239,41 @@ func TestRespawnedDaemonExitsAtOnce(tt *testing.T) {
 		t.Errorf("third fix: %v\n%s", err, out)
 	}
 }
+
+// The new automount fails the hook's checks of it (here injected by a
+// failpoint right after its credentials and fds are compared): the hook
+// kills it rather than leave a daemon it could not vouch for, says so,
+// and the mounts fail fast; the next fix starts the daemon again from the
+// record.
+func TestRespawnedDaemonFailingVerificationIsKilled(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	fp := failpointBinary(t)
+	c, pid := restoredWithoutHook(t, "hook-amverify", lab.Automount)
+	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "30s")
+	cmd.Env = append(os.Environ(), failpoint.Env+"=verify")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "failpoint verify: injected failure: it was killed") {
+		t.Fatalf("fix with a new daemon that fails its checks: err %v, output:\n%s", err, out)
+	}
+	t.Logf("fix failed: %s", lastLineOf(string(out)))
+	// Killed; its reaping by the container's init may take a moment.
+	for deadline := time.Now().Add(testenv.Scale(5 * time.Second)); len(automountDaemons(t, c)) != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("automount daemons %+v after the failed check, want none", automountDaemons(t, c))
+		}
+	}
+	for _, p := range []string{"/srv/direct1/", "/ind/k1/"} {
+		if _, timedOut, _ := c.Exec(okWait, "stat", p); timedOut {
+			t.Fatalf("stat %s hung after the new daemon was killed:\n%s", p, c.Describe())
+		}
+	}
+	out, err = exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "started again from the record") {
+		t.Fatalf("second fix: %v\n%s", err, out)
+	}
+	for _, w := range []string{"/srv/direct1/", "/ind/multi/sub/"} {
+		mustWork(t, c, "stat", w)
+	}
+}
