@@ -16,13 +16,11 @@ const (
 
 	devIoctlHeaderSize = 24 // sizeof(struct autofs_dev_ioctl)
 
-	cmdVersion      = 0x71
-	cmdOpenMount    = 0x74
-	cmdCloseMount   = 0x75
-	cmdReady        = 0x76
-	cmdFail         = 0x77
-	cmdCatatonic    = 0x79
-	cmdIsMountpoint = 0x7e
+	cmdVersion   = 0x71
+	cmdOpenMount = 0x74
+	cmdReady     = 0x76
+	cmdFail      = 0x77
+	cmdCatatonic = 0x79
 )
 
 // ioctlNumber is _IOWR(0x93, cmd, struct autofs_dev_ioctl).
@@ -83,7 +81,7 @@ func (d *ControlDevice) call(cmd uintptr, fd int, a1, a2 uint32, path string) (d
 // OpenMount returns an ioctl fd for the autofs mount of device dev whose
 // mount point is path (as the calling thread resolves it). The path walk
 // crosses the mount point: run it only where a pending request cannot
-// block the caller for good (see Worker).
+// block the caller for good (a worker, RunInMountNS).
 func (d *ControlDevice) OpenMount(path string, dev uint64) (*os.File, error) {
 	r, err := d.call(cmdOpenMount, -1, uint32(EncodeDev(dev)), 0, path)
 	if err != nil {

@@ -104,9 +104,6 @@ func NewTable(all []*mountinfo.Info) (*Table, error) {
 	return t, nil
 }
 
-// Children returns the mounts whose parent is mount id.
-func (t *Table) Children(id int) []*mountinfo.Info { return t.children[id] }
-
 func (t *Table) descendants(id int, out []*mountinfo.Info) []*mountinfo.Info {
 	for _, c := range t.children[id] {
 		out = append(out, c)

@@ -139,9 +139,6 @@ func (p *Process) EachFD(f func(n int, fd *os.File) bool) {
 	}
 }
 
-// PidFD returns the pidfd (owned by p).
-func (p *Process) PidFD() int { return p.pidfd }
-
 // Close releases the pidfd.
 func (p *Process) Close() error { return unix.Close(p.pidfd) }
 

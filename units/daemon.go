@@ -45,7 +45,8 @@ type Daemon struct {
 	Cwd string `json:"cwd"`
 }
 
-// CaptureDaemon reads what CaptureDaemon needs from /proc/PID.
+// CaptureDaemon reads from the host's /proc/PID what it takes to start
+// the daemon again as it runs.
 func CaptureDaemon(pid int) (*Daemon, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/"
 	cmdline, err := os.ReadFile(dir + "cmdline")

@@ -63,10 +63,8 @@ type RestartResult struct {
 	// NewDev is the device of the new autofs mount.
 	NewDev uint64 `json:"new_dev,omitempty"`
 	// MovedBack is set when a filesystem on top was preserved.
-	MovedBack bool `json:"moved_back,omitempty"`
-	// Released is set when the old mount was made catatonic here.
-	Released bool   `json:"released,omitempty"`
-	Error    string `json:"error,omitempty"`
+	MovedBack bool   `json:"moved_back,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // systemdUnitsTask answers which unit serves which mount point.
@@ -181,8 +179,6 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 					// unreachable from here: restart all the same, and
 					// report what may stay blocked.
 					logf(fmt.Sprintf("%s: could not make the old mount catatonic (%v); processes already waiting on it stay blocked", mounts.Escape(t.Where), err))
-				} else {
-					r.Released = true
 				}
 			}
 		}
