@@ -25,7 +25,8 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	default:
 		return ExitOK
 	}
-	log, closeLog, err := newLogger(logConfigFromEnv(os.Getenv), stderr)
+	inv, cfgErr := LoadConfig("", nil, os.Getenv)
+	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v; logging to stderr only\n", err)
 		log, closeLog, _ = newLogger(LogConfig{NoSyslog: true}, stderr)
@@ -36,11 +37,11 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
 		return ExitOK
 	}
-	nested := os.Getenv(EnvNested)
-	if nested != "" && nested != "fix" && nested != "skip" {
-		log.Errorf("%s: %s=%q: want fix or skip; using fix", action, EnvNested, nested)
+	if cfgErr != nil {
+		// A restore must go on: the defaults stand in for what is invalid.
+		log.Errorf("%s: %v; using the default", action, cfgErr)
 	}
-	err = fixPid(pid, phases, Options{Log: log, SkipNested: nested == "skip"})
+	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log})
 	if err != nil {
 		l := log.WithField("pid", pid)
 		if errors.Is(err, errRefused) {

@@ -102,7 +102,7 @@ func TestPlanPreResume(t *testing.T) {
 		// /srv/a is covered (cannot hang), /ind is indirect, /srv/x has an
 		// unknown master, /srv/cat is catatonic already.
 		{"restored", true, Options{}, "/srv/b /srv/d /srv/n"},
-		{"nested skip", true, Options{SkipNested: true}, "/srv/b /srv/d"},
+		{"nested skip", true, Options{Config: Config{SkipNested: true}}, "/srv/b /srv/d"},
 		{"fresh start", false, Options{}, ""},
 	}
 	for _, tt := range tests {
@@ -132,7 +132,7 @@ func TestPlanPostResume(t *testing.T) {
 		t.Errorf("daemons %v, want 200: /srv/d", daemons)
 	}
 	// Not prepared: a catatonic mount is nobody's business.
-	sd, _ = planPostResume(c, nil, Options{SkipNested: true}, quietLog())
+	sd, _ = planPostResume(c, nil, Options{Config: Config{SkipNested: true}}, quietLog())
 	got = got[:0]
 	for _, t := range sd {
 		got = append(got, t.Where)

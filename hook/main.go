@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -88,57 +87,32 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "autofs-restore-hook: unknown command %q (see --help)\n", cmd)
 		return ExitUsage
 	}
-	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	lc := logConfigFromEnv(os.Getenv)
-	fs.StringVar(&lc.File, "log-file", lc.File, "")
-	fs.StringVar(&lc.Level, "log-level", lc.Level, "")
-	fs.BoolVar(&lc.NoSyslog, "no-syslog", lc.NoSyslog, "")
-	pidArg := fs.String("pid", "", "")
-	asJSON := fs.Bool("json", false, "")
-	dryRun := fs.Bool("dry-run", false, "")
-	force := fs.Bool("force", false, "")
-	nestedDefault := "fix"
-	if v := os.Getenv(EnvNested); v != "" {
-		nestedDefault = v
+	inv, err := LoadConfig(cmd, args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		return ExitOK
 	}
-	nested := fs.String("nested", nestedDefault, "")
-	restoreTimeout := fs.Duration("restore-timeout", 60*time.Second, "")
-	timeout := fs.Duration("timeout", restartTimeout, "")
-	assumeRestored := fs.Bool("assume-restored", false, "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			return ExitOK
-		}
+	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v (see --help)\n", err)
 		return ExitUsage
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "autofs-restore-hook: unexpected argument %q (see --help)\n", fs.Arg(0))
-		return ExitUsage
-	}
-	if *nested != "fix" && *nested != "skip" {
-		fmt.Fprintf(stderr, "autofs-restore-hook: --nested=%q: want fix or skip\n", *nested)
-		return ExitUsage
-	}
-	log, closeLog, err := newLogger(lc, stderr)
+	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v\n", err)
 		return ExitUsage
 	}
 	defer closeLog()
-	opts := Options{DryRun: *dryRun, Force: *force, SkipNested: *nested == "skip", Log: log, LogConfig: lc, RestoreTimeout: *restoreTimeout, AssumeRestored: *assumeRestored, Timeout: *timeout}
+	opts := Options{Config: inv.Config, Log: log}
 	if cmd == "" {
 		return ociMain(stdin, opts)
 	}
-	pid, err := parsePid(*pidArg)
+	pid, err := parsePid(inv.Pid)
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook %s: %v\n", cmd, err)
 		return ExitUsage
 	}
 	if cmd == "status" {
-		return statusMain(pid, *asJSON, stdout, log)
+		return statusMain(pid, inv.JSON, stdout, log)
 	}
 	return fixMain(pid, opts)
 }
@@ -154,16 +128,9 @@ func parsePid(s string) (int, error) {
 	return n, nil
 }
 
-// Options are the settings of one run.
+// Options are the settings of one run: its Config and the logger built
+// from it.
 type Options struct {
-	DryRun         bool
-	Force          bool
-	SkipNested     bool
-	AssumeRestored bool
-	RestoreTimeout time.Duration
-	// Timeout bounds the restart of the masters (0: the default).
-	Timeout time.Duration
-	Log     *logrus.Logger
-	// LogConfig is what Log was built from, for the detached worker.
-	LogConfig LogConfig
+	Config
+	Log *logrus.Logger
 }

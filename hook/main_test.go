@@ -80,8 +80,8 @@ func TestMainUsage(t *testing.T) {
 // Every option of the OCI hook reaches the detached worker, which gets
 // nothing from the environment but PATH.
 func TestFollowerCommandCarriesEveryOption(t *testing.T) {
-	opts := Options{SkipNested: true, AssumeRestored: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second,
-		LogConfig: LogConfig{File: "/var/log/x.log", Level: "debug", NoSyslog: true}}
+	opts := Options{Config: Config{SkipNested: true, AssumeRestored: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second,
+		Logging: LogConfig{File: "/var/log/x.log", Level: "debug", NoSyslog: true}}}
 	cmd, err := followerCommand("/x/autofs-restore-hook", 42, 4242, opts, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	if err := json.Unmarshal([]byte(cmd.Args[2]), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := followerConfig{Pid: 42, StartTime: 4242, Log: opts.LogConfig, SkipNested: true, AssumeRestored: true, Timeout: opts.Timeout, RestoreTimeout: opts.RestoreTimeout}
+	want := followerConfig{Pid: 42, StartTime: 4242, Config: opts.Config}
 	if got != want {
 		t.Errorf("follower configuration %+v, want %+v", got, want)
 	}
@@ -102,6 +102,53 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	}
 	if cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setsid {
 		t.Errorf("follower not in a session of its own")
+	}
+}
+
+// Every option reaches every role: each setting, given by its
+// environment variable or its flag, shows in the Config that the CLI, the
+// CRIU action script (environment only) and the OCI hook (and through it
+// the detached worker, TestFollowerCommandCarriesEveryOption) run with.
+func TestEveryOptionReachesEveryRole(t *testing.T) {
+	env := map[string]string{EnvLogFile: "/var/log/env.log", EnvLogLevel: "debug", EnvNoSyslog: "1", EnvNested: "skip"}
+	getenv := func(k string) string { return env[k] }
+	none := func(string) string { return "" }
+	fromEnv := Config{Logging: LogConfig{File: "/var/log/env.log", Level: "debug", NoSyslog: true}, SkipNested: true, Timeout: restartTimeout, RestoreTimeout: defaultRestoreTimeout}
+	flags := []string{"--log-file", "/var/log/f.log", "--log-level", "warning", "--no-syslog", "--nested", "skip", "--timeout", "7s", "--restore-timeout", "9s", "--assume-restored", "--force", "--dry-run"}
+	fromFlags := Config{Logging: LogConfig{File: "/var/log/f.log", Level: "warning", NoSyslog: true}, SkipNested: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second, AssumeRestored: true, Force: true, DryRun: true}
+	for _, tc := range []struct {
+		role   string
+		cmd    string
+		args   []string
+		getenv func(string) string
+		want   Config
+	}{
+		{"CRIU action script: environment", "", nil, getenv, fromEnv},
+		{"OCI hook: environment (hooks.d env)", "", nil, getenv, fromEnv},
+		{"OCI hook: flags (hooks.d args)", "", flags, none, fromFlags},
+		{"fix: flags", "fix", flags, none, fromFlags},
+		{"fix: flags over environment", "fix", flags, getenv, fromFlags},
+		{"status: environment", "status", nil, getenv, fromEnv},
+	} {
+		inv, err := LoadConfig(tc.cmd, tc.args, tc.getenv)
+		if err != nil {
+			t.Errorf("%s: %v", tc.role, err)
+			continue
+		}
+		if inv.Config != tc.want {
+			t.Errorf("%s: config %+v, want %+v", tc.role, inv.Config, tc.want)
+		}
+	}
+	// An invalid setting is an error; the CRIU mode goes on with the
+	// default in its place.
+	inv, err := LoadConfig("", nil, func(k string) string {
+		if k == EnvNested {
+			return "sometimes"
+		}
+		return ""
+	})
+	if err == nil || inv.Config.SkipNested {
+		t.Errorf("invalid %s: err %v, skip %v; want an error and the default (fix)", EnvNested, err, inv.Config.SkipNested)
 	}
 }
 

@@ -63,13 +63,9 @@ func ociMain(stdin io.Reader, opts Options) int {
 // every option of the OCI hook (flags, or the hooks.d JSON's env) reaches
 // it as the hook parsed it.
 type followerConfig struct {
-	Pid            int           `json:"pid"`
-	StartTime      uint64        `json:"start_time"`
-	Log            LogConfig     `json:"log"`
-	SkipNested     bool          `json:"skip_nested,omitempty"`
-	AssumeRestored bool          `json:"assume_restored,omitempty"`
-	Timeout        time.Duration `json:"timeout"`
-	RestoreTimeout time.Duration `json:"restore_timeout"`
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	Config    Config `json:"config"`
 }
 
 // followerEnv is the whole environment of the detached worker.
@@ -79,8 +75,7 @@ var followerEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 // pid (started at start): a new session, stdio on null, the minimal
 // environment, and opts in its argument.
 func followerCommand(exe string, pid int, start uint64, opts Options, null *os.File) (*exec.Cmd, error) {
-	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Log: opts.LogConfig, SkipNested: opts.SkipNested,
-		AssumeRestored: opts.AssumeRestored, Timeout: opts.Timeout, RestoreTimeout: opts.RestoreTimeout})
+	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Config: opts.Config})
 	if err != nil {
 		return nil, err
 	}
@@ -142,20 +137,20 @@ func followerMain(args []string) int {
 	} else if err := json.Unmarshal([]byte(args[0]), &cfg); err != nil {
 		cfgErr = err
 	}
-	log, closeLog, err := newLogger(cfg.Log, io.Discard)
+	log, closeLog, err := newLogger(cfg.Config.Logging, io.Discard)
 	if err != nil {
 		log, closeLog, _ = newLogger(LogConfig{}, io.Discard)
 		log.Errorf("follow: %v: logging to syslog only", err)
 	}
 	defer closeLog()
-	if cfgErr != nil || cfg.Pid <= 0 || cfg.RestoreTimeout <= 0 {
+	if cfgErr != nil || cfg.Pid <= 0 || cfg.Config.RestoreTimeout <= 0 {
 		log.Errorf("follow: bad configuration %q: %v", args, cfgErr)
 		return ExitUsage
 	}
-	pid, start, timeout := cfg.Pid, cfg.StartTime, cfg.RestoreTimeout
+	pid, start, timeout := cfg.Pid, cfg.StartTime, cfg.Config.RestoreTimeout
 	l := log.WithField("pid", pid)
 	l.Debugf("follow: started with configuration %s, fds %q and environment %q", args[0], fds, os.Environ())
-	restart := cfg.Timeout
+	restart := cfg.Config.Timeout
 	if restart <= 0 {
 		restart = restartTimeout
 	}
@@ -171,7 +166,7 @@ func followerMain(args []string) int {
 		return ExitOK
 	}
 	defer p.Close()
-	opts := Options{Log: log, LogConfig: cfg.Log, SkipNested: cfg.SkipNested, AssumeRestored: cfg.AssumeRestored, Timeout: cfg.Timeout, RestoreTimeout: cfg.RestoreTimeout}
+	opts := Options{Config: cfg.Config, Log: log}
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	for {

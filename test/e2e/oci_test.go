@@ -218,3 +218,33 @@ func TestPodmanHooksDir(tt *testing.T) {
 	}
 	t.Logf("hook log:\n%s", log())
 }
+
+// AUTOFS_RESTORE_HOOK_NESTED=skip in the hook's environment (what a
+// hooks.d JSON's "env" gives it) reaches the detached worker that does the
+// fix on a runc restore: the mounts with copies in a nested mount
+// namespace are left alone. The worker once rebuilt its options and
+// ignored it.
+func TestOCIHookNestedSkipFromEnv(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	logPath, log := ociLog(t)
+	c := lab.Up(t, "oci-nested", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1", hook.EnvNested + "=skip"}})
+	mustWork(t, c, "systemd-run", "--unit", "nested", "unshare", "-m", "--propagation", "private", "sleep", "1000")
+	checkpointRestore(t, c)
+	deadline := time.Now().Add(testenv.Scale(20 * time.Second))
+	for len(followers()) > 0 || strings.Count(log(), "post-resume finished") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the hook's worker did not finish within 20 s (workers %v); log:\n%s", followers(), log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := strings.Count(log(), "left alone (--nested=skip)"); n < 3 {
+		t.Fatalf("%d mounts left alone by the worker, want 3; log:\n%s", n, log())
+	}
+	for _, m := range status(t, c).Mounts {
+		if len(m.Nested) == 0 || m.State != string(hook.StateStale) {
+			t.Errorf("%s: state %q, nested copies %v: want stale, with copies", m.Mountpoint, m.State, m.Nested)
+		}
+	}
+}

@@ -1,0 +1,80 @@
+package hook
+
+// Config: every setting of a run, built once from the environment and the
+// command line by one function, whatever the role (CLI, CRIU action
+// script, OCI hook), and handed whole to the detached OCI worker.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Config is every setting of a run. It is JSON, so that the detached OCI
+// worker gets it whole (see followerConfig).
+type Config struct {
+	Logging        LogConfig     `json:"log"`
+	DryRun         bool          `json:"dry_run,omitempty"`
+	Force          bool          `json:"force,omitempty"`
+	SkipNested     bool          `json:"skip_nested,omitempty"`
+	AssumeRestored bool          `json:"assume_restored,omitempty"`
+	Timeout        time.Duration `json:"timeout"`
+	RestoreTimeout time.Duration `json:"restore_timeout"`
+}
+
+// Invocation is a parsed command line: the command, its own arguments and
+// the Config.
+type Invocation struct {
+	// Cmd is "status", "fix", or "" (the OCI hook).
+	Cmd    string
+	Pid    string
+	JSON   bool
+	Config Config
+}
+
+// defaultRestoreTimeout is the default of --restore-timeout.
+const defaultRestoreTimeout = 60 * time.Second
+
+// LoadConfig builds the Config of a run: the environment (getenv) first,
+// then the flags in args (none for a CRIU action script). A CRIU action
+// script gets no arguments, so every setting it honours has an
+// environment variable. An invalid setting is an error; the returned
+// Invocation then holds the defaults in its place, for the CRIU mode,
+// which must go on.
+func LoadConfig(cmd string, args []string, getenv func(string) string) (Invocation, error) {
+	inv := Invocation{Cmd: cmd, Config: Config{Logging: logConfigFromEnv(getenv), Timeout: restartTimeout, RestoreTimeout: defaultRestoreTimeout}}
+	c := &inv.Config
+	nested := getenv(EnvNested)
+	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Logging.File, "log-file", c.Logging.File, "")
+	fs.StringVar(&c.Logging.Level, "log-level", c.Logging.Level, "")
+	fs.BoolVar(&c.Logging.NoSyslog, "no-syslog", c.Logging.NoSyslog, "")
+	fs.StringVar(&inv.Pid, "pid", "", "")
+	fs.BoolVar(&inv.JSON, "json", false, "")
+	fs.BoolVar(&c.DryRun, "dry-run", false, "")
+	fs.BoolVar(&c.Force, "force", false, "")
+	fs.StringVar(&nested, "nested", nested, "")
+	fs.DurationVar(&c.RestoreTimeout, "restore-timeout", c.RestoreTimeout, "")
+	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "")
+	fs.BoolVar(&c.AssumeRestored, "assume-restored", false, "")
+	if err := fs.Parse(args); err != nil {
+		return inv, err
+	}
+	if fs.NArg() > 0 {
+		return inv, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch nested {
+	case "", "fix":
+	case "skip":
+		c.SkipNested = true
+	default:
+		return inv, fmt.Errorf("--nested=%q (or %s): want fix or skip", nested, EnvNested)
+	}
+	if c.Timeout <= 0 || c.RestoreTimeout <= 0 {
+		return inv, errors.New("--timeout and --restore-timeout must be positive")
+	}
+	return inv, nil
+}
