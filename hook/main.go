@@ -9,10 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 	"github.com/sirupsen/logrus"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
-	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
 // Version is set at build time (-ldflags "-X ...hook.Version=...").
@@ -58,15 +56,9 @@ input (nothing touched), 3 refused (not a container the hook may act on).
 
 // Main runs the binary and returns its exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == mounts.WorkerArg {
-		mounts.RunWorker()
-		return ExitFailed // not reached
-	}
-	if len(args) > 0 && args[0] == units.SpawnerArg {
-		return units.RunSpawner(args[1:])
-	}
-	if len(args) > 0 && args[0] == followerArg {
-		return followerMain(args[1:])
+	// A child of ours: a worker, a spawner stage, the detached OCI worker.
+	if code, ok := roles.Run(args); ok {
+		return code
 	}
 	if action, ok := os.LookupEnv(EnvCRIUAction); ok {
 		return criuMain(action, os.Getenv(EnvCRIUInitPid), stderr)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
@@ -17,6 +18,8 @@ import (
 // followerArg is the hidden first argument of the detached worker that
 // follows a restore (see ociMain). It is not a user command.
 const followerArg = "__autofs-restore-hook-follow"
+
+func init() { roles.Register(followerArg, followerMain) }
 
 // ociMain is the OCI hook mode: the runtime-spec state is on stdin.
 func ociMain(stdin io.Reader, opts Options) int {

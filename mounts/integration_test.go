@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
@@ -19,8 +20,8 @@ import (
 
 func TestMain(m *testing.M) {
 	autofstest.MaybeRunMaster()
-	if len(os.Args) > 1 && os.Args[1] == mounts.WorkerArg {
-		mounts.RunWorker()
+	if code, ok := roles.Run(os.Args[1:]); ok {
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

@@ -3,12 +3,17 @@ package mounts
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 )
 
 // TaskCatatonic is the worker task that makes autofs mounts catatonic.
 const TaskCatatonic = "catatonic"
 
-func init() { RegisterTask(TaskCatatonic, catatonicTask) }
+func init() {
+	RegisterTask(TaskCatatonic, catatonicTask)
+	roles.Register(WorkerArg, func([]string) int { RunWorker(); return 1 })
+}
 
 // Target names one autofs mount by mount point and device.
 type Target struct {

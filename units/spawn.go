@@ -14,12 +14,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // SpawnerArg is the hidden first argument of the two spawner stages (see
 // RunSpawner). It is not a user command.
 const SpawnerArg = "__autofs-restore-hook-spawn"
+
+func init() { roles.Register(SpawnerArg, RunSpawner) }
 
 // EnvTimeNSFD names the fd of the time namespace that the spawner's
 // container stage joins at start, in a C constructor (internal/cstart):

@@ -1,0 +1,44 @@
+// Package roles is the registry of the hook's child roles: the hidden
+// first arguments with which the binary starts itself again as a child
+// (a worker in a container's mount namespace, the spawner's stages, the
+// detached OCI worker). Each package registers the roles it defines from
+// an init function; the entry point asks Run first, before any command
+// is parsed.
+package roles
+
+import (
+	"fmt"
+	"sync"
+)
+
+var (
+	mu    sync.Mutex
+	roles = map[string]func(args []string) int{}
+)
+
+// Register makes run the body of the child started with arg as its
+// first argument; run gets the arguments after it and returns the exit
+// code. A role registered twice is a programming error.
+func Register(arg string, run func(args []string) int) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := roles[arg]; dup {
+		panic(fmt.Sprintf("roles: %q registered twice", arg))
+	}
+	roles[arg] = run
+}
+
+// Run runs the role named by args[0], if one is registered, and reports
+// whether it did.
+func Run(args []string) (code int, ok bool) {
+	if len(args) == 0 {
+		return 0, false
+	}
+	mu.Lock()
+	run := roles[args[0]]
+	mu.Unlock()
+	if run == nil {
+		return 0, false
+	}
+	return run(args[1:]), true
+}

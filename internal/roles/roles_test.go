@@ -1,0 +1,21 @@
+package roles
+
+import "testing"
+
+func TestRun(t *testing.T) {
+	Register("__test-role", func(args []string) int { return len(args) })
+	if code, ok := Run([]string{"__test-role", "a", "b"}); !ok || code != 2 {
+		t.Fatalf("Run = %d, %v; want 2, true", code, ok)
+	}
+	for _, args := range [][]string{nil, {"fix"}, {"__unknown"}} {
+		if _, ok := Run(args); ok {
+			t.Errorf("Run(%q) ran a role", args)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a role registered twice did not panic")
+		}
+	}()
+	Register("__test-role", func([]string) int { return 0 })
+}
