@@ -13,13 +13,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,9 +60,10 @@ type Options struct {
 	// request not answered waits until Close. INIT is subject to it too:
 	// a server that answers nothing leaves every caller waiting.
 	Answer func(opcode uint32, pid uint32) bool
-	// MntNS, when set (an open /proc/PID/ns/mnt), is the mount namespace
-	// the mount is made in; target is then a path of that namespace.
-	MntNS *os.File
+	// MntNSOf, when set (a pid), names the mount namespace the mount is
+	// made in; target is then a path of that namespace, as that process
+	// sees it.
+	MntNSOf int
 }
 
 // Server is a mounted FUSE file system served from a goroutine.
@@ -82,6 +82,11 @@ type Server struct {
 
 // Mount mounts a server over target (a regular file, or a directory with
 // opts.Dir) and starts serving.
+//
+// No thread of the calling process changes namespace: Go reuses threads,
+// and a locked thread that ends kills the children forked from it with a
+// parent-death signal (the test masters'). A mount in another namespace
+// is made by mount(8) under nsenter, with the /dev/fuse fd as its fd 3.
 func Mount(target string, opts Options) (*Server, error) {
 	// Blocking reads on a thread of their own, outside Go's poller: a
 	// process that opens a file of its own server registers it in the
@@ -96,68 +101,43 @@ func Mount(target string, opts Options) (*Server, error) {
 	if opts.Dir {
 		mode = unix.S_IFDIR | 0o755
 	}
-	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other", fd, mode)
-	type result struct {
-		dev string
-		err error
+	mountinfo := "/proc/self/mountinfo"
+	if opts.MntNSOf == 0 {
+		data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other", fd, mode)
+		err = unix.Mount(source, target, "fuse", unix.MS_NOSUID|unix.MS_NODEV, data)
+	} else {
+		mountinfo = "/proc/" + strconv.Itoa(opts.MntNSOf) + "/mountinfo"
+		dev := os.NewFile(uintptr(fd), "/dev/fuse")
+		cmd := exec.Command("nsenter", "-t", strconv.Itoa(opts.MntNSOf), "-m", "--", "mount", "-i", "-t", "fuse",
+			"-o", fmt.Sprintf("nosuid,nodev,fd=3,rootmode=%o,user_id=0,group_id=0,allow_other", mode), source, target)
+		cmd.ExtraFiles = []*os.File{dev}
+		if out, cerr := cmd.CombinedOutput(); cerr != nil {
+			err = fmt.Errorf("%v: %s", cerr, strings.TrimSpace(string(out)))
+		}
 	}
-	res := make(chan result, 1)
-	go func() {
-		// A thread of its own, never unlocked: it dies with the goroutine.
-		runtime.LockOSThread()
-		// This thread's /proc directory, opened before the setns: the
-		// namespace's own /proc may not show the thread.
-		self, err := unix.Open("/proc/thread-self", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer unix.Close(self)
-		if opts.MntNS != nil {
-			if err := unix.Unshare(unix.CLONE_FS); err != nil {
-				res <- result{err: fmt.Errorf("unshare CLONE_FS: %w", err)}
-				return
-			}
-			if err := unix.Setns(int(opts.MntNS.Fd()), unix.CLONE_NEWNS); err != nil {
-				res <- result{err: fmt.Errorf("join mount namespace: %w", err)}
-				return
-			}
-		}
-		if err := unix.Mount(source, target, "fuse", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-			res <- result{err: err}
-			return
-		}
-		// This thread's mount table names the connection (its device):
-		// a stat of the mount would ask the server.
-		dev, err := connOf(self, target)
-		if err != nil {
-			unix.Unmount(target, unix.MNT_DETACH)
-		}
-		res <- result{dev, err}
-	}()
-	r := <-res
-	if r.err != nil {
+	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("mount fuse over %s: %w", target, r.err)
+		return nil, fmt.Errorf("mount fuse over %s: %w", target, err)
 	}
-	s := &Server{fd: fd, conn: r.dev, opts: opts, seen: map[uint32]int{}, unsolved: map[uint32]int{}, done: make(chan struct{})}
+	// The mount table names the connection (its device): a stat of the
+	// mount would ask the server.
+	conn, err := connOf(mountinfo, target)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mount fuse over %s: %w", target, err)
+	}
+	s := &Server{fd: fd, conn: conn, opts: opts, seen: map[uint32]int{}, unsolved: map[uint32]int{}, done: make(chan struct{})}
 	go s.serve()
 	return s, nil
 }
 
 const source = "arh-fusetest"
 
-// connOf finds, in the calling thread's mount table, the last fuse mount
-// of ours at target, and returns its connection's name in fusectl (the
+// connOf finds, in the mount table at mountinfo, the last fuse mount of
+// ours at target, and returns its connection's name in fusectl (the
 // device number).
-func connOf(self int, target string) (string, error) {
-	fd, err := unix.Openat(self, "mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", err
-	}
-	f := os.NewFile(uintptr(fd), "mountinfo")
-	defer f.Close()
-	b, err := io.ReadAll(f)
+func connOf(mountinfo, target string) (string, error) {
+	b, err := os.ReadFile(mountinfo)
 	if err != nil {
 		return "", err
 	}
@@ -174,7 +154,7 @@ func connOf(self int, target string) (string, error) {
 		}
 	}
 	if dev == "" {
-		return "", fmt.Errorf("no fuse mount at %s in the mount table", target)
+		return "", fmt.Errorf("no fuse mount at %s in %s", target, mountinfo)
 	}
 	return dev, nil
 }
@@ -402,12 +382,11 @@ func HeldIn(t testing.TB, nsPid int, extra ...*os.File) (pid int, srv *Server) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sleep", "600")
-	cmd.ExtraFiles = append([]*os.File{file}, extra...)
-	if nsPid == 0 {
-		err = cmd.Start()
-	} else {
-		err = startInMountNS(cmd, nsPid)
+	if nsPid != 0 {
+		cmd = exec.Command("nsenter", "-t", strconv.Itoa(nsPid), "-m", "--", "sleep", "600")
 	}
+	cmd.ExtraFiles = append([]*os.File{file}, extra...)
+	err = cmd.Start()
 	file.Close() // while the server still answers its FLUSH
 	if err != nil {
 		srv.Close()
@@ -419,30 +398,19 @@ func HeldIn(t testing.TB, nsPid int, extra ...*os.File) (pid int, srv *Server) {
 		cmd.Wait()
 		unix.Unmount(target, unix.MNT_DETACH)
 	})
+	// nsenter has joined the namespace once it runs sleep.
+	exe, _ := exec.LookPath("sleep")
+	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); ; time.Sleep(10 * time.Millisecond) {
+		if l, err := os.Readlink("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/exe"); err == nil && filepath.Base(l) == filepath.Base(exe) {
+			break
+		}
+		if st, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/stat"); err != nil || strings.Contains(string(st), ") Z ") {
+			t.Fatalf("the holder (pid %d) exited before it ran sleep", cmd.Process.Pid)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the holder (pid %d) does not run sleep", cmd.Process.Pid)
+		}
+	}
 	f.Turn()
 	return cmd.Process.Pid, srv
-}
-
-// startInMountNS starts cmd from a thread of its own that joined the mount
-// namespace of pid (the child is forked from it, in that namespace).
-func startInMountNS(cmd *exec.Cmd, pid int) error {
-	ns, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/mnt")
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			errc <- err
-			return
-		}
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
-			errc <- err
-			return
-		}
-		errc <- cmd.Start()
-	}()
-	return <-errc
 }

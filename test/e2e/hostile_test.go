@@ -104,12 +104,7 @@ func fuseOverDaemonLog(t testing.TB, pid int, answer func(op, reqPid uint32) boo
 // container of pid.
 func fuseOver(t testing.TB, pid int, path string, answer func(op, reqPid uint32) bool) *fusetest.Server {
 	t.Helper()
-	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	srv, err := fusetest.Mount(path, fusetest.Options{MntNS: ns, Answer: answer})
+	srv, err := fusetest.Mount(path, fusetest.Options{MntNSOf: pid, Answer: answer})
 	if err != nil {
 		t.Fatal(err)
 	}
