@@ -115,30 +115,6 @@ func (p *Process) WaitReaped(d time.Duration) error {
 	}
 }
 
-// EachFD calls f with a copy (pidfd_getfd) of every fd the process holds,
-// and its number there; the copy is closed when f returns. It stops when
-// f returns false. fds that cannot be copied are skipped. Nothing is
-// reached through a path: an fd on a broken autofs mount is safe.
-func (p *Process) EachFD(f func(n int, fd *os.File) bool) {
-	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(p.Pid) + "/fd")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		fd, err := unix.PidfdGetfd(p.pidfd, n, 0)
-		if err != nil {
-			continue
-		}
-		file := os.NewFile(uintptr(fd), "fd "+e.Name()+" of "+strconv.Itoa(p.Pid))
-		more := f(n, file)
-		file.Close()
-		if !more {
-			return
-		}
-	}
-}
-
 // Close releases the pidfd.
 func (p *Process) Close() error { return unix.Close(p.pidfd) }
 

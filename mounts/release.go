@@ -19,6 +19,7 @@ func init() { RegisterHostTask(taskCatatonicFDs, catatonicFDsTask) }
 type daemonFD struct {
 	N     int    `json:"n"`
 	MntID int    `json:"mnt_id"`
+	Ino   uint64 `json:"ino"`
 	Where string `json:"where"`
 }
 
@@ -63,7 +64,7 @@ func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, lo
 	for _, fd := range fds {
 		if w, ok := mounts[fd.MntID]; ok && !taken[w] {
 			taken[w] = true
-			req.FDs = append(req.FDs, daemonFD{N: fd.N, MntID: fd.MntID, Where: w})
+			req.FDs = append(req.FDs, daemonFD{N: fd.N, MntID: fd.MntID, Ino: fd.Ino, Where: w})
 		}
 	}
 	if len(req.FDs) == 0 {
@@ -103,16 +104,20 @@ func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (
 			continue
 		}
 		unix.CloseOnExec(fd)
-		if got, err := OwnFD(fd); err != nil || got.MntID != d.MntID {
+		// The same mount and inode: mount ids are reused, a swap for a
+		// file of a new mount that got the old id would pass on the id.
+		if got, err := OwnFD(fd); err != nil || got.MntID != d.MntID || (d.Ino != 0 && got.Ino != d.Ino) {
 			return released, fmt.Errorf("fd %d of %d is no longer on %s (the process swapped it): stopped, the copy left open", d.N, req.Pid, Escape(d.Where))
 		}
 		f := os.NewFile(uintptr(fd), "fd "+fmt.Sprint(d.N))
 		if err := env.Ctl.Catatonic(f); err != nil {
+			// Not closed: a file the kernel's autofs refuses may be one
+			// whose close never returns.
 			errs = append(errs, fmt.Errorf("%s: %w", Escape(d.Where), err))
-		} else {
-			released = append(released, d.Where)
+			continue
 		}
-		f.Close()
+		released = append(released, d.Where)
+		f.Close() // an autofs file: its close asks no one
 	}
 	if len(released) == 0 && len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -371,7 +371,7 @@ func runWorker(name string, args any, files []*os.File, timeout time.Duration, l
 		if final != nil && final.Error != "" {
 			said = ": " + final.Error
 		}
-		return fmt.Errorf("worker %s (pid %d) does not exit after SIGKILL: left behind (%s)%s", name, cmd.Process.Pid, threadStates(cmd.Process.Pid), said)
+		return fmt.Errorf("worker %s (pid %d) does not exit after SIGKILL: left behind (%s)%s", name, cmd.Process.Pid, ThreadStates(cmd.Process.Pid), said)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -512,10 +512,10 @@ func (l *limitedBuffer) String() string {
 	return string(l.b)
 }
 
-// threadStates says where the threads of pid are: "state S in
+// ThreadStates says where the threads of pid are: "state S in
 // request_wait_answer" for each (the leader of an exiting process is a
 // zombie while another thread waits).
-func threadStates(pid int) string {
+func ThreadStates(pid int) string {
 	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
 	ents, _ := os.ReadDir(dir)
 	var out []string

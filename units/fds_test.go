@@ -104,6 +104,9 @@ func TestOpenStdioAsTheDaemon(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, f := range files {
+				if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+					t.Errorf("stdio %d is non-blocking (flags %#o, %v): the daemon's writes would fail with EAGAIN", i, fl, err)
+				}
 				got, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 				f.Close()
 				if got != tc.want[i] {

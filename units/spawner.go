@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -126,27 +127,87 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 	cmd.Env = []string{EnvTimeNSFD + "=6"}
 	cmd.Stdin = bytes.NewReader(body)
 	cmd.Dir = "/"
-	cmd.WaitDelay = time.Second
-	var buf bytes.Buffer
-	cmd.Stdout = &buf
-	cmd.Stderr = &buf
+	// Its result is taken as soon as it is printed: the stage's exit
+	// closes its copies of the daemon's stdio files, and a close of a FUSE
+	// file the container serves may never return.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("container stage output: %w", err))
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
 	err = cmd.Start()
 	lifeR.Close()
-	if err == nil {
-		err = cmd.Wait()
-	}
-	if ctx.Err() != nil {
-		last := ""
-		if l := lastLine(buf.Bytes()); len(l) > 0 {
-			last = " (it said: " + mounts.Escape(string(l)) + ")"
-		}
-		return fail(fmt.Errorf("container stage: killed at the deadline%s", last))
-	}
-	os.Stdout.Write(buf.Bytes())
+	pw.Close()
 	if err != nil {
+		pr.Close()
 		return fail(fmt.Errorf("container stage: %v", err))
 	}
+	said := make(chan spawnResult, 1)
+	var lines limitedLines
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines.add(sc.Text())
+			var r spawnResult
+			if json.Unmarshal(sc.Bytes(), &r) == nil && (r.NsPid > 0 || r.Error != "") {
+				said <- r
+				return
+			}
+		}
+		close(said)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var r spawnResult
+	var ok bool
+	select {
+	case r, ok = <-said:
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		return fail(fmt.Errorf("container stage: killed at the deadline (it said: %s)", mounts.Escape(lines.String())))
+	}
+	if !ok {
+		werr := <-exited
+		return fail(fmt.Errorf("container stage: %v: %s", werr, mounts.Escape(lines.String())))
+	}
+	select {
+	case <-exited:
+	case <-time.After(exitGrace):
+		cmd.Process.Kill()
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the spawner's container stage (pid %d) does not exit: left behind (%s)", cmd.Process.Pid, mounts.ThreadStates(cmd.Process.Pid)))
+	}
+	out.Encode(r)
+	if r.Error != "" {
+		return 1
+	}
 	return 0
+}
+
+// exitGrace is how long the container stage gets to exit after it said
+// its result.
+const exitGrace = 2 * time.Second
+
+// limitedLines keeps the last lines of a child's output, 4 KiB at most.
+type limitedLines struct {
+	mu   sync.Mutex
+	b    []string
+	size int
+}
+
+func (l *limitedLines) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b, l.size = append(l.b, s), l.size+len(s)
+	for len(l.b) > 1 && l.size > 4096 {
+		l.size -= len(l.b[0])
+		l.b = l.b[1:]
+	}
+}
+
+func (l *limitedLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.b, "; ")
 }
 
 // joinCgroups writes our pid into the cgroups of the old daemon, in every

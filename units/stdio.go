@@ -149,6 +149,11 @@ func openOneStdio(path string, read bool) (*os.File, string, error) {
 			unix.Close(fd)
 			return nil, fmt.Errorf("not a regular file or a device")
 		}
+		// Opened without blocking; the daemon's own writes block as they
+		// did before.
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+		}
 		return os.NewFile(uintptr(fd), p), nil
 	}
 	warning := ""
