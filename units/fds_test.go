@@ -1,10 +1,14 @@
 package units
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,5 +119,58 @@ func TestOpenStdioAsTheDaemon(t *testing.T) {
 			}
 			t.Logf("warnings: %q", warnings)
 		})
+	}
+}
+
+// A daemon that maps a file of a FUSE server that stops answering over the
+// memory its command line is read from: the capture does not wait. The
+// kernel reads /proc/PID/cmdline and environ from anonymous memory only
+// (FOLL_ANON, since Linux 4.17), so the read is refused without a request
+// to the server; this test keeps the hook honest on every kernel of the
+// matrix.
+func TestCaptureDaemonNeverWaitsOnItsMemory(t *testing.T) {
+	testenv.RequireRoot(t, "a FUSE mount")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		testenv.Skip(t, "no /dev/fuse: %v", err)
+	}
+	target := filepath.Join(t.TempDir(), "argv-page")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var f fusetest.Friendly
+	srv, err := fusetest.Mount(target, fusetest.Options{Answer: f.Answer, Content: bytes.Repeat([]byte("A"), os.Getpagesize())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = []string{envMapArgv + "=" + target}
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); cmd.Process.Kill(); cmd.Wait(); unix.Unmount(target, unix.MNT_DETACH) })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.Contains(line, "PR_SET_MM") && strings.Contains(line, "not permitted") {
+		testenv.Skip(t, "no CAP_SYS_RESOURCE here (prctl PR_SET_MM): %s", strings.TrimSpace(line))
+	}
+	if strings.TrimSpace(line) != "mapped" {
+		t.Fatalf("the holder did not map its command line: %q", line)
+	}
+	f.Turn()
+	done := make(chan error, 1)
+	go func() { _, err := CaptureDaemon(cmd.Process.Pid); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("captured a command line that lives in a FUSE file")
+		}
+		t.Logf("capture refused: %v", err)
+	case <-time.After(testenv.Scale(20 * time.Second)):
+		srv.Close()
+		t.Fatalf("CaptureDaemon waited 20 s on the FUSE-backed command line (READ left waiting: %d)", srv.Unanswered(fusetest.OpRead))
+	}
+	if n := srv.Unanswered(fusetest.OpRead); n > 0 {
+		t.Fatalf("%d READ requests reached the FUSE server from the capture", n)
 	}
 }

@@ -60,6 +60,9 @@ type Options struct {
 	// request not answered waits until Close. INIT is subject to it too:
 	// a server that answers nothing leaves every caller waiting.
 	Answer func(opcode uint32, pid uint32) bool
+	// Content is the file's content at the start (its size, and what READ
+	// answers).
+	Content []byte
 	// MntNSOf, when set (a pid), names the mount namespace the mount is
 	// made in; target is then a path of that namespace, as that process
 	// sees it.
@@ -127,6 +130,7 @@ func Mount(target string, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("mount fuse over %s: %w", target, err)
 	}
 	s := &Server{fd: fd, conn: conn, opts: opts, seen: map[uint32]int{}, unsolved: map[uint32]int{}, done: make(chan struct{})}
+	s.data.Write(opts.Content)
 	go s.serve()
 	return s, nil
 }
@@ -329,7 +333,20 @@ func (s *Server) handle(h inHeader, body []byte) (unix.Errno, []byte) {
 		s.data.Write(data)
 		s.mu.Unlock()
 		return 0, le(uint32(len(data)), uint32(0))
-	case OpRead, OpReaddir:
+	case OpRead:
+		if len(body) < 20 {
+			return unix.EINVAL, nil
+		}
+		off, size := binary.LittleEndian.Uint64(body[8:16]), binary.LittleEndian.Uint32(body[16:20])
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		b := s.data.Bytes()
+		if off >= uint64(len(b)) {
+			return 0, nil
+		}
+		end := min(uint64(len(b)), off+uint64(size))
+		return 0, append([]byte(nil), b[off:end]...)
+	case OpReaddir:
 		return 0, nil
 	case OpStatfs:
 		return 0, le([5]uint64{1 << 20, 1 << 19, 1 << 19, 1 << 10, 1 << 9}, uint32(4096), uint32(255), uint32(4096), uint32(0), [6]uint32{})
