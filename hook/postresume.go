@@ -164,7 +164,7 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid, res))
 	}
 	sf.dropRespawn(pid)
-	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms) + len(also), "took": time.Since(start).Round(time.Microsecond)}).Info("automount killed and started again; every mount reconnected")
+	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms) + len(also), "took": time.Since(start).Round(time.Microsecond), "stage_caps": res.StageCaps}).Info("automount killed and started again; every mount reconnected")
 	return nil
 }
 
@@ -238,7 +238,7 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 			continue
 		}
 		sf.dropRespawn(p.OldPid)
-		dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(p.Targets), "took": time.Since(start).Round(time.Microsecond)}).Info("automount started again from the record of the earlier run; every mount reconnected")
+		dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(p.Targets), "took": time.Since(start).Round(time.Microsecond), "stage_caps": res.StageCaps}).Info("automount started again from the record of the earlier run; every mount reconnected")
 	}
 	return errors.Join(errs...)
 }

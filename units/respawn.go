@@ -40,6 +40,9 @@ type Respawned struct {
 	Pid int
 	// Devs are the devices of the mounts it serves now.
 	Devs []uint64
+	// StageCaps are the bounding and permitted sets of the spawner stage
+	// that ran in the container (the daemon's bounding set at most).
+	StageCaps string
 }
 
 // RespawnAutomount replaces the automount daemon pid of the container c:
@@ -136,7 +139,7 @@ func inPidNamespaceOf(pid, initPid int) error {
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
 func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
-	newPid, err := spawn(c, info, files, deadline, logf)
+	newPid, stageCaps, err := spawn(c, info, files, deadline, logf)
 	if errors.Is(err, errNotRunning) {
 		// Gone (and reaped) before its host pid was looked up.
 		var where []string
@@ -155,7 +158,7 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	if err == nil {
 		defer nd.Close()
 	}
-	res := &Respawned{Pid: newPid}
+	res := &Respawned{Pid: newPid, StageCaps: stageCaps}
 	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
 	if err != nil {
 		return res, err

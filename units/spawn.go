@@ -44,27 +44,30 @@ type spawnRequest struct {
 type spawnResult struct {
 	NsPid    int      `json:"ns_pid,omitempty"`
 	Warnings []string `json:"warnings,omitempty"`
-	Error    string   `json:"error,omitempty"`
+	// StageCaps are the container stage's bounding and permitted sets.
+	StageCaps string `json:"stage_caps,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
-// spawn runs the spawner chain and returns the new daemon's host pid. The
+// spawn runs the spawner chain and returns the new daemon's host pid and
+// the capabilities its container stage had (spawnResult.StageCaps). The
 // chain ends by the deadline: stage host kills the container stage then,
 // and is killed itself right after.
-func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (int, error) {
+func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (int, string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	self, err := os.Open(exe)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer self.Close()
 	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(spawnGrace))
 	defer cancel()
 	req, err := json.Marshal(spawnRequest{Daemon: d, Deadline: deadline.UnixNano()})
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	cmd := exec.CommandContext(ctx, exe, SpawnerArg, "host")
 	cmd.ExtraFiles = append(append([]*os.File{}, files...), self)
@@ -83,12 +86,13 @@ func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, l
 		}
 	}
 	if err != nil {
-		return 0, fmt.Errorf("spawner: %v: %s%s", err, strings.TrimSpace(stderr.String()), lastError(out))
+		return 0, "", fmt.Errorf("spawner: %v: %s%s", err, strings.TrimSpace(stderr.String()), lastError(out))
 	}
 	if jerr != nil || r.Error != "" || r.NsPid <= 0 {
-		return 0, fmt.Errorf("spawner: %s%s", r.Error, strings.TrimSpace(stderr.String()))
+		return 0, "", fmt.Errorf("spawner: %s%s", r.Error, strings.TrimSpace(stderr.String()))
 	}
-	return hostPid(c.Pid, r.NsPid)
+	pid, err := hostPid(c.Pid, r.NsPid)
+	return pid, r.StageCaps, err
 }
 
 // spawnGrace is how long past the deadline stage host has to report that

@@ -105,6 +105,14 @@ func stageHost(req spawnRequest, out *json.Encoder, fail func(error) int) int {
 	if err := mounts.HostProcOK(); err != nil {
 		return fail(fmt.Errorf("start the container stage: %w", err))
 	}
+	// The container stage, a process in the container's pid namespace,
+	// gets no capability the daemon could not have: its bounding set, and
+	// so its permitted set after the exec (root's), are the daemon's. A
+	// process of the container that could trace it gains nothing. Per
+	// thread: this one (locked) forks it.
+	if err := limitCaps(req.Daemon.CapBnd, req.Daemon.CapInh&req.Daemon.CapBnd, req.LastCap); err != nil {
+		return fail(fmt.Errorf("limit the container stage's capabilities: %w", err))
+	}
 	body, _ := json.Marshal(req)
 	// The container stage ends by the deadline, and with us: it gets
 	// SIGKILL at the deadline, and on our death (PR_SET_PDEATHSIG, which
@@ -314,8 +322,9 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	}
 	// Bounding and inheritable sets: per thread, inherited by the fork
 	// below (this goroutine stays on its thread).
+	caps := stageCaps(req.LastCap)
 	for c := 0; c <= req.LastCap; c++ {
-		if d.CapBnd&(1<<c) == 0 {
+		if in, _ := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); in == 1 && d.CapBnd&(1<<c) == 0 {
 			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
 				return fail(fmt.Errorf("drop capability %d from the bounding set: %w", c, err))
 			}
@@ -357,7 +366,7 @@ func stageContainer(req spawnRequest, out *json.Encoder, fail func(error) int) i
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start %s: %w", d.Argv[0], err))
 	}
-	out.Encode(spawnResult{NsPid: cmd.Process.Pid, Warnings: warnings})
+	out.Encode(spawnResult{NsPid: cmd.Process.Pid, Warnings: warnings, StageCaps: caps})
 	cmd.Process.Release()
 	return 0
 }
@@ -397,4 +406,43 @@ func lastCap() (int, error) {
 		return 0, fmt.Errorf("the host's cap_last_cap is %q: refused", strings.TrimSpace(string(b)))
 	}
 	return n, nil
+}
+
+// limitCaps drops from the calling thread's bounding set every capability
+// not in bnd and sets its inheritable set to inh: after an exec as root,
+// the permitted set is inh | bnd.
+func limitCaps(bnd, inh uint64, lastCap int) error {
+	for c := 0; c <= lastCap; c++ {
+		if bnd&(1<<c) == 0 {
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+				return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+			}
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = uint32(inh), uint32(inh>>32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("set inheritable capabilities: %w", err)
+	}
+	return nil
+}
+
+// stageCaps says which capabilities the calling thread started with, read
+// from the kernel (never from a /proc): bounding and permitted sets.
+func stageCaps(lastCap int) string {
+	var bnd uint64
+	for c := 0; c <= lastCap; c++ {
+		if in, _ := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); in == 1 {
+			bnd |= 1 << c
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	unix.Capget(&hdr, &data[0])
+	prm := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	return fmt.Sprintf("bnd:%016x,prm:%016x", bnd, prm)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -276,4 +277,33 @@ func TestRespawnedDaemonFailingVerificationIsKilled(tt *testing.T) {
 	for _, w := range []string{"/srv/direct1/", "/ind/multi/sub/"} {
 		mustWork(t, c, "stat", w)
 	}
+	stageHadNoMoreThanTheDaemon(t, c, string(out))
+}
+
+// stageHadNoMoreThanTheDaemon checks, from the hook's log line, that the
+// spawner's container stage (a process of ours in the container's pid
+// namespace, which the container could trace) ran with the daemon's
+// bounding set, and a permitted set within it.
+func stageHadNoMoreThanTheDaemon(t testing.TB, c *lab.Container, out string) {
+	t.Helper()
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("%d automount daemons, want 1", len(ds))
+	}
+	bnd, err := strconv.ParseUint(ds[0].status["CapBnd"], 16, 64)
+	if err != nil {
+		t.Fatalf("daemon CapBnd %q: %v", ds[0].status["CapBnd"], err)
+	}
+	i := strings.Index(out, "stage_caps=bnd:")
+	if i < 0 {
+		t.Fatalf("no stage_caps in the hook's log:\n%s", out)
+	}
+	var sb, sp uint64
+	if _, err := fmt.Sscanf(out[i:], "stage_caps=bnd:%x,prm:%x", &sb, &sp); err != nil {
+		t.Fatalf("stage_caps %q: %v", out[i:min(len(out), i+60)], err)
+	}
+	if sb != bnd || sp&^bnd != 0 {
+		t.Fatalf("the container stage ran with bounding %016x and permitted %016x; the daemon's bounding set is %016x", sb, sp, bnd)
+	}
+	t.Logf("container stage: bounding %016x, permitted %016x (daemon's bounding %016x)", sb, sp, bnd)
 }

@@ -251,3 +251,43 @@ func TestHostileFUSEOverDaemonBinary(tt *testing.T) {
 		t.Fatal("nothing asked the FUSE server: the test did not put the binary path on it")
 	}
 }
+
+// The spawner's container stage is a process of ours in the container's
+// pid namespace, which a process of the container with CAP_SYS_PTRACE
+// could trace: it runs with no capability the daemon's bounding set lacks.
+// Here the daemon runs with sys_module and sys_rawio dropped from its
+// bounding set (setpriv) before the checkpoint; the stage once had them.
+func TestSpawnerStageHasTheDaemonsBoundingSet(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	c := lab.Up(t, "hostile-caps", lab.Automount, lab.Options{})
+	restart := `old=$(cat /run/automount.pid) && kill -TERM "$old" &&
+while [ -e /proc/"$old" ]; do sleep 0.1; done &&
+setpriv --bounding-set=-sys_module,-sys_rawio setsid /usr/sbin/automount -f -d -p /run/automount.pid </dev/null >/run/automount.log 2>&1 &`
+	if out, timedOut, err := c.Exec(30*time.Second, "sh", "-c", restart); err != nil || timedOut {
+		t.Fatalf("restart automount with a smaller bounding set (timed out %v): %v %s", timedOut, err, out)
+	}
+	deadline := time.Now().Add(testenv.Scale(20 * time.Second))
+	for {
+		ds := automountDaemons(t, c)
+		if len(ds) == 1 && ds[0].status["CapBnd"] != "000001ffffffffff" && len(status(t, c).Mounts) >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("automount did not come back with a smaller bounding set: %+v", ds)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkpointRestore(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := runHook(t, bin, 90*time.Second, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "30s")
+	if err != nil {
+		t.Fatalf("fix: %v\n%s", err, out)
+	}
+	mustWork(t, c, "stat", "/srv/direct1/")
+	stageHadNoMoreThanTheDaemon(t, c, out)
+}
