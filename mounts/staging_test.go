@@ -20,6 +20,16 @@ func inPrivateMountNS(t *testing.T, f func()) {
 	go func() {
 		defer close(done)
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		// Back in our namespace at the end: a locked goroutine that ends
+		// on the main thread wedges it instead of ending it, and
+		// /proc/self is the main thread's view.
+		home, err := os.Open("/proc/thread-self/ns/mnt")
+		if err != nil {
+			t.Errorf("open our mount namespace: %v", err)
+			return
+		}
+		defer home.Close()
+		defer unix.Setns(int(home.Fd()), unix.CLONE_NEWNS)
 		if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
 			t.Errorf("unshare: %v", err)
 			return

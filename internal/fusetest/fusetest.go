@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -104,8 +105,14 @@ func Mount(target string, opts Options) (*Server, error) {
 	if opts.Dir {
 		mode = unix.S_IFDIR | 0o755
 	}
-	mountinfo := "/proc/self/mountinfo"
+	// This thread's table: a thread of the test may have left the
+	// process's main thread in a namespace of its own (a locked
+	// goroutine that ends there wedges the main thread, in whatever
+	// namespace it was), and /proc/self is the main thread's view.
+	mountinfo := "/proc/thread-self/mountinfo"
 	if opts.MntNSOf == 0 {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread() // no namespace was changed
 		data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other", fd, mode)
 		err = unix.Mount(source, target, "fuse", unix.MS_NOSUID|unix.MS_NODEV, data)
 	} else {
