@@ -122,6 +122,15 @@ func (c *budgetConn) Read(p []byte) (int, error) {
 // systemdOver speaks D-Bus to systemd over sock, reading at most budget
 // bytes from it.
 func systemdOver(ctx context.Context, sock net.Conn, budget int64) (*systemd, error) {
+	// godbus writes a message without looking at the context: a systemd
+	// that stops reading would hold the write once the socket's buffer is
+	// full. The socket itself ends every read and write at the deadline.
+	if d, ok := ctx.Deadline(); ok {
+		if err := sock.SetDeadline(d); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("connect to the container's systemd: set the deadline: %w", err)
+		}
+	}
 	conn, err := dbus.NewConn(&budgetConn{Conn: sock, budget: budget, left: budget}, dbus.WithContext(ctx))
 	if err != nil {
 		sock.Close()

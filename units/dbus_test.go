@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,12 @@ import (
 // call with what answer returns (a body, or the name of an error). It
 // returns the other end and the number of calls it got.
 func fakeSystemd(t *testing.T, answer func(m *dbus.Message) (body []any, errName string)) (net.Conn, *atomic.Int32) {
+	return fakeSystemdReading(t, true, answer)
+}
+
+// fakeSystemdReading is fakeSystemd; with read false it stops reading
+// once the client has authenticated.
+func fakeSystemdReading(t *testing.T, read bool, answer func(m *dbus.Message) (body []any, errName string)) (net.Conn, *atomic.Int32) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -60,6 +67,9 @@ func fakeSystemd(t *testing.T, answer func(m *dbus.Message) (body []any, errName
 			}
 		}
 	messages:
+		if !read {
+			<-make(chan struct{}) // the test's cleanup closes the socket; this goroutine stays parked
+		}
 		serial := uint32(0)
 		for {
 			m, err := dbus.DecodeMessage(r)
@@ -156,3 +166,29 @@ func TestHostileSystemdHugeReply(t *testing.T) {
 }
 
 func osFile(fd int) *os.File { return os.NewFile(uintptr(fd), "socket") }
+
+// A container's systemd that stops reading after the handshake: a call
+// whose message does not fit in the socket's buffer ends by the deadline
+// instead of holding the hook (godbus writes without the context).
+func TestHostileSystemdStopsReading(t *testing.T) {
+	sock, _ := fakeSystemdReading(t, false, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := systemdOver(ctx, sock, replyBudget(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- s.call(s.manager(), "org.freedesktop.systemd1.Manager.GetUnit", nil, strings.Repeat("x", 8<<20))
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a call to a systemd that reads nothing succeeded")
+		}
+		t.Logf("call ended: %v", err)
+	case <-time.After(testenv.Scale(20 * time.Second)):
+		t.Fatal("the call was still writing 20 s after its 2 s deadline")
+	}
+}
