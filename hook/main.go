@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/sirupsen/logrus"
 )
 
@@ -57,7 +57,7 @@ input (nothing touched), 3 refused (not a container the hook may act on).
 // Main runs the binary and returns its exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// A child of ours: a worker, a spawner stage, the detached OCI worker.
-	if code, ok := roles.Run(args); ok {
+	if code, ok := door.Run(args); ok {
 		return code
 	}
 	if action, ok := os.LookupEnv(EnvCRIUAction); ok {

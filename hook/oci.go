@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
@@ -19,7 +19,7 @@ import (
 // follows a restore (see ociMain). It is not a user command.
 const followerArg = "__autofs-restore-hook-follow"
 
-func init() { roles.Register(followerArg, followerMain) }
+func init() { door.Register(followerArg, followerMain) }
 
 // ociMain is the OCI hook mode: the runtime-spec state is on stdin.
 func ociMain(stdin io.Reader, opts Options) int {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
@@ -20,7 +20,7 @@ import (
 
 func TestMain(m *testing.M) {
 	autofstest.MaybeRunMaster()
-	if code, ok := roles.Run(os.Args[1:]); ok {
+	if code, ok := door.Run(os.Args[1:]); ok {
 		os.Exit(code)
 	}
 	os.Exit(m.Run())

@@ -48,6 +48,54 @@ func OpenProcess(pid int) (*Process, error) {
 	return &Process{Pid: pid, StartTime: st.StartTime, pidfd: fd}, nil
 }
 
+// PinnedBy pins the process a pidfd refers to (one from CLONE_PIDFD, handed
+// over by the child that started it): the process actually started, never
+// another that got its pid. The pidfd is duplicated; f stays the caller's.
+// Its pid, in our pid namespace, is the Pid line of the pidfd's fdinfo.
+func PinnedBy(f *os.File) (*Process, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup pidfd: %w", err)
+	}
+	p, err := pinnedBy(fd)
+	if err != nil {
+		unix.Close(fd)
+	}
+	return p, err
+}
+
+func pinnedBy(fd int) (*Process, error) {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return nil, fmt.Errorf("fdinfo of pidfd: %w", err)
+	}
+	pid := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Pid:"); ok {
+			pid, err = strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return nil, fmt.Errorf("fdinfo of pidfd: Pid %q", v)
+			}
+		}
+	}
+	switch {
+	case pid == -1:
+		return nil, fmt.Errorf("pidfd: %w", ErrGone)
+	case pid <= 0:
+		return nil, fmt.Errorf("pidfd: a process of no pid namespace of ours (Pid %d)", pid)
+	}
+	st, err := ReadStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{Pid: pid, StartTime: st.StartTime, pidfd: fd}
+	// Alive after the read: the stat read was of this very process.
+	if !p.Alive() || st.Exited() {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)
+	}
+	return p, nil
+}
+
 // Alive reports whether the pinned process still runs (not reused: the
 // pidfd refers to the original process whatever the pid now names).
 func (p *Process) Alive() bool {

@@ -2,7 +2,9 @@ package mounts
 
 import (
 	"errors"
+	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,5 +59,32 @@ func TestInitOf(t *testing.T) {
 		if err != nil || got != init {
 			t.Errorf("InitOf(%d) = %d, %v; want %d", p, got, err, init)
 		}
+	}
+}
+
+// A pidfd taken when a process was started pins that process: its pid in
+// our namespace comes from the pidfd, and once it is gone (reaped, so its
+// pid may be anyone's) the pidfd says so instead of naming another.
+func TestPinnedByPidfd(t *testing.T) {
+	pidfd := -1
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{PidFD: &pidfd}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(pidfd), "pidfd")
+	defer f.Close()
+	p, err := PinnedBy(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Pid != cmd.Process.Pid || p.Check() != nil {
+		t.Fatalf("pinned pid %d (%v), started %d", p.Pid, p.Check(), cmd.Process.Pid)
+	}
+	p.Close()
+	cmd.Process.Kill()
+	cmd.Wait()
+	if p, err := PinnedBy(f); !errors.Is(err, ErrGone) {
+		t.Fatalf("a reaped process: %+v, %v; want ErrGone", p, err)
 	}
 }

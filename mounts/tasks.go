@@ -3,8 +3,6 @@ package mounts
 import (
 	"encoding/json"
 	"fmt"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
 )
 
 // TaskCatatonic is the worker task that makes autofs mounts catatonic.
@@ -12,7 +10,7 @@ const TaskCatatonic = "catatonic"
 
 func init() {
 	RegisterTask(TaskCatatonic, catatonicTask)
-	roles.Register(WorkerArg, func([]string) int { RunWorker(); return 1 })
+
 }
 
 // Target names one autofs mount by mount point and device.

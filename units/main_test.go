@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"golang.org/x/sys/unix"
 )
 
@@ -16,7 +16,7 @@ func TestMain(m *testing.M) {
 	if p := os.Getenv(envMapArgv); p != "" {
 		mapArgv(p)
 	}
-	if code, ok := roles.Run(os.Args[1:]); ok {
+	if code, ok := door.Run(os.Args[1:]); ok {
 		os.Exit(code)
 	}
 	os.Exit(m.Run())

@@ -1,10 +1,12 @@
 package units
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -92,7 +94,7 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 	if err := p.Daemon.Reproducible(); err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
-	files, err := filesLike(c, p)
+	files, err := filesLike(c, p, min(5*time.Second, time.Until(deadline)))
 	if err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
@@ -105,7 +107,7 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 
 // filesLike opens, in daemonFileNames order, files of the container
 // identical to those the daemon of p had.
-func filesLike(c *mounts.Process, p *Pending) ([]*os.File, error) {
+func filesLike(c *mounts.Process, p *Pending, timeout time.Duration) ([]*os.File, error) {
 	pids, err := mounts.PidNamespaceMembers(c.Pid)
 	if err != nil {
 		return nil, err
@@ -116,7 +118,7 @@ func filesLike(c *mounts.Process, p *Pending) ([]*os.File, error) {
 		if !sharesNamespaces(pid, p.NS) {
 			continue
 		}
-		files, err := openLike(pid, p)
+		files, err := openLike(pid, p, timeout)
 		if err == nil {
 			return files, nil
 		}
@@ -142,7 +144,7 @@ func sharesNamespaces(pid int, ns map[string]uint64) bool {
 
 // openLike opens the namespaces and root of pid and the daemon's working
 // directory and executable inside that root, checking each against p.
-func openLike(pid int, p *Pending) (files []*os.File, err error) {
+func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err error) {
 	defer func() {
 		if err != nil {
 			closeAll(files)
@@ -150,7 +152,8 @@ func openLike(pid int, p *Pending) (files []*os.File, err error) {
 		}
 	}()
 	dir := "/proc/" + strconv.Itoa(pid) + "/"
-	var root *os.File
+	var inRoot []*os.File // cwd and exe, opened inside root
+	defer func() { closeAll(inRoot) }()
 	for _, n := range daemonFileNames {
 		var f *os.File
 		var want FileID
@@ -159,10 +162,12 @@ func openLike(pid int, p *Pending) (files []*os.File, err error) {
 			f, err = os.OpenFile(dir+"root", unix.O_PATH|unix.O_CLOEXEC, 0)
 			want = p.Root
 		case "cwd":
-			f, err = openInRoot(root, p.Daemon.Cwd, unix.O_DIRECTORY)
+			if inRoot, err = openInRoot(files[len(files)-1], []string{p.Daemon.Cwd, p.Daemon.Exe}, timeout); err == nil {
+				f, inRoot[0] = inRoot[0], nil
+			}
 			want = p.Cwd
 		case "exe":
-			f, err = openInRoot(root, p.Daemon.Exe, 0)
+			f, inRoot[1] = inRoot[1], nil
 			want = p.Exe
 		default:
 			f, err = os.OpenFile(dir+n, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -176,10 +181,7 @@ func openLike(pid int, p *Pending) (files []*os.File, err error) {
 			return files, err
 		}
 		switch n {
-		case "root":
-			root = f
-			fallthrough
-		case "cwd", "exe":
+		case "root", "cwd", "exe":
 			if id != want {
 				return files, fmt.Errorf("%s of pid %d: %w", n, pid, errMismatch)
 			}
@@ -193,12 +195,43 @@ func openLike(pid int, p *Pending) (files []*os.File, err error) {
 	return files, nil
 }
 
-// openInRoot opens path inside root (an O_PATH fd) without following any
-// symlink out of it or through /proc magic links.
-func openInRoot(root *os.File, path string, flags int) (*os.File, error) {
-	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: uint64(unix.O_PATH | unix.O_CLOEXEC | flags), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+// taskOpenInRoot is the host task of openInRoot.
+const taskOpenInRoot = "open-in-root"
+
+func init() { mounts.RegisterHostTask(taskOpenInRoot, openInRootTask) }
+
+// openInRoot opens each of paths inside root (an O_PATH fd) as O_PATH,
+// without following any symlink out of it or through /proc magic links.
+// The walk runs in a child with a deadline (mounts.RunOnHostFiles), never
+// in the hook's process: a path of the container may cross a FUSE mount
+// whose server never answers, or an autofs mount whose daemon is gone.
+func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.File, error) {
+	files, err := mounts.RunOnHostFiles(taskOpenInRoot, paths, []*os.File{root}, timeout, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%s in the container: %w", path, err)
+		return nil, fmt.Errorf("open %s in the container: %w", mounts.Escape(strings.Join(paths, ", ")), err)
 	}
-	return os.NewFile(uintptr(fd), path), nil
+	if len(files) != len(paths) {
+		closeAll(files)
+		return nil, fmt.Errorf("open %s in the container: %d files came back", mounts.Escape(strings.Join(paths, ", ")), len(files))
+	}
+	return files, nil
+}
+
+func openInRootTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+	var paths []string
+	if err := json.Unmarshal(args, &paths); err != nil {
+		return nil, fmt.Errorf("open-in-root: bad request: %w", err)
+	}
+	if len(env.Files) != 1 {
+		return nil, fmt.Errorf("open-in-root: %d files handed over, want the root", len(env.Files))
+	}
+	root := int(env.Files[0].Fd())
+	for _, p := range paths {
+		fd, err := unix.Openat2(root, p, &unix.OpenHow{Flags: uint64(unix.O_PATH | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", mounts.Escape(p), err)
+		}
+		env.PassBack(os.NewFile(uintptr(fd), p))
+	}
+	return len(paths), nil
 }

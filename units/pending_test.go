@@ -2,11 +2,16 @@ package units
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"golang.org/x/sys/unix"
 )
 
 // The record of a process (this test's own) leads back to files with the
@@ -33,7 +38,7 @@ func TestFilesLikePending(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer proc.Close()
-	got, err := filesLike(proc, p)
+	got, err := filesLike(proc, p, 5*time.Second)
 	if err != nil {
 		t.Fatalf("files like our own: %v", err)
 	}
@@ -67,10 +72,80 @@ func TestFilesLikePending(t *testing.T) {
 			q.NS[k] = v
 		}
 		tt.mod(&q)
-		files, err := filesLike(proc, &q)
+		files, err := filesLike(proc, &q, 5*time.Second)
 		closeAll(files)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err %v, want %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// A record whose working directory lies below a FUSE directory whose
+// server answers nothing (a container can mount one over the path): the
+// retried respawn gives up by its deadline, and the walk never happens in
+// the hook's own process. It once opened the path in the hook (openat2),
+// where the lookup waits on the server for good.
+func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
+	testenv.RequireRoot(t, "a FUSE mount")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		testenv.Skip(t, "no /dev/fuse: %v", err)
+	}
+	self := os.Getpid()
+	info, err := CaptureDaemon(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := openDaemonFiles(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(files)
+	p, err := newPending(self, info, nil, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, err := mounts.OpenProcess(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proc.Close()
+	dir := filepath.Join(t.TempDir(), "fuse")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := fusetest.Mount(dir, fusetest.Options{Dir: true, Answer: func(op, _ uint32) bool { return op == fusetest.OpInit }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); unix.Unmount(dir, unix.MNT_DETACH) })
+	d := *p.Daemon
+	d.Cwd = dir + "/var/lib/automount"
+	p.Daemon = &d
+
+	const timeout = 2 * time.Second
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		got, err := filesLike(proc, p, timeout)
+		closeAll(got)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("after %s: %v", took.Round(time.Millisecond), err)
+		if err == nil {
+			t.Fatal("opened a working directory below a FUSE directory that answers nothing")
+		}
+		// The child's deadline, then SIGKILL and the exit grace twice.
+		if limit := timeout + 2*door.ExitGrace + testenv.Scale(2*time.Second); took > limit {
+			t.Fatalf("gave up after %s, want at most %s", took, limit)
+		}
+	case <-time.After(testenv.Scale(30 * time.Second)):
+		srv.Close()
+		t.Fatalf("filesLike waited 30 s on the FUSE directory (LOOKUP left waiting: %d)", srv.Unanswered(fusetest.OpLookup))
+	}
+	if srv.Seen(fusetest.OpLookup) == 0 {
+		t.Fatal("no LOOKUP reached the server: the test did not exercise the walk")
 	}
 }

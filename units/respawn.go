@@ -139,9 +139,9 @@ func inPidNamespaceOf(pid, initPid int) error {
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
 func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
-	newPid, stageCaps, err := spawn(c, info, files, deadline, logf)
+	nd, stageCaps, err := spawn(c, info, files, deadline, logf)
 	if errors.Is(err, errNotRunning) {
-		// Gone (and reaped) before its host pid was looked up.
+		// Gone before it could be pinned.
 		var where []string
 		for _, t := range targets {
 			where = append(where, mounts.Escape(t.Where))
@@ -151,22 +151,16 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	if err != nil {
 		return nil, fmt.Errorf("start automount again: %w", err)
 	}
-	// Pinned at once: a new daemon that fails its checks is killed, and
-	// only the process that was started.
-	// One that is gone already is reported by waitServed.
-	nd, err := mounts.OpenProcess(newPid)
-	if err == nil {
-		defer nd.Close()
-	}
+	// Pinned from the start: a new daemon that fails its checks is killed,
+	// and only the process that was started.
+	defer nd.Close()
+	newPid := nd.Pid
 	res := &Respawned{Pid: newPid, StageCaps: stageCaps}
 	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
 	if err != nil {
 		return res, err
 	}
 	if err := verified(newPid, info, files); err != nil {
-		if nd == nil {
-			return nil, err
-		}
 		if kerr := nd.Kill(5 * time.Second); kerr != nil {
 			return nil, fmt.Errorf("%w; and it could not be killed: %v", err, kerr)
 		}

@@ -4,25 +4,19 @@ package units
 // with its deadline, and the reading of its result.
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
+	"slices"
 	"time"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/roles"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // SpawnerArg is the hidden first argument of the two spawner stages (see
 // RunSpawner). It is not a user command.
 const SpawnerArg = "__autofs-restore-hook-spawn"
-
-func init() { roles.Register(SpawnerArg, RunSpawner) }
 
 // EnvTimeNSFD names the fd of the time namespace that the spawner's
 // container stage joins at start, in a C constructor (internal/cstart):
@@ -49,68 +43,66 @@ type spawnResult struct {
 	Error     string `json:"error,omitempty"`
 }
 
-// spawn runs the spawner chain and returns the new daemon's host pid and
-// the capabilities its container stage had (spawnResult.StageCaps). The
+// spawn runs the spawner chain and returns the new daemon, pinned by the
+// pidfd its container stage took when it started it (CLONE_PIDFD), and
+// the capabilities that stage had (spawnResult.StageCaps). The
 // chain ends by the deadline: stage host kills the container stage then,
-// and is killed itself right after.
-func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (int, string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return 0, "", err
-	}
-	self, err := os.Open(exe)
-	if err != nil {
-		return 0, "", err
-	}
-	defer self.Close()
-	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(spawnGrace))
-	defer cancel()
-	req, err := json.Marshal(spawnRequest{Daemon: d, Deadline: deadline.UnixNano()})
-	if err != nil {
-		return 0, "", err
-	}
-	cmd := exec.CommandContext(ctx, exe, SpawnerArg, "host")
-	cmd.ExtraFiles = append(append([]*os.File{}, files...), self)
-	cmd.Stdin = bytes.NewReader(req)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.WaitDelay = time.Second
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+// and is killed itself by spawnGrace later.
+func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (*mounts.Process, string, error) {
 	var r spawnResult
-	jerr := json.Unmarshal(lastLine(out), &r)
+	back, err := door.Call(door.Spec{
+		Role:     SpawnerArg,
+		Args:     []string{"host"},
+		Request:  spawnRequest{Daemon: d, Deadline: deadline.UnixNano()},
+		Files:    files,
+		Deadline: deadline.Add(spawnGrace),
+		Log:      logf,
+	}, &r)
+	defer closeAll(back)
 	for _, w := range r.Warnings {
 		if logf != nil {
 			logf("start automount again: " + w)
 		}
 	}
 	if err != nil {
-		return 0, "", fmt.Errorf("spawner: %v: %s%s", err, strings.TrimSpace(stderr.String()), lastError(out))
+		return nil, "", fmt.Errorf("spawner: %w", err)
 	}
-	if jerr != nil || r.Error != "" || r.NsPid <= 0 {
-		return 0, "", fmt.Errorf("spawner: %s%s", r.Error, strings.TrimSpace(stderr.String()))
+	if r.NsPid <= 0 {
+		return nil, "", errors.New("spawner: no pid reported")
 	}
-	pid, err := hostPid(c.Pid, r.NsPid)
-	return pid, r.StageCaps, err
+	if len(back) == 0 {
+		// No pidfd (a kernel without CLONE_PIDFD): the pid is looked up.
+		pid, err := hostPid(c.Pid, r.NsPid)
+		if err != nil {
+			return nil, "", err
+		}
+		p, err := mounts.OpenProcess(pid)
+		if errors.Is(err, mounts.ErrGone) {
+			return nil, "", fmt.Errorf("(pid %d in the container) %w", r.NsPid, errNotRunning)
+		}
+		return p, r.StageCaps, err
+	}
+	p, err := mounts.PinnedBy(back[0])
+	if errors.Is(err, mounts.ErrGone) {
+		return nil, "", fmt.Errorf("(pid %d in the container) %w", r.NsPid, errNotRunning)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("spawner: the new daemon's pidfd: %w", err)
+	}
+	if st, err := mounts.ReadStatus(p.Pid); err != nil || !slices.Equal(lastOf(st.NSpid()), []int{r.NsPid}) {
+		p.Close()
+		return nil, "", fmt.Errorf("spawner: the pidfd names pid %d, which is not pid %d in the container", p.Pid, r.NsPid)
+	}
+	return p, r.StageCaps, nil
+}
+
+func lastOf(s []int) []int {
+	if len(s) == 0 {
+		return nil
+	}
+	return s[len(s)-1:]
 }
 
 // spawnGrace is how long past the deadline stage host has to report that
-// it killed the container stage.
-const spawnGrace = 2 * time.Second
-
-func lastLine(b []byte) []byte {
-	b = bytes.TrimSpace(b)
-	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
-		return b[i+1:]
-	}
-	return b
-}
-
-func lastError(b []byte) string {
-	var r struct{ Error string }
-	if json.Unmarshal(lastLine(b), &r) == nil && r.Error != "" {
-		return ": " + r.Error
-	}
-	return ""
-}
+// it killed the container stage, or that the stage was left behind.
+const spawnGrace = 2*door.ExitGrace + time.Second

@@ -1,10 +1,4 @@
-// Package roles is the registry of the hook's child roles: the hidden
-// first arguments with which the binary starts itself again as a child
-// (a worker in a container's mount namespace, the spawner's stages, the
-// detached OCI worker). Each package registers the roles it defines from
-// an init function; the entry point asks Run first, before any command
-// is parsed.
-package roles
+package door
 
 import (
 	"fmt"

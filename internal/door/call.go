@@ -1,0 +1,247 @@
+package door
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+)
+
+// Spec says how to start a child role.
+type Spec struct {
+	// Role is the child's registered role, Args what follows it.
+	Role string
+	Args []string
+	// Request is encoded as JSON on the child's stdin (nil: none).
+	Request any
+	// Files become the child's fds 3, 4, ...; the child also gets our
+	// executable as the fd after them (it is started through it).
+	Files []*os.File
+	// Env is the child's whole environment besides PATH.
+	Env []string
+	// Deadline: the child is killed then. Zero is an error.
+	Deadline time.Time
+	// Log gets the child's log lines.
+	Log func(string)
+	// Prepare runs on the thread that starts the child, which is locked
+	// to it and ends afterwards, before the start: what it changes of
+	// that thread (namespaces for children, the bounding set), the child
+	// inherits, and nothing else of ours does.
+	Prepare func() error
+}
+
+// ExitGrace is how long a child gets to exit after its final line, or
+// after SIGKILL. One that does not is blocked where SIGKILL does not reach
+// (a FUSE request its server read and never answers): it is left behind,
+// reported, and not waited for.
+const ExitGrace = 2 * time.Second
+
+// Call starts the child role of s, waits for its final line, and decodes
+// the result into result. It returns the files the child passed back,
+// which the caller closes. It returns by the deadline plus twice
+// ExitGrace, whatever the child does.
+func Call(s Spec, result any) ([]*os.File, error) {
+	name := s.Role
+	if len(s.Args) > 0 {
+		name += " " + s.Args[0]
+	}
+	start := time.Now()
+	if s.Deadline.IsZero() {
+		return nil, fmt.Errorf("%s: no deadline", name)
+	}
+	var in []byte
+	if s.Request != nil {
+		var err error
+		if in, err = json.Marshal(s.Request); err != nil {
+			return nil, fmt.Errorf("%s: encode request: %w", name, err)
+		}
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: socketpair: %w", name, err)
+	}
+	theirs := os.NewFile(uintptr(pair[1]), "door-child")
+	ourFile := os.NewFile(uintptr(pair[0]), "door-parent")
+	fc, err := net.FileConn(ourFile)
+	ourFile.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	conn := fc.(*net.UnixConn)
+	defer conn.Close()
+
+	ctx, cancel := context.WithDeadline(context.Background(), s.Deadline)
+	defer cancel()
+	var stderr limitedBuffer
+	cmd := &exec.Cmd{Args: append([]string{"autofs-restore-hook", s.Role}, s.Args...)}
+	// PATH, what the Spec names, and in a failpoints build (tests only)
+	// the selected failpoint.
+	cmd.Env = append(append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, s.Env...), failpoint.Environ()...)
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdout = theirs
+	cmd.Stderr = &stderr
+	cmd.Dir = "/"
+
+	// The starting thread: locked, never unlocked, so that it ends when
+	// its goroutine does, after the child is gone or left behind; the
+	// child's parent-death signal is tied to it.
+	started := make(chan error, 1)
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		runtime.LockOSThread()
+		if s.Prepare != nil {
+			if err := s.Prepare(); err != nil {
+				started <- err
+				return
+			}
+		}
+		if err := HostProcOK(); err != nil {
+			started <- err
+			return
+		}
+		self, err := os.Open("/proc/self/exe")
+		if err != nil {
+			started <- fmt.Errorf("open our executable: %w", err)
+			return
+		}
+		defer self.Close()
+		cmd.ExtraFiles = append(append([]*os.File{}, s.Files...), self)
+		cmd.Path = "/proc/self/fd/" + strconv.Itoa(3+len(s.Files))
+		err = cmd.Start()
+		started <- err
+		if err == nil {
+			<-release
+		}
+	}()
+	err = <-started
+	theirs.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: start: %w", name, err)
+	}
+	pid := cmd.Process.Pid
+	var mu sync.Mutex
+	lastLog := ""
+	got := make(chan *final, 1)
+	go func() { got <- readMsgs(conn, s.Log, func(l string) { mu.Lock(); lastLog = l; mu.Unlock() }) }()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var f *final
+	timedOut := false
+	select {
+	case f = <-got:
+	case <-ctx.Done():
+		timedOut = true
+		cmd.Process.Kill()
+		conn.Close() // ends the reader
+		f = <-got
+		if f != nil {
+			closeAll(f.files)
+			f = nil
+		}
+	}
+	var werr error
+	select {
+	case werr = <-exited:
+	case <-time.After(ExitGrace):
+		cmd.Process.Kill()
+		select {
+		case werr = <-exited:
+		case <-time.After(ExitGrace):
+			left := fmt.Sprintf("%s (pid %d) does not exit after SIGKILL: left behind (%s)", name, pid, ThreadStates(pid))
+			if f == nil || f.msg.Error != "" {
+				said := ""
+				if f != nil {
+					said = ": " + f.msg.Error
+				}
+				return nil, errors.New(left + said)
+			}
+			// It answered: the answer stands, the rest is reported.
+			if s.Log != nil {
+				s.Log(left)
+			}
+		}
+	}
+	mu.Lock()
+	step := lastLog
+	mu.Unlock()
+	if timedOut {
+		if step != "" {
+			step = " (last step: " + step + ")"
+		}
+		return nil, fmt.Errorf("%s: no answer within %s%s", name, s.Deadline.Sub(start).Round(time.Millisecond), step)
+	}
+	if f == nil {
+		return nil, fmt.Errorf("%s: ended without a result after %s: %v %s", name, time.Since(start).Round(time.Millisecond), werr, strings.TrimSpace(stderr.String()))
+	}
+	if f.msg.Error != "" {
+		return nil, errors.New(f.msg.Error)
+	}
+	if result != nil && len(f.msg.Result) > 0 {
+		if err := json.Unmarshal(f.msg.Result, result); err != nil {
+			closeAll(f.files)
+			return nil, fmt.Errorf("%s: decode result: %w", name, err)
+		}
+	}
+	return f.files, nil
+}
+
+type limitedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if room := 4096 - len(l.b); room > 0 {
+		l.b = append(l.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// ThreadStates says where the threads of pid are: "thread T state S in
+// WCHAN" for each (the leader of an exiting process is a zombie while
+// another thread waits).
+func ThreadStates(pid int) string {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		w, _ := os.ReadFile(dir + e.Name() + "/wchan")
+		out = append(out, fmt.Sprintf("thread %s state %c in %q", e.Name(), b[i+2], w))
+	}
+	if len(out) == 0 {
+		return "no thread visible"
+	}
+	return strings.Join(out, ", ")
+}

@@ -1,0 +1,154 @@
+package door
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Begin is the first step of every child role: it dies with the thread
+// that started it, refuses to run when that thread is gone already, is
+// not dumpable, and marks every inherited fd close-on-exec. It returns the
+// child's end of the protocol.
+func Begin() (*Reply, error) {
+	r := &Reply{}
+	// Not SysProcAttr.Pdeathsig: Go's check that the parent still lives
+	// compares getppid() with the parent's pid, and getppid() is 0 in
+	// another pid namespace. The protocol socket tells instead: its peer
+	// is gone when the parent is.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return r, fmt.Errorf("set the parent-death signal: %w", err)
+	}
+	pfd := []unix.PollFd{{Fd: 1, Events: 0}}
+	if n, err := unix.Poll(pfd, 0); err != nil || n > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+		return r, errors.New("the parent is gone")
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return r, fmt.Errorf("make this process not dumpable: %w", err)
+	}
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return r, fmt.Errorf("mark inherited fds close-on-exec: %w", err)
+	}
+	return r, nil
+}
+
+// HostProcOK checks that the calling thread resolves /proc/self/fd in a
+// procfs, as a thread must that starts our executable by /proc/self/fd/N:
+// never a /proc the container could have replaced.
+func HostProcOK() error {
+	var sf unix.Statfs_t
+	if err := unix.Statfs("/proc/self/fd", &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
+		return fmt.Errorf("this thread's /proc is not the host's procfs (%v): refusing to start a child by /proc/self/fd", err)
+	}
+	return nil
+}
+
+// EnterMountNS moves the calling (locked) thread into the mount namespace
+// nsfd and chroots it to the directory rootfd, then closes both fds.
+func EnterMountNS(nsfd, rootfd int) error {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("unshare CLONE_FS: %w", err)
+	}
+	if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("join mount namespace: %w", err)
+	}
+	if err := unix.Fchdir(rootfd); err != nil {
+		return fmt.Errorf("enter container root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot to container root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	unix.Close(nsfd)
+	unix.Close(rootfd)
+	return nil
+}
+
+// LastCap is the host's highest capability number, read from the host's
+// /proc before anything of a container is joined; a value that cannot be
+// read or makes no sense is an error, never a guess.
+func LastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, fmt.Errorf("read the host's cap_last_cap: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 || n > 63 {
+		return 0, fmt.Errorf("the host's cap_last_cap is %q: refused", strings.TrimSpace(string(b)))
+	}
+	return n, nil
+}
+
+// LimitCaps drops from the calling thread's bounding set every capability
+// up to lastCap that is not in bnd (those dropped already are skipped) and
+// sets its inheritable set to inh: after an exec as root, the permitted
+// set is inh | bnd, and a thread forked from this one inherits the limit.
+func LimitCaps(bnd, inh uint64, lastCap int) error {
+	for c := 0; c <= lastCap; c++ {
+		if bnd&(1<<c) != 0 {
+			continue
+		}
+		if in, _ := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); in != 1 {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = uint32(inh), uint32(inh>>32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("set inheritable capabilities: %w", err)
+	}
+	return nil
+}
+
+// DropTo leaves the calling thread with the capabilities keep in its
+// effective and permitted sets and none inheritable, and sets
+// no_new_privs: no exec can give any back.
+func DropTo(keep uint64) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for i := range data {
+		k := uint32(keep >> (32 * i))
+		data[i].Effective &= k
+		data[i].Permitted &= k
+		data[i].Inheritable = 0
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("drop capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	return nil
+}
+
+// Caps says which capabilities the calling thread has, read from the
+// kernel (never from a /proc): bounding and permitted sets.
+func Caps(lastCap int) string {
+	var bnd uint64
+	for c := 0; c <= lastCap; c++ {
+		if in, _ := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); in == 1 {
+			bnd |= 1 << c
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	unix.Capget(&hdr, &data[0])
+	prm := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	return fmt.Sprintf("bnd:%016x,prm:%016x", bnd, prm)
+}
