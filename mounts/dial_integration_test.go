@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,19 +112,12 @@ func inOwnCgroups(t *testing.T, pid int) {
 	}
 }
 
-// peerSeen is what the server saw of the process that connected to it.
-type peerSeen struct {
-	status   map[string]string
-	netns    string
-	cgroup   string
-	ptracErr error
-	err      error
-}
-
 // seizeWithout tries PTRACE_SEIZE on pid from a thread of ours that has
 // no CAP_SYS_PTRACE in its effective set: what a process of the container
-// with the same uid and without that capability could do. The thread is
-// never unlocked: it ends with its goroutine, and a trace with it.
+// with the same uid and without that capability could do. A seize that
+// worked is undone (PTRACE_DETACH after an interrupt); the thread gets its
+// capability back and goes on (a thread that ends would kill the test
+// masters forked from it).
 func seizeWithout(pid int) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -134,14 +126,27 @@ func seizeWithout(pid int) error {
 		var data [2]unix.CapUserData
 		if err := unix.Capget(&hdr, &data[0]); err != nil {
 			errc <- fmt.Errorf("capget: %w", err)
+			runtime.UnlockOSThread()
 			return
 		}
+		was := data
 		data[0].Effective &^= 1 << unix.CAP_SYS_PTRACE
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
 			errc <- fmt.Errorf("capset: %w", err)
+			runtime.UnlockOSThread()
 			return
 		}
-		errc <- unix.PtraceSeize(pid)
+		err := unix.PtraceSeize(pid)
+		if err == nil {
+			unix.PtraceInterrupt(pid)
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, unix.WALL, nil)
+			unix.PtraceDetach(pid)
+		}
+		if unix.Capset(&hdr, &was[0]) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
@@ -162,77 +167,118 @@ func TestDialInContainerChildHasNoMorePower(t *testing.T) {
 	if ours, _ := os.ReadFile("/proc/self/cgroup"); string(ours) == string(containerCgroup) {
 		t.Fatalf("the stand-in container is in our cgroups: %s", ours)
 	}
+	// A listening socket with a backlog of 0 and one connection queued
+	// already: the child's connect() waits, after every step it takes
+	// before it, until the test accepts. It is inspected meanwhile.
 	sock := filepath.Join(t.TempDir(), "private")
-	l, err := net.Listen("unix", sock)
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	seen := make(chan peerSeen, 1)
-	go func() {
-		var s peerSeen
-		defer func() { seen <- s }()
-		conn, err := l.Accept()
-		if err != nil {
-			s.err = err
-			return
-		}
-		defer conn.Close()
-		raw, _ := conn.(*net.UnixConn).SyscallConn()
-		var cred *unix.Ucred
-		raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-		if err != nil {
-			s.err = err
-			return
-		}
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(int(cred.Pid)) + "/status")
-		if err != nil {
-			s.err = err
-			return
-		}
-		s.status = map[string]string{}
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok {
-				s.status[k] = strings.TrimSpace(v)
-			}
-		}
-		s.netns, _ = os.Readlink("/proc/" + strconv.Itoa(int(cred.Pid)) + "/ns/net")
-		cg, _ := os.ReadFile("/proc/" + strconv.Itoa(int(cred.Pid)) + "/cgroup")
-		s.cgroup = string(cg)
-		s.ptracErr = seizeWithout(int(cred.Pid))
-		conn.Write([]byte("hello\n"))
-	}()
-	var line string
-	if err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: sock, Timeout: testenv.Scale(10 * time.Second)}, testenv.Scale(20*time.Second), func(s string) { t.Log(s) }, &line); err != nil {
+	defer unix.Close(lfd)
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: sock}); err != nil {
 		t.Fatal(err)
 	}
-	if line != "hello" {
-		t.Fatalf("the server said %q through the connection, want hello", line)
+	if err := unix.Listen(lfd, 0); err != nil {
+		t.Fatal(err)
 	}
-	s := <-seen
-	if s.err != nil {
-		t.Fatal(s.err)
+	dummy, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("the peer: %v, net %s, seize: %v", s.status, s.netns, s.ptracErr)
-	if s.ptracErr == nil || !errors.Is(s.ptracErr, unix.EPERM) {
-		t.Errorf("a same-uid process without CAP_SYS_PTRACE could trace the child (seize: %v)", s.ptracErr)
+	defer unix.Close(dummy)
+	if err := unix.Connect(dummy, &unix.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
 	}
-	if s.cgroup != string(containerCgroup) {
-		t.Errorf("the child is in cgroups\n%s\nthe container's are\n%s", s.cgroup, containerCgroup)
+	done := make(chan dialed, 1)
+	go func() {
+		var line string
+		err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(s string) { t.Log(s) }, &line)
+		done <- dialed{line, err}
+	}()
+	child := waitConnecting(t, sock, done)
+	status := map[string]string{}
+	b, err := os.ReadFile("/proc/" + child + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			status[k] = strings.TrimSpace(v)
+		}
+	}
+	netns, _ := os.Readlink("/proc/" + child + "/ns/net")
+	cgroup, _ := os.ReadFile("/proc/" + child + "/cgroup")
+	pid, _ := strconv.Atoi(child)
+	seize := seizeWithout(pid)
+
+	// Let it through: the queued connection, then the child's.
+	for i := 0; i < 2; i++ {
+		nfd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Write(nfd, []byte("hello\n"))
+		unix.Close(nfd)
+	}
+	d := <-done
+	if d.err != nil || d.line != "hello" {
+		t.Fatalf("the dial: %q, %v", d.line, d.err)
+	}
+	t.Logf("the child %s: CapBnd %s CapPrm %s CapEff %s NoNewPrivs %s, %s, seize: %v", child, status["CapBnd"], status["CapPrm"], status["CapEff"], status["NoNewPrivs"], netns, seize)
+	if seize == nil || !errors.Is(seize, unix.EPERM) {
+		t.Errorf("a same-uid process without CAP_SYS_PTRACE could trace the child (seize: %v)", seize)
+	}
+	if string(cgroup) != string(containerCgroup) {
+		t.Errorf("the child is in cgroups\n%s\nthe container's are\n%s", cgroup, containerCgroup)
 	}
 	want, _ := os.Readlink("/proc/" + strconv.Itoa(c.Pid) + "/ns/net")
-	if s.netns != want {
-		t.Errorf("the child is in network namespace %s, the container's is %s", s.netns, want)
+	if netns != want {
+		t.Errorf("the child is in network namespace %s, the container's is %s", netns, want)
 	}
 	hex := func(v uint64) string { return fmt.Sprintf("%016x", v) }
 	for k, v := range map[string]string{
 		"CapEff": hex(mounts.ConnectCaps), "CapPrm": hex(mounts.ConnectCaps), "CapInh": hex(0), "NoNewPrivs": "1",
 		"CapBnd": hex(mounts.ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CHROOT),
 	} {
-		if s.status[k] != v {
-			t.Errorf("the child's %s is %q, want %q", k, s.status[k], v)
+		if status[k] != v {
+			t.Errorf("the child's %s is %q, want %q", k, status[k], v)
 		}
 	}
+}
+
+// dialed is the outcome of a test-dial task.
+type dialed struct {
+	line string
+	err  error
+}
+
+// waitConnecting finds the connect child of a dial to sock, once it waits
+// in connect(2) (syscall 42 on x86_64, as /proc/PID/syscall says), and
+// returns its pid.
+func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
+	t.Helper()
+	want := mounts.WorkerArg + "\x00connect\x00" + sock
+	for deadline := time.Now().Add(testenv.Scale(20 * time.Second)); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		select {
+		case d := <-done:
+			t.Fatalf("the dial ended before the test saw its child: %q, %v", d.line, d.err)
+		default:
+		}
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if err != nil || !strings.Contains(string(cmd), want) {
+				continue
+			}
+			sc, _ := os.ReadFile("/proc/" + e.Name() + "/syscall")
+			if f := strings.Fields(string(sc)); len(f) > 0 && f[0] == "42" {
+				return e.Name()
+			}
+		}
+	}
+	t.Fatal("no connect child waiting in connect(2) within 20 s")
+	return ""
 }
 
 // A socket path below a FUSE directory whose server answers nothing (the

@@ -62,8 +62,10 @@ const connectArg = "connect"
 // ConnectCaps are the only capabilities DialInContainer's child keeps
 // once it is in the container's mount namespace and root: enough to
 // walk to and connect to a socket owned by the container's root user
-// when the container has a user namespace of its own.
-const ConnectCaps = 1<<unix.CAP_DAC_OVERRIDE | 1<<unix.CAP_DAC_READ_SEARCH
+// when the container has a user namespace of its own. Not
+// CAP_DAC_READ_SEARCH: it also allows open_by_handle_at, a way out of a
+// chroot.
+const ConnectCaps = 1 << unix.CAP_DAC_OVERRIDE
 
 // connectBounding is the bounding set of that child: ConnectCaps and
 // what joining the mount namespace and root takes.
@@ -93,11 +95,12 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 		return nil, fmt.Errorf("dial %s: %w", path, err)
 	}
 	files, err := door.Call(door.Spec{
-		Role:     WorkerArg,
-		Args:     []string{connectArg, path},
-		Request:  cgroups,
-		Files:    []*os.File{e.mntNS, e.root},
-		Deadline: time.Now().Add(timeout),
+		Role:          WorkerArg,
+		Args:          []string{connectArg, path},
+		Request:       cgroups,
+		Files:         []*os.File{e.mntNS, e.root},
+		Deadline:      time.Now().Add(timeout),
+		IntoContainer: true,
 		Prepare: func() error {
 			if err := unix.Setns(int(e.pidNS.Fd()), unix.CLONE_NEWPID); err != nil {
 				return fmt.Errorf("join pid namespace for children: %w", err)

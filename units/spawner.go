@@ -105,9 +105,10 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 		Request: req,
 		Files: []*os.File{os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens"),
 			os.NewFile(fdMnt, "mnt"), os.NewFile(fdRoot, "root")},
-		Env:      []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
-		Deadline: time.Unix(0, req.Deadline),
-		Log:      func(s string) { warnings = append(warnings, mounts.Escape(s)) },
+		Env:           []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
+		Deadline:      time.Unix(0, req.Deadline),
+		IntoContainer: true,
+		Log:           func(s string) { warnings = append(warnings, mounts.Escape(s)) },
 		Prepare: func() error {
 			for _, ns := range []struct {
 				fd   int

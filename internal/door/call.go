@@ -41,6 +41,11 @@ type Spec struct {
 	// that thread (namespaces for children, the bounding set), the child
 	// inherits, and nothing else of ours does.
 	Prepare func() error
+	// IntoContainer says that the child lives in a container's pid
+	// namespace (Prepare joins it), where the container sees it: refused
+	// on a host where it could be traced before its first step
+	// (fs.suid_dumpable = 1).
+	IntoContainer bool
 }
 
 // ExitGrace is how long a child gets to exit after its final line, or
@@ -96,14 +101,24 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	cmd.Stderr = &stderr
 	cmd.Dir = "/"
 
-	// The starting thread: locked, never unlocked, so that it ends when
-	// its goroutine does, after the child is gone or left behind; the
-	// child's parent-death signal is tied to it.
+	// The starting thread is locked for the child's life: its
+	// parent-death signal is tied to that thread. When Prepare changed
+	// it, the thread ends with its goroutine; otherwise it gets its DAC
+	// capabilities back and is unlocked, so that it goes on: a thread that
+	// ends also kills every child that anything else forked from it with a
+	// parent-death signal.
 	started := make(chan error, 1)
 	release := make(chan struct{})
 	defer close(release)
 	go func() {
 		runtime.LockOSThread()
+		keep := s.Prepare == nil
+		var caps *[2]unix.CapUserData
+		defer func() {
+			if keep && (caps == nil || restoreCaps(caps) == nil) {
+				runtime.UnlockOSThread()
+			}
+		}()
 		if s.Prepare != nil {
 			if err := s.Prepare(); err != nil {
 				started <- err
@@ -114,12 +129,21 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			started <- err
 			return
 		}
-		self, err := os.Open("/proc/self/exe")
+		if s.IntoContainer {
+			if err := suidDumpableOK(); err != nil {
+				started <- err
+				return
+			}
+		}
+		self, err := sealedSelf()
 		if err != nil {
-			started <- fmt.Errorf("open our executable: %w", err)
+			started <- err
 			return
 		}
-		defer self.Close()
+		if caps, err = withoutDAC(); err != nil {
+			started <- err
+			return
+		}
 		cmd.ExtraFiles = append(append([]*os.File{}, s.Files...), self)
 		cmd.Path = "/proc/self/fd/" + strconv.Itoa(3+len(s.Files))
 		err = cmd.Start()

@@ -4,27 +4,37 @@
 // through here, and this is the contract every caller relies on:
 //
 //  1. Nothing is executed by a path resolved inside a container. A child
-//     is always our own executable, opened as /proc/self/exe and started
-//     as /proc/self/fd/N from a fresh thread that is still in the host's
-//     mount namespace and root, whose /proc is checked to be a procfs
-//     (HostProcOK). A child that must live in a container joins its mount
-//     namespace and root itself (EnterMountNS), after the exec.
+//     is always our own executable: a sealed memfd copy of /proc/self/exe
+//     (made on the host), started as /proc/self/fd/N from a locked thread
+//     that is still in the host's mount namespace and root, whose /proc is
+//     checked to be a procfs (HostProcOK). A child that must live in a
+//     container joins its mount namespace and root itself (EnterMountNS),
+//     after the exec.
 //  2. Host facts come from the host: the highest capability number
 //     (LastCap) is read before anything of a container is joined.
 //  3. Every child has a deadline and dies with the thread that started it
 //     (PR_SET_PDEATHSIG, set by the child itself, plus a check that its
 //     parent is still there: Go's own check cannot work from inside
-//     another pid namespace). It is reaped; one that does not exit after
+//     another pid namespace). That thread lives until the child is gone;
+//     when Spec.Prepare changed it, it ends then, otherwise it gets its
+//     capabilities back and goes on (a thread that ends kills every child
+//     forked from it with a parent-death signal). It is reaped; one that
+//     does not exit after
 //     SIGKILL (blocked on a FUSE server that never answers) is reported
 //     with each thread's state, never waited for.
 //  4. A child inherits nothing but what its Spec names: its stdin (the
 //     request), its stdout (the protocol socket), its stderr (a bounded
 //     buffer), Spec.Files, a minimal environment. Every fd it inherited is
 //     close-on-exec from its first step (Begin).
-//  5. A child is not dumpable (PR_SET_DUMPABLE 0): a process of the
-//     container, which sees the children that live in its pid namespace,
-//     cannot trace them or read their memory and fds without
-//     CAP_SYS_PTRACE in the host's user namespace. What a child that
+//  5. A child is not dumpable from its exec on: the memfd copy has mode
+//     0111 and the starting thread has no CAP_DAC_OVERRIDE and
+//     CAP_DAC_READ_SEARCH in its effective set at the exec, so the kernel
+//     cannot let the child read its own file and makes it non-dumpable
+//     (fs.suid_dumpable, which must not be 1 for a child that enters a
+//     container: Spec.IntoContainer); Begin says so again. A process of
+//     the container, which sees the children that live in its pid
+//     namespace, cannot trace them or open their /proc files (root, exe,
+//     fds) without CAP_SYS_PTRACE in the host's user namespace. What a child that
 //     lives in a container holds beyond the container's own power is
 //     limited before it touches a path of the container: Spec.Prepare
 //     limits the starting thread (namespaces for children, bounding set),
@@ -32,10 +42,13 @@
 //  6. One protocol: the request is JSON on the child's stdin; the child
 //     answers on its stdout, a unix stream socket, with JSON lines (Msg):
 //     log lines, then one final line with the result or the error. Files
-//     the child hands back (a connected socket, an opened directory)
-//     travel with the final line as SCM_RIGHTS; the parent takes only as
-//     many as the final line announces, close-on-exec, and closes the
-//     rest. Lines are bounded in size.
+//     the child hands back (a connected socket, an opened directory, a
+//     pidfd) follow the final line as SCM_RIGHTS when the parent asks for
+//     them; before, the parent's reads have no room for fds and the kernel
+//     drops any a child sends. The parent takes exactly as many as
+//     announced, close-on-exec, and only sockets, pidfds and O_PATH fds
+//     (another kind is left open: closing a FUSE file can wait for good).
+//     Lines are bounded in size.
 //
 // Roles (the hidden first arguments that make the binary a child) are
 // registered here (Register) and dispatched by the entry point (Run)

@@ -3,6 +3,9 @@ package door
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +27,7 @@ func TestMain(m *testing.M) {
 			return r.Done(nil, err)
 		}
 		r.Log("got " + s)
-		f, err := os.Open("/dev/null")
+		f, err := os.OpenFile("/dev/null", unix.O_PATH, 0)
 		if err != nil {
 			return r.Done(nil, err)
 		}
@@ -53,9 +56,33 @@ func TestMain(m *testing.M) {
 	})
 	Register("__door-test-lie", func([]string) int {
 		r, _ := Begin()
-		f, _ := os.Open("/dev/null")
+		f, _ := os.OpenFile("/dev/null", unix.O_PATH, 0)
 		r.send(Msg{Done: true, Result: []byte(`"x"`), Files: 3}, []*os.File{f})
 		return 0
+	})
+	// Hands back a file whose close could ask a file system.
+	Register("__door-test-regular", func([]string) int {
+		r, _ := Begin()
+		f, _ := os.Open("/proc/self/status")
+		return r.Done("x", nil, f)
+	})
+	// Sends fds with a log line, unasked, then a final line without.
+	Register("__door-test-early", func([]string) int {
+		r, _ := Begin()
+		var fds []int
+		for i := 0; i < 8; i++ {
+			f, _ := os.Open("/dev/null")
+			fds = append(fds, int(f.Fd()))
+		}
+		unix.Sendmsg(1, []byte(`{"log":"here"}`+"\n"), unix.UnixRights(fds...), nil, 0)
+		return r.Done("x", nil)
+	})
+	// Waits before its first step: the window between the exec and Begin,
+	// made long.
+	Register("__door-test-slow-begin", func([]string) int {
+		time.Sleep(500 * time.Millisecond)
+		r, _ := Begin()
+		return r.Done("x", nil)
 	})
 	if code, ok := Run(os.Args[1:]); ok {
 		os.Exit(code)
@@ -161,6 +188,39 @@ func TestCallRefusesFilesNotAsAnnounced(t *testing.T) {
 	}
 }
 
+// A file whose close may wait on a file system (here a procfs file; a
+// FUSE file in an attack) is refused and never closed by the parent.
+func TestCallRefusesFilesOfOtherKinds(t *testing.T) {
+	files, err := Call(Spec{Role: "__door-test-regular", Deadline: time.Now().Add(10 * time.Second)}, nil)
+	closeAll(files)
+	if err == nil || !strings.Contains(err.Error(), "left open, never closed") {
+		t.Fatalf("err %v, files %d", err, len(files))
+	}
+}
+
+// Fds a child sends before its final line are never installed in the
+// parent: the kernel drops them.
+func TestCallNeverTakesFilesUnasked(t *testing.T) {
+	before := openFDs(t)
+	var res string
+	files, err := Call(Spec{Role: "__door-test-early", Deadline: time.Now().Add(10 * time.Second)}, &res)
+	if err != nil || res != "x" || len(files) != 0 {
+		t.Fatalf("result %q, %d files, err %v", res, len(files), err)
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d fds open after the call, %d before", after, before)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
 func TestCallWithoutDeadlineIsRefused(t *testing.T) {
 	if _, err := Call(Spec{Role: "__door-test-echo"}, nil); err == nil {
 		t.Fatal("a call without a deadline ran")
@@ -174,4 +234,101 @@ func mustLastCap(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A process of the container (same uid, its capabilities, no
+// CAP_SYS_PTRACE) that watches for a child of ours entering its pid
+// namespace and opens /proc/CHILD/root, which before the child's own
+// chroot is the host's root: refused from the exec on, not only from the
+// child's first step. Children were once exec'd from a file they could
+// read, which leaves them dumpable until Begin; this test then opened the
+// host's root through the child.
+func TestChildNotTraceableBeforeItsFirstStep(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "(not root): joins a pid namespace")
+	}
+	cmd := exec.Command("unshare", "-p", "--fork", "sleep", "600")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	init := testenv.WaitChild(t, cmd.Process.Pid)
+	pidns, err := os.Open(fmt.Sprintf("/proc/%d/ns/pid", init))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pidns.Close()
+	last := mustLastCap(t)
+	var bnd uint64
+	fmt.Sscanf(Caps(last), "bnd:%x", &bnd)
+	bnd &^= 1 << unix.CAP_SYS_PTRACE // as a container's: no CAP_SYS_PTRACE
+
+	stop := make(chan struct{})
+	type result struct {
+		opened []string
+		tried  int
+		err    error
+	}
+	attack := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: its capabilities are its own
+		var r result
+		defer func() { attack <- r }()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if r.err = unix.Capget(&hdr, &data[0]); r.err != nil {
+			return
+		}
+		data[0].Effective &^= 1 << unix.CAP_SYS_PTRACE
+		if r.err = unix.Capset(&hdr, &data[0]); r.err != nil {
+			return
+		}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tasks, _ := os.ReadDir("/proc/self/task")
+			for _, task := range tasks {
+				b, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+				for _, pid := range strings.Fields(string(b)) {
+					if pid == strconv.Itoa(cmd.Process.Pid) {
+						continue
+					}
+					r.tried++
+					fd, err := unix.Open("/proc/"+pid+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+					if err == nil {
+						unix.Close(fd)
+						if len(r.opened) == 0 || r.opened[len(r.opened)-1] != pid {
+							r.opened = append(r.opened, pid)
+						}
+					}
+				}
+			}
+		}
+	}()
+	var res string
+	_, err = Call(Spec{Role: "__door-test-slow-begin", Deadline: time.Now().Add(10 * time.Second), IntoContainer: true,
+		Prepare: func() error {
+			if err := unix.Setns(int(pidns.Fd()), unix.CLONE_NEWPID); err != nil {
+				return err
+			}
+			return LimitCaps(bnd, 0, last)
+		}}, &res)
+	close(stop)
+	r := <-attack
+	if err != nil || res != "x" {
+		t.Fatalf("call: %q, %v", res, err)
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Logf("%d attempts on the child's /proc/PID/root", r.tried)
+	if r.tried == 0 {
+		t.Fatal("the attacker never saw the child: the test did not attack")
+	}
+	if len(r.opened) > 0 {
+		t.Fatalf("a process without CAP_SYS_PTRACE opened /proc/PID/root of our child (pids %v)", r.opened)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -41,29 +42,34 @@ func (r *Reply) send(m Msg, files []*os.File) error {
 		return err
 	}
 	b = append(b, '\n')
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done {
 		return errors.New("door: a final message was sent already")
 	}
 	r.done = m.Done
-	// The first sendmsg carries the fds; a long line goes on in plain
-	// writes, which the parent joins.
-	n, err := unix.SendmsgN(1, b, oob, nil, 0)
-	for err == nil && n < len(b) {
-		var k int
-		k, err = unix.Write(1, b[n:])
+	for n := 0; n < len(b); {
+		k, err := unix.Write(1, b[n:])
+		if err != nil {
+			return err
+		}
 		n += k
 	}
-	return err
+	if len(files) == 0 {
+		return nil
+	}
+	// The files come after the final line, when the parent asks for them
+	// (one byte), alone with one newline: it receives fds only then, and
+	// only as many as announced.
+	ask := make([]byte, 1)
+	if k, err := unix.Read(1, ask); k != 1 {
+		return fmt.Errorf("the parent did not ask for the files: %v", err)
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	return unix.Sendmsg(1, []byte{'\n'}, unix.UnixRights(fds...), nil, 0)
 }
 
 // Log sends one log line to the parent.
@@ -111,38 +117,24 @@ type final struct {
 
 // readMsgs reads the protocol from conn until the final line or the end:
 // log lines go to logf, the last one also to last. It returns the final
-// line, or nil when the child ended without one. Fds beyond what the final
-// line announces, and all fds when there is none, are closed.
+// line, or nil when the child ended without one.
+//
+// Fds are received only after the final line, only as many as it
+// announces (maxFiles at most), and only of the kinds a child hands back
+// (sockets, pidfds, O_PATH fds), whose close
+// never waits on a file system. Before that the read has no room for
+// them, and the kernel drops any a child sends without installing them:
+// a file we never asked for is never ours to close (closing a FUSE file
+// waits for its server through SIGKILL).
 func readMsgs(conn *net.UnixConn, logf func(string), last func(string)) *final {
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*maxFiles))
 	var line []byte
-	var fds []int
-	closeFDs := func(keep int) []*os.File {
-		var out []*os.File
-		for i, fd := range fds {
-			if i < keep {
-				out = append(out, os.NewFile(uintptr(fd), "door-file"))
-			} else {
-				unix.Close(fd)
-			}
-		}
-		fds = nil
-		return out
+	fail := func(format string, args ...any) *final {
+		return &final{msg: Msg{Done: true, Error: fmt.Sprintf(format, args...)}}
 	}
 	for {
-		n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
-		n, oobn = max(n, 0), max(oobn, 0)
-		if oobn > 0 {
-			if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
-				for i := range msgs {
-					if got, rerr := unix.ParseUnixRights(&msgs[i]); rerr == nil {
-						fds = append(fds, got...)
-					}
-				}
-			}
-		}
-		line = append(line, buf[:n]...)
+		n, _, _, _, err := conn.ReadMsgUnix(buf, nil)
+		line = append(line, buf[:max(n, 0)]...)
 		for {
 			i := bytes.IndexByte(line, '\n')
 			if i < 0 {
@@ -160,28 +152,91 @@ func readMsgs(conn *net.UnixConn, logf func(string), last func(string)) *final {
 				}
 				last(m.Log)
 			}
-			if m.Done {
-				keep := min(max(m.Files, 0), maxFiles)
-				if m.Error != "" {
-					keep = 0
-				}
-				f := &final{msg: m, files: closeFDs(keep)}
-				if len(f.files) != keep {
-					closeAll(f.files)
-					return &final{msg: Msg{Done: true, Error: fmt.Sprintf("the child announced %d files and passed %d", keep, len(f.files))}}
-				}
-				return f
+			if !m.Done {
+				continue
 			}
+			if m.Error != "" || m.Files <= 0 {
+				m.Files = 0
+				return &final{msg: m}
+			}
+			if m.Files > maxFiles {
+				return fail("the child announced %d files, more than %d", m.Files, maxFiles)
+			}
+			if len(line) > 0 {
+				return fail("the child wrote after its final line")
+			}
+			files, err := receiveFiles(conn, m.Files)
+			if err != nil {
+				return fail("%v", err)
+			}
+			return &final{msg: m, files: files}
 		}
 		if len(line) > maxLine {
-			closeFDs(0)
-			return &final{msg: Msg{Done: true, Error: "a line of the child's is over 16 MiB"}}
+			return fail("a line of the child's is over 16 MiB")
 		}
-		if err != nil || n == 0 && oobn == 0 {
-			closeFDs(0)
+		if err != nil || n <= 0 {
 			return nil
 		}
 	}
+}
+
+// receiveFiles asks for the n fds announced by a final line and reads
+// them, with the one newline they come with.
+func receiveFiles(conn *net.UnixConn, n int) ([]*os.File, error) {
+	if _, err := conn.Write([]byte{'?'}); err != nil {
+		return nil, fmt.Errorf("ask for the child's files: %w", err)
+	}
+	oob := make([]byte, unix.CmsgSpace(4*n))
+	buf := make([]byte, 1)
+	k, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
+	var fds []int
+	if oobn > 0 {
+		if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+			for i := range msgs {
+				if got, rerr := unix.ParseUnixRights(&msgs[i]); rerr == nil {
+					fds = append(fds, got...)
+				}
+			}
+		}
+	}
+	files, bad := keepSafe(fds)
+	switch {
+	case bad != "":
+		closeAll(files)
+		return nil, fmt.Errorf("the child passed %s: left open, never closed", bad)
+	case err != nil:
+		closeAll(files)
+		return nil, fmt.Errorf("receive the child's files: %w", err)
+	case flags&unix.MSG_CTRUNC != 0 || len(files) != n:
+		closeAll(files)
+		return nil, fmt.Errorf("the child announced %d files and passed %d", n, len(files))
+	case k != 1 || buf[0] != '\n':
+		closeAll(files)
+		return nil, errors.New("the child's files came without their newline")
+	}
+	return files, nil
+}
+
+// keepSafe wraps the fds whose close asks no file system (sockets,
+// pidfds, O_PATH fds); the others are named in bad and left open.
+func keepSafe(fds []int) (files []*os.File, bad string) {
+	var others []string
+	for _, fd := range fds {
+		var st unix.Statx_t
+		serr := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &st)
+		fl, ferr := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		socket := serr == nil && uint32(st.Mode)&unix.S_IFMT == unix.S_IFSOCK
+		// A pidfd answers signal 0 (or says its process is gone); any
+		// other file is refused by the kernel before a file system is asked.
+		perr := unix.PidfdSendSignal(fd, 0, nil, 0)
+		pidfd := perr == nil || errors.Is(perr, unix.ESRCH)
+		if socket || pidfd || ferr == nil && fl&unix.O_PATH != 0 {
+			files = append(files, os.NewFile(uintptr(fd), "door-file"))
+			continue
+		}
+		others = append(others, fmt.Sprintf("fd %d (mode %#o)", fd, st.Mode))
+	}
+	return files, strings.Join(others, ", ")
 }
 
 func closeAll(files []*os.File) {
