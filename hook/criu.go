@@ -1,5 +1,8 @@
 package hook
 
+// The CRIU action-script mode: which actions act (pre-resume,
+// post-resume), and the fix run they share with the fix command.
+
 import (
 	"errors"
 	"fmt"

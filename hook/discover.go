@@ -1,5 +1,8 @@
 package hook
 
+// What the hook sees of a container: its autofs mounts, their masters and
+// states, nested copies, and the evidence that it was restored.
+
 import (
 	"fmt"
 	"os"

@@ -1,5 +1,8 @@
 package hook
 
+// Logging: where log lines go (syslog, stderr, a log file), at which
+// level, and how one entry is written as one line.
+
 import (
 	"bytes"
 	"fmt"

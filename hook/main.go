@@ -1,5 +1,8 @@
 package hook
 
+// The entry point into the hook: child roles first, then the CRIU action
+// mode, then the commands.
+
 import (
 	"errors"
 	"flag"

@@ -1,5 +1,8 @@
 package hook
 
+// The OCI hook mode: the runtime's state on stdin, and the detached worker
+// that follows a restore to its end.
+
 import (
 	"encoding/json"
 	"fmt"

@@ -1,5 +1,8 @@
 package hook
 
+// The runtime-spec state an OCI hook reads, and the verdict on whether to
+// act: restore, fresh start, or refusal.
+
 import (
 	"bytes"
 	"encoding/json"

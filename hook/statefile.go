@@ -1,5 +1,8 @@
 package hook
 
+// The state file of a container: its schema, the lock, and how stale files
+// are removed.
+
 import (
 	"encoding/json"
 	"errors"

@@ -1,5 +1,8 @@
 package hook
 
+// The status command: the report of a container's autofs mounts, as a
+// table or JSON.
+
 import (
 	"encoding/json"
 	"fmt"

@@ -1,5 +1,8 @@
 package mounts
 
+// A process's mount table read from /proc/PID/mountinfo, with its autofs
+// mounts and what sits on them.
+
 import (
 	"fmt"
 	"io"

@@ -1,5 +1,8 @@
 package mounts
 
+// Moving the filesystems on top of an autofs mount point aside into a
+// private staging tmpfs and back, by fd.
+
 import (
 	"errors"
 	"fmt"

@@ -1,5 +1,8 @@
 package mounts
 
+// Processes pinned by pidfds, and what the hook reads of them from the
+// host's /proc (stat, status, namespaces).
+
 import (
 	"bytes"
 	"errors"

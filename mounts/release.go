@@ -1,5 +1,8 @@
 package mounts
 
+// Making a daemon's mounts catatonic through the ioctl fds it holds on
+// them, copied in a child.
+
 import (
 	"encoding/json"
 	"errors"

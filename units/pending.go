@@ -1,5 +1,8 @@
 package units
 
+// The record of an automount daemon about to be killed, and starting it
+// again from that record (RetryRespawn).
+
 import (
 	"encoding/json"
 	"errors"

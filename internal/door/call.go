@@ -1,5 +1,8 @@
 package door
 
+// The parent's side of the door: starting a child role, its deadline,
+// reaping it, and reading its answer.
+
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,8 @@
 package door
 
+// Joining a container process's cgroups, for a child that lives in the
+// container.
+
 import (
 	"fmt"
 	"os"

@@ -1,5 +1,8 @@
 package door
 
+// A child's first step (Begin), and the steps of entering a container: its
+// mount namespace and root, capabilities, host facts.
+
 import (
 	"errors"
 	"fmt"

@@ -1,5 +1,8 @@
 package door
 
+// The executable children are started from: a sealed memfd copy that makes
+// them non-dumpable from their exec.
+
 import (
 	"errors"
 	"fmt"

@@ -1,5 +1,8 @@
 package door
 
+// The protocol between a child and its parent: JSON lines, then the files
+// the child hands back.
+
 import (
 	"bytes"
 	"encoding/json"

@@ -1,5 +1,8 @@
 package door
 
+// The registry of child roles: the hidden first arguments that make the
+// binary a child.
+
 import (
 	"fmt"
 	"sync"

@@ -1,5 +1,8 @@
 package testenv
 
+// Stand-ins for a container's processes: an init in namespaces of its own,
+// and waiting for a child.
+
 import (
 	"fmt"
 	"os"
