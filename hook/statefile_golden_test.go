@@ -21,7 +21,9 @@ func fullRecord() record {
 		UID: []uint32{1, 1, 1, 1}, GID: []uint32{2, 2, 2, 2}, Groups: []uint32{3},
 		CapInh: 1, CapPrm: 2, CapEff: 3, CapBnd: 4, CapAmb: 5, NoNewPriv: true, Seccomp: 1,
 		Cgroups: []string{"0::/lab"}, Stdio: [3]string{"/dev/null", "/run/automount.log", "/run/automount.log"},
-		NsPid: 7, Exe: "/usr/sbin/automount", Cwd: "/"}
+		NsPid: 7, Exe: "/usr/sbin/automount", Cwd: "/",
+		SeccompFilterCount: 1, SeccompFilters: []units.SeccompFilter{{Insns: [][4]uint32{{6, 0, 0, 0x7fff0000}}, Log: true}},
+		Rlimits: [][2]uint64{{1024, 2048}}, OOMScoreAdj: 500, Umask: 0o27, Personality: 8}
 	return record{
 		Pid: 4242, StartTime: 99,
 		Prepared:   []preparedMount{{Mountpoint: "/srv/a", Dev: 44, Kind: "systemd", MasterPid: 4242, Unit: "srv-a.automount"}},

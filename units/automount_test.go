@@ -16,8 +16,11 @@ import (
 func TestDaemonReproducible(t *testing.T) {
 	full := uint64(0x1ffffffffff)
 	root := func() *Daemon {
-		return &Daemon{Argv: []string{"/usr/sbin/automount", "-f"}, UID: []uint32{0, 0, 0, 0}, GID: []uint32{0, 0, 0, 0}, CapPrm: full, CapEff: full, CapBnd: full}
+		return &Daemon{Argv: []string{"/usr/sbin/automount", "-f"}, UID: []uint32{0, 0, 0, 0}, GID: []uint32{0, 0, 0, 0}, CapPrm: full, CapEff: full, CapBnd: full,
+			Rlimits: make([][2]uint64, len(limitNames)), SeccompFilterCount: -1}
 	}
+	allow := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ALLOW}}}}
+	notify := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_USER_NOTIF}}}}
 	tests := []struct {
 		name string
 		mod  func(d *Daemon)
@@ -27,7 +30,15 @@ func TestDaemonReproducible(t *testing.T) {
 		{"root, reduced bounding set", func(d *Daemon) { d.CapBnd, d.CapPrm, d.CapEff = 0xff, 0xff, 0xff }, ""},
 		{"no_new_privs", func(d *Daemon) { d.NoNewPriv = true }, ""},
 		{"seccomp strict", func(d *Daemon) { d.Seccomp = 1 }, ""},
-		{"seccomp filter", func(d *Daemon) { d.Seccomp = 2 }, "seccomp filter"},
+		{"seccomp filters not read", func(d *Daemon) { d.Seccomp = 2 }, "seccomp filters that were not read"},
+		{"seccomp filters read", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, allow }, ""},
+		{"seccomp filters, fewer read than the kernel counts", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 2, allow }, "2 seccomp filters and 1 were read"},
+		{"seccomp user notification", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, notify }, "supervisor"},
+		{"seccomp filters, nothing could install them", func(d *Daemon) {
+			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, allow
+			d.CapBnd, d.CapPrm, d.CapEff = 0xff, 0xff, 0xff
+		}, "no_new_privs or CAP_SYS_ADMIN"},
+		{"limits not read", func(d *Daemon) { d.Rlimits = nil }, "resource limits were not read"},
 		{"root, caps dropped after exec", func(d *Daemon) { d.CapPrm = 0x1 }, "not what exec gives root"},
 		{"ambient caps", func(d *Daemon) { d.CapAmb = 0x1 }, "ambient"},
 		{"setuid leftovers", func(d *Daemon) { d.UID = []uint32{1000, 0, 0, 0} }, "mixed"},

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"golang.org/x/sys/unix"
 )
 
 // Daemon is what is captured of an automount daemon before it is killed:
@@ -43,6 +44,17 @@ type Daemon struct {
 	Exe string `json:"exe"`
 	// Cwd is the path of its working directory in the container.
 	Cwd string `json:"cwd"`
+	// SeccompFilterCount is Seccomp_filters of its status (-1 where the
+	// kernel does not say); SeccompFilters are the filters, oldest first,
+	// read through ptrace when Seccomp is 2 (RespawnAutomount).
+	SeccompFilterCount int             `json:"seccomp_filter_count"`
+	SeccompFilters     []SeccompFilter `json:"seccomp_filters,omitempty"`
+	// Rlimits are its resource limits, soft and hard, by resource
+	// number (RLIMIT_CPU = 0 ...), from /proc/PID/limits.
+	Rlimits     [][2]uint64 `json:"rlimits"`
+	OOMScoreAdj int         `json:"oom_score_adj"`
+	Umask       uint32      `json:"umask"`
+	Personality uint32      `json:"personality"`
 }
 
 // CaptureDaemon reads from the host's /proc/PID what it takes to start
@@ -100,10 +112,71 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	d.NoNewPriv = st["NoNewPrivs"] == "1"
 	d.Seccomp, err = strconv.Atoi(st["Seccomp"])
 	errs = append(errs, err)
+	d.SeccompFilterCount = -1
+	if v, ok := st["Seccomp_filters"]; ok {
+		d.SeccompFilterCount, err = strconv.Atoi(v)
+		errs = append(errs, err)
+	}
+	umask, err := strconv.ParseUint(st["Umask"], 8, 32)
+	d.Umask = uint32(umask)
+	errs = append(errs, err)
+	d.Rlimits, err = readLimits(dir + "limits")
+	errs = append(errs, err)
+	b, err := os.ReadFile(dir + "oom_score_adj")
+	if err == nil {
+		d.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	errs = append(errs, err)
+	if b, err = os.ReadFile(dir + "personality"); err == nil {
+		var pers uint64
+		pers, err = strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+		d.Personality = uint32(pers)
+	}
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil || len(d.UID) != 4 || len(d.GID) != 4 {
 		return nil, fmt.Errorf("parse credentials of %d: %v", pid, err)
 	}
 	return d, nil
+}
+
+// limitNames are the rows of /proc/PID/limits, by resource number.
+var limitNames = []string{"Max cpu time", "Max file size", "Max data size", "Max stack size", "Max core file size",
+	"Max resident set", "Max processes", "Max open files", "Max locked memory", "Max address space", "Max file locks",
+	"Max pending signals", "Max msgqueue size", "Max nice priority", "Max realtime priority", "Max realtime timeout"}
+
+// readLimits reads a /proc/PID/limits file: soft and hard limit of each
+// resource, RLIM_INFINITY for "unlimited".
+func readLimits(path string) ([][2]uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][2]uint64, len(limitNames))
+	seen := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		for r, name := range limitNames {
+			rest, ok := strings.CutPrefix(l, name+" ")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			if len(f) < 2 {
+				return nil, fmt.Errorf("%s: %q", path, l)
+			}
+			for i := 0; i < 2; i++ {
+				if f[i] == "unlimited" {
+					out[r][i] = unix.RLIM_INFINITY
+				} else if out[r][i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
+					return nil, fmt.Errorf("%s: %q", path, l)
+				}
+			}
+			seen++
+		}
+	}
+	if seen != len(limitNames) {
+		return nil, fmt.Errorf("%s: %d of %d limits", path, seen, len(limitNames))
+	}
+	return out, nil
 }
 
 func splitNul(b []byte) []string {
@@ -130,8 +203,14 @@ func uints(s string, base, bits int) ([]uint32, error) {
 // its privileges, or returns nil.
 func (d *Daemon) Reproducible() error {
 	switch {
-	case d.Seccomp == 2:
-		return errors.New("it runs under a seccomp filter, which the hook cannot copy: refused rather than respawn it unconfined; restart the container's automount by hand")
+	case d.Seccomp == 2 && len(d.SeccompFilters) == 0:
+		return errors.New("it runs under seccomp filters that were not read: refused rather than respawn it unconfined; restart the container's automount by hand")
+	case d.Seccomp == 2 && !d.NoNewPriv && d.CapBnd&(1<<unix.CAP_SYS_ADMIN) == 0:
+		return errors.New("it runs under seccomp filters without no_new_privs or CAP_SYS_ADMIN, so nothing started as it could install them: refused")
+	case d.Seccomp == 2 && seccompReproducible(d.SeccompFilters, d.SeccompFilterCount) != nil:
+		return fmt.Errorf("%w: refused rather than respawn it with other filters; restart the container's automount by hand", seccompReproducible(d.SeccompFilters, d.SeccompFilterCount))
+	case len(d.Rlimits) != len(limitNames):
+		return fmt.Errorf("its resource limits were not read (%d of %d)", len(d.Rlimits), len(limitNames))
 	case d.UID[0] != d.UID[1] || d.UID[1] != d.UID[2] || d.GID[0] != d.GID[1] || d.GID[1] != d.GID[2]:
 		return fmt.Errorf("it runs with mixed real/effective/saved ids (uid %v gid %v): refused", d.UID, d.GID)
 	case d.UID[0] != 0 && (d.CapPrm != 0 || d.CapAmb != 0):
@@ -170,7 +249,12 @@ func verifySame(pid int, want *Daemon) error {
 	cmp("CapAmb", got.CapAmb, want.CapAmb)
 	cmp("NoNewPrivs", got.NoNewPriv, want.NoNewPriv)
 	cmp("Seccomp", got.Seccomp, want.Seccomp)
+	cmp("Seccomp_filters", got.SeccompFilterCount, want.SeccompFilterCount)
 	cmp("cgroups", got.Cgroups, want.Cgroups)
+	cmp("limits", got.Rlimits, want.Rlimits)
+	cmp("oom_score_adj", got.OOMScoreAdj, want.OOMScoreAdj)
+	cmp("umask", got.Umask, want.Umask)
+	cmp("personality", got.Personality, want.Personality)
 	if len(diffs) > 0 {
 		return fmt.Errorf("the new automount (pid %d) differs from the old one: %s", pid, strings.Join(diffs, "; "))
 	}

@@ -77,6 +77,11 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 	if err != nil {
 		return nil, err
 	}
+	if info.Seccomp == 2 {
+		if info.SeccompFilters, err = readSeccompFilters(d, min(5*time.Second, time.Until(deadline))); err != nil {
+			return nil, fmt.Errorf("respawn automount %d: %w: refused rather than respawn it unconfined", pid, err)
+		}
+	}
 	if err := info.Reproducible(); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
@@ -160,7 +165,7 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	if err != nil {
 		return res, err
 	}
-	if err := verified(newPid, info, files); err != nil {
+	if err := verified(nd, info, files); err != nil {
 		if kerr := nd.Kill(5 * time.Second); kerr != nil {
 			return nil, fmt.Errorf("%w; and it could not be killed: %v", err, kerr)
 		}
@@ -169,11 +174,21 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	return res, nil
 }
 
-// verified checks the new daemon pid: the credentials of the old one
-// (info), and no fd of ours among its files.
-func verified(newPid int, info *Daemon, files []*os.File) error {
+// verified checks the new daemon: the credentials, limits and seccomp
+// filters of the old one (info), and no fd of ours among its files.
+func verified(nd *mounts.Process, info *Daemon, files []*os.File) error {
+	newPid := nd.Pid
 	if err := verifySame(newPid, info); err != nil {
 		return err
+	}
+	if info.Seccomp == 2 {
+		got, err := readSeccompFilters(nd, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
+		}
+		if !slices.EqualFunc(got, info.SeccompFilters, func(a, b SeccompFilter) bool { return a.Log == b.Log && slices.Equal(a.Insns, b.Insns) }) {
+			return fmt.Errorf("the new automount (pid %d) has other seccomp filters than the old one", newPid)
+		}
 	}
 	if err := failpoint.Err("verify"); err != nil {
 		return fmt.Errorf("the new automount (pid %d): %w", newPid, err)

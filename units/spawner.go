@@ -91,6 +91,15 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if err := door.JoinCgroups(req.Daemon.Cgroups); err != nil {
 		return nil, nil, err
 	}
+	// What the container stage cannot set itself once it has no more
+	// power than the daemon (a higher hard limit than ours, a lower
+	// oom_score_adj), it inherits from here.
+	if err := raiseHardLimits(req.Daemon.Rlimits); err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(req.Daemon.OOMScoreAdj)), 0); err != nil {
+		return nil, nil, fmt.Errorf("set oom_score_adj %d: %w", req.Daemon.OOMScoreAdj, err)
+	}
 	var warnings []string
 	var res spawnResult
 	// The container stage, the first process of ours in the container's
@@ -191,6 +200,14 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if time.Now().After(deadline) {
 		return nil, nil, errors.New("the hook's deadline passed before the start: not started")
 	}
+	// The old daemon's umask, personality and limits, then its seccomp
+	// filters, last: on this thread, which the daemon is forked from.
+	if err := setProcessState(d); err != nil {
+		return nil, nil, err
+	}
+	if err := installSeccomp(d.SeccompFilters); err != nil {
+		return nil, nil, err
+	}
 	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
@@ -231,4 +248,37 @@ func removeStaleFlag(oldPid int) {
 			unix.Unlink(p)
 		}
 	}
+}
+
+// raiseHardLimits raises our hard limits to the daemon's where they are
+// lower, so that the container stage can set the daemon's exactly.
+func raiseHardLimits(want [][2]uint64) error {
+	for r, w := range want {
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(r, &cur); err != nil {
+			return fmt.Errorf("getrlimit %d: %w", r, err)
+		}
+		if w[1] > cur.Max {
+			if err := unix.Setrlimit(r, &unix.Rlimit{Cur: cur.Cur, Max: w[1]}); err != nil {
+				return fmt.Errorf("raise hard limit %s to %d: %w", limitNames[r], w[1], err)
+			}
+		}
+	}
+	return nil
+}
+
+// setProcessState gives the calling thread and process the daemon's
+// umask (this thread's own: CLONE_FS was unshared), personality and
+// resource limits, which the daemon inherits at the fork.
+func setProcessState(d *Daemon) error {
+	unix.Umask(int(d.Umask))
+	if _, _, e := unix.RawSyscall(unix.SYS_PERSONALITY, uintptr(d.Personality), 0, 0); e != 0 {
+		return fmt.Errorf("set personality %#x: %w", d.Personality, e)
+	}
+	for r, w := range d.Rlimits {
+		if err := unix.Setrlimit(r, &unix.Rlimit{Cur: w[0], Max: w[1]}); err != nil {
+			return fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], w[0], w[1], err)
+		}
+	}
+	return nil
 }

@@ -320,35 +320,40 @@ func TestAutomountActionScript(tt *testing.T) {
 			}
 		}
 		t.Logf("round %d: daemon %d, fds %v", round, d.pid, d.fds)
-		// CRIU refuses to dump a triggered direct mount: let the new
-		// daemon expire what is unused (SIGUSR1), which also shows it
-		// serves its mounts, then trigger the indirect keys again for
-		// the next round.
-		if err := syscall.Kill(d.pid, syscall.SIGUSR1); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(testenv.Scale(10 * time.Second))
-		for {
-			covered := 0
-			for _, m := range status(t, c).Mounts {
-				if m.OnTop != "" || strings.HasPrefix(m.Mountpoint, "/srv/dmulti/") {
-					covered++
-				}
-			}
-			if covered == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the new daemon did not expire its direct mounts: %+v", status(t, c).Mounts)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		mustWork(t, c, "sh", "-c", "echo state-before-checkpoint > /ind/k1/state && ls /ind/multi")
+		expireAndRetrigger(t, c, d.pid)
 	}
 	l := log()
 	if n := strings.Count(l, "automount killed and started again"); n != 2 {
 		t.Errorf("daemon respawned %d times in 2 restores, want 2:\n%s", n, l)
 	}
+}
+
+// expireAndRetrigger prepares an automount container for its next
+// checkpoint: CRIU refuses to dump a triggered direct mount, so the daemon
+// (pid) expires what is unused (SIGUSR1), which also shows that it serves
+// its mounts; then the indirect keys are triggered again.
+func expireAndRetrigger(t testing.TB, c *lab.Container, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testenv.Scale(10 * time.Second))
+	for {
+		covered := 0
+		for _, m := range status(t, c).Mounts {
+			if m.OnTop != "" || strings.HasPrefix(m.Mountpoint, "/srv/dmulti/") {
+				covered++
+			}
+		}
+		if covered == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new daemon did not expire its direct mounts: %+v", status(t, c).Mounts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	mustWork(t, c, "sh", "-c", "echo state-before-checkpoint > /ind/k1/state && ls /ind/multi")
 }
 
 func TestPlainContainerIsQuiet(tt *testing.T) {

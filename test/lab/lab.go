@@ -73,6 +73,10 @@ type Options struct {
 	Count int
 	// NoTrigger leaves every automount point untriggered at Up.
 	NoTrigger bool
+	// Confined runs the container as podman and Kubernetes do: a seccomp
+	// filter, oomScoreAdj, lower limits, and (automount) a daemon umask
+	// (lab.sh --confined).
+	Confined bool
 	// ActionScript is wired as CRIU action script through a per-bundle CRIU
 	// config file named by the org.criu.config annotation (/etc/criu is
 	// never touched; unwired bundles set the annotation to "").
@@ -177,6 +181,9 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 	}
 	if opts.NoTrigger {
 		args = append(args, "--no-trigger")
+	}
+	if opts.Confined {
+		args = append(args, "--confined")
 	}
 	if _, err := c.lab(5*time.Minute, args...); err != nil {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)

@@ -22,6 +22,11 @@
 #                     Trigger: /ind/k1/state is written, /ind/multi is mounted
 #                     (its offset /ind/multi/sub stays an untriggered autofs mount).
 #                     Direct mounts are never triggered: CRIU refuses to dump then.
+#                     --confined: as podman and Kubernetes confine containers: a
+#                     seccomp filter (config.json linux.seccomp, allow by default,
+#                     a few syscalls EPERM), oomScoreAdj 500, lower limits
+#                     (nofile 1024/2048, nproc 3000/4000) and, for automount, umask
+#                     027 for the daemon.
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -140,7 +145,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -151,6 +156,7 @@ parse_opts() {
 		--count) COUNT=$2; shift ;;
 		--no-trigger) TRIGGER=0 ;;
 		--automount-daemon) AUTOMOUNT_DAEMON=1 ;;
+		--confined) CONFINED=1 ;;
 		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
 		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
 		--hook) HOOK_PATH=$2; WIRING_GIVEN=1; shift ;;
@@ -229,6 +235,13 @@ write_config() { # write_config NAME BUNDLE
 		h+="}"
 		hooks="\"hooks\": {$(json_str "$HOOK_STAGE"): [$h]},"
 	fi
+	local rlimits='[{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]' confinement=""
+	if [ "$CONFINED" = 1 ]; then
+		rlimits='[{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}, {"type": "RLIMIT_NPROC", "hard": 4000, "soft": 3000}]'
+		confinement='"oomScoreAdj": 500,'
+	fi
+	local seccomp=""
+	[ "$CONFINED" = 0 ] || seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kexec_load", "open_by_handle_at", "bpf", "perf_event_open", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
 	cat >"$b/config.json.tmp" <<JSON
 {
   "ociVersion": "1.0.2",
@@ -243,7 +256,8 @@ write_config() { # write_config NAME BUNDLE
       "effective": $(host_caps),
       "permitted": $(host_caps)
     },
-    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+    "rlimits": $rlimits,
+    $confinement
     "noNewPrivileges": false
   },
   "root": {"path": "rootfs", "readonly": false},
@@ -263,6 +277,7 @@ write_config() { # write_config NAME BUNDLE
     {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
   ],
   "linux": {
+    $seccomp
     "cgroupsPath": $(json_str "/arh-lab/$name"),
     "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
     "devices": [{"path": "/dev/autofs", "type": "c", "major": 10, "minor": 235, "fileMode": 420, "uid": 0, "gid": 0}],
@@ -325,6 +340,7 @@ MAP
 	} >"$r/etc/auto.ind"
 	local am='setsid /usr/sbin/automount -f -d -p /run/automount.pid </dev/null >/run/automount.log 2>&1 &'
 	[ "$AUTOMOUNT_DAEMON" = 0 ] || am='setsid /usr/sbin/automount -d -p /run/automount.pid </dev/null >/dev/null 2>&1'
+	[ "$CONFINED" = 0 ] || am="umask 027; $am"
 	cat >"$r/lab/init.sh" <<INIT
 #!/bin/sh
 # arh-lab init (kind automount): stdio inside the container, automount as a

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// seccompPrograms reads the seccomp filters of pid through ptrace
+// (PTRACE_SECCOMP_GET_FILTER), oldest first, each as its instructions
+// printed: the test's own reading, not the hook's.
+func seccompPrograms(t testing.TB, pid int) []string {
+	t.Helper()
+	type result struct {
+		progs []string
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // ptrace requests come from the tracer thread
+		var r result
+		defer func() {
+			if r.err == nil {
+				runtime.UnlockOSThread()
+			}
+			done <- r
+		}()
+		if r.err = unix.PtraceSeize(pid); r.err != nil {
+			return
+		}
+		defer unix.PtraceDetach(pid)
+		if r.err = unix.PtraceInterrupt(pid); r.err != nil {
+			return
+		}
+		var ws unix.WaitStatus
+		if _, r.err = unix.Wait4(pid, &ws, unix.WALL, nil); r.err != nil {
+			return
+		}
+		for i := 0; ; i++ {
+			n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), uintptr(i), 0, 0, 0)
+			if e == unix.ENOENT {
+				return
+			}
+			if e != 0 || n == 0 {
+				r.err = fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %v (%d)", i, e, n)
+				return
+			}
+			prog := make([]unix.SockFilter, n)
+			if _, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), uintptr(i), uintptr(unsafe.Pointer(&prog[0])), 0, 0); e != 0 {
+				r.err = e
+				return
+			}
+			r.progs = append(r.progs, fmt.Sprint(prog))
+		}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("read the seccomp filters of %d: %v", pid, r.err)
+	}
+	return r.progs
+}
+
+// confinement is what a container gives its processes beyond credentials,
+// read from the host's /proc.
+func confinement(t testing.TB, pid int) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, f := range []string{"limits", "oom_score_adj", "personality"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[f] = string(b)
+	}
+	return out
+}
+
+// A container confined as podman and Kubernetes confine them (a seccomp
+// filter from config.json, oomScoreAdj, lower limits, the daemon's
+// umask), restored by runc and CRIU with the action script: the automount
+// daemon is started again with the very same seccomp filters (read back
+// by the test through ptrace), limits, oom_score_adj, umask and
+// personality, every path works, and the container checkpoints and
+// restores again. The hook once refused such a daemon ("runs under a
+// seccomp filter, which the hook cannot copy"), and the paths stayed
+// catatonic; before that, it respawned it unconfined with the hook's own
+// limits.
+func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	c := lab.Up(t, "hook-confined", lab.Automount, lab.Options{ActionScript: bin, Confined: true})
+	allOK(t, c, 5)
+	orig := automountDaemons(t, c)
+	if len(orig) != 1 {
+		t.Fatalf("%d automount daemons before checkpoint", len(orig))
+	}
+	o := orig[0]
+	origProgs := seccompPrograms(t, o.pid)
+	origConf := confinement(t, o.pid)
+	// The test means something only if the container is confined, and
+	// otherwise than the hook is.
+	if o.status["Seccomp"] != "2" || len(origProgs) == 0 || o.status["Umask"] != "0027" || strings.TrimSpace(origConf["oom_score_adj"]) != "500" {
+		t.Fatalf("the container is not confined as asked: Seccomp %s, %d filters, Umask %s, oom_score_adj %s", o.status["Seccomp"], len(origProgs), o.status["Umask"], origConf["oom_score_adj"])
+	}
+	if self := confinement(t, os.Getpid()); self["limits"] == origConf["limits"] {
+		t.Fatalf("the container's limits are the test's own: the test would not see a copy of the hook's")
+	}
+	for round := 1; round <= 2; round++ {
+		checkpointRestore(t, c)
+		allOK(t, c, 5)
+		mustWork(t, c, "stat", "/srv/direct1/")
+		mustWork(t, c, "ls", "/srv/dmulti/sub")
+		if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+			t.Fatalf("/ind/k1/state: %q", got)
+		}
+		noWaiters(t, c)
+		ds := automountDaemons(t, c)
+		if len(ds) != 1 {
+			t.Fatalf("round %d: %d automount daemons, want 1", round, len(ds))
+		}
+		d := ds[0]
+		for _, k := range append(privilegeFields, "Umask") {
+			if d.status[k] != o.status[k] {
+				t.Errorf("round %d: new daemon %s = %q, the original had %q", round, k, d.status[k], o.status[k])
+			}
+		}
+		if got := seccompPrograms(t, d.pid); fmt.Sprint(got) != fmt.Sprint(origProgs) {
+			t.Errorf("round %d: the new daemon's seccomp filters\n%v\ndiffer from the original's\n%v", round, got, origProgs)
+		}
+		for k, v := range confinement(t, d.pid) {
+			if v != origConf[k] {
+				t.Errorf("round %d: new daemon's %s\n%s\nthe original's\n%s", round, k, v, origConf[k])
+			}
+		}
+		t.Logf("round %d: daemon %d, Seccomp %s with %d filters, Umask %s", round, d.pid, d.status["Seccomp"], len(origProgs), d.status["Umask"])
+		// As TestAutomountActionScript: expire the direct mounts (CRIU
+		// refuses a triggered one) and trigger /ind/k1 again.
+		expireAndRetrigger(t, c, d.pid)
+	}
+	if l := log(); strings.Count(l, "automount killed and started again") != 2 {
+		t.Errorf("daemon respawned %d times in 2 restores, want 2:\n%s", strings.Count(l, "automount killed and started again"), l)
+	}
+}

@@ -1,0 +1,155 @@
+package units
+
+// The automount daemon's seccomp filters: read from the old daemon through
+// ptrace (PTRACE_SECCOMP_GET_FILTER, as CRIU dumps them) by a child of the
+// hook, checked for what a copy cannot reproduce, and installed again, in
+// the order they were, on the thread that starts the new daemon.
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+)
+
+// SeccompFilter is one classic BPF seccomp program.
+type SeccompFilter struct {
+	// Insns are its instructions, each [code, jt, jf, k].
+	Insns [][4]uint32 `json:"insns"`
+	// Log is SECCOMP_FILTER_FLAG_LOG.
+	Log bool `json:"log,omitempty"`
+}
+
+// ptraceGetSeccompMetadata is PTRACE_GET_SECCOMP_METADATA (linux/ptrace.h).
+const ptraceGetSeccompMetadata = 0x420d
+
+// taskSeccompFilters is the host task of readSeccompFilters.
+const taskSeccompFilters = "seccomp-filters"
+
+func init() { mounts.RegisterHostTask(taskSeccompFilters, seccompFiltersTask) }
+
+type seccompRequest struct {
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// readSeccompFilters reads the seccomp filters of p, oldest first, in a
+// child with a deadline: the child stops p with ptrace to read them (an
+// interrupt waits for p to return to user space, which a process blocked
+// on a file system may never do).
+func readSeccompFilters(p *mounts.Process, timeout time.Duration) ([]SeccompFilter, error) {
+	var out []SeccompFilter
+	if _, err := mounts.RunOnHostFiles(taskSeccompFilters, seccompRequest{Pid: p.Pid, StartTime: p.StartTime}, nil, timeout, nil, &out); err != nil {
+		return nil, fmt.Errorf("read the seccomp filters of %d: %w", p.Pid, err)
+	}
+	return out, nil
+}
+
+func seccompFiltersTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+	var req seccompRequest
+	if err := json.Unmarshal(args, &req); err != nil {
+		return nil, fmt.Errorf("seccomp-filters: bad request: %w", err)
+	}
+	p, err := mounts.OpenProcess(req.Pid)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	if p.StartTime != req.StartTime {
+		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, mounts.ErrGone)
+	}
+	// ptrace requests come from the tracing thread; this process ends
+	// after the task, and a trace with it.
+	runtime.LockOSThread()
+	pid := req.Pid
+	if err := unix.PtraceSeize(pid); err != nil {
+		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
+	}
+	if err := unix.PtraceInterrupt(pid); err != nil {
+		return nil, fmt.Errorf("ptrace interrupt %d: %w", pid, err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
+		return nil, fmt.Errorf("wait for %d to stop: %w", pid, err)
+	}
+	defer unix.PtraceDetach(pid)
+	var filters []SeccompFilter
+	for i := 0; ; i++ {
+		if i == 512 {
+			return nil, fmt.Errorf("pid %d has more than 512 seccomp filters", pid)
+		}
+		n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), uintptr(i), 0, 0, 0)
+		if e == unix.ENOENT {
+			break
+		}
+		if e != 0 {
+			return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d of %d: %w", i, pid, e)
+		}
+		if n == 0 || n > 4096 {
+			return nil, fmt.Errorf("seccomp filter %d of %d has %d instructions", i, pid, n)
+		}
+		prog := make([]unix.SockFilter, n)
+		if _, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), uintptr(i), uintptr(unsafe.Pointer(&prog[0])), 0, 0); e != 0 {
+			return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d of %d: %w", i, pid, e)
+		}
+		md := struct{ FilterOff, Flags uint64 }{FilterOff: uint64(i)}
+		if _, _, e := unix.Syscall6(unix.SYS_PTRACE, ptraceGetSeccompMetadata, uintptr(pid), unsafe.Sizeof(md), uintptr(unsafe.Pointer(&md)), 0, 0); e != 0 {
+			return nil, fmt.Errorf("PTRACE_GET_SECCOMP_METADATA %d of %d: %w", i, pid, e)
+		}
+		f := SeccompFilter{Log: md.Flags&unix.SECCOMP_FILTER_FLAG_LOG != 0}
+		for _, in := range prog {
+			f.Insns = append(f.Insns, [4]uint32{uint32(in.Code), uint32(in.Jt), uint32(in.Jf), in.K})
+		}
+		filters = append(filters, f)
+	}
+	return filters, nil // index 0 is the oldest (get_nth_filter): the order of installation
+}
+
+// reproducible says why filters cannot be installed again with the same
+// effect, or returns nil: a filter that hands syscalls to a supervisor
+// (SECCOMP_RET_USER_NOTIF) needs the supervisor's listener, which belongs
+// to the container's runtime; a copy would fail those syscalls instead.
+func seccompReproducible(filters []SeccompFilter, count int) error {
+	if count >= 0 && len(filters) != count {
+		return fmt.Errorf("it has %d seccomp filters and %d were read", count, len(filters))
+	}
+	for i, f := range filters {
+		for _, in := range f.Insns {
+			if in[0] == unix.BPF_RET|unix.BPF_K && in[3]&unix.SECCOMP_RET_ACTION_FULL == unix.SECCOMP_RET_USER_NOTIF {
+				return fmt.Errorf("its seccomp filter %d hands syscalls to a supervisor (user notification), which a copy cannot reach", i)
+			}
+		}
+	}
+	return nil
+}
+
+// installSeccomp installs filters, oldest first, on the calling thread
+// (locked), which the new daemon is forked from: a fork keeps them and an
+// exec keeps them. Installing needs no_new_privs or CAP_SYS_ADMIN.
+func installSeccomp(filters []SeccompFilter) error {
+	for i, f := range filters {
+		if len(f.Insns) == 0 || len(f.Insns) > 4096 {
+			return fmt.Errorf("seccomp filter %d: %d instructions", i, len(f.Insns))
+		}
+		prog := make([]unix.SockFilter, len(f.Insns))
+		for j, in := range f.Insns {
+			prog[j] = unix.SockFilter{Code: uint16(in[0]), Jt: uint8(in[1]), Jf: uint8(in[2]), K: in[3]}
+		}
+		fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+		flags := uintptr(0)
+		if f.Log {
+			flags |= unix.SECCOMP_FILTER_FLAG_LOG
+		}
+		_, _, e := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&fprog)))
+		runtime.KeepAlive(prog)
+		if e != 0 {
+			return fmt.Errorf("install seccomp filter %d: %w", i, e)
+		}
+	}
+	return nil
+}
