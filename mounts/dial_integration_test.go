@@ -287,22 +287,11 @@ func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 // child was once waited for without a bound.
 func TestDialInContainerEndsByItsDeadline(t *testing.T) {
 	requireAutofs(t)
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		testenv.Skip(t, "no /dev/fuse: %v", err)
-	}
-	dir := filepath.Join(t.TempDir(), "fuse")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := fusetest.Mount(dir, fusetest.Options{Dir: true, Answer: func(op, _ uint32) bool { return op == fusetest.OpInit }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close(); unix.Unmount(dir, unix.MNT_DETACH) })
+	dir, srv := fusetest.SilentDir(t)
 	c := aContainer(t) // after the mount: its mount namespace has a copy
 	const dial = 2 * time.Second
 	start := time.Now()
-	err = mounts.RunInMountNS(c, "test-dial", dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(s string) { t.Log(s) }, nil)
+	err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(s string) { t.Log(s) }, nil)
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil {

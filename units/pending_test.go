@@ -2,7 +2,6 @@ package units
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
-	"golang.org/x/sys/unix"
 )
 
 // The record of a process (this test's own) leads back to files with the
@@ -19,25 +17,7 @@ import (
 // namespace no process has is refused, never approximated.
 func TestFilesLikePending(t *testing.T) {
 	testenv.RequireRoot(t, "reads /proc/PID/ns of other processes")
-	self := os.Getpid()
-	info, err := CaptureDaemon(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := openDaemonFiles(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeAll(files)
-	p, err := newPending(self, info, nil, files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := mounts.OpenProcess(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proc.Close()
+	p, proc, files := ownPending(t)
 	got, err := filesLike(proc, p, 5*time.Second)
 	if err != nil {
 		t.Fatalf("files like our own: %v", err)
@@ -87,37 +67,8 @@ func TestFilesLikePending(t *testing.T) {
 // where the lookup waits on the server for good.
 func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
 	testenv.RequireRoot(t, "a FUSE mount")
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		testenv.Skip(t, "no /dev/fuse: %v", err)
-	}
-	self := os.Getpid()
-	info, err := CaptureDaemon(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := openDaemonFiles(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeAll(files)
-	p, err := newPending(self, info, nil, files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := mounts.OpenProcess(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proc.Close()
-	dir := filepath.Join(t.TempDir(), "fuse")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := fusetest.Mount(dir, fusetest.Options{Dir: true, Answer: func(op, _ uint32) bool { return op == fusetest.OpInit }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close(); unix.Unmount(dir, unix.MNT_DETACH) })
+	p, proc, _ := ownPending(t)
+	dir, srv := fusetest.SilentDir(t)
 	d := *p.Daemon
 	d.Cwd = dir + "/var/lib/automount"
 	p.Daemon = &d
@@ -148,4 +99,31 @@ func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
 	if srv.Seen(fusetest.OpLookup) == 0 {
 		t.Fatal("no LOOKUP reached the server: the test did not exercise the walk")
 	}
+}
+
+// ownPending is the record of this test process as if it were a daemon
+// about to be killed, the process pinned, and the files the record was
+// made from (closed when the test ends).
+func ownPending(t *testing.T) (*Pending, *mounts.Process, []*os.File) {
+	t.Helper()
+	self := os.Getpid()
+	info, err := CaptureDaemon(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := openDaemonFiles(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeAll(files) })
+	p, err := newPending(self, info, nil, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proc, err := mounts.OpenProcess(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proc.Close() })
+	return p, proc, files
 }

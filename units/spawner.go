@@ -146,18 +146,6 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	d := req.Daemon
 	deadline := time.Unix(0, req.Deadline)
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return nil, nil, fmt.Errorf("unshare CLONE_FS: %w", err)
-	}
-	if err := unix.Setns(fdMntC, unix.CLONE_NEWNS); err != nil {
-		return nil, nil, fmt.Errorf("join the container's mnt namespace: %w", err)
-	}
-	if err := unix.Fchdir(fdRootC); err != nil {
-		return nil, nil, fmt.Errorf("enter the container's root: %w", err)
-	}
-	if err := unix.Chroot("."); err != nil {
-		return nil, nil, fmt.Errorf("chroot: %w", err)
-	}
 	// Kept for the threads that open the daemon's stdio: a new thread
 	// shares the file system context (root, cwd) of the runtime thread
 	// it was cloned from, not this one's, and joins the container itself.
@@ -167,8 +155,9 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, nil, fmt.Errorf("keep the container's namespace fds: %w", err)
 	}
-	unix.Close(fdMntC)
-	unix.Close(fdRootC)
+	if err := door.EnterMountNS(fdMntC, fdRootC); err != nil {
+		return nil, nil, err
+	}
 	if err := unix.Fchdir(fdCwdC); err != nil {
 		return nil, nil, fmt.Errorf("enter the daemon's working directory: %w", err)
 	}

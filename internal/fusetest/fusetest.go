@@ -374,6 +374,27 @@ func (f *Friendly) Answer(opcode, pid uint32) bool { return !f.hostile.Load() }
 // Turn makes the server stop answering.
 func (f *Friendly) Turn() { f.hostile.Store(true) }
 
+// SilentDir mounts, in a new temporary directory, a FUSE directory whose
+// server answers nothing after the handshake: a lookup below it waits
+// until the server is closed, which the test's cleanup does. It returns
+// the directory and the server.
+func SilentDir(t testing.TB) (string, *Server) {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		testenv.Skip(t, "no /dev/fuse: %v", err)
+	}
+	dir := filepath.Join(t.TempDir(), "fuse")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Mount(dir, Options{Dir: true, Answer: func(op, _ uint32) bool { return op == OpInit }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir, srv
+}
+
 // Held starts a process that holds, as fd 3, a file of a FUSE
 // server that stops answering once the process has it, and as fds 4, 5...
 // the files extra. The server is aborted before the process is killed,
