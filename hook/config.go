@@ -15,11 +15,13 @@ import (
 // Config is every setting of a run. It is JSON, so that the detached OCI
 // worker gets it whole (see followerConfig).
 type Config struct {
-	Logging        LogConfig     `json:"log"`
-	DryRun         bool          `json:"dry_run,omitempty"`
-	Force          bool          `json:"force,omitempty"`
-	SkipNested     bool          `json:"skip_nested,omitempty"`
-	AssumeRestored bool          `json:"assume_restored,omitempty"`
+	Logging        LogConfig `json:"log"`
+	DryRun         bool      `json:"dry_run,omitempty"`
+	Force          bool      `json:"force,omitempty"`
+	SkipNested     bool      `json:"skip_nested,omitempty"`
+	AssumeRestored bool      `json:"assume_restored,omitempty"`
+	// Timeout is --timeout; 0 is the default, which grows with the number
+	// of mounts to fix (Options.timeout).
 	Timeout        time.Duration `json:"timeout"`
 	RestoreTimeout time.Duration `json:"restore_timeout"`
 }
@@ -44,7 +46,7 @@ const defaultRestoreTimeout = 60 * time.Second
 // Invocation then holds the defaults in its place, for the CRIU mode,
 // which must go on.
 func LoadConfig(cmd string, args []string, getenv func(string) string) (Invocation, error) {
-	inv := Invocation{Cmd: cmd, Config: Config{Logging: logConfigFromEnv(getenv), Timeout: restartTimeout, RestoreTimeout: defaultRestoreTimeout}}
+	inv := Invocation{Cmd: cmd, Config: Config{Logging: logConfigFromEnv(getenv), RestoreTimeout: defaultRestoreTimeout}}
 	c := &inv.Config
 	nested := getenv(EnvNested)
 	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
@@ -73,7 +75,9 @@ func LoadConfig(cmd string, args []string, getenv func(string) string) (Invocati
 	default:
 		return inv, fmt.Errorf("--nested=%q (or %s): want fix or skip", nested, EnvNested)
 	}
-	if c.Timeout <= 0 || c.RestoreTimeout <= 0 {
+	timeoutGiven := false
+	fs.Visit(func(f *flag.Flag) { timeoutGiven = timeoutGiven || f.Name == "timeout" })
+	if timeoutGiven && c.Timeout <= 0 || c.RestoreTimeout <= 0 {
 		return inv, errors.New("--timeout and --restore-timeout must be positive")
 	}
 	return inv, nil

@@ -32,15 +32,22 @@ const (
 var (
 	lockTimeout    = 30 * time.Second
 	workerTimeout  = 10 * time.Second
-	restartTimeout = 20 * time.Second // default of --timeout
+	// The default of --timeout grows with the work: restartTimeout, plus
+	// perMountTimeout for each mount to fix (a container's systemd
+	// restarts 1,003 units in about 3 s natively, and ten times slower on
+	// an emulated CPU), at most maxRestartTimeout.
+	restartTimeout    = 20 * time.Second
+	perMountTimeout   = 50 * time.Millisecond
+	maxRestartTimeout = 2 * time.Minute
 )
 
-// timeout is the deadline of a master's restart (--timeout).
-func (o Options) timeout() time.Duration {
+// timeout is the deadline of a master's restart for n mounts: --timeout
+// when given, else the default for n mounts.
+func (o Options) timeout(n int) time.Duration {
 	if o.Timeout > 0 {
 		return o.Timeout
 	}
-	return restartTimeout
+	return min(restartTimeout+time.Duration(n)*perMountTimeout, maxRestartTimeout)
 }
 
 // errRefused marks errors that map to ExitRefused.

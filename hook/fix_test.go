@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -164,5 +165,31 @@ func TestAlsoServedBy(t *testing.T) {
 	// A catatonic mount has no master to lose.
 	if also := alsoServedBy(c, 100, nil); strings.Contains(fmt.Sprint(also), "/srv/cat") {
 		t.Errorf("daemon 100: %v includes the catatonic /srv/cat", also)
+	}
+}
+
+// The default deadline of a restart grows with the number of mounts to
+// fix (a container's systemd restarting 1,003 units took more than the old
+// fixed 20 s on an emulated CPU), within a bound; --timeout is taken as
+// given, and 0 given is refused.
+func TestRestartTimeoutGrowsWithTheWork(t *testing.T) {
+	def := Options{}
+	for _, tt := range []struct {
+		n    int
+		want time.Duration
+	}{{0, 20 * time.Second}, {3, 20*time.Second + 150*time.Millisecond}, {1003, 20*time.Second + 1003*50*time.Millisecond}, {100000, 2 * time.Minute}} {
+		if got := def.timeout(tt.n); got != tt.want {
+			t.Errorf("default for %d mounts: %s, want %s", tt.n, got, tt.want)
+		}
+	}
+	if got := (Options{Config: Config{Timeout: 3 * time.Second}}).timeout(1003); got != 3*time.Second {
+		t.Errorf("--timeout 3s for 1003 mounts: %s", got)
+	}
+	if _, err := LoadConfig("fix", []string{"--timeout", "0s"}, func(string) string { return "" }); err == nil {
+		t.Error("--timeout 0s accepted")
+	}
+	inv, err := LoadConfig("fix", nil, func(string) string { return "" })
+	if err != nil || inv.Config.Timeout != 0 {
+		t.Errorf("no --timeout: %v, %v; want the default (0)", inv.Config.Timeout, err)
 	}
 }

@@ -113,7 +113,7 @@ func TestEveryOptionReachesEveryRole(t *testing.T) {
 	env := map[string]string{EnvLogFile: "/var/log/env.log", EnvLogLevel: "debug", EnvNoSyslog: "1", EnvNested: "skip"}
 	getenv := func(k string) string { return env[k] }
 	none := func(string) string { return "" }
-	fromEnv := Config{Logging: LogConfig{File: "/var/log/env.log", Level: "debug", NoSyslog: true}, SkipNested: true, Timeout: restartTimeout, RestoreTimeout: defaultRestoreTimeout}
+	fromEnv := Config{Logging: LogConfig{File: "/var/log/env.log", Level: "debug", NoSyslog: true}, SkipNested: true, RestoreTimeout: defaultRestoreTimeout}
 	flags := []string{"--log-file", "/var/log/f.log", "--log-level", "warning", "--no-syslog", "--nested", "skip", "--timeout", "7s", "--restore-timeout", "9s", "--assume-restored", "--force", "--dry-run"}
 	fromFlags := Config{Logging: LogConfig{File: "/var/log/f.log", Level: "warning", NoSyslog: true}, SkipNested: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second, AssumeRestored: true, Force: true, DryRun: true}
 	for _, tc := range []struct {

@@ -158,7 +158,7 @@ func followerMain(args []string) int {
 	l.Debugf("follow: started with configuration %s, fds %q and environment %q", args[0], fds, os.Environ())
 	restart := cfg.Config.Timeout
 	if restart <= 0 {
-		restart = restartTimeout
+		restart = maxRestartTimeout // the default for any number of mounts
 	}
 	life := timeout + restart + followerLife
 	time.AfterFunc(life, func() {

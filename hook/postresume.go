@@ -100,9 +100,10 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		}
 	}
 	start := time.Now()
-	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(opts.timeout())}
+	timeout := opts.timeout(len(targets))
+	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(timeout)}
 	var res []units.RestartResult
-	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, opts.timeout()+2*time.Second, workerLog(log), &res); err != nil {
+	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), &res); err != nil {
 		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
 	}
 	took := time.Since(start).Round(time.Microsecond)
@@ -154,7 +155,7 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	if !ok {
 		return fmt.Errorf("post-resume: automount %d: not in the process snapshot", pid)
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl), BeforeKill: record, Also: also})
+	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Log: workerLog(dl), BeforeKill: record, Also: also})
 	if res != nil {
 		// Those it serves work, even if others do not.
 		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
@@ -228,7 +229,7 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 			continue
 		}
 		start := time.Now()
-		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(), Log: workerLog(dl)})
+		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(len(p.Targets)), Log: workerLog(dl)})
 		if res != nil {
 			sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
 		}
