@@ -30,8 +30,8 @@ const (
 
 // Deadlines of the steps. Every wait of the hook is bounded by one.
 var (
-	lockTimeout    = 30 * time.Second
-	workerTimeout  = 10 * time.Second
+	lockTimeout   = 30 * time.Second
+	workerTimeout = 10 * time.Second
 	// The default of --timeout grows with the work: restartTimeout, plus
 	// perMountTimeout for each mount to fix (a container's systemd
 	// restarts 1,003 units in about 3 s natively, and ten times slower on
