@@ -21,6 +21,12 @@ func TestDaemonReproducible(t *testing.T) {
 	}
 	allow := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ALLOW}}}}
 	notify := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_USER_NOTIF}}}}
+	// A filter that makes every syscall "succeed" without running it:
+	// installed before the new daemon's setuid and dup3, it would keep the
+	// hook's root and fds.
+	fakeSuccess := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ERRNO}}}}
+	eperm := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)}}}}
+	computed := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, 0, 0, 0}, {unix.BPF_RET | unix.BPF_A, 0, 0, 0}}}}
 	tests := []struct {
 		name string
 		mod  func(d *Daemon)
@@ -34,6 +40,14 @@ func TestDaemonReproducible(t *testing.T) {
 		{"seccomp filters read", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, allow }, ""},
 		{"seccomp filters, fewer read than the kernel counts", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 2, allow }, "2 seccomp filters and 1 were read"},
 		{"seccomp user notification", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, notify }, "supervisor"},
+		{"seccomp errno 0 (fake success)", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, fakeSuccess }, "errno 0"},
+		{"seccomp return computed at run time", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, computed }, "computed at run time"},
+		{"seccomp EPERM", func(d *Daemon) { d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, eperm }, ""},
+		{"non-root under a fake-success filter", func(d *Daemon) {
+			d.UID, d.GID = []uint32{1000, 1000, 1000, 1000}, []uint32{1000, 1000, 1000, 1000}
+			d.CapPrm, d.CapEff, d.NoNewPriv = 0, 0, true
+			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, fakeSuccess
+		}, "errno 0"},
 		{"seccomp filters, nothing could install them", func(d *Daemon) {
 			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, allow
 			d.CapBnd, d.CapPrm, d.CapEff = 0xff, 0xff, 0xff

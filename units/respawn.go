@@ -162,27 +162,37 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	newPid := nd.Pid
 	res := &Respawned{Pid: newPid, StageCaps: stageCaps}
 	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
+	// Checked on every path once it runs, served or not: a daemon that
+	// never serves must not keep what it should not have.
+	if nd.Alive() {
+		if verr := verified(nd, info, files, deadline); verr != nil {
+			if kerr := nd.Kill(within(deadline, 5*time.Second)); kerr != nil {
+				return nil, errors.Join(err, fmt.Errorf("%w; and it could not be killed: %v", verr, kerr))
+			}
+			return nil, errors.Join(err, fmt.Errorf("%w: it was killed", verr))
+		}
+	}
 	if err != nil {
 		return res, err
-	}
-	if err := verified(nd, info, files); err != nil {
-		if kerr := nd.Kill(5 * time.Second); kerr != nil {
-			return nil, fmt.Errorf("%w; and it could not be killed: %v", err, kerr)
-		}
-		return nil, fmt.Errorf("%w: it was killed", err)
 	}
 	return res, nil
 }
 
+// within is what is left until deadline, at most limit and at least one
+// second: a check after the deadline still gets a short bound of its own.
+func within(deadline time.Time, limit time.Duration) time.Duration {
+	return min(max(time.Until(deadline), time.Second), limit)
+}
+
 // verified checks the new daemon: the credentials, limits and seccomp
 // filters of the old one (info), and no fd of ours among its files.
-func verified(nd *mounts.Process, info *Daemon, files []*os.File) error {
+func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.Time) error {
 	newPid := nd.Pid
 	if err := verifySame(newPid, info); err != nil {
 		return err
 	}
 	if info.Seccomp == 2 {
-		got, err := readSeccompFilters(nd, 5*time.Second)
+		got, err := readSeccompFilters(nd, within(deadline, 5*time.Second))
 		if err != nil {
 			return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
 		}

@@ -77,7 +77,17 @@ func seccompFiltersTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string
 	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
 		return nil, fmt.Errorf("wait for %d to stop: %w", pid, err)
 	}
-	defer unix.PtraceDetach(pid)
+	// A signal that arrived before the interrupt is reported first:
+	// detaching gives it back instead of dropping it.
+	sig := 0
+	if ws.Stopped() && ws.TrapCause() != unix.PTRACE_EVENT_STOP {
+		sig = int(ws.StopSignal())
+	}
+	defer unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(pid), 0, uintptr(sig), 0, 0)
+	// Still the process that was asked about, now that it is held.
+	if err := p.Check(); err != nil {
+		return nil, err
+	}
 	var filters []SeccompFilter
 	for i := 0; ; i++ {
 		if i == 512 {
@@ -110,18 +120,34 @@ func seccompFiltersTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string
 	return filters, nil // index 0 is the oldest (get_nth_filter): the order of installation
 }
 
-// reproducible says why filters cannot be installed again with the same
-// effect, or returns nil: a filter that hands syscalls to a supervisor
-// (SECCOMP_RET_USER_NOTIF) needs the supervisor's listener, which belongs
-// to the container's runtime; a copy would fail those syscalls instead.
+// seccompReproducible says why filters cannot be installed again with
+// the same effect, or safely, or returns nil. The copies are installed on
+// the thread that starts the new daemon, before Go's fork and exec, so
+// they also judge the hook's own syscalls of the start (setgroups, setgid,
+// setuid, dup3, write): a filter that can make a syscall fail is fine (the
+// start fails, and is reported), one that can make a syscall seem to
+// succeed without running it (SECCOMP_RET_ERRNO with errno 0, or a
+// return value computed at run time) could have the new daemon keep the
+// hook's root or its fds, and is refused. A filter that hands syscalls to
+// a supervisor (SECCOMP_RET_USER_NOTIF) needs the supervisor's listener,
+// which belongs to the container's runtime; a copy would fail those
+// syscalls instead.
 func seccompReproducible(filters []SeccompFilter, count int) error {
 	if count >= 0 && len(filters) != count {
 		return fmt.Errorf("it has %d seccomp filters and %d were read", count, len(filters))
 	}
 	for i, f := range filters {
 		for _, in := range f.Insns {
-			if in[0] == unix.BPF_RET|unix.BPF_K && in[3]&unix.SECCOMP_RET_ACTION_FULL == unix.SECCOMP_RET_USER_NOTIF {
+			if in[0]&0x07 != unix.BPF_RET {
+				continue
+			}
+			switch {
+			case in[0] != unix.BPF_RET|unix.BPF_K:
+				return fmt.Errorf("its seccomp filter %d returns a value computed at run time, which could make a syscall seem to succeed", i)
+			case in[3]&unix.SECCOMP_RET_ACTION_FULL == unix.SECCOMP_RET_USER_NOTIF:
 				return fmt.Errorf("its seccomp filter %d hands syscalls to a supervisor (user notification), which a copy cannot reach", i)
+			case in[3]&unix.SECCOMP_RET_ACTION_FULL == unix.SECCOMP_RET_ERRNO && in[3]&unix.SECCOMP_RET_DATA == 0:
+				return fmt.Errorf("its seccomp filter %d answers a syscall with errno 0, as if it succeeded", i)
 			}
 		}
 	}

@@ -56,6 +56,9 @@ func (r *Reply) send(m Msg, files []*os.File) error {
 		if err != nil {
 			return err
 		}
+		if k <= 0 {
+			return errors.New("door: the reply socket takes nothing")
+		}
 		n += k
 	}
 	if len(files) == 0 {
