@@ -254,17 +254,20 @@ type dialed struct {
 }
 
 // waitConnecting finds the connect child of a dial to sock, once it waits
-// in connect(2) (syscall 42 on x86_64, as /proc/PID/syscall says), and
-// returns its pid.
+// in connect(2) (syscall 42 on x86_64 in /proc/PID/syscall, or the wait
+// channel unix_wait_for_peer), and returns its pid. At the deadline it
+// says where each such child was instead.
 func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 	t.Helper()
 	want := mounts.WorkerArg + "\x00connect\x00" + sock
+	var seen []string
 	for deadline := time.Now().Add(testenv.Scale(20 * time.Second)); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		select {
 		case d := <-done:
 			t.Fatalf("the dial ended before the test saw its child: %q, %v", d.line, d.err)
 		default:
 		}
+		seen = seen[:0]
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
@@ -272,12 +275,15 @@ func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 				continue
 			}
 			sc, _ := os.ReadFile("/proc/" + e.Name() + "/syscall")
-			if f := strings.Fields(string(sc)); len(f) > 0 && f[0] == "42" {
+			wchan, _ := os.ReadFile("/proc/" + e.Name() + "/wchan")
+			if f := strings.Fields(string(sc)); len(f) > 0 && f[0] == "42" || string(wchan) == "unix_wait_for_peer" {
 				return e.Name()
 			}
+			stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+			seen = append(seen, fmt.Sprintf("pid %s: syscall %q, wchan %q, stat %q", e.Name(), strings.TrimSpace(string(sc)), wchan, strings.TrimSpace(string(stat))))
 		}
 	}
-	t.Fatal("no connect child waiting in connect(2) within 20 s")
+	t.Fatalf("no connect child waiting in connect(2) within %s; children seen: %v", testenv.Scale(20*time.Second), seen)
 	return ""
 }
 
