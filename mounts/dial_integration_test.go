@@ -255,8 +255,8 @@ type dialed struct {
 
 // waitConnecting finds the connect child of a dial to sock, once it waits
 // in connect(2) (syscall 42 on x86_64 in /proc/PID/syscall, or the wait
-// channel unix_wait_for_peer), and returns its pid. At the deadline it
-// says where each such child was instead.
+// channel unix_wait_for_peer) on its main thread, and returns its pid. At
+// the deadline it says where each thread of each such child was instead.
 func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 	t.Helper()
 	want := mounts.WorkerArg + "\x00connect\x00" + sock
@@ -274,13 +274,22 @@ func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 			if err != nil || !strings.Contains(string(cmd), want) {
 				continue
 			}
-			sc, _ := os.ReadFile("/proc/" + e.Name() + "/syscall")
-			wchan, _ := os.ReadFile("/proc/" + e.Name() + "/wchan")
-			if f := strings.Fields(string(sc)); len(f) > 0 && f[0] == "42" || string(wchan) == "unix_wait_for_peer" {
-				return e.Name()
+			tasks, _ := os.ReadDir("/proc/" + e.Name() + "/task")
+			for _, task := range tasks {
+				dir := "/proc/" + e.Name() + "/task/" + task.Name()
+				sc, _ := os.ReadFile(dir + "/syscall")
+				wchan, _ := os.ReadFile(dir + "/wchan")
+				if f := strings.Fields(string(sc)); len(f) > 0 && f[0] == "42" || string(wchan) == "unix_wait_for_peer" {
+					if task.Name() != e.Name() {
+						// /proc/PID would show another thread than
+						// the one that did the steps before connect.
+						t.Fatalf("the connect child %s connects on thread %s, not its main thread", e.Name(), task.Name())
+					}
+					return e.Name()
+				}
+				stat, _ := os.ReadFile(dir + "/stat")
+				seen = append(seen, fmt.Sprintf("pid %s thread %s: syscall %q, wchan %q, stat %q", e.Name(), task.Name(), strings.TrimSpace(string(sc)), wchan, strings.TrimSpace(string(stat))))
 			}
-			stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-			seen = append(seen, fmt.Sprintf("pid %s: syscall %q, wchan %q, stat %q", e.Name(), strings.TrimSpace(string(sc)), wchan, strings.TrimSpace(string(stat))))
 		}
 	}
 	t.Fatalf("no connect child waiting in connect(2) within %s; children seen: %v", testenv.Scale(20*time.Second), seen)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -249,14 +250,35 @@ func (l *limitedBuffer) String() string {
 }
 
 // ThreadStates says where the threads of pid are: "thread T state S in
-// WCHAN" for each (the leader of an exiting process is a zombie while
-// another thread waits).
+// WCHAN", each (the leader of an exiting process is a zombie while
+// another thread waits). It reads the host's /proc through the fd Begin opened
+// (or /proc in a process that is no child), never through the calling
+// thread's root, which in a worker is the container's.
 func ThreadStates(pid int) string {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
-	ents, _ := os.ReadDir(dir)
+	proc, err := hostProc()
+	if err != nil {
+		return err.Error()
+	}
+	read := func(name string) ([]byte, error) {
+		fd, err := unix.Openat(proc, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(fd), name)
+		defer f.Close()
+		return io.ReadAll(io.LimitReader(f, 4096))
+	}
+	dir := strconv.Itoa(pid) + "/task"
+	fd, err := unix.Openat(proc, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Sprintf("no thread visible: %v", err)
+	}
+	d := os.NewFile(uintptr(fd), dir)
+	names, _ := d.Readdirnames(-1)
+	d.Close()
 	var out []string
-	for _, e := range ents {
-		b, err := os.ReadFile(dir + e.Name() + "/stat")
+	for _, n := range names {
+		b, err := read(dir + "/" + n + "/stat")
 		if err != nil {
 			continue
 		}
@@ -264,8 +286,8 @@ func ThreadStates(pid int) string {
 		if i < 0 || i+2 >= len(b) {
 			continue
 		}
-		w, _ := os.ReadFile(dir + e.Name() + "/wchan")
-		out = append(out, fmt.Sprintf("thread %s state %c in %q", e.Name(), b[i+2], w))
+		w, _ := read(dir + "/" + n + "/wchan")
+		out = append(out, fmt.Sprintf("thread %s state %c in %q", n, b[i+2], w))
 	}
 	if len(out) == 0 {
 		return "no thread visible"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,7 +37,37 @@ func Begin() (*Reply, error) {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return r, fmt.Errorf("mark inherited fds close-on-exec: %w", err)
 	}
+	// Before the role joins anything of a container: the host's /proc,
+	// for reports on the children this child starts.
+	if _, err := hostProc(); err != nil {
+		return r, err
+	}
 	return r, nil
+}
+
+var (
+	procOnce sync.Once
+	procFD   int
+	procErr  error
+)
+
+// hostProc is a directory fd on the host's procfs, opened once: by Begin
+// in a child, before its role can change its root; on first use in the
+// hook's own process, which never does.
+func hostProc() (int, error) {
+	procOnce.Do(func() {
+		procFD, procErr = unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if procErr != nil {
+			procErr = fmt.Errorf("open the host's /proc: %w", procErr)
+			return
+		}
+		var sf unix.Statfs_t
+		if err := unix.Fstatfs(procFD, &sf); err != nil || sf.Type != unix.PROC_SUPER_MAGIC {
+			unix.Close(procFD)
+			procErr = fmt.Errorf("/proc is not a procfs (%v)", err)
+		}
+	})
+	return procFD, procErr
 }
 
 // HostProcOK checks that the calling thread resolves /proc/self/fd in a

@@ -5,20 +5,44 @@ package door
 
 import (
 	"fmt"
+	"os"
+	"runtime"
+	"strings"
 	"sync"
 )
+
+// RolePrefix starts every role's name: no argument an operator types
+// does.
+const RolePrefix = "__"
 
 var (
 	mu    sync.Mutex
 	roles = map[string]func(args []string) int{}
 )
 
+// A child runs its role on the process's main thread, locked there from
+// before main: what a role does to its thread (join a namespace, chroot,
+// drop capabilities, set no_new_privs) then holds for the thread the
+// process is known by, the one /proc/PID shows and the container sees.
+// Unlocked, the main goroutine could move to another thread before the
+// role locked it (seen: a connect child doing its work on a thread that
+// /proc/PID did not show). Only an init function runs early enough.
+func init() {
+	if len(os.Args) > 1 && strings.HasPrefix(os.Args[1], RolePrefix) {
+		runtime.LockOSThread() // never unlocked: the process is the role's
+	}
+}
+
 // Register makes run the body of the child started with arg as its
 // first argument; run gets the arguments after it and returns the exit
-// code. A role registered twice is a programming error.
+// code. The body runs on the main thread. A role registered twice, or
+// named without RolePrefix, is a programming error.
 func Register(arg string, run func(args []string) int) {
 	mu.Lock()
 	defer mu.Unlock()
+	if !strings.HasPrefix(arg, RolePrefix) {
+		panic(fmt.Sprintf("roles: %q does not start with %q", arg, RolePrefix))
+	}
 	if _, dup := roles[arg]; dup {
 		panic(fmt.Sprintf("roles: %q registered twice", arg))
 	}
@@ -26,7 +50,8 @@ func Register(arg string, run func(args []string) int) {
 }
 
 // Run runs the role named by args[0], if one is registered, and reports
-// whether it did.
+// whether it did. It must be called from the main goroutine, as main or
+// TestMain does.
 func Run(args []string) (code int, ok bool) {
 	if len(args) == 0 {
 		return 0, false

@@ -19,3 +19,12 @@ func TestRun(t *testing.T) {
 	}()
 	Register("__test-role", func([]string) int { return 0 })
 }
+
+func TestRegisterRefusesNameWithoutPrefix(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("a role named without RolePrefix did not panic")
+		}
+	}()
+	Register("fix", func([]string) int { return 0 })
+}
