@@ -55,6 +55,12 @@ type Daemon struct {
 	OOMScoreAdj int         `json:"oom_score_adj"`
 	Umask       uint32      `json:"umask"`
 	Personality uint32      `json:"personality"`
+	// LSMLabel is its label under the kernel's major security module
+	// (/proc/PID/attr/current: an AppArmor profile with its mode, an
+	// SELinux context), "" where no module gives one. AppArmor says
+	// that module is AppArmor (attr/apparmor/current answers too).
+	LSMLabel string `json:"lsm_label,omitempty"`
+	AppArmor bool   `json:"apparmor,omitempty"`
 }
 
 // CaptureDaemon reads from the host's /proc/PID what it takes to start
@@ -133,10 +139,35 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 		d.Personality = uint32(pers)
 	}
 	errs = append(errs, err)
+	d.LSMLabel, err = readLSMAttr(dir + "attr/current")
+	errs = append(errs, err)
+	if d.LSMLabel != "" {
+		aa, err := readLSMAttr(dir + "attr/apparmor/current")
+		d.AppArmor = err == nil && aa == d.LSMLabel
+	}
 	if err := errors.Join(errs...); err != nil || len(d.UID) != 4 || len(d.GID) != 4 {
 		return nil, fmt.Errorf("parse credentials of %d: %v", pid, err)
 	}
 	return d, nil
+}
+
+// readLSMAttr reads an LSM attribute file of /proc/PID/attr: "" where
+// no security module answers it (EINVAL, ENOENT, EOPNOTSUPP). The label
+// is the kernel's, but it is checked as untrusted text all the same: it
+// is written back for the new daemon's exec.
+func readLSMAttr(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	label := strings.TrimRight(string(b), "\n\x00")
+	if len(label) > 4096 || strings.ContainsAny(label, "\n\x00") {
+		return "", fmt.Errorf("%s: a label of %d bytes with a newline or NUL: refused", path, len(label))
+	}
+	return label, nil
 }
 
 // limitNames are the rows of /proc/PID/limits, by resource number.
@@ -259,6 +290,7 @@ func verifySame(pid int, want *Daemon) error {
 	// daemon may have set them after its own exec.
 	const execCleared = 0x0400000 | 0x0040000 | 0x0200000 | 0x0100000
 	cmp("personality", got.Personality&^execCleared, want.Personality&^execCleared)
+	cmp("LSM label", got.LSMLabel, want.LSMLabel)
 	if len(diffs) > 0 {
 		return fmt.Errorf("the new automount (pid %d) differs from the old one: %s", pid, strings.Join(diffs, "; "))
 	}

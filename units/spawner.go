@@ -189,9 +189,13 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if time.Now().After(deadline) {
 		return nil, nil, errors.New("the hook's deadline passed before the start: not started")
 	}
-	// The old daemon's umask, personality and limits, then its seccomp
-	// filters, last: on this thread, which the daemon is forked from.
+	// The old daemon's umask, personality and limits, its LSM label for
+	// the exec, then its seccomp filters, last: on this thread, which
+	// the daemon is forked from.
 	if err := setProcessState(d); err != nil {
+		return nil, nil, err
+	}
+	if err := setExecLabel(d); err != nil {
 		return nil, nil, err
 	}
 	if err := installSeccomp(d.SeccompFilters); err != nil {

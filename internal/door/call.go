@@ -255,25 +255,19 @@ func (l *limitedBuffer) String() string {
 // (or /proc in a process that is no child), never through the calling
 // thread's root, which in a worker is the container's.
 func ThreadStates(pid int) string {
-	proc, err := hostProc()
-	if err != nil {
-		return err.Error()
-	}
 	read := func(name string) ([]byte, error) {
-		fd, err := unix.Openat(proc, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		f, err := openHostProc(name, unix.O_RDONLY)
 		if err != nil {
 			return nil, err
 		}
-		f := os.NewFile(uintptr(fd), name)
 		defer f.Close()
 		return io.ReadAll(io.LimitReader(f, 4096))
 	}
 	dir := strconv.Itoa(pid) + "/task"
-	fd, err := unix.Openat(proc, dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	d, err := openHostProc(dir, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return fmt.Sprintf("no thread visible: %v", err)
 	}
-	d := os.NewFile(uintptr(fd), dir)
 	names, _ := d.Readdirnames(-1)
 	d.Close()
 	var out []string

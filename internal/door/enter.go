@@ -6,6 +6,7 @@ package door
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -185,4 +186,46 @@ func Caps(lastCap int) string {
 	unix.Capget(&hdr, &data[0])
 	prm := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
 	return fmt.Sprintf("bnd:%016x,prm:%016x", bnd, prm)
+}
+
+// ReadHostProc reads the small file name below the host's /proc (the fd
+// Begin took), whatever the calling thread's root is now.
+func ReadHostProc(name string) (string, error) {
+	f, err := openHostProc(name, unix.O_RDONLY)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 8192)
+	n, err := f.Read(b)
+	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read /proc/%s: %w", name, err)
+	}
+	return string(b[:n]), nil
+}
+
+// WriteHostProc writes value to the file name below the host's /proc in
+// one write, as the attribute files there want.
+func WriteHostProc(name, value string) error {
+	f, err := openHostProc(name, unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte(value)); err != nil {
+		return fmt.Errorf("write /proc/%s: %w", name, err)
+	}
+	return nil
+}
+
+func openHostProc(name string, flags int) (*os.File, error) {
+	proc, err := hostProc()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Openat(proc, name, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /proc/%s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "/proc/"+name), nil
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -79,19 +80,32 @@ func confinement(t testing.TB, pid int) map[string]string {
 		}
 		out[f] = string(b)
 	}
+	// The LSM label: none where the kernel has no module that gives one.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/attr/current", pid))
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		t.Fatal(err)
+	}
+	out["attr/current"] = string(b)
 	return out
+}
+
+// appArmorOn says whether the kernel enforces AppArmor, as runc tells.
+func appArmorOn() bool {
+	b, _ := os.ReadFile("/sys/module/apparmor/parameters/enabled")
+	return strings.TrimSpace(string(b)) == "Y"
 }
 
 // A container confined as podman and Kubernetes confine them (a seccomp
 // filter from config.json, oomScoreAdj, lower limits, the daemon's
-// umask), restored by runc and CRIU with the action script: the automount
-// daemon is started again with the very same seccomp filters (read back
-// by the test through ptrace), limits, oom_score_adj, umask and
-// personality, every path works, and the container checkpoints and
+// umask, on a kernel with AppArmor the lab's profile), restored by runc
+// and CRIU with the action script: the automount daemon is started again
+// with the very same seccomp filters (read back by the test through
+// ptrace), limits, oom_score_adj, umask, personality and AppArmor
+// profile, every path works, and the container checkpoints and
 // restores again. The hook once refused such a daemon ("runs under a
 // seccomp filter, which the hook cannot copy"), and the paths stayed
 // catatonic; before that, it respawned it unconfined with the hook's own
-// limits.
+// limits, and without its AppArmor profile.
 func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
@@ -111,8 +125,16 @@ func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
 	if o.status["Seccomp"] != "2" || len(origProgs) == 0 || o.status["Umask"] != "0027" || strings.TrimSpace(origConf["oom_score_adj"]) != "500" {
 		t.Fatalf("the container is not confined as asked: Seccomp %s, %d filters, Umask %s, oom_score_adj %s", o.status["Seccomp"], len(origProgs), o.status["Umask"], origConf["oom_score_adj"])
 	}
-	if self := confinement(t, os.Getpid()); self["limits"] == origConf["limits"] {
+	self := confinement(t, os.Getpid())
+	if self["limits"] == origConf["limits"] {
 		t.Fatalf("the container's limits are the test's own: the test would not see a copy of the hook's")
+	}
+	if appArmorOn() {
+		if origConf["attr/current"] != "arh-lab-confined (enforce)\n" || self["attr/current"] == origConf["attr/current"] {
+			t.Fatalf("AppArmor is on but the daemon runs under %q (the test under %q), not the lab's profile", origConf["attr/current"], self["attr/current"])
+		}
+	} else {
+		t.Logf("this kernel has no AppArmor: the label is not part of this run (the VM's Debian kernel has it)")
 	}
 	for round := 1; round <= 2; round++ {
 		checkpointRestore(t, c)
@@ -141,7 +163,7 @@ func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
 				t.Errorf("round %d: new daemon's %s\n%s\nthe original's\n%s", round, k, v, origConf[k])
 			}
 		}
-		t.Logf("round %d: daemon %d, Seccomp %s with %d filters, Umask %s", round, d.pid, d.status["Seccomp"], len(origProgs), d.status["Umask"])
+		t.Logf("round %d: daemon %d, Seccomp %s with %d filters, Umask %s, label %q", round, d.pid, d.status["Seccomp"], len(origProgs), d.status["Umask"], strings.TrimSpace(origConf["attr/current"]))
 		// As TestAutomountActionScript: expire the direct mounts (CRIU
 		// refuses a triggered one) and trigger /ind/k1 again.
 		expireAndRetrigger(t, c, d.pid)

@@ -25,8 +25,10 @@
 #                     --confined: as podman and Kubernetes confine containers: a
 #                     seccomp filter (config.json linux.seccomp, allow by default,
 #                     a few syscalls EPERM), oomScoreAdj 500, lower limits
-#                     (nofile 1024/2048, nproc 3000/4000) and, for automount, umask
-#                     027 for the daemon.
+#                     (nofile 1024/2048, nproc 3000/4000), for automount umask
+#                     027 for the daemon, and, on a kernel with AppArmor, the
+#                     profile arh-lab-confined (loaded with apparmor_parser;
+#                     broad, but not unconfined: it denies a few /proc files).
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -35,7 +37,9 @@
 #        Like "up NAME systemd" but run by podman 4.3 (--runtime runc
 #        --cgroup-manager=cgroupfs --events-backend=file --network none
 #        --ulimit nofile/nproc=4096 --hooks-dir BUNDLE/hooks.d --rootfs
-#        BUNDLE/rootfs --systemd=always). --hook is written as BUNDLE/hooks.d/
+#        BUNDLE/rootfs --systemd=always; on a kernel with AppArmor --security-opt
+#        apparmor=arh-lab-confined, as podman's default profile denies every
+#        mount). --hook is written as BUNDLE/hooks.d/
 #        arh-lab.json, --action-script via --annotation org.criu.config=...
 #        Afterwards exec, checkpoint, restore (no new wiring), pid, ps,
 #        waiters, mounts, down work on it as on a runc container; checkpoint
@@ -200,6 +204,37 @@ load_conf() { # load_conf BUNDLE ; keeps wiring given on the command line
 	fi
 }
 
+# ------------------------------------------------------------------ AppArmor
+AA_PROFILE=arh-lab-confined
+# apparmor_on: whether the kernel enforces AppArmor (then the lab needs it).
+apparmor_on() { [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; }
+# apparmor_load: load the lab's profile (again). securityfs is mounted
+# where it is not; runc reads it to tell whether AppArmor is on.
+apparmor_load() {
+	[ -d /sys/kernel/security/apparmor ] || mount -t securityfs securityfs /sys/kernel/security ||
+		die "AppArmor is on but securityfs cannot be mounted"
+	command -v apparmor_parser >/dev/null || die "AppArmor is on but apparmor_parser is missing (provision.sh installs package apparmor)"
+	apparmor_parser -r -W <<PROFILE || die "apparmor_parser could not load $AA_PROFILE"
+# arh-lab: a container profile, broad as a container's must be for
+# systemd and automount, with a few denials as container profiles have.
+profile $AA_PROFILE flags=(attach_disconnected,mediate_deleted) {
+  file,
+  capability,
+  network,
+  unix,
+  signal,
+  ptrace,
+  mount,
+  remount,
+  umount,
+  pivot_root,
+  deny /proc/sysrq-trigger rwklx,
+  deny /proc/kcore rwklx,
+  deny /sys/kernel/security/** rwklx,
+}
+PROFILE
+}
+
 # -------------------------------------------------------------- config.json
 write_config() { # write_config NAME BUNDLE
 	local name=$1 b=$2 args env annotations hooks="" mounts extra_mounts=""
@@ -239,6 +274,10 @@ write_config() { # write_config NAME BUNDLE
 	if [ "$CONFINED" = 1 ]; then
 		rlimits='[{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}, {"type": "RLIMIT_NPROC", "hard": 4000, "soft": 3000}]'
 		confinement='"oomScoreAdj": 500,'
+		if apparmor_on; then
+			apparmor_load
+			confinement+=" \"apparmorProfile\": \"$AA_PROFILE\","
+		fi
 	fi
 	local seccomp=""
 	[ "$CONFINED" = 0 ] || seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kexec_load", "open_by_handle_at", "bpf", "perf_event_open", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
@@ -550,9 +589,18 @@ cmd_podman_up() {
 		echo "$hooks_json" >"$b/hooks.d/arh-lab.json"
 	fi
 	podman_argv "$name"
+	# podman's default AppArmor profile denies every mount: systemd's
+	# automount units then fail ("srv-a.automount failed", no autofs
+	# mount at all; seen on Debian 12's kernel). A container with autofs
+	# needs a profile that allows mount: the lab's.
+	local aa=()
+	if apparmor_on; then
+		apparmor_load
+		aa=(--security-opt "apparmor=$AA_PROFILE")
+	fi
 	if ! timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" run -d --name "$name" --network none \
 		--ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --systemd=always \
-		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" \
+		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" "${aa[@]}" \
 		--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1" \
 		--rootfs "$b/rootfs" /lib/systemd/systemd </dev/null >"$b/log/run.log" 2>&1; then
 		cat "$b/log/run.log" >&2

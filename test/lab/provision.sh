@@ -4,7 +4,9 @@
 # Idempotent. The first run takes minutes (apt + two debootstraps); a run
 # where everything is present takes well under 5 s. Run as root.
 #
-#   1. Debian packages: runc iptables autofs debootstrap (required),
+#   1. Debian packages: runc iptables autofs debootstrap apparmor (required;
+#      apparmor for apparmor_parser, the lab loads a profile where the kernel
+#      enforces AppArmor),
 #      podman conmon (optional: a failure only prints a loud warning).
 #   2. CRIU 4.1.1 from Debian trixie (Debian 12's CRIU 3.17 fails on recent
 #      kernels with "vdso: Unexpected rt vDSO area bounds"):
@@ -68,8 +70,8 @@ apt_install() { # apt_install pkg... ; installs only the missing ones
 }
 
 # ---------------------------------------------------------------- 1. packages
-step_start "Debian packages (runc iptables autofs debootstrap; optional podman conmon)"
-apt_install runc iptables autofs debootstrap || die "apt-get install of required packages failed"
+step_start "Debian packages (runc iptables autofs debootstrap apparmor; optional podman conmon)"
+apt_install runc iptables autofs debootstrap apparmor || die "apt-get install of required packages failed"
 # autofs on the host must never serve anything: the lab only uses it inside containers.
 if systemctl is-enabled autofs.service >/dev/null 2>&1 || systemctl is-active autofs.service >/dev/null 2>&1; then
 	systemctl disable --now autofs.service >/dev/null 2>&1 || true

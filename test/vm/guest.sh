@@ -21,6 +21,9 @@ mkdir -p /dev/pts /dev/shm /dev/mqueue
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts || die "devpts"
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t mqueue mqueue /dev/mqueue 2>/dev/null
+# securityfs, as systemd mounts it on a host: runc, podman and CRIU look
+# there to tell whether AppArmor is on (Debian's kernels enforce it).
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null || say "warning: no securityfs"
 mount -t tmpfs -o mode=0755 tmpfs /run || die "/run"
 mkdir -p /run/lock && chmod 1777 /run/lock
 # /tmp stays the overlay's: the host's /tmp, writable in the guest (a
