@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
@@ -171,4 +173,42 @@ func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
 	if l := log(); strings.Count(l, "automount killed and started again") != 2 {
 		t.Errorf("daemon respawned %d times in 2 restores, want 2:\n%s", strings.Count(l, "automount killed and started again"), l)
 	}
+}
+
+// A daemon whose seccomp filter cannot be copied exactly (here one that
+// makes kexec_load seem to succeed without running it: errno 0, which a
+// copy would also apply to the hook's own steps) is refused before the
+// kill: fix says why, the daemon keeps running as it was, and no access to
+// its mounts hangs (pre-resume made the stale ones catatonic before the
+// refusal). The refusal had only unit tests (TestDaemonReproducible).
+func TestUncopyableFilterRefusedBeforeTheKill(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	const fakeSuccess = `{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+		"syscalls": [{"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO", "errnoRet": 0}]}`
+	c, pid := restoredWithoutHookOpts(t, "hook-refused", lab.Automount, lab.Options{Seccomp: fakeSuccess})
+	before := automountDaemons(t, c)
+	if len(before) != 1 || before[0].status["Seccomp"] != "2" {
+		t.Fatalf("automount daemons after restore: %+v, want one under a seccomp filter", before)
+	}
+	// The bug, first: without the hook the direct mount hangs.
+	mustHang(t, c, "stat", "/srv/direct1/")
+	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "30s").CombinedOutput()
+	after := automountDaemons(t, c)
+	if len(after) != 1 || after[0].pid != before[0].pid {
+		t.Fatalf("automount daemons after the refusal: %+v, want the original %d untouched", after, before[0].pid)
+	}
+	for _, p := range []string{"/srv/direct1/", "/srv/direct2/", "/srv/dmulti/", "/ind/k2/"} {
+		sout, timedOut, serr := c.Exec(okWait, "stat", p)
+		if timedOut {
+			t.Fatalf("stat %s hung after the refusal (fix: %v, %s):\n%s", p, err, lastLineOf(string(out)), c.Describe())
+		}
+		t.Logf("stat %s after the refusal: %v %s", p, serr, lastLineOf(sout))
+	}
+	noWaiters(t, c)
+	if err == nil || !strings.Contains(string(out), "errno 0") || !strings.Contains(string(out), "refused rather than respawn it") {
+		t.Fatalf("fix of a daemon whose filter cannot be copied: err %v, output:\n%s", err, out)
+	}
+	t.Logf("fix refused: %s", lastLineOf(string(out)))
 }

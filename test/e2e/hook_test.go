@@ -215,7 +215,14 @@ func TestSystemdActionScript(tt *testing.T) {
 // operator meets before running fix by hand.
 func restoredWithoutHook(t testing.TB, name string, kind lab.Kind) (*lab.Container, int) {
 	t.Helper()
-	c := lab.Up(t, name, kind, lab.Options{})
+	return restoredWithoutHookOpts(t, name, kind, lab.Options{})
+}
+
+// restoredWithoutHookOpts is restoredWithoutHook for a container made with
+// opts (no wiring among them).
+func restoredWithoutHookOpts(t testing.TB, name string, kind lab.Kind, opts lab.Options) (*lab.Container, int) {
+	t.Helper()
+	c := lab.Up(t, name, kind, opts)
 	checkpointRestore(t, c)
 	pid, err := c.Pid()
 	if err != nil {

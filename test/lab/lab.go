@@ -77,6 +77,9 @@ type Options struct {
 	// filter, oomScoreAdj, lower limits, and (automount) a daemon umask
 	// (lab.sh --confined).
 	Confined bool
+	// Seccomp, when set, is the linux.seccomp object of config.json (JSON),
+	// instead of Confined's filter (lab.sh --seccomp).
+	Seccomp string
 	// ActionScript is wired as CRIU action script through a per-bundle CRIU
 	// config file named by the org.criu.config annotation (/etc/criu is
 	// never touched; unwired bundles set the annotation to "").
@@ -184,6 +187,13 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 	}
 	if opts.Confined {
 		args = append(args, "--confined")
+	}
+	if opts.Seccomp != "" {
+		f := filepath.Join(t.TempDir(), "seccomp.json")
+		if err := os.WriteFile(f, []byte(opts.Seccomp), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--seccomp", f)
 	}
 	if _, err := c.lab(5*time.Minute, args...); err != nil {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)

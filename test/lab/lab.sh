@@ -29,6 +29,8 @@
 #                     027 for the daemon, and, on a kernel with AppArmor, the
 #                     profile arh-lab-confined (loaded with apparmor_parser;
 #                     broad, but not unconfined: it denies a few /proc files).
+#                     --seccomp FILE: FILE holds the linux.seccomp object of
+#                     config.json, instead of --confined's (or none).
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -149,7 +151,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE=""
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -161,6 +163,7 @@ parse_opts() {
 		--no-trigger) TRIGGER=0 ;;
 		--automount-daemon) AUTOMOUNT_DAEMON=1 ;;
 		--confined) CONFINED=1 ;;
+		--seccomp) SECCOMP_FILE=$(abspath "$2"); shift ;;
 		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
 		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
 		--hook) HOOK_PATH=$2; WIRING_GIVEN=1; shift ;;
@@ -281,6 +284,7 @@ write_config() { # write_config NAME BUNDLE
 	fi
 	local seccomp=""
 	[ "$CONFINED" = 0 ] || seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kexec_load", "open_by_handle_at", "bpf", "perf_event_open", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
+	[ -z "$SECCOMP_FILE" ] || seccomp="\"seccomp\": $(cat "$SECCOMP_FILE"),"
 	cat >"$b/config.json.tmp" <<JSON
 {
   "ociVersion": "1.0.2",
