@@ -9,10 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -91,6 +93,70 @@ func confinement(t testing.TB, pid int) map[string]string {
 	return out
 }
 
+// confined is what the test compares of a confined automount daemon.
+type confined struct {
+	d     daemonInfo
+	progs []string          // its seccomp filters, read through ptrace
+	conf  map[string]string // confinement()
+}
+
+// confinedDaemon reads the confinement of the container's original
+// daemon o, and fails unless the container is confined as the lab's
+// --confined asks, and otherwise than the test: else a copy of the hook's
+// own state would go unseen.
+func confinedDaemon(t testing.TB, o daemonInfo) confined {
+	t.Helper()
+	w := confined{d: o, progs: seccompPrograms(t, o.pid), conf: confinement(t, o.pid)}
+	if o.status["Seccomp"] != "2" || len(w.progs) == 0 || o.status["Umask"] != "0027" || strings.TrimSpace(w.conf["oom_score_adj"]) != "500" {
+		t.Fatalf("the container is not confined as asked: Seccomp %s, %d filters, Umask %s, oom_score_adj %s", o.status["Seccomp"], len(w.progs), o.status["Umask"], w.conf["oom_score_adj"])
+	}
+	self := confinement(t, os.Getpid())
+	if self["limits"] == w.conf["limits"] {
+		t.Fatalf("the container's limits are the test's own: the test would not see a copy of the hook's")
+	}
+	if appArmorOn() {
+		if w.conf["attr/current"] != "arh-lab-confined (enforce)\n" || self["attr/current"] == w.conf["attr/current"] {
+			t.Fatalf("AppArmor is on but the daemon runs under %q (the test under %q), not the lab's profile", w.conf["attr/current"], self["attr/current"])
+		}
+	} else {
+		t.Logf("this kernel has no AppArmor: the label is not part of this run (the VM's Debian kernel has it)")
+	}
+	return w
+}
+
+// keptItsConfinement checks, after a restore fixed by the hook, that every
+// path of the automount container works and that its one daemon runs with
+// the original's privileges, seccomp filters, limits, oom_score_adj,
+// umask, personality and LSM label.
+func keptItsConfinement(t testing.TB, c *lab.Container, round int, want confined) {
+	t.Helper()
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/srv/dmulti/sub")
+	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("/ind/k1/state: %q", got)
+	}
+	noWaiters(t, c)
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("round %d: %d automount daemons, want 1", round, len(ds))
+	}
+	d := ds[0]
+	for _, k := range append(privilegeFields, "Umask") {
+		if d.status[k] != want.d.status[k] {
+			t.Errorf("round %d: new daemon %s = %q, the original had %q", round, k, d.status[k], want.d.status[k])
+		}
+	}
+	if got := seccompPrograms(t, d.pid); fmt.Sprint(got) != fmt.Sprint(want.progs) {
+		t.Errorf("round %d: the new daemon's seccomp filters\n%v\ndiffer from the original's\n%v", round, got, want.progs)
+	}
+	for k, v := range confinement(t, d.pid) {
+		if v != want.conf[k] {
+			t.Errorf("round %d: new daemon's %s\n%s\nthe original's\n%s", round, k, v, want.conf[k])
+		}
+	}
+	t.Logf("round %d: daemon %d, Seccomp %s with %d filters (%d instructions in the first), Umask %s, label %q", round, d.pid, d.status["Seccomp"], len(want.progs), strings.Count(want.progs[0], "{"), d.status["Umask"], strings.TrimSpace(want.conf["attr/current"]))
+}
+
 // appArmorOn says whether the kernel enforces AppArmor, as runc tells.
 func appArmorOn() bool {
 	b, _ := os.ReadFile("/sys/module/apparmor/parameters/enabled")
@@ -119,56 +185,14 @@ func TestConfinedAutomountKeepsItsConfinement(tt *testing.T) {
 	if len(orig) != 1 {
 		t.Fatalf("%d automount daemons before checkpoint", len(orig))
 	}
-	o := orig[0]
-	origProgs := seccompPrograms(t, o.pid)
-	origConf := confinement(t, o.pid)
-	// The test means something only if the container is confined, and
-	// otherwise than the hook is.
-	if o.status["Seccomp"] != "2" || len(origProgs) == 0 || o.status["Umask"] != "0027" || strings.TrimSpace(origConf["oom_score_adj"]) != "500" {
-		t.Fatalf("the container is not confined as asked: Seccomp %s, %d filters, Umask %s, oom_score_adj %s", o.status["Seccomp"], len(origProgs), o.status["Umask"], origConf["oom_score_adj"])
-	}
-	self := confinement(t, os.Getpid())
-	if self["limits"] == origConf["limits"] {
-		t.Fatalf("the container's limits are the test's own: the test would not see a copy of the hook's")
-	}
-	if appArmorOn() {
-		if origConf["attr/current"] != "arh-lab-confined (enforce)\n" || self["attr/current"] == origConf["attr/current"] {
-			t.Fatalf("AppArmor is on but the daemon runs under %q (the test under %q), not the lab's profile", origConf["attr/current"], self["attr/current"])
-		}
-	} else {
-		t.Logf("this kernel has no AppArmor: the label is not part of this run (the VM's Debian kernel has it)")
-	}
+	want := confinedDaemon(t, orig[0])
 	for round := 1; round <= 2; round++ {
 		checkpointRestore(t, c)
 		allOK(t, c, 5)
-		mustWork(t, c, "stat", "/srv/direct1/")
-		mustWork(t, c, "ls", "/srv/dmulti/sub")
-		if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
-			t.Fatalf("/ind/k1/state: %q", got)
-		}
-		noWaiters(t, c)
-		ds := automountDaemons(t, c)
-		if len(ds) != 1 {
-			t.Fatalf("round %d: %d automount daemons, want 1", round, len(ds))
-		}
-		d := ds[0]
-		for _, k := range append(privilegeFields, "Umask") {
-			if d.status[k] != o.status[k] {
-				t.Errorf("round %d: new daemon %s = %q, the original had %q", round, k, d.status[k], o.status[k])
-			}
-		}
-		if got := seccompPrograms(t, d.pid); fmt.Sprint(got) != fmt.Sprint(origProgs) {
-			t.Errorf("round %d: the new daemon's seccomp filters\n%v\ndiffer from the original's\n%v", round, got, origProgs)
-		}
-		for k, v := range confinement(t, d.pid) {
-			if v != origConf[k] {
-				t.Errorf("round %d: new daemon's %s\n%s\nthe original's\n%s", round, k, v, origConf[k])
-			}
-		}
-		t.Logf("round %d: daemon %d, Seccomp %s with %d filters, Umask %s, label %q", round, d.pid, d.status["Seccomp"], len(origProgs), d.status["Umask"], strings.TrimSpace(origConf["attr/current"]))
+		keptItsConfinement(t, c, round, want)
 		// As TestAutomountActionScript: expire the direct mounts (CRIU
 		// refuses a triggered one) and trigger /ind/k1 again.
-		expireAndRetrigger(t, c, d.pid)
+		expireAndRetrigger(t, c, automountDaemons(t, c)[0].pid)
 	}
 	if l := log(); strings.Count(l, "automount killed and started again") != 2 {
 		t.Errorf("daemon respawned %d times in 2 restores, want 2:\n%s", strings.Count(l, "automount killed and started again"), l)
@@ -211,4 +235,58 @@ func TestUncopyableFilterRefusedBeforeTheKill(tt *testing.T) {
 		t.Fatalf("fix of a daemon whose filter cannot be copied: err %v, output:\n%s", err, out)
 	}
 	t.Logf("fix refused: %s", lastLineOf(string(out)))
+}
+
+// podman with its default seccomp profile (no --security-opt seccomp=),
+// the lab's AppArmor profile (podman's default one denies every mount, so
+// no automount works under it), --oom-score-adj and lower limits: the
+// automount daemon of a container checkpointed and restored by podman is
+// started again inside the very same confinement, through the shipped
+// hooks.d JSON and through the CRIU action script. The hook once refused
+// such a daemon ("runs under a seccomp filter, which the hook cannot
+// copy"), and the container's paths stayed catatonic.
+func TestPodmanAutomountKeepsItsConfinement(t *testing.T) {
+	if _, err := exec.LookPath("podman"); err != nil {
+		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)
+	}
+	for _, wiring := range []string{"hooks.d", "action-script"} {
+		t.Run(wiring, func(tt *testing.T) {
+			t := lab.Record(tt)
+			lab.Require(t)
+			bin := hookBinary(t)
+			// podman runs CRIU's action script with no environment of
+			// the caller: that path's log goes to syslog, and the fix is
+			// done when the restore returns.
+			log := func() string { return "automount killed and started again" }
+			opts := lab.Options{Confined: true}
+			if wiring == "hooks.d" {
+				log = useShippedHooksJSON(t)
+			} else {
+				opts.ActionScript = bin
+			}
+			c := lab.PodmanUp(t, "pod-am-"+wiring[:1], lab.Automount, opts)
+			allOK(t, c, 5)
+			orig := automountDaemons(t, c)
+			if len(orig) != 1 {
+				t.Fatalf("%d automount daemons before checkpoint", len(orig))
+			}
+			want := confinedDaemon(t, orig[0])
+			// podman's default profile is hundreds of instructions; the
+			// lab's runc one a few dozen.
+			if n := strings.Count(want.progs[len(want.progs)-1], "{"); n < 200 {
+				t.Fatalf("the daemon's last seccomp filter has %d instructions: not podman's default profile", n)
+			}
+			checkpointRestore(t, c)
+			// The hooks.d path fixes from a detached worker.
+			deadline := time.Now().Add(testenv.Scale(30 * time.Second))
+			for !strings.Contains(log(), "automount killed and started again") {
+				if time.Now().After(deadline) {
+					t.Fatalf("the hook did not start automount again within 30 s; log:\n%s", log())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			allOK(t, c, 5)
+			keptItsConfinement(t, c, 1, want)
+		})
+	}
 }

@@ -158,14 +158,11 @@ func TestFreshStartWithHookTouchesNothing(tt *testing.T) {
 	}
 }
 
-// podman with --hooks-dir holding the shipped hooks.d JSON (its path
-// pointed at the binary under test).
-func TestPodmanHooksDir(tt *testing.T) {
-	t := lab.Record(tt)
-	lab.Require(t)
-	if _, err := exec.LookPath("podman"); err != nil {
-		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)
-	}
+// useShippedHooksJSON makes the lab's podman containers use the shipped
+// hooks.d JSON, its path pointed at the binary under test and its log at a
+// file of the test, and returns a reader of that log.
+func useShippedHooksJSON(t testing.TB) func() string {
+	t.Helper()
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
 	shipped, err := os.ReadFile(filepath.Join(lab.Dir(), "..", "..", "hooks.d", "autofs-restore-hook.json"))
@@ -185,6 +182,18 @@ func TestPodmanHooksDir(tt *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("ARH_LAB_HOOKS_JSON", jsonPath)
+	return log
+}
+
+// podman with --hooks-dir holding the shipped hooks.d JSON (its path
+// pointed at the binary under test).
+func TestPodmanHooksDir(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	if _, err := exec.LookPath("podman"); err != nil {
+		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)
+	}
+	log := useShippedHooksJSON(t)
 	name := "arh-lab-pod-" + strings.TrimPrefix(filepath.Base(t.TempDir()), "00")
 	labSh := filepath.Join(lab.Dir(), "lab.sh")
 	sh := func(timeout time.Duration, args ...string) string {

@@ -99,6 +99,8 @@ type Container struct {
 	Name   string // runc container id: "arh-lab-<name>-<pid of the test process>"
 	Kind   Kind
 	Bundle string // /var/tmp/arh-lab/<Name>
+	// Podman: run by podman (PodmanUp), its name podman's.
+	Podman bool
 	t      testing.TB
 }
 
@@ -157,15 +159,35 @@ func Require(t testing.TB) {
 
 // Up creates and starts a container of the given kind (see lab.sh up) and
 // registers its removal with t.Cleanup. name is made unique per test process:
-// the container is called "arh-lab-<name>-<pid>". Up fails the test on error.
+// the container is called "arh-lab-<name>-<pid of the test process>". Up fails the test on error.
 func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
+	t.Helper()
+	return up(t, name, kind, opts, false)
+}
+
+// PodmanUp is Up for a container run by podman (lab.sh podman-up): podman's
+// default seccomp profile, the lab's AppArmor profile where the kernel has
+// AppArmor, Confined's limits and oom_score_adj. A Hook is written into the
+// container's hooks dir (or $ARH_LAB_HOOKS_JSON copied there), an
+// ActionScript given through the org.criu.config annotation. Seccomp is not
+// taken: podman's own profile is the point.
+func PodmanUp(t testing.TB, name string, kind Kind, opts Options) *Container {
+	t.Helper()
+	if opts.Seccomp != "" {
+		t.Fatal("lab.PodmanUp: Options.Seccomp is runc's (config.json); podman keeps its default profile")
+	}
+	return up(t, name, kind, opts, true)
+}
+
+func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Container {
 	t.Helper()
 	Require(t)
 	name = strings.TrimPrefix(name, "arh-lab-")
 	c := &Container{
-		Name: fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
-		Kind: kind,
-		t:    t,
+		Name:   fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
+		Kind:   kind,
+		Podman: podman,
+		t:      t,
 	}
 	c.Bundle = filepath.Join(labDir(), c.Name)
 	// Leftovers of an earlier run with this very process id, silently.
@@ -179,6 +201,9 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 		}
 	})
 	args := append([]string{"up", c.Name, string(kind)}, opts.args()...)
+	if podman {
+		args = append([]string{"podman-up", c.Name, "--kind", string(kind)}, opts.args()...)
+	}
 	if opts.Count > 0 {
 		args = append(args, "--count", strconv.Itoa(opts.Count))
 	}
@@ -219,7 +244,11 @@ func (c *Container) logState() {
 func (c *Container) Exec(timeout time.Duration, args ...string) (out string, timedOut bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(timeout))
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "runc", append([]string{"exec", c.Name}, args...)...)
+	argv := append([]string{"runc", "exec", c.Name}, args...)
+	if c.Podman {
+		argv = append([]string{"podman", "--events-backend=file", "exec", c.Name}, args...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	cmd.WaitDelay = 2 * time.Second // do not wait for pipes held by stray children
@@ -228,7 +257,7 @@ func (c *Container) Exec(timeout time.Duration, args ...string) (out string, tim
 		return buf.String(), true, nil
 	}
 	if err != nil {
-		return buf.String(), false, fmt.Errorf("runc exec %s %q: %w: %s", c.Name, args, err, strings.TrimSpace(buf.String()))
+		return buf.String(), false, fmt.Errorf("%s exec %s %q: %w: %s", argv[0], c.Name, args, err, strings.TrimSpace(buf.String()))
 	}
 	return buf.String(), false, nil
 }
@@ -270,6 +299,13 @@ func (c *Container) Down() error {
 
 // Pid is the host pid of the container's init.
 func (c *Container) Pid() (int, error) {
+	if c.Podman {
+		out, err := run(30*time.Second, filepath.Join(Dir(), "lab.sh"), "pid", c.Name)
+		if err != nil {
+			return 0, fmt.Errorf("lab.sh pid %s: %w: %s", c.Name, err, strings.TrimSpace(out))
+		}
+		return strconv.Atoi(strings.TrimSpace(out))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(30*time.Second))
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "runc", "state", c.Name).Output()

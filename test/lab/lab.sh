@@ -35,11 +35,14 @@
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
 #   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
-#   podman-up NAME [WIRING] [--count N] [--no-trigger]
-#        Like "up NAME systemd" but run by podman 4.3 (--runtime runc
+#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger]
+#        Like "up NAME systemd" (or automount) but run by podman 4.3, with
+#        its default seccomp profile (--runtime runc
 #        --cgroup-manager=cgroupfs --events-backend=file --network none
-#        --ulimit nofile/nproc=4096 --hooks-dir BUNDLE/hooks.d --rootfs
-#        BUNDLE/rootfs --systemd=always; on a kernel with AppArmor --security-opt
+#        --ulimit nofile/nproc=4096, or with --confined nofile 1024/2048,
+#        nproc 3000/4000, --oom-score-adj 500 and automount's umask 027;
+#        --hooks-dir BUNDLE/hooks.d --rootfs BUNDLE/rootfs, --systemd=always
+#        for systemd; on a kernel with AppArmor --security-opt
 #        apparmor=arh-lab-confined, as podman's default profile denies every
 #        mount). --hook is written as BUNDLE/hooks.d/
 #        arh-lab.json, --action-script via --annotation org.criu.config=...
@@ -163,6 +166,7 @@ parse_opts() {
 		--no-trigger) TRIGGER=0 ;;
 		--automount-daemon) AUTOMOUNT_DAEMON=1 ;;
 		--confined) CONFINED=1 ;;
+		--kind) KIND=$2; shift ;;
 		--seccomp) SECCOMP_FILE=$(abspath "$2"); shift ;;
 		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
 		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
@@ -595,23 +599,32 @@ cmd_podman_up() {
 	podman_argv "$name"
 	# podman's default AppArmor profile denies every mount: systemd's
 	# automount units then fail ("srv-a.automount failed", no autofs
-	# mount at all; seen on Debian 12's kernel). A container with autofs
-	# needs a profile that allows mount: the lab's.
-	local aa=()
+	# mount at all; seen on Debian 12's kernel), and so would automount.
+	# A container with autofs needs a profile that allows mount: the
+	# lab's. Seccomp stays podman's default profile.
+	local opts=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
+	[ "$CONFINED" = 0 ] || opts=(--ulimit nofile=1024:2048 --ulimit nproc=3000:4000 --oom-score-adj 500)
 	if apparmor_on; then
 		apparmor_load
-		aa=(--security-opt "apparmor=$AA_PROFILE")
+		opts+=(--security-opt "apparmor=$AA_PROFILE")
 	fi
+	local argv
+	case $KIND in
+	systemd)
+		opts+=(--systemd=always --env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		argv=(/lib/systemd/systemd)
+		;;
+	automount) argv=(/bin/sh /lab/init.sh) ;;
+	*) die "podman-up: kind $KIND (systemd or automount)" ;;
+	esac
 	if ! timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" run -d --name "$name" --network none \
-		--ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --systemd=always \
-		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" "${aa[@]}" \
-		--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1" \
-		--rootfs "$b/rootfs" /lib/systemd/systemd </dev/null >"$b/log/run.log" 2>&1; then
+		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" "${opts[@]}" \
+		--rootfs "$b/rootfs" "${argv[@]}" </dev/null >"$b/log/run.log" 2>&1; then
 		cat "$b/log/run.log" >&2
 		die "podman run $name failed"
 	fi
-	wait_ready "$name" systemd
-	[ "$TRIGGER" = 0 ] || trigger "$name" systemd
+	wait_ready "$name" "$KIND"
+	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
 	took "podman-up $name"
 }
 
