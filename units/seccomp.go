@@ -122,9 +122,11 @@ func seccompFiltersTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string
 
 // seccompReproducible says why filters cannot be installed again with
 // the same effect, or safely, or returns nil. The copies are installed on
-// the thread that starts the new daemon, before Go's fork and exec, so
-// they also judge the hook's own syscalls of the start (setgroups, setgid,
-// setuid, dup3, write): a filter that can make a syscall fail is fine (the
+// the thread that starts the new daemon, before Go's fork and exec (and,
+// for a daemon that is neither root nor no_new_privs, before its
+// credentials), so they also judge the hook's own syscalls of the start
+// (dup3, write, setsid; setgroups, setresgid, setresuid in that one
+// case): a filter that can make a syscall fail is fine (the
 // start fails, and is reported), one that can make a syscall seem to
 // succeed without running it (SECCOMP_RET_ERRNO with errno 0, or a
 // return value computed at run time) could have the new daemon keep the

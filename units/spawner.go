@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -198,16 +199,33 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if err := setExecLabel(d); err != nil {
 		return nil, nil, err
 	}
-	if err := installSeccomp(d.SeccompFilters); err != nil {
-		return nil, nil, err
+	// The daemon's credentials on this thread, then its filters, as runc
+	// and CRIU order them: a filter may deny setgroups or setuid, which
+	// the old daemon never needed after its own start. A daemon that is
+	// not root and has no no_new_privs could not install them once it is
+	// not root: filters first then, and they must allow the credentials.
+	if d.UID[1] == 0 || d.NoNewPriv {
+		if err := setThreadCreds(d); err != nil {
+			return nil, nil, err
+		}
+		if err := installSeccomp(d.SeccompFilters); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if err := installSeccomp(d.SeccompFilters); err != nil {
+			return nil, nil, err
+		}
+		if err := setThreadCreds(d); err != nil {
+			return nil, nil, err
+		}
 	}
 	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
+	// No Credential: the fork takes this thread's, set above.
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:     true,
-		Credential: &syscall.Credential{Uid: d.UID[1], Gid: d.GID[1], Groups: d.Groups},
-		PidFD:      &pidfd,
+		Setsid: true,
+		PidFD:  &pidfd,
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start %s: %w", d.Argv[0], err)
@@ -256,6 +274,29 @@ func raiseHardLimits(want [][2]uint64) error {
 				return fmt.Errorf("raise hard limit %s to %d: %w", limitNames[r], w[1], err)
 			}
 		}
+	}
+	return nil
+}
+
+// setThreadCreds gives the calling thread, and so a child forked from it,
+// the daemon's groups, gid and uid (real, effective, saved). Raw system
+// calls: Go's own set them on every thread of the process. From root to
+// another uid the thread's capabilities go, as they went for the daemon.
+func setThreadCreds(d *Daemon) error {
+	var gp unsafe.Pointer
+	if len(d.Groups) > 0 {
+		gp = unsafe.Pointer(&d.Groups[0])
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(d.Groups)), uintptr(gp), 0); e != 0 {
+		return fmt.Errorf("set groups %v: %w", d.Groups, e)
+	}
+	runtime.KeepAlive(d.Groups)
+	g, u := uintptr(d.GID[1]), uintptr(d.UID[1])
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, g, g, g); e != 0 {
+		return fmt.Errorf("set gid %d: %w", d.GID[1], e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, u, u, u); e != 0 {
+		return fmt.Errorf("set uid %d: %w", d.UID[1], e)
 	}
 	return nil
 }

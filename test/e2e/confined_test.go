@@ -290,3 +290,44 @@ func TestPodmanAutomountKeepsItsConfinement(t *testing.T) {
 		})
 	}
 }
+
+// A container whose filter denies setgroups, setgid and setuid (with
+// no_new_privs, so that runc installs it after the credentials, as CRIU
+// restores it): the new daemon gets its credentials before the copied
+// filters, as the old one did, and starts. The hook once installed the
+// filters first and let Go's fork set the credentials under them: setgroups
+// failed with EPERM after the old daemon was killed.
+func TestFilterDenyingSetuidStillRespawns(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	const denyCreds = `{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+		"syscalls": [{"names": ["setgroups", "setgid", "setuid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}`
+	c := lab.Up(t, "hook-nosetuid", lab.Automount, lab.Options{ActionScript: bin, Seccomp: denyCreds, NoNewPrivs: true})
+	orig := automountDaemons(t, c)
+	if len(orig) != 1 || orig[0].status["Seccomp"] != "2" || orig[0].status["NoNewPrivs"] != "1" {
+		t.Fatalf("automount daemons: %+v, want one with a filter and no_new_privs", orig)
+	}
+	progs := seccompPrograms(t, orig[0].pid)
+	checkpointRestore(t, c)
+	allOK(t, c, 5)
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/srv/dmulti/sub")
+	noWaiters(t, c)
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("%d automount daemons after the restore, want 1; log:\n%s", len(ds), log())
+	}
+	for _, k := range privilegeFields {
+		if ds[0].status[k] != orig[0].status[k] {
+			t.Errorf("new daemon %s = %q, the original had %q", k, ds[0].status[k], orig[0].status[k])
+		}
+	}
+	if got := seccompPrograms(t, ds[0].pid); fmt.Sprint(got) != fmt.Sprint(progs) {
+		t.Errorf("the new daemon's seccomp filters\n%v\ndiffer from the original's\n%v", got, progs)
+	}
+	if l := log(); !strings.Contains(l, "automount killed and started again") {
+		t.Errorf("the hook did not start automount again:\n%s", l)
+	}
+}

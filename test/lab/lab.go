@@ -80,6 +80,8 @@ type Options struct {
 	// Seccomp, when set, is the linux.seccomp object of config.json (JSON),
 	// instead of Confined's filter (lab.sh --seccomp).
 	Seccomp string
+	// NoNewPrivs sets process.noNewPrivileges (lab.sh --no-new-privs).
+	NoNewPrivs bool
 	// ActionScript is wired as CRIU action script through a per-bundle CRIU
 	// config file named by the org.criu.config annotation (/etc/criu is
 	// never touched; unwired bundles set the annotation to "").
@@ -219,6 +221,9 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 			t.Fatal(err)
 		}
 		args = append(args, "--seccomp", f)
+	}
+	if opts.NoNewPrivs {
+		args = append(args, "--no-new-privs")
 	}
 	if _, err := c.lab(5*time.Minute, args...); err != nil {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)

@@ -31,6 +31,8 @@
 #                     broad, but not unconfined: it denies a few /proc files).
 #                     --seccomp FILE: FILE holds the linux.seccomp object of
 #                     config.json, instead of --confined's (or none).
+#                     --no-new-privs: process.noNewPrivileges (runc then
+#                     installs the filter after the credentials).
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -154,7 +156,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE=""
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -167,6 +169,7 @@ parse_opts() {
 		--automount-daemon) AUTOMOUNT_DAEMON=1 ;;
 		--confined) CONFINED=1 ;;
 		--kind) KIND=$2; shift ;;
+		--no-new-privs) NNP=true ;;
 		--seccomp) SECCOMP_FILE=$(abspath "$2"); shift ;;
 		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
 		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
@@ -305,7 +308,7 @@ write_config() { # write_config NAME BUNDLE
     },
     "rlimits": $rlimits,
     $confinement
-    "noNewPrivileges": false
+    "noNewPrivileges": $NNP
   },
   "root": {"path": "rootfs", "readonly": false},
   "hostname": $(json_str "$name"),
