@@ -239,6 +239,67 @@ func ReadStatus(pid int) (Status, error) {
 	return s, nil
 }
 
+// StatusFile is the status file of one process, kept open: it answers
+// for that process only (a pid reused after it exited reads as an error,
+// never as another process), and reading it again costs one system call
+// and no allocation. For polls.
+type StatusFile struct {
+	f   *os.File
+	buf []byte
+}
+
+// OpenStatus opens p's /proc/PID/status, and checks afterwards that p
+// is still the process pinned, so that the file is on it.
+func (p *Process) OpenStatus() (*StatusFile, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(p.Pid) + "/status")
+	if err != nil {
+		return nil, fmt.Errorf("open status of pid %d: %w", p.Pid, err)
+	}
+	if err := p.Check(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &StatusFile{f: f, buf: make([]byte, 16<<10)}, nil
+}
+
+// Close closes the file.
+func (s *StatusFile) Close() error { return s.f.Close() }
+
+// State reads the process's state letter (R, S, D, t, Z ...) and its
+// tracer's pid (0 when not traced). A process gone reads as ErrGone.
+func (s *StatusFile) State() (state byte, tracerPid int, err error) {
+	n, err := s.f.ReadAt(s.buf, 0)
+	if n == 0 && err != nil {
+		return 0, 0, fmt.Errorf("%w: %v", ErrGone, err)
+	}
+	b := s.buf[:n]
+	if v := statusField(b, "State:"); len(v) > 0 {
+		state = v[0]
+	}
+	tracerPid, _ = strconv.Atoi(string(statusField(b, "TracerPid:")))
+	if state == 0 || state == 'Z' || state == 'X' {
+		return state, tracerPid, ErrGone
+	}
+	return state, tracerPid, nil
+}
+
+// statusField is the value of the line of b that starts with key,
+// without the blanks around it.
+func statusField(b []byte, key string) []byte {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if v, ok := bytes.CutPrefix(line, []byte(key)); ok {
+			return bytes.TrimSpace(v)
+		}
+	}
+	return nil
+}
+
 // NSpid returns the pid of the process in each of its pid namespaces,
 // outermost first.
 func (s Status) NSpid() []int {

@@ -88,3 +88,54 @@ func TestPinnedByPidfd(t *testing.T) {
 		t.Fatalf("a reaped process: %+v, %v; want ErrGone", p, err)
 	}
 }
+
+// The status file of a pinned process reads its state and tracer while it
+// lives; a zombie, and a process reaped (whose pid another may take), read
+// as gone, never as another process.
+func TestStatusFile(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := OpenProcess(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	sf, err := p.OpenStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		state, tracer, err := sf.State()
+		if err != nil || tracer != 0 {
+			t.Fatalf("live sleep: state %c, tracer %d, %v", state, tracer, err)
+		}
+		if state == 'S' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleep never sleeps: state %c", state)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGSTOP)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if state, _, _ := sf.State(); state == 'T' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a stopped process does not read as T")
+		}
+	}
+	if err := p.Kill(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if state, _, err := sf.State(); !errors.Is(err, ErrGone) {
+		t.Fatalf("zombie: state %c, %v; want ErrGone", state, err)
+	}
+	cmd.Wait()
+	if state, _, err := sf.State(); !errors.Is(err, ErrGone) {
+		t.Fatalf("reaped: state %c, %v; want ErrGone", state, err)
+	}
+}

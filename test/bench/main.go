@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 var (
 	bin    = flag.String("bin", "bin/autofs-restore-hook", "the binary to measure")
 	runs   = flag.Int("runs", 5, "runs per contender (medians are reported)")
+	only   = flag.String("only", "", "run only these tables, comma-separated: noop, follower, systemd, automount")
 	sizes  = flag.String("sizes", "1,20,100", "numbers of automount points")
 	noops  = flag.Int("noops", 200, "invocations for the no-op cost")
 	labDir string
@@ -40,8 +42,11 @@ func main() {
 	*bin = abs
 	fmt.Printf("autofs-restore-hook benchmarks, %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("machine: %s, %d CPUs, kernel %s\n\n", hostname(), runtime.NumCPU(), kernel())
-	noopTable()
-	fmt.Println()
+	want := func(table string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), table) }
+	if want("noop") {
+		noopTable()
+		fmt.Println()
+	}
 	must(run(10*time.Minute, filepath.Join(labDir, "provision.sh")))
 	var ns []int
 	for _, s := range strings.Split(*sizes, ",") {
@@ -49,9 +54,115 @@ func main() {
 		check(err)
 		ns = append(ns, n)
 	}
-	systemdTable(ns)
+	if want("follower") {
+		followerTable()
+		fmt.Println()
+	}
+	if want("systemd") {
+		systemdTable(ns)
+		fmt.Println()
+	}
+	if want("automount") {
+		automountTable(ns)
+	}
+}
+
+// ---- the OCI hook's follower ----
+
+// followerTable restores a container wired with the OCI hook (runc's
+// createRuntime, as the lab wires it) again and again, and sets the CPU
+// of the hook's detached follower (its own report in the log: user and
+// system time, its workers included) against the CPU of the restore
+// itself (runc, CRIU and the hook's own invocation: the rusage of the
+// whole lab.sh restore tree).
+func followerTable() {
+	fmt.Println("## 4. The OCI hook's follower: CPU per restore against the restore's own")
 	fmt.Println()
-	automountTable(ns)
+	fmt.Println("| container | restore CPU (runc, CRIU, hook invocation) | follower CPU following the restore | following / restore | follower CPU in all (with pre- and post-resume) | polls | mount-table reads | pre-resume window caught |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, kind := range []string{"systemd", "automount"} {
+		logPath := filepath.Join(os.TempDir(), fmt.Sprintf("arh-bench-follower-%d.log", os.Getpid()))
+		os.Remove(logPath)
+		c := &container{name: fmt.Sprintf("arh-lab-bench-follow-%s-%d", kind, os.Getpid())}
+		current = c
+		lab("down", c.name)
+		must(lab("up", c.name, kind, "--no-trigger", "--hook", *bin,
+			"--hook-env", hook.EnvLogFile+"="+logPath, "--hook-env", hook.EnvNoSyslog+"=1"))
+		must(lab("checkpoint", c.name))
+		var restoreCPU, followCPU, allCPU []time.Duration
+		var polls, tableReads []int
+		caught := 0
+		for r := 0; r < *runs; r++ {
+			if r > 0 {
+				must(lab("stop", c.name))
+			}
+			cmd := exec.Command("timeout", "-s", "KILL", "300", "bash", filepath.Join(labDir, "lab.sh"), "restore", c.name)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				fatal("lab.sh restore %s: %v\n%s\n", c.name, err, out)
+			}
+			ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			restoreCPU = append(restoreCPU, time.Duration(ru.Utime.Nano()+ru.Stime.Nano()))
+			out2, err := lab("pid", c.name)
+			check(err)
+			pid, err := strconv.Atoi(lastLine(out2))
+			check(err)
+			c.fixed = append(c.fixed, pid)
+			line := waitFollowerDone(logPath, r+1)
+			m := followerReport.FindStringSubmatch(line)
+			if m == nil {
+				fatal("the follower's report %q does not match %s\n", line, followerReport)
+			}
+			cpu, err := time.ParseDuration(m[2])
+			check(err)
+			all, err := time.ParseDuration(m[1])
+			check(err)
+			p, _ := strconv.Atoi(m[3])
+			reads, _ := strconv.Atoi(m[4])
+			win := m[5]
+			allCPU = append(allCPU, all)
+			followCPU, polls, tableReads = append(followCPU, cpu), append(polls, p), append(tableReads, reads)
+			if win == "caught" {
+				caught++
+			}
+		}
+		c.down()
+		os.Remove(logPath)
+		rc, fc := median(restoreCPU), median(followCPU)
+		fmt.Printf("| %s | %s | %s | %.1f %% | %s | %d | %d | %d of %d |\n", kind, ms(rc), ms(fc), 100*float64(fc)/float64(rc), ms(median(allCPU)), medianInt(polls), medianInt(tableReads), caught, *runs)
+	}
+	fmt.Printf("\nMedians of %d restores of one checkpoint each. The follower's CPU is its own report (getrusage of itself and its children): following is what it spent watching the restore, apart from the two fixes it runs (which `fix` also costs).\n", *runs)
+}
+
+// followerReport is the follower's last log line (hook/oci.go).
+var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user and system, its children included\): (\S+) following the restore \((\d+) polls, (\d+) mount-table reads\), \S+ pre-resume, \S+ post-resume; pre-resume window (\w+)`)
+
+// waitFollowerDone waits until the log holds n "follow: done" lines and
+// returns the last.
+func waitFollowerDone(logPath string, n int) string {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		b, _ := os.ReadFile(logPath)
+		var done []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "follow: done: ") {
+				done = append(done, l)
+			}
+		}
+		if len(done) >= n {
+			return done[n-1]
+		}
+		if time.Now().After(deadline) {
+			fatal("no report %d of the follower within 3 minutes; log:\n%s\n", n, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func medianInt(xs []int) int {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // ---- no-op cost ----

@@ -117,6 +117,28 @@ func TestSystemdOCIHook(tt *testing.T) {
 	if n := strings.Count(log(), "unit=srv-c.automount"); n != 2 {
 		t.Errorf("srv-c.automount restarted %d times in 2 restores, want 2", n)
 	}
+	windowCaught(t, log(), 2)
+}
+
+// windowCaught checks that the follower of each of n restores did
+// pre-resume while CRIU still held the tasks, as its report at the end
+// says: it reads the mount table only once CRIU has named the init back,
+// and must not miss the window for it.
+func windowCaught(t testing.TB, log string, n int) {
+	t.Helper()
+	if got := strings.Count(log, "pre-resume window caught"); got != n || strings.Count(log, "follow: done: ") != n {
+		t.Errorf("the follower caught the pre-resume window %d times in %d restores; its reports:\n%s", got, n, grepLines(log, "follow: done: "))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func TestAutomountOCIHook(tt *testing.T) {
@@ -138,6 +160,7 @@ func TestAutomountOCIHook(tt *testing.T) {
 	if ds := automountDaemons(t, c); len(ds) != 1 || ds[0].pgid != ds[0].pid {
 		t.Fatalf("daemons after the fix: %+v", ds)
 	}
+	windowCaught(t, log(), 1)
 	t.Logf("hook log:\n%s", log())
 }
 
