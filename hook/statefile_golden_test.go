@@ -23,7 +23,8 @@ func fullRecord() record {
 		Cgroups: []string{"0::/lab"}, Stdio: [3]string{"/dev/null", "/run/automount.log", "/run/automount.log"},
 		NsPid: 7, Exe: "/usr/sbin/automount", Cwd: "/",
 		SeccompFilterCount: 1, SeccompFilters: []units.SeccompFilter{{Insns: [][4]uint32{{6, 0, 0, 0x7fff0000}}, Log: true}},
-		Rlimits: [][2]uint64{{1024, 2048}}, OOMScoreAdj: 500, Umask: 0o27, Personality: 8}
+		Rlimits: [][2]uint64{{1024, 2048}}, OOMScoreAdj: 500, Umask: 0o27, Personality: 8,
+		LSMLabel: "containers-default-0.50.0 (enforce)", AppArmor: true}
 	return record{
 		Pid: 4242, StartTime: 99,
 		Prepared:   []preparedMount{{Mountpoint: "/srv/a", Dev: 44, Kind: "systemd", MasterPid: 4242, Unit: "srv-a.automount"}},
