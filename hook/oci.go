@@ -286,11 +286,16 @@ func restoredEnough(p *mounts.Process) bool {
 		}
 	}
 	procs := mounts.SnapshotProcs(leaders)
+	var known []int // masters classified already: many mounts, one master
 	for _, a := range t.Autofs {
 		m := procs.MasterOf(a.Options)
 		if m <= 0 {
 			return false
 		}
+		if slices.Contains(known, m) {
+			continue
+		}
+		known = append(known, m)
 		st, err := mounts.ReadStatus(m)
 		if err != nil {
 			return false

@@ -91,12 +91,8 @@ func ParseFDInfo(b []byte) (FDInfo, error) {
 	var fi FDInfo
 	haveMnt := false
 	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
 		k, v, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue

@@ -287,12 +287,8 @@ func (s *StatusFile) State() (state byte, tracerPid int, err error) {
 // without the blanks around it.
 func statusField(b []byte, key string) []byte {
 	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
 		if v, ok := bytes.CutPrefix(line, []byte(key)); ok {
 			return bytes.TrimSpace(v)
 		}

@@ -11,17 +11,27 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 
-// A pid reused by another process after the hook pinned it is detected.
-func TestProcessGoneAndReaped(t *testing.T) {
+// pinnedSleep starts a child that sleeps and pins it; the pin is closed
+// at the test's end, the child left to the test to kill and reap.
+func pinnedSleep(t *testing.T) (*exec.Cmd, *Process) {
+	t.Helper()
 	cmd := exec.Command("sleep", "60")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := OpenProcess(cmd.Process.Pid)
 	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
 		t.Fatal(err)
 	}
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
+	return cmd, p
+}
+
+// A pid reused by another process after the hook pinned it is detected.
+func TestProcessGoneAndReaped(t *testing.T) {
+	cmd, p := pinnedSleep(t)
 	if err := p.Check(); err != nil {
 		t.Fatalf("live process: %v", err)
 	}
@@ -93,15 +103,7 @@ func TestPinnedByPidfd(t *testing.T) {
 // lives; a zombie, and a process reaped (whose pid another may take), read
 // as gone, never as another process.
 func TestStatusFile(t *testing.T) {
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := OpenProcess(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	cmd, p := pinnedSleep(t)
 	sf, err := p.OpenStatus()
 	if err != nil {
 		t.Fatal(err)

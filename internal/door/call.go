@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -255,14 +254,6 @@ func (l *limitedBuffer) String() string {
 // (or /proc in a process that is no child), never through the calling
 // thread's root, which in a worker is the container's.
 func ThreadStates(pid int) string {
-	read := func(name string) ([]byte, error) {
-		f, err := openHostProc(name, unix.O_RDONLY)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		return io.ReadAll(io.LimitReader(f, 4096))
-	}
 	dir := strconv.Itoa(pid) + "/task"
 	d, err := openHostProc(dir, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
@@ -272,16 +263,16 @@ func ThreadStates(pid int) string {
 	d.Close()
 	var out []string
 	for _, n := range names {
-		b, err := read(dir + "/" + n + "/stat")
+		stat, err := ReadHostProc(dir + "/" + n + "/stat")
 		if err != nil {
 			continue
 		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) {
+		i := strings.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) {
 			continue
 		}
-		w, _ := read(dir + "/" + n + "/wchan")
-		out = append(out, fmt.Sprintf("thread %s state %c in %q", n, b[i+2], w))
+		w, _ := ReadHostProc(dir + "/" + n + "/wchan")
+		out = append(out, fmt.Sprintf("thread %s state %c in %q", n, stat[i+2], w))
 	}
 	if len(out) == 0 {
 		return "no thread visible"
