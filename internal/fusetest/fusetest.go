@@ -117,13 +117,24 @@ func Mount(target string, opts Options) (*Server, error) {
 		err = unix.Mount(source, target, "fuse", unix.MS_NOSUID|unix.MS_NODEV, data)
 	} else {
 		mountinfo = "/proc/" + strconv.Itoa(opts.MntNSOf) + "/mountinfo"
-		dev := os.NewFile(uintptr(fd), "/dev/fuse")
+		// The child gets a copy: an *os.File made on fd itself would own
+		// it, and its finalizer would close the server's fd whenever the
+		// collector ran, after which the number, reused, names another
+		// file of the test process that Close then closes (seen: a later
+		// fork/exec failing with EBADF).
+		dup, derr := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if derr != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("dup /dev/fuse: %w", derr)
+		}
+		dev := os.NewFile(uintptr(dup), "/dev/fuse")
 		cmd := exec.Command("nsenter", "-t", strconv.Itoa(opts.MntNSOf), "-m", "--", "mount", "-i", "-t", "fuse",
 			"-o", fmt.Sprintf("nosuid,nodev,fd=3,rootmode=%o,user_id=0,group_id=0,allow_other", mode), source, target)
 		cmd.ExtraFiles = []*os.File{dev}
 		if out, cerr := cmd.CombinedOutput(); cerr != nil {
 			err = fmt.Errorf("%v: %s", cerr, strings.TrimSpace(string(out)))
 		}
+		dev.Close()
 	}
 	if err != nil {
 		unix.Close(fd)
