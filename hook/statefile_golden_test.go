@@ -17,6 +17,7 @@ var updateGolden = flag.Bool("update-golden", false, "rewrite hook/testdata/stat
 // fullRecord sets every field of the state file, nested ones included.
 func fullRecord() record {
 	at := time.Date(2026, 12, 2, 4, 5, 6, 0, time.UTC)
+	secbits := uint32(0x24)
 	d := &units.Daemon{Argv: []string{"/usr/sbin/automount", "-f"}, Env: []string{"PATH=/usr/bin"},
 		UID: []uint32{1, 1, 1, 1}, GID: []uint32{2, 2, 2, 2}, Groups: []uint32{3},
 		CapInh: 1, CapPrm: 2, CapEff: 3, CapBnd: 4, CapAmb: 5, NoNewPriv: true, Seccomp: 1,
@@ -24,7 +25,7 @@ func fullRecord() record {
 		NsPid: 7, Exe: "/usr/sbin/automount", Cwd: "/",
 		SeccompFilterCount: 1, SeccompFilters: []units.SeccompFilter{{Insns: [][4]uint32{{6, 0, 0, 0x7fff0000}}, Log: true}},
 		Rlimits: [][2]uint64{{1024, 2048}}, OOMScoreAdj: 500, Umask: 0o27, Personality: 8,
-		LSMLabel: "containers-default-0.50.0 (enforce)", AppArmor: true}
+		LSMLabel: "containers-default-0.50.0 (enforce)", AppArmor: true, Securebits: &secbits}
 	return record{
 		Pid: 4242, StartTime: 99,
 		Prepared:   []preparedMount{{Mountpoint: "/srv/a", Dev: 44, Kind: "systemd", MasterPid: 4242, Unit: "srv-a.automount"}},

@@ -16,9 +16,19 @@ import (
 func TestDaemonReproducible(t *testing.T) {
 	full := uint64(0x1ffffffffff)
 	root := func() *Daemon {
+		unlimited := make([][2]uint64, len(limitNames))
+		for i := range unlimited {
+			unlimited[i] = [2]uint64{unix.RLIM_INFINITY, unix.RLIM_INFINITY}
+		}
 		return &Daemon{Argv: []string{"/usr/sbin/automount", "-f"}, UID: []uint32{0, 0, 0, 0}, GID: []uint32{0, 0, 0, 0}, CapPrm: full, CapEff: full, CapBnd: full,
-			Rlimits: make([][2]uint64, len(limitNames)), SeccompFilterCount: -1}
+			Rlimits: unlimited, SeccompFilterCount: -1}
 	}
+	denyPtrace := []SeccompFilter{{Insns: [][4]uint32{
+		{unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, 0, 0, 0},
+		{unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, 0, 1, unix.SYS_PTRACE},
+		{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)},
+		{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ALLOW},
+	}}}
 	allow := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ALLOW}}}}
 	notify := []SeccompFilter{{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_USER_NOTIF}}}}
 	// A filter that makes every syscall "succeed" without running it:
@@ -64,6 +74,28 @@ func TestDaemonReproducible(t *testing.T) {
 			d.CapPrm, d.CapEff = 0, 0
 		}, ""},
 		{"empty argv", func(d *Daemon) { d.Argv = nil }, "command line is empty"},
+		{"address-space limit", func(d *Daemon) { d.Rlimits[unix.RLIMIT_AS] = [2]uint64{512 << 20, 512 << 20} }, ""},
+		{"address-space limit, filters allow ptrace", func(d *Daemon) {
+			d.Rlimits[unix.RLIMIT_AS] = [2]uint64{512 << 20, 512 << 20}
+			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, allow
+		}, ""},
+		{"data limit, filters deny ptrace", func(d *Daemon) {
+			d.Rlimits[unix.RLIMIT_DATA] = [2]uint64{unix.RLIM_INFINITY, 1 << 30}
+			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, denyPtrace
+		}, "ptrace(PTRACE_TRACEME)"},
+		{"no late limit, filters deny ptrace", func(d *Daemon) {
+			d.Seccomp, d.SeccompFilterCount, d.SeccompFilters = 2, 1, denyPtrace
+		}, ""},
+		{"securebits", func(d *Daemon) { b := uint32(1<<2 | 1<<5 | 1<<6); d.Securebits = &b }, ""},
+		{"securebits, keep_caps only (an exec clears it)", func(d *Daemon) {
+			b := uint32(1 << 4)
+			d.Securebits, d.CapBnd, d.CapPrm, d.CapEff = &b, 0xff, 0xff, 0xff
+		}, ""},
+		{"securebits noroot", func(d *Daemon) { b := uint32(1 << 0); d.Securebits = &b }, "SECBIT_NOROOT"},
+		{"securebits without CAP_SETPCAP to set them", func(d *Daemon) {
+			b := uint32(1 << 2)
+			d.Securebits, d.CapBnd, d.CapPrm, d.CapEff = &b, 0xff, 0xff, 0xff // CAP_SETPCAP is 8
+		}, "CAP_SETPCAP"},
 	}
 	for _, tt := range tests {
 		d := root()

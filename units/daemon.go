@@ -49,6 +49,10 @@ type Daemon struct {
 	// read through ptrace when Seccomp is 2 (RespawnAutomount).
 	SeccompFilterCount int             `json:"seccomp_filter_count"`
 	SeccompFilters     []SeccompFilter `json:"seccomp_filters,omitempty"`
+	// Securebits are its securebits (prctl PR_GET_SECUREBITS, run in
+	// the held daemon: held.go), nil where they were not read (an
+	// architecture the hook cannot read them on).
+	Securebits *uint32 `json:"securebits,omitempty"`
 	// Rlimits are its resource limits, soft and hard, by resource
 	// number (RLIMIT_CPU = 0 ...), from /proc/PID/limits.
 	Rlimits     [][2]uint64 `json:"rlimits"`
@@ -240,8 +244,14 @@ func (d *Daemon) Reproducible() error {
 		return errors.New("it runs under seccomp filters without no_new_privs or CAP_SYS_ADMIN, so nothing started as it could install them: refused")
 	case d.Seccomp == 2 && seccompReproducible(d.SeccompFilters, d.SeccompFilterCount) != nil:
 		return fmt.Errorf("%w: refused rather than respawn it with other filters; restart the container's automount by hand", seccompReproducible(d.SeccompFilters, d.SeccompFilterCount))
+	case d.Securebits != nil && *d.Securebits&secbitNoRoot != 0:
+		return fmt.Errorf("it runs with SECBIT_NOROOT (securebits %#x): exec would not give it the capabilities it has: refused", *d.Securebits)
+	case d.Securebits != nil && *d.Securebits&securebitsExecKept != 0 && d.CapBnd&(1<<unix.CAP_SETPCAP) == 0:
+		return fmt.Errorf("it runs with securebits %#x, which nothing started without CAP_SETPCAP in its bounding set can set: refused", *d.Securebits)
 	case len(d.Rlimits) != len(limitNames):
 		return fmt.Errorf("its resource limits were not read (%d of %d)", len(d.Rlimits), len(limitNames))
+	case lateLimitsAllowed(d) != nil:
+		return fmt.Errorf("its address-space or data limit is set on the new daemon at its exec through ptrace and prlimit64, which its seccomp filters would not let run (%w): refused", lateLimitsAllowed(d))
 	case d.UID[0] != d.UID[1] || d.UID[1] != d.UID[2] || d.GID[0] != d.GID[1] || d.GID[1] != d.GID[2]:
 		return fmt.Errorf("it runs with mixed real/effective/saved ids (uid %v gid %v): refused", d.UID, d.GID)
 	case d.UID[0] != 0 && (d.CapPrm != 0 || d.CapAmb != 0):

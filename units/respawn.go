@@ -77,10 +77,19 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 	if err != nil {
 		return nil, err
 	}
-	if info.Seccomp == 2 {
-		if info.SeccompFilters, err = readSeccompFilters(d, min(5*time.Second, time.Until(deadline))); err != nil {
-			return nil, fmt.Errorf("respawn automount %d: %w: refused rather than respawn it unconfined", pid, err)
-		}
+	// What /proc does not show: its seccomp filters and securebits.
+	h, err := readHeld(d, min(5*time.Second, time.Until(deadline)))
+	if err != nil {
+		return nil, fmt.Errorf("respawn automount %d: %w: refused rather than respawn it with less confinement", pid, err)
+	}
+	info.SeccompFilters = h.Filters
+	switch {
+	case h.SecurebitsRead:
+		info.Securebits = &h.Securebits
+	case securebitsReadable:
+		return nil, fmt.Errorf("respawn automount %d: its securebits were not read (%s): refused rather than respawn it without them", pid, mounts.Escape(h.SecurebitsWhy))
+	case o.Log != nil:
+		o.Log(fmt.Sprintf("respawn automount %d: its securebits are not read on this architecture: the new daemon starts with none", pid))
 	}
 	if err := info.Reproducible(); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
@@ -191,13 +200,20 @@ func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.
 	if err := verifySame(newPid, info); err != nil {
 		return err
 	}
-	if info.Seccomp == 2 {
-		got, err := readSeccompFilters(nd, within(deadline, 5*time.Second))
+	if info.Seccomp == 2 || info.Securebits != nil {
+		h, err := readHeld(nd, within(deadline, 5*time.Second))
 		if err != nil {
 			return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
 		}
-		if !slices.EqualFunc(got, info.SeccompFilters, func(a, b SeccompFilter) bool { return a.Log == b.Log && slices.Equal(a.Insns, b.Insns) }) {
+		if !slices.EqualFunc(h.Filters, info.SeccompFilters, func(a, b SeccompFilter) bool { return a.Log == b.Log && slices.Equal(a.Insns, b.Insns) }) {
 			return fmt.Errorf("the new automount (pid %d) has other seccomp filters than the old one", newPid)
+		}
+		switch {
+		case info.Securebits == nil:
+		case !h.SecurebitsRead:
+			return fmt.Errorf("the new automount (pid %d): its securebits were not read: %s", newPid, mounts.Escape(h.SecurebitsWhy))
+		case h.Securebits&securebitsExecKept != *info.Securebits&securebitsExecKept:
+			return fmt.Errorf("the new automount (pid %d) has securebits %#x (was %#x)", newPid, h.Securebits, *info.Securebits)
 		}
 	}
 	if err := failpoint.Err("verify"); err != nil {

@@ -1,20 +1,16 @@
 package units
 
 // The automount daemon's seccomp filters: read from the old daemon through
-// ptrace (PTRACE_SECCOMP_GET_FILTER, as CRIU dumps them) by a child of the
-// hook, checked for what a copy cannot reproduce, and installed again, in
-// the order they were, on the thread that starts the new daemon.
+// ptrace (PTRACE_SECCOMP_GET_FILTER, as CRIU dumps them) while held.go's
+// task holds it, checked for what a copy cannot reproduce, and installed
+// again, in the order they were, on the thread that starts the new daemon.
 
 import (
-	"encoding/json"
 	"fmt"
 	"runtime"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // SeccompFilter is one classic BPF seccomp program.
@@ -28,66 +24,9 @@ type SeccompFilter struct {
 // ptraceGetSeccompMetadata is PTRACE_GET_SECCOMP_METADATA (linux/ptrace.h).
 const ptraceGetSeccompMetadata = 0x420d
 
-// taskSeccompFilters is the host task of readSeccompFilters.
-const taskSeccompFilters = "seccomp-filters"
-
-func init() { mounts.RegisterHostTask(taskSeccompFilters, seccompFiltersTask) }
-
-type seccompRequest struct {
-	Pid       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"`
-}
-
-// readSeccompFilters reads the seccomp filters of p, oldest first, in a
-// child with a deadline: the child stops p with ptrace to read them (an
-// interrupt waits for p to return to user space, which a process blocked
-// on a file system may never do).
-func readSeccompFilters(p *mounts.Process, timeout time.Duration) ([]SeccompFilter, error) {
-	var out []SeccompFilter
-	if _, err := mounts.RunOnHostFiles(taskSeccompFilters, seccompRequest{Pid: p.Pid, StartTime: p.StartTime}, nil, timeout, nil, &out); err != nil {
-		return nil, fmt.Errorf("read the seccomp filters of %d: %w", p.Pid, err)
-	}
-	return out, nil
-}
-
-func seccompFiltersTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
-	var req seccompRequest
-	if err := json.Unmarshal(args, &req); err != nil {
-		return nil, fmt.Errorf("seccomp-filters: bad request: %w", err)
-	}
-	p, err := mounts.OpenProcess(req.Pid)
-	if err != nil {
-		return nil, err
-	}
-	defer p.Close()
-	if p.StartTime != req.StartTime {
-		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, mounts.ErrGone)
-	}
-	// ptrace requests come from the tracing thread; this process ends
-	// after the task, and a trace with it.
-	runtime.LockOSThread()
-	pid := req.Pid
-	if err := unix.PtraceSeize(pid); err != nil {
-		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
-	}
-	if err := unix.PtraceInterrupt(pid); err != nil {
-		return nil, fmt.Errorf("ptrace interrupt %d: %w", pid, err)
-	}
-	var ws unix.WaitStatus
-	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
-		return nil, fmt.Errorf("wait for %d to stop: %w", pid, err)
-	}
-	// A signal that arrived before the interrupt is reported first:
-	// detaching gives it back instead of dropping it.
-	sig := 0
-	if ws.Stopped() && ws.TrapCause() != unix.PTRACE_EVENT_STOP {
-		sig = int(ws.StopSignal())
-	}
-	defer unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(pid), 0, uintptr(sig), 0, 0)
-	// Still the process that was asked about, now that it is held.
-	if err := p.Check(); err != nil {
-		return nil, err
-	}
+// filtersOfHeld reads the seccomp filters of pid, which the calling
+// thread holds in a ptrace stop, oldest first.
+func filtersOfHeld(pid int) ([]SeccompFilter, error) {
 	var filters []SeccompFilter
 	for i := 0; ; i++ {
 		if i == 512 {

@@ -94,9 +94,13 @@ func TestSeccompFiltersCopied(t *testing.T) {
 	if st["Seccomp"] != "2" || st["Seccomp_filters"] != "2" {
 		t.Fatalf("the holder: Seccomp %s, Seccomp_filters %s; want 2, 2", st["Seccomp"], st["Seccomp_filters"])
 	}
-	got, err := readSeccompFilters(a, 10*time.Second)
+	h, err := readHeld(a, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
+	}
+	got := h.Filters
+	if !h.SecurebitsRead || h.Securebits != 0 {
+		t.Errorf("securebits of the holder: %#x (read: %v, %s); want 0, read", h.Securebits, h.SecurebitsRead, h.SecurebitsWhy)
 	}
 	same := func(x, y []SeccompFilter) bool {
 		return slices.EqualFunc(x, y, func(a, b SeccompFilter) bool { return a.Log == b.Log && slices.Equal(a.Insns, b.Insns) })
@@ -111,11 +115,11 @@ func TestSeccompFiltersCopied(t *testing.T) {
 		t.Fatal("the holder is gone after its filters were read")
 	}
 	b := seccompHolder(t, got)
-	again, err := readSeccompFilters(b, 10*time.Second)
+	hb, err := readHeld(b, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !same(again, want) {
-		t.Fatalf("the copy has %+v, want %+v", again, want)
+	if again := hb.Filters; !same(again, want) {
+		t.Fatalf("the copy has %+v, want %+v", hb.Filters, want)
 	}
 }

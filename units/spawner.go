@@ -199,6 +199,9 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if err := setExecLabel(d); err != nil {
 		return nil, nil, err
 	}
+	if err := setSecurebits(d); err != nil {
+		return nil, nil, err
+	}
 	// The daemon's credentials on this thread, then its filters, as runc
 	// and CRIU order them: a filter may deny setgroups or setuid, which
 	// the old daemon never needed after its own start. A daemon that is
@@ -206,6 +209,9 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// not root: filters first then, and they must allow the credentials.
 	if d.UID[1] == 0 || d.NoNewPriv {
 		if err := setThreadCreds(d); err != nil {
+			return nil, nil, err
+		}
+		if err := dropAfterSetuid(d); err != nil {
 			return nil, nil, err
 		}
 		if err := installSeccomp(d.SeccompFilters); err != nil {
@@ -218,20 +224,36 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 		if err := setThreadCreds(d); err != nil {
 			return nil, nil, err
 		}
+		if err := dropAfterSetuid(d); err != nil {
+			return nil, nil, err
+		}
 	}
 	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
 	// No Credential: the fork takes this thread's, set above.
+	// Limits this Go process could not live under are set on the daemon
+	// at its exec, which it stops at, traced by this thread.
+	late := lateLimits(d)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid: true,
 		PidFD:  &pidfd,
+		Ptrace: len(late) > 0,
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start %s: %w", d.Argv[0], err)
 	}
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
+	if len(late) > 0 {
+		if err := setLateLimits(pid, late); err != nil {
+			unix.Kill(pid, unix.SIGKILL)
+			if pidfd >= 0 {
+				unix.Close(pidfd)
+			}
+			return nil, nil, fmt.Errorf("start %s: %w: killed", d.Argv[0], err)
+		}
+	}
 	res := &spawnResult{NsPid: pid, Warnings: warnings, StageCaps: caps}
 	if pidfd < 0 {
 		return res, nil, nil // the hook falls back to looking the pid up
@@ -301,6 +323,38 @@ func setThreadCreds(d *Daemon) error {
 	return nil
 }
 
+// setSecurebits gives the calling thread, and so a child forked from it,
+// the daemon's securebits that an exec keeps (it needs CAP_SETPCAP,
+// which Reproducible checked the daemon's bounding set for). Set before
+// the credentials: with SECBIT_NO_SETUID_FIXUP a change from root to
+// the daemon's uid keeps the thread's capabilities, which are then
+// dropped, as the old daemon (not root, Reproducible) had none.
+func setSecurebits(d *Daemon) error {
+	if d.Securebits == nil || *d.Securebits&securebitsExecKept == 0 {
+		return nil
+	}
+	bits := *d.Securebits & securebitsExecKept
+	if _, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uintptr(bits), 0); e != 0 {
+		return fmt.Errorf("set securebits %#x: %w", bits, e)
+	}
+	return nil
+}
+
+// dropAfterSetuid drops every capability of the calling thread where the
+// daemon is not root and SECBIT_NO_SETUID_FIXUP kept them through the
+// change of uid.
+func dropAfterSetuid(d *Daemon) error {
+	if d.UID[1] == 0 || d.Securebits == nil || *d.Securebits&secbitNoSetuidFixup == 0 {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if _, _, e := unix.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return fmt.Errorf("drop the capabilities kept through setuid (SECBIT_NO_SETUID_FIXUP): %w", e)
+	}
+	return nil
+}
+
 // setProcessState gives the calling thread and process the daemon's
 // umask (this thread's own: CLONE_FS was unshared), personality and
 // resource limits, which the daemon inherits at the fork.
@@ -310,6 +364,9 @@ func setProcessState(d *Daemon) error {
 		return fmt.Errorf("set personality %#x: %w", d.Personality, e)
 	}
 	for r, w := range d.Rlimits {
+		if isLateLimit(d, r) {
+			continue // set on the daemon after its exec (latelimits.go)
+		}
 		if err := unix.Setrlimit(r, &unix.Rlimit{Cur: w[0], Max: w[1]}); err != nil {
 			return fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], w[0], w[1], err)
 		}

@@ -82,6 +82,12 @@ type Options struct {
 	Seccomp string
 	// NoNewPrivs sets process.noNewPrivileges (lab.sh --no-new-privs).
 	NoNewPrivs bool
+	// Securebits, for Automount, starts the daemon under setpriv's
+	// --securebits with this list (lab.sh --securebits).
+	Securebits string
+	// ASLimit, for Automount, starts the daemon under prlimit --as
+	// with this many bytes (lab.sh --as-limit).
+	ASLimit int64
 	// ActionScript is wired as CRIU action script through a per-bundle CRIU
 	// config file named by the org.criu.config annotation (/etc/criu is
 	// never touched; unwired bundles set the annotation to "").
@@ -224,6 +230,12 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	}
 	if opts.NoNewPrivs {
 		args = append(args, "--no-new-privs")
+	}
+	if opts.Securebits != "" {
+		args = append(args, "--securebits", opts.Securebits)
+	}
+	if opts.ASLimit > 0 {
+		args = append(args, "--as-limit", strconv.FormatInt(opts.ASLimit, 10))
 	}
 	if _, err := c.lab(5*time.Minute, args...); err != nil {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)

@@ -33,6 +33,10 @@
 #                     config.json, instead of --confined's (or none).
 #                     --no-new-privs: process.noNewPrivileges (runc then
 #                     installs the filter after the credentials).
+#                     --securebits LIST: start automount under setpriv
+#                     --securebits LIST (e.g. +no_setuid_fixup,+keep_caps_locked).
+#                     --as-limit BYTES: start automount under prlimit
+#                     --as=BYTES (its address-space limit, soft and hard).
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -156,7 +160,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT=""
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -170,6 +174,16 @@ parse_opts() {
 		--confined) CONFINED=1 ;;
 		--kind) KIND=$2; shift ;;
 		--no-new-privs) NNP=true ;;
+		--as-limit)
+			case $2 in *[!0-9]* | "") die "--as-limit: a number of bytes" ;; esac
+			AS_LIMIT=$2
+			shift
+			;;
+		--securebits)
+			case $2 in *[!a-z_,+-]* | "") die "--securebits: a list like +no_setuid_fixup,+keep_caps_locked" ;; esac
+			SECUREBITS=$2
+			shift
+			;;
 		--seccomp) SECCOMP_FILE=$(abspath "$2"); shift ;;
 		--action-script) ACTION_SCRIPT=$2; WIRING_GIVEN=1; shift ;;
 		--criu-opt) CRIU_OPTS+=("$2"); WIRING_GIVEN=1; shift ;;
@@ -390,6 +404,8 @@ MAP
 	} >"$r/etc/auto.ind"
 	local am='setsid /usr/sbin/automount -f -d -p /run/automount.pid </dev/null >/run/automount.log 2>&1 &'
 	[ "$AUTOMOUNT_DAEMON" = 0 ] || am='setsid /usr/sbin/automount -d -p /run/automount.pid </dev/null >/dev/null 2>&1'
+	[ -z "$AS_LIMIT" ] || am="prlimit --as=$AS_LIMIT -- $am"
+	[ -z "$SECUREBITS" ] || am="setpriv --securebits $SECUREBITS -- $am"
 	[ "$CONFINED" = 0 ] || am="umask 027; $am"
 	cat >"$r/lab/init.sh" <<INIT
 #!/bin/sh

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// limitLine is the line of /proc/PID/limits for name.
+func limitLine(t testing.TB, pid int, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name) {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	t.Fatalf("no %q in the limits of %d:\n%s", name, pid, b)
+	return ""
+}
+
+// An automount daemon under an address-space limit (512 MiB) far below
+// what the hook's Go stage reserves (about 1.2 GB), restored by runc and
+// CRIU with the action script: the new daemon runs under the same limit,
+// set on it at its exec, and every path works. Before, the stage took the
+// limit on itself before starting the daemon, after the old one was
+// killed.
+func TestAutomountUnderAnAddressSpaceLimit(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin := hookBinary(t)
+	log := logFile(t)
+	const limit = 512 << 20
+	c := lab.Up(t, "aslimit", lab.Automount, lab.Options{ActionScript: bin, ASLimit: limit})
+	orig := automountDaemons(t, c)
+	if len(orig) != 1 {
+		t.Fatalf("%d automount daemons before checkpoint", len(orig))
+	}
+	want := limitLine(t, orig[0].pid, "Max address space")
+	if want != fmt.Sprintf("Max address space %d %d bytes", limit, limit) {
+		t.Fatalf("the lab's daemon runs with %q, not the limit asked", want)
+	}
+	checkpointRestore(t, c)
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/srv/dmulti/sub")
+	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("/ind/k1/state: %q", got)
+	}
+	noWaiters(t, c)
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("%d automount daemons after the restore, want 1:\n%s", len(ds), log())
+	}
+	if ds[0].pid == orig[0].pid {
+		t.Fatalf("the daemon %d was not started again", ds[0].pid)
+	}
+	if got := limitLine(t, ds[0].pid, "Max address space"); got != want {
+		t.Errorf("the new daemon runs with %q, the original with %q", got, want)
+	}
+	for _, k := range privilegeFields {
+		if ds[0].status[k] != orig[0].status[k] {
+			t.Errorf("new daemon %s = %q, the original had %q", k, ds[0].status[k], orig[0].status[k])
+		}
+	}
+	if st := ds[0].status["TracerPid"]; st != "0" {
+		t.Errorf("the new daemon is still traced (TracerPid %s)", st)
+	}
+	if l := log(); !strings.Contains(l, "automount killed and started again") {
+		t.Errorf("the hook's log does not show the respawn:\n%s", l)
+	}
+}
