@@ -11,7 +11,7 @@ BIN      := bin/autofs-restore-hook
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build deps test test-kernels unit fuzz demo bench install uninstall clean
+.PHONY: all build deps test test-kernels unit fuzz demo bench install uninstall deb clean
 
 all: build
 
@@ -29,13 +29,13 @@ build: deps
 # booting Debian 12's kernel (test/vm). ARH_TEST_VM=1 forces the VM,
 # ARH_TEST_VM=0 forbids it; RUN=regexp runs only the matching tests.
 RUN ?=
-test: build
+test: build deb
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	go vet -tags failpoints ./...
 	CGO_ENABLED=0 go vet ./hook/... ./mounts/... ./units/... ./test/...
-	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
 
 # The kernel matrix: every test in the VM on Debian 12's and on Debian 13's
@@ -85,6 +85,37 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json
 	rm -f $(DESTDIR)$(BINDIR)/autofs-restore-hook
+
+# A Debian package, built with dpkg-deb (no other tool): the binary and
+# the hooks.d JSON where `make install` puts them (podman and CRI-O then
+# find the hook without --hooks-dir), the manual page made by the binary
+# itself (`autofs-restore-hook man`), README, RELIABILITY and the other
+# shipped configuration as documentation (the CRIU line is not written
+# into /etc/criu: wiring the action script stays the operator's choice).
+DEB_VERSION ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null || go env GOARCH)
+DEB         := bin/autofs-restore-hook_$(DEB_VERSION)_$(DEB_ARCH).deb
+deb: build
+	rm -rf bin/deb bin/autofs-restore-hook_*.deb && mkdir -p bin/deb/DEBIAN
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/bin/deb PREFIX=/usr
+	install -d bin/deb/usr/share/man/man8 bin/deb/usr/share/doc/autofs-restore-hook
+	$(BIN) man | gzip -9n > bin/deb/usr/share/man/man8/autofs-restore-hook.8.gz
+	install -m 0644 README.md RELIABILITY.md hooks.d/criu-action-script.conf hooks.d/runc-config-snippet.json \
+		hooks.d/autofs-restore-hook-annotation.json hooks.d/kubernetes-daemonset.yaml bin/deb/usr/share/doc/autofs-restore-hook/
+	printf '%s\n' 'Package: autofs-restore-hook' 'Version: $(DEB_VERSION)' 'Architecture: $(DEB_ARCH)' \
+		'Maintainer: autofs-restore-hook developers <autofs-restore-hook@users.noreply.github.com>' \
+		'Section: admin' 'Priority: optional' 'Recommends: criu' \
+		"Installed-Size: $$(du -sk bin/deb/usr | cut -f1)" \
+		'Description: make autofs mounts work again after a CRIU container restore' \
+		' A CRIU action script and OCI runtime hook (podman, CRI-O) that makes' \
+		' the systemd .automount units and the automount daemon of a restored' \
+		' container serve their mounts again, instead of hanging the first access.' \
+		> bin/deb/DEBIAN/control
+	printf '%s\n' '#!/bin/sh' 'set -e' '# The JSON before the binary: a hooks.d JSON naming a missing binary breaks every container start.' \
+		'rm -f /usr/share/containers/oci/hooks.d/autofs-restore-hook.json' > bin/deb/DEBIAN/prerm
+	chmod 0755 bin/deb/DEBIAN/prerm
+	dpkg-deb --root-owner-group -Zxz --build bin/deb $(DEB)
+	@echo "built $(DEB)"
 
 clean:
 	rm -rf bin

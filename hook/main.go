@@ -43,6 +43,7 @@ Usage:
   autofs-restore-hook fix --pid PID [--dry-run] [--nested=fix|skip] [--force]
                            [--assume-restored] [--timeout D]
   autofs-restore-hook version
+  autofs-restore-hook man                      the manual page, autofs-restore-hook(8), in roff
   autofs-restore-hook [--restore-timeout D]   OCI hook: state JSON on stdin
   (CRTOOLS_SCRIPT_ACTION set)                  CRIU action script
 
@@ -76,6 +77,12 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitOK
 	case "help":
 		fmt.Fprint(stdout, usage)
+		return ExitOK
+	case "man":
+		if err := WriteManPage(stdout); err != nil {
+			fmt.Fprintf(stderr, "autofs-restore-hook man: %v\n", err)
+			return ExitFailed
+		}
 		return ExitOK
 	case "status", "fix", "":
 	default:

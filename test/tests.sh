@@ -14,7 +14,8 @@
 # provisioned on the host first (the guest has no network).
 #
 # Environment: AUTOFS_RESTORE_HOOK_BIN (the binary under test, default
-# bin/autofs-restore-hook), ARH_TEST_TIMEOUT (per test binary, default 25m
+# bin/autofs-restore-hook), AUTOFS_RESTORE_HOOK_DEB (the package of
+# `make deb`, installed and removed by an E2E test), ARH_TEST_TIMEOUT (per test binary, default 25m
 # natively, 60m in the VM), ARH_TEST_SLOWDOWN (factor for the tests' own
 # waits; default 1 natively, 3 in the VM).
 set -euo pipefail
@@ -85,5 +86,5 @@ if [ -z "$RUN" ] || grep -q ' test/e2e\| test/lab' <(cut -d' ' -f1 "$OUT/list" |
 	bash test/lab/provision.sh
 fi
 export ARH_TEST_SLOWDOWN=${ARH_TEST_SLOWDOWN:-3}
-export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
+export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
 bash test/vm/run.sh --kernel "${KERNEL:-bookworm}" -- bash test/gotest.sh "$OUT" -test.timeout "${ARH_TEST_TIMEOUT:-60m}" "${ARGS[@]}"

@@ -85,6 +85,9 @@ type Options struct {
 	// Securebits, for Automount, starts the daemon under setpriv's
 	// --securebits with this list (lab.sh --securebits).
 	Securebits string
+	// SystemHooks, for PodmanUp, leaves out --hooks-dir: podman reads
+	// its own hooks dirs (lab.sh --system-hooks).
+	SystemHooks bool
 	// ASLimit, for Automount, starts the daemon under prlimit --as
 	// with this many bytes (lab.sh --as-limit).
 	ASLimit int64
@@ -233,6 +236,12 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	}
 	if opts.Securebits != "" {
 		args = append(args, "--securebits", opts.Securebits)
+	}
+	if opts.SystemHooks {
+		if !podman {
+			t.Fatal("lab: Options.SystemHooks is podman's")
+		}
+		args = append(args, "--system-hooks")
 	}
 	if opts.ASLimit > 0 {
 		args = append(args, "--as-limit", strconv.FormatInt(opts.ASLimit, 10))

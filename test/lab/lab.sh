@@ -41,7 +41,7 @@
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
 #   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
-#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger]
+#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger] [--system-hooks]
 #        Like "up NAME systemd" (or automount) but run by podman 4.3, with
 #        its default seccomp profile (--runtime runc
 #        --cgroup-manager=cgroupfs --events-backend=file --network none
@@ -56,6 +56,8 @@
 #        waiters, mounts, down work on it as on a runc container; checkpoint
 #        images stay in podman's storage. With $ARH_LAB_HOOKS_JSON set, that
 #        file is copied into the container's hooks dir instead of --hook.
+#        --system-hooks: no --hooks-dir; podman reads its own hooks dirs
+#        (where the project's Debian package installs its JSON).
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
 #   exec NAME [--timeout SEC] [--] CMD...
@@ -160,7 +162,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT=""
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -174,6 +176,7 @@ parse_opts() {
 		--confined) CONFINED=1 ;;
 		--kind) KIND=$2; shift ;;
 		--no-new-privs) NNP=true ;;
+		--system-hooks) SYSTEM_HOOKS=1 ;;
 		--as-limit)
 			case $2 in *[!0-9]* | "") die "--as-limit: a number of bytes" ;; esac
 			AS_LIMIT=$2
@@ -455,7 +458,10 @@ proc_starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20
 # ------------------------------------------------------------ inspection
 is_podman() { [ -f "$LAB_DIR/$1/podman" ]; }
 podman_argv() { # sets PODMAN=(podman + the lab's global flags) for container $1
-	PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file --hooks-dir "$(bundle_of "$1")/hooks.d")
+	PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file)
+	# --system-hooks: podman's own hooks dirs (/usr/share/containers/oci/hooks.d,
+	# /etc/containers/oci/hooks.d), where a package puts its JSON.
+	[ -f "$(bundle_of "$1")/system-hooks" ] || PODMAN+=(--hooks-dir "$(bundle_of "$1")/hooks.d")
 }
 init_pid() { # host pid of the init, empty if not running
 	if is_podman "$1"; then
@@ -600,6 +606,8 @@ cmd_podman_up() {
 	b=$(bundle_of "$name")
 	make_bundle "$name"
 	touch "$b/podman"
+	rm -f "$b/system-hooks"
+	[ "$SYSTEM_HOOKS" = 0 ] || touch "$b/system-hooks"
 	mkdir -p "$b/hooks.d"
 	if [ -n "$ACTION_SCRIPT" ] || [ ${#CRIU_OPTS[@]} -gt 0 ]; then
 		ann=(--annotation "org.criu.config=$b/criu.conf")

@@ -1,0 +1,74 @@
+package hook
+
+// The manual page autofs-restore-hook(8), made from the CLI's own help
+// (usage) and the files and environment the binary uses: `man` prints it,
+// and `make deb` installs what it printed.
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// roffEscape makes text safe as roff: backslashes and hyphens escaped, a
+// line that would start with a control character (. or ') guarded.
+func roffEscape(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\e`)
+	s = strings.ReplaceAll(s, "-", `\-`)
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, ".") || strings.HasPrefix(l, "'") {
+			lines[i] = `\&` + l
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// manSections are the page's sections after SYNOPSIS, each a title and
+// paragraphs.
+var manSections = []struct {
+	title string
+	paras []string
+}{
+	{"DESCRIPTION", []string{
+		"After CRIU restores a container (runc restore, podman container restore, CRI-O or Kubernetes checkpoint restore), every autofs mount point in it whose master (a systemd .automount unit, or the automount daemon) is not what the kernel still knows hangs the first process that touches it. autofs-restore-hook makes such mounts fail fast while CRIU still holds the container's tasks (pre-resume), then restarts their masters once the tasks run (post-resume): the systemd units are restarted by the container's own systemd, the automount daemon is killed and started again with the same command line, credentials, capabilities, seccomp filters, securebits, limits and LSM label.",
+		"It runs as a CRIU action script (CRTOOLS_SCRIPT_ACTION and CRTOOLS_INIT_PID set by CRIU; the precise path), as an OCI runtime hook reading the runtime-spec state on standard input (stage createRuntime; on a restore it leaves a detached worker that follows the restore), or by hand: status shows every autofs mount of a container and its master, fix repairs a container after the fact.",
+	}},
+	{"ENVIRONMENT", []string{
+		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the common flags, for callers that pass no arguments (CRIU). A flag wins over its variable.",
+		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID: set by CRIU for an action script.",
+	}},
+	{"FILES", []string{
+		"/usr/libexec/oci/hooks.d/autofs-restore-hook: the binary, where the shipped hook configuration names it.",
+		"/usr/share/containers/oci/hooks.d/autofs-restore-hook.json: the OCI hook for podman and CRI-O (stage createRuntime, every container).",
+		"/etc/criu/runc.conf (runc), /etc/criu/default.conf (crun before 1.26; CRIU 3.19 or later), /etc/criu/crun.conf (crun 1.26 with CRIU 4.2 or later): a line action-script /usr/libexec/oci/hooks.d/autofs-restore-hook wires the action script (not written by the package).",
+		"/run/autofs-restore-hook/: one state file and lock per container (root only).",
+		"Logs go to syslog (the journal) and, with --log-file, to a file: runtimes drop a hook's standard error.",
+	}},
+	{"SEE ALSO", []string{
+		"criu(8), runc(8), podman-container-restore(1), oci-hooks(5), automount(8), systemd.automount(5). /usr/share/doc/autofs-restore-hook/README.md and RELIABILITY.md: what is fixed, how, and what was tested.",
+	}},
+}
+
+// WriteManPage writes autofs-restore-hook(8) in roff.
+func WriteManPage(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, ".TH AUTOFS\\-RESTORE\\-HOOK 8 \"\" \"autofs-restore-hook %s\" \"System Administration\"\n", roffEscape(Version))
+	b.WriteString(".SH NAME\nautofs\\-restore\\-hook \\- make autofs mounts work again after a CRIU restore\n")
+	// The help after its first line, verbatim: synopsis, flags, exit codes.
+	_, help, _ := strings.Cut(usage, "\n")
+	b.WriteString(".SH SYNOPSIS\n.nf\n")
+	b.WriteString(roffEscape(strings.Trim(help, "\n")))
+	b.WriteString("\n.fi\n")
+	for _, s := range manSections {
+		fmt.Fprintf(&b, ".SH %s\n", s.title)
+		for i, p := range s.paras {
+			if i > 0 {
+				b.WriteString(".PP\n")
+			}
+			b.WriteString(roffEscape(p) + "\n")
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
