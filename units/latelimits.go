@@ -3,9 +3,9 @@ package units
 // The daemon's address-space and data limits, set on the new daemon
 // between its exec and its first instruction rather than on the spawner's
 // stage before the fork: a Go process reserves more address space (about
-// 1.2 GB) than many such limits allow, so the stage, held to them, could
-// not go on to start the daemon (seen: the start failed after the old
-// daemon was killed).
+// 1.2 GB) than many such limits allow, so the stage, held to them, fails
+// at its next new mapping (a new OS thread's stack, say) if it makes one
+// before the exec, after the old daemon was killed.
 
 import (
 	"errors"

@@ -26,18 +26,25 @@ func limitLine(t testing.TB, pid int, name string) string {
 }
 
 // An automount daemon under an address-space limit (512 MiB) far below
-// what the hook's Go stage reserves (about 1.2 GB), restored by runc and
-// CRIU with the action script: the new daemon runs under the same limit,
-// set on it at its exec, and every path works. Before, the stage took the
-// limit on itself before starting the daemon, after the old one was
-// killed.
+// what the hook's Go stage reserves (about 1.2 GB), in a confined
+// container (seccomp filter, AppArmor profile where the kernel has it),
+// restored by runc and CRIU with the action script. The new daemon gets
+// the limit at its exec: it is started traced, given the limit and let
+// go. The same limit, with the same filters and label, and every path
+// works.
+//
+// This test also passes with the previous binary, which set the limit on
+// the stage before the fork (seen once). That worked only as long as the
+// Go runtime made no new mapping between the setrlimit and the exec: a
+// new OS thread's stack would fail under the limit, and the old daemon
+// was already dead by then.
 func TestAutomountUnderAnAddressSpaceLimit(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	log := logFile(t)
 	const limit = 512 << 20
-	c := lab.Up(t, "aslimit", lab.Automount, lab.Options{ActionScript: bin, ASLimit: limit})
+	c := lab.Up(t, "aslimit", lab.Automount, lab.Options{ActionScript: bin, ASLimit: limit, Confined: true})
 	orig := automountDaemons(t, c)
 	if len(orig) != 1 {
 		t.Fatalf("%d automount daemons before checkpoint", len(orig))
