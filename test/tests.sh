@@ -86,5 +86,5 @@ if [ -z "$RUN" ] || grep -q ' test/e2e\| test/lab' <(cut -d' ' -f1 "$OUT/list" |
 	bash test/lab/provision.sh
 fi
 export ARH_TEST_SLOWDOWN=${ARH_TEST_SLOWDOWN:-3}
-export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
+export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_UNIT_TIMEOUT ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
 bash test/vm/run.sh --kernel "${KERNEL:-bookworm}" -- bash test/gotest.sh "$OUT" -test.timeout "${ARH_TEST_TIMEOUT:-60m}" "${ARGS[@]}"

@@ -88,6 +88,12 @@ type Options struct {
 	// SystemHooks, for PodmanUp, leaves out --hooks-dir: podman reads
 	// its own hooks dirs (lab.sh --system-hooks).
 	SystemHooks bool
+	// FromImage, for PodmanUp, runs the container from an image made of
+	// its rootfs instead of --rootfs (lab.sh --from-image).
+	FromImage bool
+	// StockCRIU checkpoints and restores the container with Debian 12's
+	// own CRIU 3.17.1 instead of the lab's 4.1.1 (lab.sh --criu stock).
+	StockCRIU bool
 	// ASLimit, for Automount, starts the daemon under prlimit --as
 	// with this many bytes (lab.sh --as-limit).
 	ASLimit int64
@@ -243,6 +249,18 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		}
 		args = append(args, "--system-hooks")
 	}
+	if opts.FromImage {
+		if !podman {
+			t.Fatal("lab: Options.FromImage is podman's")
+		}
+		args = append(args, "--from-image")
+	}
+	if opts.StockCRIU {
+		if podman {
+			t.Fatal("lab: Options.StockCRIU is runc's")
+		}
+		args = append(args, "--criu", "stock")
+	}
 	if opts.ASLimit > 0 {
 		args = append(args, "--as-limit", strconv.FormatInt(opts.ASLimit, 10))
 	}
@@ -299,6 +317,22 @@ func (c *Container) Checkpoint() error {
 // in PATH and the wiring currently in config.json (see Wire).
 func (c *Container) Restore() error {
 	_, err := c.lab(3*time.Minute, "restore", c.Name)
+	return err
+}
+
+// CheckpointExport, for a podman container, checkpoints it into the
+// archive file (podman container checkpoint --export) and removes the
+// container: a migration's first half.
+func (c *Container) CheckpointExport(file string) error {
+	_, err := c.lab(3*time.Minute, "checkpoint", c.Name, "--export", file)
+	return err
+}
+
+// RestoreImport, for a podman container, restores it from the archive
+// file (podman container restore --import), as a new container of the
+// same name on this host: a migration's second half.
+func (c *Container) RestoreImport(file string) error {
+	_, err := c.lab(3*time.Minute, "restore", c.Name, "--import", file)
 	return err
 }
 

@@ -37,11 +37,13 @@
 #                     --securebits LIST (e.g. +no_setuid_fixup,+keep_caps_locked).
 #                     --as-limit BYTES: start automount under prlimit
 #                     --as=BYTES (its address-space limit, soft and hard).
+#                     --criu stock: checkpoint and restore it with Debian 12's
+#                     own CRIU (3.17.1, provision.sh) instead of trixie's 4.1.1.
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
 #   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
-#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger] [--system-hooks]
+#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger] [--system-hooks] [--from-image]
 #        Like "up NAME systemd" (or automount) but run by podman 4.3, with
 #        its default seccomp profile (--runtime runc
 #        --cgroup-manager=cgroupfs --events-backend=file --network none
@@ -56,6 +58,8 @@
 #        waiters, mounts, down work on it as on a runc container; checkpoint
 #        images stay in podman's storage. With $ARH_LAB_HOOKS_JSON set, that
 #        file is copied into the container's hooks dir instead of --hook.
+#        --from-image: run it from an image imported from the bundle's
+#        rootfs (podman import) instead of --rootfs; down removes the image.
 #        --system-hooks: no --hooks-dir; podman reads its own hooks dirs
 #        (where the project's Debian package installs its JSON).
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
@@ -68,7 +72,10 @@
 #   checkpoint NAME [--image DIR] [--leave-running]
 #        runc checkpoint --image-path DIR (default BUNDLE/image, replaced).
 #   restore NAME [--image DIR] [WIRING | --unwire]
-#        runc restore -d with the CRIU wrapper first in PATH. WIRING given here
+#        runc restore -d with the CRIU wrapper first in PATH. For podman:
+#        checkpoint --export FILE writes the archive and removes the
+#        container; restore --import FILE restores it from that archive.
+#        WIRING given here
 #        is written into config.json first (see wire).
 #   stop NAME         runc delete -f and remove its cgroups, keep the bundle and
 #                     the image (to restore the same image again). Idempotent.
@@ -162,7 +169,7 @@ host_caps() {
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0 CRIU_KIND=lab EXPORT="" IMPORT="" FROM_IMAGE=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -177,6 +184,13 @@ parse_opts() {
 		--kind) KIND=$2; shift ;;
 		--no-new-privs) NNP=true ;;
 		--system-hooks) SYSTEM_HOOKS=1 ;;
+		--from-image) FROM_IMAGE=1 ;;
+		--export) EXPORT=$(abspath "$2"); shift ;;
+		--import) IMPORT=$(abspath "$2"); shift ;;
+		--criu)
+			case $2 in lab | stock) CRIU_KIND=$2 ;; *) die "--criu: lab or stock" ;; esac
+			shift
+			;;
 		--as-limit)
 			case $2 in *[!0-9]* | "") die "--as-limit: a number of bytes" ;; esac
 			AS_LIMIT=$2
@@ -586,6 +600,11 @@ cmd_up() {
 	check_name "$name"
 	b=$(bundle_of "$name")
 	make_bundle "$name"
+	rm -f "$b/criu-stock"
+	if [ "$CRIU_KIND" = stock ]; then
+		[ -x "$CACHE/bin-stock/criu" ] || die "--criu stock: no $CACHE/bin-stock/criu (provision.sh installs Debian 12's criu)"
+		touch "$b/criu-stock"
+	fi
 	say "bundle $b ($KIND) created in $(fmt_ms $(($(now_ms) - T0)))s"
 	if ! runc run -d -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/run.log" 2>&1; then
 		cat "$b/log/run.log" >&2
@@ -644,9 +663,22 @@ cmd_podman_up() {
 	automount) argv=(/bin/sh /lab/init.sh) ;;
 	*) die "podman-up: kind $KIND (systemd or automount)" ;;
 	esac
+	local from=(--rootfs "$b/rootfs")
+	rm -f "$b/image-name"
+	if [ "$FROM_IMAGE" = 1 ]; then
+		# An image made of the bundle's rootfs: podman restores an
+		# exported checkpoint (--import) only for a container made from
+		# an image ("repository name must have at least one component"
+		# for one made with --rootfs, podman 4.3).
+		local img="localhost/$name:lab"
+		tar -C "$b/rootfs" -c . | timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" import - "$img" >"$b/log/import.log" 2>&1 ||
+			{ cat "$b/log/import.log" >&2; die "podman import of $name's rootfs failed"; }
+		echo "$img" >"$b/image-name"
+		from=("$img")
+	fi
 	if ! timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" run -d --name "$name" --network none \
 		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" "${opts[@]}" \
-		--rootfs "$b/rootfs" "${argv[@]}" </dev/null >"$b/log/run.log" 2>&1; then
+		"${from[@]}" "${argv[@]}" </dev/null >"$b/log/run.log" 2>&1; then
 		cat "$b/log/run.log" >&2
 		die "podman run $name failed"
 	fi
@@ -703,6 +735,16 @@ cmd_exec() {
 	exit $rc
 }
 
+with_criu() { # with_criu NAME CMD...: CMD with the container's CRIU first in PATH
+	local name=$1
+	shift
+	if [ -f "$(bundle_of "$name")/criu-stock" ]; then
+		PATH="$CACHE/bin-stock:$PATH" "$@"
+	else
+		"$@"
+	fi
+}
+
 cmd_checkpoint() {
 	local name=$1 b
 	shift
@@ -714,8 +756,15 @@ cmd_checkpoint() {
 		local extra_p=() PODMAN
 		podman_argv "$name"
 		[ "$LEAVE_RUNNING" = 0 ] || extra_p=(--leave-running)
+		[ -z "$EXPORT" ] || extra_p+=(--export "$EXPORT")
 		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container checkpoint "${extra_p[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1 ||
 			{ cat "$b/log/checkpoint.log" >&2; die "podman container checkpoint $name failed"; }
+		if [ -n "$EXPORT" ]; then
+			# A migration: the container is gone from this host; the
+			# archive alone brings it back (restore --import).
+			timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || die "podman rm $name after the export failed"
+			say "exported $name to $EXPORT ($(du -h "$EXPORT" | cut -f1)) and removed it"
+		fi
 		took "checkpoint $name (podman)"
 		return 0
 	fi
@@ -724,7 +773,8 @@ cmd_checkpoint() {
 	mkdir -p "$IMAGE" "$b/work"
 	local extra=()
 	[ "$LEAVE_RUNNING" = 0 ] || extra+=(--leave-running)
-	if ! timeout -s KILL $((120 * SLOW)) runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
+	say "checkpoint $name with $(with_criu "$name" criu --version 2>&1 | head -1)"
+	if ! with_criu "$name" timeout -s KILL $((120 * SLOW)) runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
 		cat "$b/log/checkpoint.log" >&2
 		say "last lines of $b/work/dump.log:"
 		tail -15 "$b/work/dump.log" >&2 2>/dev/null || true
@@ -744,8 +794,19 @@ cmd_restore() {
 		[ "$WIRING_GIVEN" = 0 ] || die "podman restores with the hooks and annotations given at podman-up"
 		local PODMAN
 		podman_argv "$name"
-		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container restore "$name" </dev/null >"$b/log/restore.log" 2>&1 ||
-			{ cat "$b/log/restore.log" >&2; die "podman container restore $name failed"; }
+		local what=("$name")
+		[ -z "$IMPORT" ] || what=(--import "$IMPORT")
+		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container restore "${what[@]}" </dev/null >"$b/log/restore.log" 2>&1 ||
+			{
+				cat "$b/log/restore.log" >&2
+				local clog
+				clog=$(sed -n 's/^log file: //p' "$b/log/restore.log" | head -1)
+				if [ -n "$clog" ] && [ -f "$clog" ]; then
+					say "last lines of CRIU's $clog:"
+					tail -25 "$clog" >&2
+				fi
+				die "podman container restore ${what[*]} failed"
+			}
 		say "restored $name (podman): init pid $(init_pid "$name")"
 		took "restore $name (podman)"
 		return 0
@@ -760,7 +821,8 @@ cmd_restore() {
 	if [ -n "$(runc_status "$name")" ]; then die "$name still exists in runc (status $(runc_status "$name")): down it or checkpoint it first"; fi
 	mkdir -p "$b/work"
 	say "restore $name: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}'"
-	if ! (cd "$b" && timeout -s KILL $((120 * SLOW)) runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
+	say "restore $name with $(with_criu "$name" criu --version 2>&1 | head -1)"
+	if ! (cd "$b" && with_criu "$name" timeout -s KILL $((120 * SLOW)) runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
 		cat "$b/log/restore.log" >&2
 		say "last lines of $b/work/restore.log:"
 		tail -15 "$b/work/restore.log" >&2 2>/dev/null || true
@@ -784,6 +846,9 @@ stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
 		local PODMAN
 		podman_argv "$name"
 		timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
+		if [ -f "$(bundle_of "$name")/image-name" ]; then
+			timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rmi -f "$(cat "$(bundle_of "$name")/image-name")" >/dev/null 2>&1 || true
+		fi
 		return 0
 	fi
 	if [ -n "$(runc_status "$name")" ]; then
