@@ -54,28 +54,12 @@ func TestAutomountUnderAnAddressSpaceLimit(tt *testing.T) {
 		t.Fatalf("the lab's daemon runs with %q, not the limit asked", want)
 	}
 	checkpointRestore(t, c)
-	mustWork(t, c, "stat", "/srv/direct1/")
-	mustWork(t, c, "ls", "/srv/dmulti/sub")
-	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
-		t.Fatalf("/ind/k1/state: %q", got)
-	}
-	noWaiters(t, c)
-	ds := automountDaemons(t, c)
-	if len(ds) != 1 {
-		t.Fatalf("%d automount daemons after the restore, want 1:\n%s", len(ds), log())
-	}
-	if ds[0].pid == orig[0].pid {
-		t.Fatalf("the daemon %d was not started again", ds[0].pid)
-	}
-	if got := limitLine(t, ds[0].pid, "Max address space"); got != want {
+	d := automountWorksAgain(t, c, "after the restore", orig[0].pid)
+	if got := limitLine(t, d.pid, "Max address space"); got != want {
 		t.Errorf("the new daemon runs with %q, the original with %q", got, want)
 	}
-	for _, k := range privilegeFields {
-		if ds[0].status[k] != orig[0].status[k] {
-			t.Errorf("new daemon %s = %q, the original had %q", k, ds[0].status[k], orig[0].status[k])
-		}
-	}
-	if st := ds[0].status["TracerPid"]; st != "0" {
+	samePrivileges(t, d, orig[0])
+	if st := d.status["TracerPid"]; st != "0" {
 		t.Errorf("the new daemon is still traced (TracerPid %s)", st)
 	}
 	if l := log(); !strings.Contains(l, "automount killed and started again") {

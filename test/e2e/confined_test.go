@@ -130,17 +130,7 @@ func confinedDaemon(t testing.TB, o daemonInfo) confined {
 // umask, personality and LSM label.
 func keptItsConfinement(t testing.TB, c *lab.Container, round int, want confined) {
 	t.Helper()
-	mustWork(t, c, "stat", "/srv/direct1/")
-	mustWork(t, c, "ls", "/srv/dmulti/sub")
-	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
-		t.Fatalf("/ind/k1/state: %q", got)
-	}
-	noWaiters(t, c)
-	ds := automountDaemons(t, c)
-	if len(ds) != 1 {
-		t.Fatalf("round %d: %d automount daemons, want 1", round, len(ds))
-	}
-	d := ds[0]
+	d := automountWorksAgain(t, c, fmt.Sprintf("round %d", round), 0)
 	for _, k := range append(privilegeFields, "Umask") {
 		if d.status[k] != want.d.status[k] {
 			t.Errorf("round %d: new daemon %s = %q, the original had %q", round, k, d.status[k], want.d.status[k])
@@ -155,6 +145,39 @@ func keptItsConfinement(t testing.TB, c *lab.Container, round int, want confined
 		}
 	}
 	t.Logf("round %d: daemon %d, Seccomp %s with %d filters (%d instructions in the first), Umask %s, label %q", round, d.pid, d.status["Seccomp"], len(want.progs), strings.Count(want.progs[0], "{"), d.status["Umask"], strings.TrimSpace(want.conf["attr/current"]))
+}
+
+// automountWorksAgain checks, after a restore of the automount container,
+// a direct, an offset and an indirect path, that nothing waits on autofs,
+// and that one automount daemon runs, another process than oldPid
+// (unless 0); it returns that daemon. what names the check in messages.
+func automountWorksAgain(t testing.TB, c *lab.Container, what string, oldPid int) daemonInfo {
+	t.Helper()
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "ls", "/srv/dmulti/sub")
+	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
+		t.Fatalf("%s: /ind/k1/state: %q", what, got)
+	}
+	noWaiters(t, c)
+	ds := automountDaemons(t, c)
+	if len(ds) != 1 {
+		t.Fatalf("%s: %d automount daemons, want 1", what, len(ds))
+	}
+	if oldPid != 0 && ds[0].pid == oldPid {
+		t.Fatalf("%s: the daemon %d was not started again", what, oldPid)
+	}
+	return ds[0]
+}
+
+// samePrivileges checks the new daemon's privilege fields against the
+// original's.
+func samePrivileges(t testing.TB, got, want daemonInfo) {
+	t.Helper()
+	for _, k := range privilegeFields {
+		if got.status[k] != want.status[k] {
+			t.Errorf("new daemon %s = %q, the original had %q", k, got.status[k], want.status[k])
+		}
+	}
 }
 
 // appArmorOn says whether the kernel enforces AppArmor, as runc tells.

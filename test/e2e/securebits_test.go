@@ -39,27 +39,11 @@ func TestAutomountKeepsItsSecurebits(tt *testing.T) {
 		t.Fatalf("the lab's daemon runs with securebits %#x, want %#x", got, want)
 	}
 	checkpointRestore(t, c)
-	mustWork(t, c, "stat", "/srv/direct1/")
-	mustWork(t, c, "ls", "/srv/dmulti/sub")
-	if got := mustWork(t, c, "cat", "/ind/k1/state"); !strings.Contains(got, "state-before-checkpoint") {
-		t.Fatalf("/ind/k1/state: %q", got)
+	d := automountWorksAgain(t, c, "after the restore", orig[0].pid)
+	if got := securebitsOf(t, d.pid); got != want {
+		t.Errorf("the new daemon %d runs with securebits %#x, the original with %#x", d.pid, got, want)
 	}
-	noWaiters(t, c)
-	ds := automountDaemons(t, c)
-	if len(ds) != 1 {
-		t.Fatalf("%d automount daemons after the restore, want 1", len(ds))
-	}
-	if ds[0].pid == orig[0].pid {
-		t.Fatalf("the daemon %d was not started again", ds[0].pid)
-	}
-	if got := securebitsOf(t, ds[0].pid); got != want {
-		t.Errorf("the new daemon %d runs with securebits %#x, the original with %#x", ds[0].pid, got, want)
-	}
-	for _, k := range privilegeFields {
-		if ds[0].status[k] != orig[0].status[k] {
-			t.Errorf("new daemon %s = %q, the original had %q", k, ds[0].status[k], orig[0].status[k])
-		}
-	}
+	samePrivileges(t, d, orig[0])
 	if l := log(); !strings.Contains(l, "automount killed and started again") {
 		t.Errorf("the hook's log does not show the respawn:\n%s", l)
 	}
