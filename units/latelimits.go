@@ -29,12 +29,6 @@ func lateLimits(d *Daemon) map[int]unix.Rlimit {
 	return out
 }
 
-// isLateLimit says whether the stage leaves resource r to setLateLimits.
-func isLateLimit(d *Daemon, r int) bool {
-	_, ok := lateLimits(d)[r]
-	return ok
-}
-
 // lateLimitsAllowed says why the syscalls of the late limits would not
 // run under the daemon's seccomp filters, which the stage's thread (the
 // tracer) and the new daemon (ptrace(PTRACE_TRACEME)) run under by then,

@@ -193,7 +193,10 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// The old daemon's umask, personality and limits, its LSM label for
 	// the exec, then its seccomp filters, last: on this thread, which
 	// the daemon is forked from.
-	if err := setProcessState(d); err != nil {
+	// Limits this Go process could not live under are set on the daemon
+	// at its exec, which it stops at, traced by this thread.
+	late := lateLimits(d)
+	if err := setProcessState(d, late); err != nil {
 		return nil, nil, err
 	}
 	if err := setExecLabel(d); err != nil {
@@ -232,9 +235,6 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
 	// No Credential: the fork takes this thread's, set above.
-	// Limits this Go process could not live under are set on the daemon
-	// at its exec, which it stops at, traced by this thread.
-	late := lateLimits(d)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid: true,
 		PidFD:  &pidfd,
@@ -348,23 +348,24 @@ func dropAfterSetuid(d *Daemon) error {
 		return nil
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if _, _, e := unix.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
-		return fmt.Errorf("drop the capabilities kept through setuid (SECBIT_NO_SETUID_FIXUP): %w", e)
+	var none [2]unix.CapUserData
+	if err := unix.Capset(&hdr, &none[0]); err != nil {
+		return fmt.Errorf("drop the capabilities kept through setuid (SECBIT_NO_SETUID_FIXUP): %w", err)
 	}
 	return nil
 }
 
 // setProcessState gives the calling thread and process the daemon's
 // umask (this thread's own: CLONE_FS was unshared), personality and
-// resource limits, which the daemon inherits at the fork.
-func setProcessState(d *Daemon) error {
+// resource limits but those in late, which the daemon inherits at the
+// fork.
+func setProcessState(d *Daemon, late map[int]unix.Rlimit) error {
 	unix.Umask(int(d.Umask))
 	if _, _, e := unix.RawSyscall(unix.SYS_PERSONALITY, uintptr(d.Personality), 0, 0); e != 0 {
 		return fmt.Errorf("set personality %#x: %w", d.Personality, e)
 	}
 	for r, w := range d.Rlimits {
-		if isLateLimit(d, r) {
+		if _, ok := late[r]; ok {
 			continue // set on the daemon after its exec (latelimits.go)
 		}
 		if err := unix.Setrlimit(r, &unix.Rlimit{Cur: w[0], Max: w[1]}); err != nil {

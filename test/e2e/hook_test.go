@@ -628,9 +628,15 @@ func TestAutomountIndirectMountWaitedFor(tt *testing.T) {
 	}
 }
 
-func lastLineOf(s string) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	return l[len(l)-1]
+func lastLineOf(s string) string { return tail(strings.TrimSpace(s), 1) }
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
 }
 
 // The hook killed between the two phases and run again finishes the job

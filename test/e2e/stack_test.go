@@ -45,14 +45,6 @@ func TestDebian12StockCRIU(tt *testing.T) {
 	})
 }
 
-func tail(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
 // A migration with podman: checkpoint --export into an archive, the
 // container removed, restore --import from the archive (podman 4.3.1,
 // runc 1.1.5, CRIU 4.1.1), for a container run from an image (podman 4.3
