@@ -26,7 +26,8 @@ build: deps
 # Everything: formatting, vet, unit, integration (root, real autofs) and
 # end-to-end (runc + CRIU lab, provisioned by test/lab/provision.sh), run by
 # test/tests.sh: natively on a kernel with autofs, else in a QEMU guest
-# booting Debian 12's kernel (test/vm). ARH_TEST_VM=1 forces the VM,
+# booting Debian 12's kernel (test/vm), then the cgroup v2 tests in a
+# second guest (Debian 13's kernel, only cgroup v2). ARH_TEST_VM=1 forces the VM,
 # ARH_TEST_VM=0 forbids it; RUN=regexp runs only the matching tests.
 RUN ?=
 test: build deb

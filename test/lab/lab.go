@@ -91,9 +91,26 @@ type Options struct {
 	// FromImage, for PodmanUp, runs the container from an image made of
 	// its rootfs instead of --rootfs (lab.sh --from-image).
 	FromImage bool
+	// TmpfsRun, for PodmanUp, gives the container --tmpfs /run (lab.sh
+	// --tmpfs-run): podman 4.3 cannot import an exported checkpoint of a
+	// systemd container without it.
+	TmpfsRun bool
 	// StockCRIU checkpoints and restores the container with Debian 12's
 	// own CRIU 3.17.1 instead of the lab's 4.1.1 (lab.sh --criu stock).
 	StockCRIU bool
+	// Runtime is the OCI runtime of a runc-style container (not PodmanUp):
+	// "" or "runc" (Debian 12's runc 1.1.5), "crun" (Debian 12's crun
+	// 1.8.1) or "crun-forky" (crun 1.28 with CRIU 4.2.1 from Debian forky)
+	// (lab.sh --runtime).
+	Runtime string
+	// NoCRIUAnnotation leaves out the org.criu.config annotation, so that
+	// the runtime reads its own /etc/criu/<runtime>.conf (lab.sh
+	// --no-criu-annotation). Unwired containers otherwise carry an empty
+	// one, which keeps that file from being read.
+	NoCRIUAnnotation bool
+	// Rootfs is the container's distribution: "" or "bookworm" (Debian 12,
+	// systemd 252), or "trixie" (Debian 13, systemd 257) (lab.sh --rootfs).
+	Rootfs string
 	// ASLimit, for Automount, starts the daemon under prlimit --as
 	// with this many bytes (lab.sh --as-limit).
 	ASLimit int64
@@ -118,7 +135,9 @@ type Container struct {
 	Bundle string // /var/tmp/arh-lab/<Name>
 	// Podman: run by podman (PodmanUp), its name podman's.
 	Podman bool
-	t      testing.TB
+	// Runtime is Options.Runtime ("" for runc).
+	Runtime string
+	t       testing.TB
 }
 
 var (
@@ -201,10 +220,11 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	Require(t)
 	name = strings.TrimPrefix(name, "arh-lab-")
 	c := &Container{
-		Name:   fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
-		Kind:   kind,
-		Podman: podman,
-		t:      t,
+		Name:    fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
+		Kind:    kind,
+		Podman:  podman,
+		Runtime: opts.Runtime,
+		t:       t,
 	}
 	c.Bundle = filepath.Join(labDir(), c.Name)
 	// Leftovers of an earlier run with this very process id, silently.
@@ -255,6 +275,12 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		}
 		args = append(args, "--from-image")
 	}
+	if opts.TmpfsRun {
+		if !podman {
+			t.Fatal("lab: Options.TmpfsRun is podman's")
+		}
+		args = append(args, "--tmpfs-run")
+	}
 	if opts.StockCRIU {
 		if podman {
 			t.Fatal("lab: Options.StockCRIU is runc's")
@@ -263,6 +289,18 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	}
 	if opts.ASLimit > 0 {
 		args = append(args, "--as-limit", strconv.FormatInt(opts.ASLimit, 10))
+	}
+	if opts.Runtime != "" {
+		if podman {
+			t.Fatal("lab: Options.Runtime is for Up; podman runs runc")
+		}
+		args = append(args, "--runtime", opts.Runtime)
+	}
+	if opts.Rootfs != "" {
+		args = append(args, "--rootfs", opts.Rootfs)
+	}
+	if opts.NoCRIUAnnotation {
+		args = append(args, "--no-criu-annotation")
 	}
 	if _, err := c.lab(5*time.Minute, args...); err != nil {
 		t.Fatalf("lab up %s (%s): %v", c.Name, kind, err)
@@ -288,7 +326,7 @@ func (c *Container) logState() {
 func (c *Container) Exec(timeout time.Duration, args ...string) (out string, timedOut bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(timeout))
 	defer cancel()
-	argv := append([]string{"runc", "exec", c.Name}, args...)
+	argv := append(c.runtime("exec", c.Name), args...)
 	if c.Podman {
 		argv = append([]string{"podman", "--events-backend=file", "exec", c.Name}, args...)
 	}
@@ -357,6 +395,22 @@ func (c *Container) Down() error {
 	return err
 }
 
+// runtime is the argv of the container's OCI runtime (as lab.sh runs it)
+// followed by args.
+func (c *Container) runtime(args ...string) []string {
+	switch c.Runtime {
+	case "crun":
+		return append([]string{"crun"}, args...)
+	case "crun-forky":
+		cache := os.Getenv("ARH_LAB_CACHE")
+		if cache == "" {
+			cache = "/var/cache/autofs-restore-hook"
+		}
+		return append([]string{filepath.Join(cache, "bin-forky", "crun")}, args...)
+	}
+	return append([]string{"runc"}, args...)
+}
+
 // Pid is the host pid of the container's init.
 func (c *Container) Pid() (int, error) {
 	if c.Podman {
@@ -368,16 +422,17 @@ func (c *Container) Pid() (int, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(30*time.Second))
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "runc", "state", c.Name).Output()
+	rt := c.runtime("state", c.Name)
+	out, err := exec.CommandContext(ctx, rt[0], rt[1:]...).Output()
 	if err != nil {
-		return 0, fmt.Errorf("runc state %s: %w", c.Name, err)
+		return 0, fmt.Errorf("%s state %s: %w", rt[0], c.Name, err)
 	}
 	var st struct {
 		Pid    int    `json:"pid"`
 		Status string `json:"status"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
-		return 0, fmt.Errorf("runc state %s: %w", c.Name, err)
+		return 0, fmt.Errorf("%s state %s: %w", rt[0], c.Name, err)
 	}
 	if st.Pid == 0 || st.Status != "running" {
 		return 0, fmt.Errorf("%s is %q, not running", c.Name, st.Status)

@@ -39,6 +39,17 @@
 #                     --as=BYTES (its address-space limit, soft and hard).
 #                     --criu stock: checkpoint and restore it with Debian 12's
 #                     own CRIU (3.17.1, provision.sh) instead of trixie's 4.1.1.
+#                     --runtime RT: runc (default, Debian 12's 1.1.5), crun
+#                     (Debian 12's 1.8.1) or crun-forky (crun 1.28 with CRIU
+#                     4.2.1 from Debian forky, provision.sh); every later
+#                     command uses that runtime.
+#                     --rootfs DIST: bookworm (default, systemd 252) or trixie
+#                     (Debian 13, systemd 257).
+#                     --no-criu-annotation: no org.criu.config annotation at
+#                     all, so that the runtime reads /etc/criu/<runtime>.conf.
+#                     On a cgroup v2 host (only the unified hierarchy) the
+#                     container gets a cgroup namespace, and a systemd one
+#                     a seccomp filter denying bpf() (see write_config).
 #                     --automount-daemon: let automount daemonize itself instead
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
@@ -62,6 +73,8 @@
 #        rootfs (podman import) instead of --rootfs; down removes the image.
 #        --system-hooks: no --hooks-dir; podman reads its own hooks dirs
 #        (where the project's Debian package installs its JSON).
+#        --tmpfs-run: --tmpfs /run (needed for checkpoint --export and
+#        restore --import of a systemd container with podman 4.3).
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
 #   exec NAME [--timeout SEC] [--] CMD...
@@ -167,9 +180,35 @@ host_caps() {
 	json_arr "${caps[@]}"
 }
 
+# cgroup_v2: whether this host has only the unified hierarchy.
+cgroup_v2() { [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; }
+
+# ------------------------------------------------------------------ runtimes
+# rt_argv NAME: sets RT to the OCI runtime of container NAME (BUNDLE/runtime,
+# written by up): runc (Debian 12's), crun (Debian 12's 1.8.1) or
+# crun-forky (crun 1.28 from Debian forky, provision.sh, with forky's CRIU
+# 4.2.1 first in PATH for its libcriu).
+rt_argv() {
+	local r
+	r=$(cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc)
+	case $r in
+	runc) RT=(runc) ;;
+	crun) RT=(crun) ;;
+	crun-forky) RT=(env "PATH=$CACHE/bin-forky:$PATH" "$CACHE/bin-forky/crun") ;;
+	*) die "unknown runtime '$r' in $(bundle_of "$1")/runtime" ;;
+	esac
+}
+rt_state_dir() { # the runtime's state directory of container NAME
+	case $(cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc) in
+	runc) echo "/run/runc/$1" ;;
+	*) echo "/run/crun/$1" ;;
+	esac
+}
+
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
 KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0 CRIU_KIND=lab EXPORT="" IMPORT="" FROM_IMAGE=0
+RUNTIME=runc ROOTFS_NAME=bookworm NO_CRIU_ANNOTATION=0 TMPFS_RUN=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -189,6 +228,16 @@ parse_opts() {
 		--import) IMPORT=$(abspath "$2"); shift ;;
 		--criu)
 			case $2 in lab | stock) CRIU_KIND=$2 ;; *) die "--criu: lab or stock" ;; esac
+			shift
+			;;
+		--no-criu-annotation) NO_CRIU_ANNOTATION=1 ;;
+		--tmpfs-run) TMPFS_RUN=1 ;;
+		--runtime)
+			case $2 in runc | crun | crun-forky) RUNTIME=$2 ;; *) die "--runtime: runc, crun or crun-forky" ;; esac
+			shift
+			;;
+		--rootfs)
+			case $2 in bookworm | trixie) ROOTFS_NAME=$2 ROOTFS_SRC=$CACHE/rootfs-$2 ;; *) die "--rootfs: bookworm or trixie" ;; esac
 			shift
 			;;
 		--as-limit)
@@ -225,7 +274,7 @@ abspath() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 save_conf() { # save_conf BUNDLE
 	# declare -g: load_conf sources this inside a function.
 	{
-		declare -p KIND COUNT AUTOMOUNT_DAEMON ACTION_SCRIPT HOOK_PATH HOOK_STAGE HOOK_TIMEOUT
+		declare -p KIND COUNT AUTOMOUNT_DAEMON ACTION_SCRIPT HOOK_PATH HOOK_STAGE HOOK_TIMEOUT NO_CRIU_ANNOTATION
 		declare -p CRIU_OPTS HOOK_ARGS HOOK_ENV
 	} | sed -e 's/^declare -- /declare -g /' -e 's/^declare -a /declare -ga /' >"$1/lab.conf"
 }
@@ -282,8 +331,12 @@ write_config() { # write_config NAME BUNDLE
 	case $KIND in
 	systemd)
 		args=$(json_arr /bin/sh -c 'exec </dev/null >/dev/null 2>&1; exec /lib/systemd/systemd')
-		env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci" \
-			"SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		if cgroup_v2; then
+			env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
+		else
+			env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci" \
+				"SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		fi
 		;;
 	automount | plain)
 		args=$(json_arr /bin/sh /lab/init.sh)
@@ -300,6 +353,11 @@ write_config() { # write_config NAME BUNDLE
 			for o in "${CRIU_OPTS[@]}"; do echo "$o"; done
 		} >"$b/criu.conf"
 		annotations="\"org.criu.config\": $(json_str "$b/criu.conf")"
+	elif [ "$NO_CRIU_ANNOTATION" = 1 ]; then
+		# The runtime's own CRIU configuration (/etc/criu/runc.conf,
+		# crun.conf) and CRIU's default.conf apply.
+		rm -f "$b/criu.conf"
+		annotations='"arh-lab.criu-config": "the runtime default"'
 	else
 		rm -f "$b/criu.conf"
 		annotations='"org.criu.config": ""'
@@ -322,7 +380,18 @@ write_config() { # write_config NAME BUNDLE
 	fi
 	local seccomp=""
 	[ "$CONFINED" = 0 ] || seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kexec_load", "open_by_handle_at", "bpf", "perf_event_open", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
+	# On cgroup v2 systemd enforces a unit's DevicePolicy (journald's, say)
+	# with BPF programs whose fds it keeps, and CRIU cannot dump a BPF fd:
+	# the systemd container gets bpf() denied, as podman's default seccomp
+	# profile denies it without CAP_BPF. systemd then runs without them.
+	if [ "$KIND" = systemd ] && [ -z "$seccomp" ] && cgroup_v2; then
+		seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["bpf"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
+	fi
 	[ -z "$SECCOMP_FILE" ] || seccomp="\"seccomp\": $(cat "$SECCOMP_FILE"),"
+	# On cgroup v2 a cgroup namespace, as podman gives: systemd must see
+	# its own cgroup as the root of the hierarchy mounted at /sys/fs/cgroup.
+	local namespaces='[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]'
+	! cgroup_v2 || namespaces='[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]'
 	cat >"$b/config.json.tmp" <<JSON
 {
   "ociVersion": "1.0.2",
@@ -360,7 +429,7 @@ write_config() { # write_config NAME BUNDLE
   "linux": {
     $seccomp
     "cgroupsPath": $(json_str "/arh-lab/$name"),
-    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+    "namespaces": $namespaces,
     "devices": [{"path": "/dev/autofs", "type": "c", "major": 10, "minor": 235, "fileMode": 420, "uid": 0, "gid": 0}],
     "resources": {"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 235, "access": "rwm"}]}
   }
@@ -484,9 +553,15 @@ init_pid() { # host pid of the init, empty if not running
 		[ "${p:-0}" = 0 ] || echo "$p"
 		return 0
 	fi
-	runc state "$1" 2>/dev/null | sed -n 's/^ *"pid": *\([0-9]*\),*$/\1/p'
+	local RT
+	rt_argv "$1"
+	"${RT[@]}" state "$1" 2>/dev/null | sed -n 's/^ *"pid" *: *\([0-9]*\),*$/\1/p'
 }
-runc_status() { runc state "$1" 2>/dev/null | sed -n 's/^ *"status": *"\([a-z]*\)",*$/\1/p'; }
+runc_status() { # the OCI runtime's status of container $1 (empty: unknown to it)
+	local RT
+	rt_argv "$1"
+	"${RT[@]}" state "$1" 2>/dev/null | sed -n 's/^ *"status" *: *"\([a-z]*\)",*$/\1/p'
+}
 container_pids() { # all host pids in the init's pid namespace
 	local ip ns
 	ip=$(init_pid "$1")
@@ -538,7 +613,9 @@ exec_argv() { # sets EXEC=(runc exec) or (podman exec) for container $1
 	if is_podman "$1"; then
 		EXEC=(podman --events-backend=file exec)
 	else
-		EXEC=(runc exec)
+		local RT
+		rt_argv "$1"
+		EXEC=("${RT[@]}" exec)
 	fi
 }
 
@@ -601,14 +678,21 @@ cmd_up() {
 	b=$(bundle_of "$name")
 	make_bundle "$name"
 	rm -f "$b/criu-stock"
+	echo "$RUNTIME" >"$b/runtime"
+	case $RUNTIME in
+	crun) command -v crun >/dev/null || die "--runtime crun: Debian 12's crun is not installed (provision.sh)" ;;
+	crun-forky) [ -x "$CACHE/bin-forky/crun" ] || die "--runtime crun-forky: no $CACHE/bin-forky/crun (provision.sh)" ;;
+	esac
 	if [ "$CRIU_KIND" = stock ]; then
 		[ -x "$CACHE/bin-stock/criu" ] || die "--criu stock: no $CACHE/bin-stock/criu (provision.sh installs Debian 12's criu)"
 		touch "$b/criu-stock"
 	fi
 	say "bundle $b ($KIND) created in $(fmt_ms $(($(now_ms) - T0)))s"
-	if ! runc run -d -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/run.log" 2>&1; then
+	local RT
+	rt_argv "$name"
+	if ! "${RT[@]}" run --detach --bundle "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/run.log" 2>&1; then
 		cat "$b/log/run.log" >&2
-		die "runc run $name failed"
+		die "$RUNTIME run $name failed"
 	fi
 	wait_ready "$name" "$KIND"
 	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
@@ -657,12 +741,20 @@ cmd_podman_up() {
 	local argv
 	case $KIND in
 	systemd)
-		opts+=(--systemd=always --env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		opts+=(--systemd=always)
+		cgroup_v2 || opts+=(--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
 		argv=(/lib/systemd/systemd)
 		;;
 	automount) argv=(/bin/sh /lab/init.sh) ;;
 	*) die "podman-up: kind $KIND (systemd or automount)" ;;
 	esac
+	# --tmpfs-run: /run given at create time. podman 4.3 strips
+	# /run/.containerenv from an imported checkpoint's spec and, as that
+	# spec holds the /run tmpfs of --systemd=always, never mounts it again:
+	# CRIU then has no mapping for the dumped bind mount ("No mapping for
+	# N:(null) mountpoint"). With /run in the create-time spec podman makes
+	# no .containerenv at all, at run or at import (fixed in podman 4.6).
+	[ "$TMPFS_RUN" = 0 ] || opts+=(--tmpfs /run)
 	local from=(--rootfs "$b/rootfs")
 	rm -f "$b/image-name"
 	if [ "$FROM_IMAGE" = 1 ]; then
@@ -740,6 +832,8 @@ with_criu() { # with_criu NAME CMD...: CMD with the container's CRIU first in PA
 	shift
 	if [ -f "$(bundle_of "$name")/criu-stock" ]; then
 		PATH="$CACHE/bin-stock:$PATH" "$@"
+	elif [ "$(cat "$(bundle_of "$name")/runtime" 2>/dev/null)" = crun-forky ]; then
+		PATH="$CACHE/bin-forky:$PATH" "$@"
 	else
 		"$@"
 	fi
@@ -771,14 +865,15 @@ cmd_checkpoint() {
 	IMAGE=$(abspath "${IMAGE:-$b/image}")
 	rm -rf "$IMAGE"
 	mkdir -p "$IMAGE" "$b/work"
-	local extra=()
+	local extra=() RT
+	rt_argv "$name"
 	[ "$LEAVE_RUNNING" = 0 ] || extra+=(--leave-running)
 	say "checkpoint $name with $(with_criu "$name" criu --version 2>&1 | head -1)"
-	if ! with_criu "$name" timeout -s KILL $((120 * SLOW)) runc checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
+	if ! with_criu "$name" timeout -s KILL $((120 * SLOW)) "${RT[@]}" checkpoint --image-path "$IMAGE" --work-path "$b/work" "${extra[@]}" "$name" </dev/null >"$b/log/checkpoint.log" 2>&1; then
 		cat "$b/log/checkpoint.log" >&2
 		say "last lines of $b/work/dump.log:"
 		tail -15 "$b/work/dump.log" >&2 2>/dev/null || true
-		die "runc checkpoint $name failed"
+		die "${RT[*]: -1} checkpoint $name failed"
 	fi
 	say "checkpoint image: $IMAGE ($(du -sh "$IMAGE" | cut -f1)), CRIU log: $b/work/dump.log"
 	took "checkpoint $name"
@@ -802,7 +897,8 @@ cmd_restore() {
 				local clog
 				clog=$(sed -n 's/^log file: //p' "$b/log/restore.log" | head -1)
 				if [ -n "$clog" ] && [ -f "$clog" ]; then
-					say "last lines of CRIU's $clog:"
+					cp "$clog" "$b/log/criu-restore.log"
+					say "last lines of CRIU's $clog (copied to $b/log/criu-restore.log):"
 					tail -25 "$clog" >&2
 				fi
 				die "podman container restore ${what[*]} failed"
@@ -820,13 +916,15 @@ cmd_restore() {
 	[ -f "$IMAGE/inventory.img" ] || die "no checkpoint image in $IMAGE"
 	if [ -n "$(runc_status "$name")" ]; then die "$name still exists in runc (status $(runc_status "$name")): down it or checkpoint it first"; fi
 	mkdir -p "$b/work"
+	local RT
+	rt_argv "$name"
 	say "restore $name: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}'"
 	say "restore $name with $(with_criu "$name" criu --version 2>&1 | head -1)"
-	if ! (cd "$b" && with_criu "$name" timeout -s KILL $((120 * SLOW)) runc restore -d --image-path "$IMAGE" --work-path "$b/work" -b "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
+	if ! (cd "$b" && with_criu "$name" timeout -s KILL $((120 * SLOW)) "${RT[@]}" restore --detach ${ARH_LAB_CG_MODE:+--manage-cgroups-mode "$ARH_LAB_CG_MODE"} --image-path "$IMAGE" --work-path "$b/work" --bundle "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
 		cat "$b/log/restore.log" >&2
 		say "last lines of $b/work/restore.log:"
 		tail -15 "$b/work/restore.log" >&2 2>/dev/null || true
-		die "runc restore $name failed"
+		die "${RT[*]: -1} restore $name failed"
 	fi
 	say "restored $name: init pid $(init_pid "$name"), CRIU log: $b/work/restore.log"
 	took "restore $name"
@@ -834,7 +932,7 @@ cmd_restore() {
 
 cgroup_cleanup() { # remove /sys/fs/cgroup/*/arh-lab/NAME trees (children first)
 	local d
-	for d in /sys/fs/cgroup/*/arh-lab/"$1" /sys/fs/cgroup/unified/arh-lab/"$1"; do
+	for d in /sys/fs/cgroup/*/arh-lab/"$1" /sys/fs/cgroup/unified/arh-lab/"$1" /sys/fs/cgroup/arh-lab/"$1"; do
 		[ -d "$d" ] || continue
 		find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	done
@@ -851,15 +949,17 @@ stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
 		fi
 		return 0
 	fi
+	local RT
+	rt_argv "$name"
 	if [ -n "$(runc_status "$name")" ]; then
-		timeout -s KILL $((30 * SLOW)) runc delete -f "$name" >/dev/null 2>&1 || true
+		timeout -s KILL $((30 * SLOW)) "${RT[@]}" delete -f "$name" >/dev/null 2>&1 || true
 		for i in $(seq 50); do [ -z "$(runc_status "$name")" ] && break; sleep 0.1; done
 		if [ -n "$(runc_status "$name")" ]; then
-			timeout -s KILL $((10 * SLOW)) runc kill -a "$name" KILL >/dev/null 2>&1 || true
+			timeout -s KILL $((10 * SLOW)) "${RT[@]}" kill --all "$name" KILL >/dev/null 2>&1 || true
 			sleep 0.5
-			timeout -s KILL $((30 * SLOW)) runc delete -f "$name" >/dev/null 2>&1 || true
+			timeout -s KILL $((30 * SLOW)) "${RT[@]}" delete -f "$name" >/dev/null 2>&1 || true
 		fi
-		[ -z "$(runc_status "$name")" ] || say "warning: runc still knows $name: $(runc_status "$name")"
+		[ -z "$(runc_status "$name")" ] || say "warning: ${RT[*]: -1} still knows $name: $(runc_status "$name")"
 	fi
 	cgroup_cleanup "$name"
 }
@@ -883,8 +983,10 @@ cmd_down() {
 	fi
 	# A restore killed midway leaves runc's state directory behind with
 	# CRIU's root still mounted in it; runc then refuses the name forever.
-	local rs=/run/runc/$name
-	if [ -d "$rs" ] && ! runc state "$name" >/dev/null 2>&1; then
+	local rs RT
+	rs=$(rt_state_dir "$name")
+	rt_argv "$name"
+	if [ -d "$rs" ] && ! "${RT[@]}" state "$name" >/dev/null 2>&1; then
 		awk -v b="$rs" '$5 == b || index($5, b "/") == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
 		rm -rf --one-file-system "$rs"
 	fi
@@ -948,7 +1050,7 @@ kill-waiters)
 	took "kill-waiters $1"
 	;;
 mounts) check_name "${1:-}"; autofs_mounts "$1" ;;
-status) check_name "${1:-}"; runc state "$1" ;;
+status) check_name "${1:-}"; rt_argv "$1"; "${RT[@]}" state "$1" ;;
 list) cmd_list ;;
 reap) cmd_reap ;;
 -h | --help | help) usage ;;

@@ -40,16 +40,26 @@ for m in autofs4 virtio_blk ext4 overlay veth tun nf_tables nft_compat nft_chain
 done
 [ -c /dev/autofs ] || die "no /dev/autofs after modprobe autofs4"
 
-# cgroups as on the host (cgroup v1, one hierarchy per controller, plus
-# name=systemd and a cgroup2 at unified).
-mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup || die "cgroup tmpfs"
-for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
-	mkdir -p "/sys/fs/cgroup/$c"
-	mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || say "warning: cgroup v1 controller $c unavailable"
-done
-mkdir -p /sys/fs/cgroup/systemd /sys/fs/cgroup/unified
-mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || die "cgroup name=systemd"
-mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || say "warning: no cgroup2"
+if [ "${ARH_VM_CGROUP:-1}" = 2 ]; then
+	# Only the unified hierarchy, as current distributions boot (systemd 256
+	# and later refuse anything else), with every controller the kernel has
+	# delegated to the root's children.
+	mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || die "cgroup2"
+	for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
+		echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || say "warning: cannot enable the $c controller"
+	done
+else
+	# cgroups as on the machine this was developed on (cgroup v1, one
+	# hierarchy per controller, plus name=systemd and a cgroup2 at unified).
+	mount -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup || die "cgroup tmpfs"
+	for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+		mkdir -p "/sys/fs/cgroup/$c"
+		mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || say "warning: cgroup v1 controller $c unavailable"
+	done
+	mkdir -p /sys/fs/cgroup/systemd /sys/fs/cgroup/unified
+	mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || die "cgroup name=systemd"
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || say "warning: no cgroup2"
+fi
 
 # The host's clock (QEMU's RTC), not whatever the kernel started with.
 modprobe rtc_cmos 2>/dev/null
@@ -70,7 +80,10 @@ done
 if [ -d /mnt/arh-disk/rootfs-bookworm ]; then
 	mount --bind /mnt/arh-disk/rootfs-bookworm "$ARH_VM_LAB_ROOTFS" || die "bind the lab's rootfs"
 fi
+if [ -d /mnt/arh-disk/rootfs-trixie ] && [ -d "${ARH_VM_LAB_ROOTFS_TRIXIE:-}" ]; then
+	mount --bind /mnt/arh-disk/rootfs-trixie "$ARH_VM_LAB_ROOTFS_TRIXIE" || die "bind the lab's trixie rootfs"
+fi
 
-say "ready in $((($(date +%s%N) - T0) / 1000000)) ms: kernel $(uname -r), $(nproc) CPUs, /dev/autofs present"
+say "ready in $((($(date +%s%N) - T0) / 1000000)) ms: kernel $(uname -r), $(nproc) CPUs, cgroup v${ARH_VM_CGROUP:-1}, /dev/autofs present"
 "$@"
 finish $?

@@ -1,11 +1,11 @@
 #!/bin/bash
-# run.sh [--kernel DIST] [--timeout SEC] [--] CMD... - run CMD as root in a
+# run.sh [--kernel DIST] [--cgroup 1|2] [--timeout SEC] [--] CMD... - run CMD as root in a
 # QEMU guest that boots Debian's stock kernel, with autofs.
 #
 # The guest sees the host's / read-only (virtio-9p) under a tmpfs overlay, so
 # it has the host's tools, Go build results and lab caches; the guest has no
 # network, so provision on the host first. guest.sh (next to this file) sets
-# the guest up (modules with autofs4, cgroups as the host has them, /run,
+# the guest up (modules with autofs4, cgroups, /run,
 # an ext4 disk for the lab's bundles and podman's storage, lo up) and runs CMD
 # in the current directory with the variables listed in ARH_VM_PASSENV.
 #
@@ -13,6 +13,10 @@
 # 125 when the guest ended without one (the kernel's console is then shown).
 #
 #   --kernel DIST   bookworm (default: Debian 12's kernel) or trixie (Debian 13's)
+#   --cgroup 1|2    1 (default): cgroup v1 hierarchies as on the machine this
+#                   was developed on (plus a cgroup2 at /sys/fs/cgroup/unified);
+#                   2: only the unified hierarchy at /sys/fs/cgroup, as current
+#                   distributions boot
 #   --timeout SEC   wall-clock limit for the whole guest (default 4500)
 #
 # Environment: ARH_VM_CACHE (kernel cache, see kernel.sh), ARH_VM_MEM (guest
@@ -24,21 +28,25 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIST=bookworm
 TIMEOUT=4500
+CGROUP=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) DIST=$2; shift 2 ;;
 	--timeout) TIMEOUT=$2; shift 2 ;;
+	--cgroup) CGROUP=$2; shift 2 ;;
 	--) shift; break ;;
 	-*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
 	*) break ;;
 	esac
 done
-[ $# -gt 0 ] || { echo "usage: run.sh [--kernel DIST] [--timeout SEC] [--] CMD..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: run.sh [--kernel DIST] [--cgroup 1|2] [--timeout SEC] [--] CMD..." >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run.sh: must run as root" >&2; exit 2; }
+case $CGROUP in 1 | 2) ;; *) echo "run.sh: --cgroup takes 1 or 2" >&2; exit 2 ;; esac
 
 VMCACHE=${ARH_VM_CACHE:-/var/cache/autofs-restore-hook/vm}
 LAB_CACHE=${ARH_LAB_CACHE:-/var/cache/autofs-restore-hook}
 ROOTFS=$LAB_CACHE/rootfs-bookworm
+ROOTFS_TRIXIE=$LAB_CACHE/rootfs-trixie
 KDIR=$(bash "$HERE/kernel.sh" "$DIST")
 KVER=$(head -1 "$KDIR/version")
 JOB=$(mktemp -d /var/tmp/arh-vm-job.XXXXXX)
@@ -59,7 +67,7 @@ trap 'exit 130' INT TERM
 {
 	echo "# written by test/vm/run.sh"
 	echo "export ARH_VM_KDIR=$(printf %q "$KDIR") ARH_VM_KVER=$(printf %q "$KVER") ARH_IN_VM=1"
-	echo "export ARH_VM_LAB_ROOTFS=$(printf %q "$ROOTFS")"
+	echo "export ARH_VM_LAB_ROOTFS=$(printf %q "$ROOTFS") ARH_VM_LAB_ROOTFS_TRIXIE=$(printf %q "$ROOTFS_TRIXIE") ARH_VM_CGROUP=$CGROUP"
 	for v in PATH HOME GOPATH GOCACHE GOFLAGS CI ${ARH_VM_PASSENV:-}; do
 		[ -n "${!v+x}" ] && echo "export $v=$(printf %q "${!v}")"
 	done
@@ -76,6 +84,7 @@ trap 'exit 130' INT TERM
 DISK_GB=${ARH_VM_DISK_GB:-20}
 disk_key=empty
 [ -f "$ROOTFS/.arh-lab-done" ] && disk_key=rootfs-$(cat "$ROOTFS/.arh-lab-done")-$(stat -c %Y "$ROOTFS/.arh-lab-done")
+[ -f "$ROOTFS_TRIXIE/.arh-lab-done" ] && disk_key=$disk_key-trixie-$(stat -c %Y "$ROOTFS_TRIXIE/.arh-lab-done")
 # Bump when the disk's layout below changes.
 DISK_LAYOUT=2
 DISK=$VMCACHE/disk$DISK_LAYOUT-$disk_key-${DISK_GB}G.raw
@@ -86,6 +95,7 @@ if [ ! -f "$DISK" ]; then
 	mkdir -p "$stage/arh-lab" "$stage/containers"
 	# Hard links: the stage costs no copy; mkfs.ext4 -d copies the tree.
 	[ "$disk_key" = empty ] || cp -al "$ROOTFS" "$stage/rootfs-bookworm"
+	[ ! -f "$ROOTFS_TRIXIE/.arh-lab-done" ] || cp -al "$ROOTFS_TRIXIE" "$stage/rootfs-trixie"
 	mkfs.ext4 -q -F -O ^has_journal -E nodiscard,root_owner=0:0 -d "$stage" "$DISK.tmp" "${DISK_GB}G" >/dev/null
 	mv "$DISK.tmp" "$DISK"
 	rm -rf "$stage"
@@ -93,7 +103,7 @@ if [ ! -f "$DISK" ]; then
 fi
 
 CPUS=${ARH_VM_CPUS:-$(nproc)}
-echo "vm: booting Debian $DIST kernel $KVER ($(tail -1 "$KDIR/version")) under QEMU TCG, $CPUS vCPU, ${ARH_VM_MEM:-8192} MiB" >&2
+echo "vm: booting Debian $DIST kernel $KVER ($(tail -1 "$KDIR/version")), cgroup v$CGROUP, under QEMU TCG, $CPUS vCPU, ${ARH_VM_MEM:-8192} MiB" >&2
 start=$(date +%s)
 qemu-system-x86_64 -name arh-test-vm -nodefaults -no-user-config -nographic -no-reboot \
 	-accel tcg,thread=multi -cpu max -smp "$CPUS" -m "${ARH_VM_MEM:-8192}" \
