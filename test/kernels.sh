@@ -1,7 +1,8 @@
 #!/bin/bash
 # kernels.sh DIST... - the kernel matrix (`make test-kernels`): every test
-# (test/tests.sh) in the test VM on each Debian DIST's stock kernel
-# (bookworm: Debian 12, trixie: Debian 13), then one table row per kernel.
+# but the cgroup v2 ones (test/tests.sh --cgroup 1) in the test VM on each
+# Debian DIST's stock kernel (bookworm: Debian 12, trixie: Debian 13), then
+# one table row per kernel. `make test` runs the cgroup v2 tests.
 # The full output of each run goes to bin/kernels-DIST.log. Exits 1 if any
 # kernel had a failure.
 set -uo pipefail
@@ -14,7 +15,7 @@ for d in "$@"; do
 	log=bin/kernels-$d.log
 	echo "=== kernel matrix: Debian $d (log: $log)"
 	start=$(date +%s)
-	ARH_TEST_VM=1 bash test/tests.sh --kernel "$d" 2>&1 | tee "$log"
+	ARH_TEST_VM=1 bash test/tests.sh --kernel "$d" --cgroup 1 2>&1 | tee "$log"
 	krc=${PIPESTATUS[0]}
 	secs=$(($(date +%s) - start))
 	kver=$(sed -n 's/^vm-guest: ready in .* kernel \([^,]*\),.*/\1/p' "$log" | head -1)

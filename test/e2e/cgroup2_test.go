@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,11 +34,19 @@ func requireCgroup2(t testing.TB) {
 
 // restartedInItsCgroup checks, after a restore that the hook fixed, that
 // the automount container works with a new daemon, which runs in the old
-// one's cgroup and with its privileges.
-func restartedInItsCgroup(t testing.TB, c *lab.Container, what string, orig daemonInfo) {
+// one's cgroup and with its privileges. New, because its pid inside the
+// container differs from the one CRIU restored (host pids always change on
+// a restore) and the hook's log says it started it.
+func restartedInItsCgroup(t testing.TB, c *lab.Container, what string, orig daemonInfo, log func() string) {
 	t.Helper()
 	allOK(t, c, 5)
 	d := automountWorksAgain(t, c, what, orig.pid)
+	if nsPid(d) == nsPid(orig) {
+		t.Errorf("%s: the daemon has the pid %s in the container, as before the checkpoint: CRIU restored it, the hook did not start it again", what, nsPid(d))
+	}
+	if !strings.Contains(log(), "automount killed and started again") {
+		t.Errorf("%s: the hook's log does not say it started automount again:\n%s", what, log())
+	}
 	samePrivileges(t, d, orig)
 	if d.cgroup != orig.cgroup {
 		t.Errorf("%s: the new daemon's cgroup is %q, the original's %q", what, d.cgroup, orig.cgroup)
@@ -44,6 +54,15 @@ func restartedInItsCgroup(t testing.TB, c *lab.Container, what string, orig daem
 	if !strings.HasPrefix(orig.cgroup, "0::/") {
 		t.Errorf("%s: the daemon's /proc/PID/cgroup is %q: not a cgroup v2 line", what, orig.cgroup)
 	}
+}
+
+// nsPid is the daemon's pid in the container's pid namespace.
+func nsPid(d daemonInfo) string {
+	f := strings.Fields(d.status["NSpid"])
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[len(f)-1]
 }
 
 func oneDaemon(t testing.TB, c *lab.Container) daemonInfo {
@@ -64,13 +83,20 @@ func TestCgroup2AutomountRunc(tt *testing.T) {
 	requireCgroup2(t)
 	lab.Require(t)
 	bin := hookBinary(t)
+	// The bug on this stack: without the hook a direct mount hangs.
+	tt.Run("no-hook-hangs", func(tt *testing.T) {
+		t := lab.Record(tt)
+		c := lab.Up(t, "v2-runc-none", lab.Automount, lab.Options{Rootfs: "trixie"})
+		checkpointRestore(t, c)
+		mustHang(t, c, "stat", "/srv/direct1/")
+	})
 	tt.Run("action-script", func(tt *testing.T) {
 		t := lab.Record(tt)
-		logFile(t)
+		log := logFile(t)
 		c := lab.Up(t, "v2-runc-as", lab.Automount, lab.Options{Rootfs: "trixie", ActionScript: bin})
 		orig := oneDaemon(t, c)
 		checkpointRestore(t, c)
-		restartedInItsCgroup(t, c, "runc, action script", orig)
+		restartedInItsCgroup(t, c, "runc, action script", orig, log)
 	})
 	tt.Run("oci-hook", func(tt *testing.T) {
 		t := lab.Record(tt)
@@ -80,7 +106,7 @@ func TestCgroup2AutomountRunc(tt *testing.T) {
 		orig := oneDaemon(t, c)
 		checkpointRestore(t, c)
 		waitFixed(t, c, 5, log)
-		restartedInItsCgroup(t, c, "runc, OCI hook", orig)
+		restartedInItsCgroup(t, c, "runc, OCI hook", orig, log)
 	})
 }
 
@@ -94,13 +120,14 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 	requireCgroup2(t)
 	lab.Require(t)
 	bin := hookBinary(t)
+	forkyVersions(t)
 	tt.Run("annotation", func(tt *testing.T) {
 		t := lab.Record(tt)
-		logFile(t)
+		log := logFile(t)
 		c := lab.Up(t, "v2-crun-ann", lab.Automount, lab.Options{Rootfs: "trixie", Runtime: "crun-forky", ActionScript: bin})
 		orig := oneDaemon(t, c)
 		checkpointRestore(t, c)
-		restartedInItsCgroup(t, c, "crun, org.criu.config", orig)
+		restartedInItsCgroup(t, c, "crun, org.criu.config", orig, log)
 	})
 	for _, conf := range []string{"crun.conf", "default.conf"} {
 		tt.Run(strings.TrimSuffix(conf, ".conf"), func(tt *testing.T) {
@@ -116,8 +143,42 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 			if !strings.Contains(log(), "pre-resume finished") {
 				t.Errorf("the hook's log has no pre-resume run: was %s read?\n%s", conf, log())
 			}
-			restartedInItsCgroup(t, c, "crun, "+conf, orig)
+			restartedInItsCgroup(t, c, "crun, "+conf, orig, log)
 		})
+	}
+}
+
+// forkyVersions fails unless the lab's forky crun and CRIU are at least
+// the versions the crun.conf wiring needs (crun 1.26, CRIU 4.2), and logs
+// them: Debian forky is a moving target.
+func forkyVersions(t testing.TB) {
+	t.Helper()
+	cache := os.Getenv("ARH_LAB_CACHE")
+	if cache == "" {
+		cache = "/var/cache/autofs-restore-hook"
+	}
+	version := func(tool, prefix string) (int, int) {
+		out, err := exec.Command(filepath.Join(cache, "bin-forky", tool), "--version").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --version: %v\n%s", tool, err, out)
+		}
+		var major, minor int
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, prefix); ok {
+				if _, err := fmt.Sscanf(v, "%d.%d", &major, &minor); err == nil {
+					t.Logf("forky's %s: %s", tool, strings.TrimSpace(l))
+					return major, minor
+				}
+			}
+		}
+		t.Fatalf("%s --version: no %q line:\n%s", tool, prefix, out)
+		return 0, 0
+	}
+	if maj, min := version("crun", "crun version "); maj < 1 || maj == 1 && min < 26 {
+		t.Fatalf("forky's crun is %d.%d: the crun.conf wiring needs 1.26 or later", maj, min)
+	}
+	if maj, min := version("criu", "Version: "); maj < 4 || maj == 4 && min < 2 {
+		t.Fatalf("forky's CRIU is %d.%d: crun's crun.conf needs libcriu 4.2 or later", maj, min)
 	}
 }
 
@@ -164,13 +225,14 @@ func TestCgroup2PodmanAutomount(tt *testing.T) {
 	orig := oneDaemon(t, c)
 	checkpointRestore(t, c)
 	waitFixed(t, c, 5, log)
-	restartedInItsCgroup(t, c, "podman", orig)
+	restartedInItsCgroup(t, c, "podman", orig, log)
 }
 
 // A Debian 13 container with systemd 257 as PID 1 cannot be restored on
 // cgroup v2, by runc 1.1.5 with CRIU 4.1.1 nor by crun 1.28 with CRIU
-// 4.2.1: the checkpoint works, and the restore fails inside CRIU before
-// any hook could run. systemd keeps inotify watches on cgroup files of its
+// 4.2.1, wired with the hook as each allows: the checkpoint works, and the
+// restore fails inside CRIU before the tasks are resumed, so before the
+// hook has anything to fix. systemd keeps inotify watches on cgroup files of its
 // units (init.scope/memory.events, system.slice/srv-a.mount/cgroup.events),
 // and CRIU recreates only the cgroups that hold tasks, without the
 // controllers systemd enabled in their parents. The test pins that row of
@@ -180,10 +242,23 @@ func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 	t := lab.Record(tt)
 	requireCgroup2(t)
 	lab.Require(t)
+	bin := hookBinary(t)
 	for _, rt := range []string{"runc", "crun-forky"} {
 		tt.Run(rt, func(tt *testing.T) {
 			t := lab.Record(tt)
-			c := lab.Up(t, "v2-systemd-"+strings.TrimSuffix(rt, "-forky"), lab.Systemd, lab.Options{Rootfs: "trixie", Runtime: rt})
+			// Wired as each runtime can be: runc with the OCI hook,
+			// crun with the action script.
+			opts := lab.Options{Rootfs: "trixie", Runtime: rt}
+			var log func() string
+			if rt == "runc" {
+				var logPath string
+				logPath, log = ociLog(t)
+				opts.Hook, opts.HookEnv = bin, []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}
+			} else {
+				log = logFile(t)
+				opts.ActionScript = bin
+			}
+			c := lab.Up(t, "v2-systemd-"+strings.TrimSuffix(rt, "-forky"), lab.Systemd, opts)
 			if v := mustWork(t, c, "systemctl", "--version"); !strings.Contains(v, "systemd 257") {
 				t.Fatalf("the container's systemd is not 257: %q", firstLine(v))
 			}
@@ -197,12 +272,28 @@ func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 				t.Fatalf("the restore failed (%v), but not at a cgroup file's inotify watch:\n%s", err, tail(string(restoreLog), 25))
 			}
 			t.Logf("as documented: %s", lineWith(string(restoreLog), "fsnotify: Unable to open"))
+			// CRIU failed before the tasks were resumed: the hook had
+			// nothing to fix, and said so (the OCI hook's follower).
+			if strings.Contains(log(), "pre-resume finished") {
+				t.Errorf("the hook ran its pre-resume phase although CRIU failed before it:\n%s", log())
+			}
+			if rt == "runc" {
+				deadline := time.Now().Add(testenv.Scale(30 * time.Second))
+				for !strings.Contains(log(), "the restore failed; nothing to do") && time.Now().Before(deadline) {
+					time.Sleep(100 * time.Millisecond)
+				}
+				if !strings.Contains(log(), "the restore failed; nothing to do") {
+					t.Errorf("the OCI hook's follower did not report the failed restore:\n%s", log())
+				}
+			}
 		})
 	}
 }
 
 // Debian 12's crun 1.8.1 is built without CRIU: it cannot checkpoint at
-// all, so no wiring of ours can run with it.
+// all, so no wiring of ours can run with it. In the cgroup v2 pass because
+// crun 1.8.1 runs no container on the first pass's hybrid layout ("cgroups
+// in hybrid mode not supported").
 func TestCgroup2Debian12CrunCannotCheckpoint(tt *testing.T) {
 	t := lab.Record(tt)
 	requireCgroup2(t)

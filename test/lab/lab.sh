@@ -520,7 +520,12 @@ make_bundle() { # make_bundle NAME
 	[ ! -e "$b" ] || die "$b exists: lab.sh down $name first"
 	case $KIND in systemd | automount | plain) ;; *) die "unknown kind '$KIND' (systemd, automount, plain)" ;; esac
 	[[ $COUNT =~ ^[0-9]+$ ]] || die "--count wants a number"
+	case $RUNTIME in
+	crun) command -v crun >/dev/null || die "--runtime crun: Debian 12's crun is not installed (provision.sh)" ;;
+	crun-forky) [ -x "$CACHE/bin-forky/crun" ] || die "--runtime crun-forky: no $CACHE/bin-forky/crun (provision.sh)" ;;
+	esac
 	mkdir -p "$b/log" "$b/work"
+	echo "$RUNTIME" >"$b/runtime"
 	cp -a "$ROOTFS_SRC" "$b/rootfs"
 	mkdir -p "$b/rootfs/lab"
 	echo "$name" >"$b/rootfs/etc/hostname"
@@ -678,11 +683,6 @@ cmd_up() {
 	b=$(bundle_of "$name")
 	make_bundle "$name"
 	rm -f "$b/criu-stock"
-	echo "$RUNTIME" >"$b/runtime"
-	case $RUNTIME in
-	crun) command -v crun >/dev/null || die "--runtime crun: Debian 12's crun is not installed (provision.sh)" ;;
-	crun-forky) [ -x "$CACHE/bin-forky/crun" ] || die "--runtime crun-forky: no $CACHE/bin-forky/crun (provision.sh)" ;;
-	esac
 	if [ "$CRIU_KIND" = stock ]; then
 		[ -x "$CACHE/bin-stock/criu" ] || die "--criu stock: no $CACHE/bin-stock/criu (provision.sh installs Debian 12's criu)"
 		touch "$b/criu-stock"
@@ -706,6 +706,8 @@ cmd_podman_up() {
 	parse_opts "$@"
 	check_name "$name"
 	command -v podman >/dev/null || die "podman is not installed (see provision.sh warnings)"
+	[ "$RUNTIME" = runc ] || die "podman-up: the lab's podman runs runc (--runtime is for up)"
+	[ "$NO_CRIU_ANNOTATION" = 0 ] || die "podman-up: --no-criu-annotation is for up"
 	b=$(bundle_of "$name")
 	make_bundle "$name"
 	touch "$b/podman"
@@ -920,7 +922,7 @@ cmd_restore() {
 	rt_argv "$name"
 	say "restore $name: action-script='${ACTION_SCRIPT}' hook='${HOOK_PATH}'"
 	say "restore $name with $(with_criu "$name" criu --version 2>&1 | head -1)"
-	if ! (cd "$b" && with_criu "$name" timeout -s KILL $((120 * SLOW)) "${RT[@]}" restore --detach ${ARH_LAB_CG_MODE:+--manage-cgroups-mode "$ARH_LAB_CG_MODE"} --image-path "$IMAGE" --work-path "$b/work" --bundle "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
+	if ! (cd "$b" && with_criu "$name" timeout -s KILL $((120 * SLOW)) "${RT[@]}" restore --detach --image-path "$IMAGE" --work-path "$b/work" --bundle "$b" --pid-file "$b/init.pid" "$name" </dev/null >"$b/log/restore.log" 2>&1); then
 		cat "$b/log/restore.log" >&2
 		say "last lines of $b/work/restore.log:"
 		tail -15 "$b/work/restore.log" >&2 2>/dev/null || true
