@@ -64,10 +64,11 @@ demo: build
 	bash test/vm/maybe.sh bash test/demo.sh $(CURDIR)/$(BIN)
 
 # Benchmarks (root, the lab): no-op cost, discovery, the OCI follower's
-# CPU, fix against the unavoidable work and a shell baseline. Prints the
+# CPU, fix against the unavoidable work and a shell baseline, and N
+# containers restored at once (-scale 1,10,20; the longest). Prints the
 # tables of BENCHMARKS.md. The lab part runs in the test VM when this
 # kernel has no autofs (as tests.sh decides); BENCH_ARGS go to test/bench
-# (-runs, -sizes, -only).
+# (-runs, -sizes, -scale, -only).
 BENCH_ARGS ?=
 bench: build
 	@echo "## 2. Discovery (parse and classify mountinfo)"; echo

@@ -2,7 +2,7 @@
 // prints the table of BENCHMARKS.md (make bench). It needs root and the
 // end-to-end lab (test/lab), which it provisions.
 //
-//	go run ./test/bench -bin bin/autofs-restore-hook [-runs 5] [-sizes 1,20,100]
+//	go run ./test/bench -bin bin/autofs-restore-hook [-runs 5] [-sizes 1,20,100] [-scale 1,10,20] [-only TABLES]
 package main
 
 import (
@@ -27,13 +27,16 @@ import (
 var (
 	bin    = flag.String("bin", "bin/autofs-restore-hook", "the binary to measure")
 	runs   = flag.Int("runs", 5, "runs per contender (medians are reported)")
-	only   = flag.String("only", "", "run only these tables, comma-separated: noop, follower, systemd, automount")
+	only   = flag.String("only", "", "run only these tables, comma-separated: noop, follower, systemd, automount, scale")
 	sizes  = flag.String("sizes", "1,20,100", "numbers of automount points")
 	noops  = flag.Int("noops", 200, "invocations for the no-op cost")
 	labDir string
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-wrap" {
+		wrapMain(os.Args[2:])
+	}
 	flag.Parse()
 	_, file, _, _ := runtime.Caller(0)
 	labDir = filepath.Join(filepath.Dir(file), "..", "lab")
@@ -64,6 +67,16 @@ func main() {
 	}
 	if want("automount") {
 		automountTable(ns)
+		fmt.Println()
+	}
+	if want("scale") {
+		var sc []int
+		for _, s := range strings.Split(*scaleSizes, ",") {
+			n, err := strconv.Atoi(s)
+			check(err)
+			sc = append(sc, n)
+		}
+		scaleTable(sc)
 	}
 }
 
@@ -283,6 +296,9 @@ func fatal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, format, args...)
 	if current != nil {
 		current.down()
+	}
+	for _, c := range fleet {
+		c.down()
 	}
 	os.Exit(1)
 }

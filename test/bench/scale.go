@@ -1,0 +1,371 @@
+package main
+
+// The node-scale table: N containers, half systemd and half automount,
+// restored at once, as a node drain brings them back.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+)
+
+var scaleSizes = flag.String("scale", "1,10,20", "numbers of containers restored at once (table scale)")
+
+// fleet is every container of the scale table, removed by fatal.
+var fleet []*container
+
+// wrapMain is the bench binary run as the hook's wrapper (-wrap LOG --
+// BIN ARGS...): it runs the hook as its child with its own stdin, stdout,
+// stderr and environment, appends the child's rusage (user and system
+// time of the hook and of every process it waited for, its peak RSS) to
+// LOG as one line, and exits as the hook did. The hook's detached OCI
+// follower is not waited for: it reports its CPU in the hook's log.
+func wrapMain(args []string) {
+	if len(args) < 3 || args[1] != "--" {
+		fmt.Fprintln(os.Stderr, "usage: bench -wrap LOG -- BIN ARGS...")
+		os.Exit(2)
+	}
+	cmd := exec.Command(args[2], args[3:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench -wrap: %v\n", err)
+		os.Exit(127)
+	}
+	// A runtime that times the hook out signals the wrapper: pass it on.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		for sig := range sigs {
+			cmd.Process.Signal(sig)
+		}
+	}()
+	err := cmd.Wait()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			fmt.Fprintf(os.Stderr, "bench -wrap: %v\n", err)
+			os.Exit(127)
+		}
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+		fmt.Fprintf(f, "%d %d %d\n", cmd.ProcessState.Pid(), ru.Utime.Nano()+ru.Stime.Nano(), ru.Maxrss)
+		f.Close()
+	}
+	os.Exit(code)
+}
+
+// hookUsage is what the hook's processes cost in one round.
+type hookUsage struct {
+	cpu     time.Duration // wrapped invocations and followers
+	peakKB  int64         // the largest peak RSS of one hook process
+	sumKB   int64         // the peaks of all of them added up
+	invoked int
+}
+
+// readUsage sums the wrapper's lines and the followers' own reports.
+func readUsage(wrapLog, hookLog string, sampled map[int]int64) hookUsage {
+	var u hookUsage
+	peaks := map[int]int64{}
+	for pid, kb := range sampled {
+		peaks[pid] = kb
+	}
+	if f, err := os.Open(wrapLog); err == nil {
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			var pid int
+			var ns, kb int64
+			if _, err := fmt.Sscan(s.Text(), &pid, &ns, &kb); err == nil {
+				u.cpu += time.Duration(ns)
+				u.invoked++
+				peaks[pid] = max(peaks[pid], kb)
+			}
+		}
+		f.Close()
+	}
+	b, _ := os.ReadFile(hookLog)
+	for _, l := range strings.Split(string(b), "\n") {
+		if m := followerReport.FindStringSubmatch(l); m != nil {
+			if d, err := time.ParseDuration(m[1]); err == nil {
+				u.cpu += d
+			}
+		}
+	}
+	for _, kb := range peaks {
+		u.peakKB = max(u.peakKB, kb)
+		u.sumKB += kb
+	}
+	return u
+}
+
+// sampleHooks records, every 20 ms until stop is closed, the peak RSS
+// (VmHWM) of every process whose executable is the hook: the followers,
+// which no wrapper waits for.
+func sampleHooks(stop chan struct{}) map[int]int64 {
+	peaks := map[int]int64{}
+	for {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != *bin {
+				continue
+			}
+			// Not the bench's own status polls.
+			if cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cl), "\x00status\x00") {
+				continue
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+					kb, _ := strconv.ParseInt(f[1], 10, 64)
+					peaks[pid] = max(peaks[pid], kb)
+				}
+			}
+		}
+		select {
+		case <-stop:
+			return peaks
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// served says whether every autofs mount of the container is served by a
+// live master (the hook's status, which reads the mount table and never
+// walks a path).
+func served(pid int) bool {
+	out, err := run(30*time.Second, *bin, "status", "--pid", strconv.Itoa(pid), "--json", "--no-syslog", "--log-level", "error")
+	if err != nil {
+		return false
+	}
+	var r hook.Report
+	if json.Unmarshal([]byte(out), &r) != nil || len(r.Mounts) == 0 {
+		return false
+	}
+	for _, m := range r.Mounts {
+		if m.State != string(hook.StateOK) {
+			return false
+		}
+	}
+	return true
+}
+
+// probe is a real access to a path that was never triggered: it hangs on
+// a broken mount, so it runs with a deadline, after served said yes.
+func probe(c *container, kind string) error {
+	path := "/srv/b/"
+	if kind == "automount" {
+		path = "/srv/direct1/"
+	}
+	_, err := lab("exec", c.name, "--timeout", "20", "--", "stat", path)
+	return err
+}
+
+type scaleRound struct {
+	restoreWall time.Duration // from the first restore's start to the last one's return
+	fixedWall   time.Duration // to every container served and probed (0: not measured)
+	usage       hookUsage
+}
+
+// scaleTable restores N containers at once with each wiring.
+func scaleTable(ns []int) {
+	fmt.Println("## 5. Node scale: N containers restored at once (half systemd, half automount)")
+	fmt.Println()
+	top := slices.Max(ns)
+	kinds := make([]string, top)
+	for i := range kinds {
+		kinds[i] = []string{"systemd", "automount"}[i%2]
+	}
+	start := time.Now()
+	for i := 0; i < top; i++ {
+		c := &container{name: fmt.Sprintf("arh-lab-bench-scale-%d-%d", i, os.Getpid())}
+		fleet = append(fleet, c)
+		lab("down", c.name)
+		must(lab("up", c.name, kinds[i], "--no-trigger"))
+		must(lab("checkpoint", c.name))
+	}
+	fmt.Printf("(%d containers started and checkpointed in %s, one after the other.)\n\n", top, time.Since(start).Round(time.Second))
+	fmt.Println("| N | restores only (no fix) | shell reference: restores, then CRIU's script's way per systemd container | action script | OCI hook | action script / restores only | OCI hook / restores only | hook CPU in all (action script; OCI hook) | largest peak RSS of one hook process (action script; OCI hook) | peak RSS of all hook processes added up (action script; OCI hook) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	for _, n := range ns {
+		cs, ks := fleet[:n], kinds[:n]
+		none := scaleRun(cs, ks, "none")
+		shell := scaleRun(cs, ks, "shell")
+		as := scaleRun(cs, ks, "action-script")
+		oci := scaleRun(cs, ks, "oci-hook")
+		fmt.Printf("| %d | %s | %s | %s | %s | %.2f | %.2f | %s; %s | %.1f MB; %.1f MB | %.1f MB; %.1f MB |\n", n,
+			secs(none.restoreWall), secs(shell.fixedWall), secs(as.fixedWall), secs(oci.fixedWall),
+			float64(as.fixedWall)/float64(none.restoreWall), float64(oci.fixedWall)/float64(none.restoreWall),
+			ms(as.usage.cpu), ms(oci.usage.cpu),
+			float64(as.usage.peakKB)/1024, float64(oci.usage.peakKB)/1024,
+			float64(as.usage.sumKB)/1024, float64(oci.usage.sumKB)/1024)
+	}
+	for _, c := range fleet {
+		c.down()
+	}
+	fleet = nil
+	fmt.Println()
+	fmt.Println("Wall times from the start of N concurrent `lab.sh restore` (runc, CRIU) to: every restore returned (restores only); `baseline.sh` done for every systemd container, run for each as soon as its restore returned, and a path reachable (shell reference: CRIU's systemd-autofs-restart.sh's way, per unit; it cannot fix an automount container, so those are left out of its time); every container's autofs mounts served (the hook's `status`, polled every 250 ms per container) and a never-triggered path reachable (action script, OCI hook). One round each. Hook CPU: the rusage of every invocation (a wrapper waits for each) plus the followers' own reports; peak RSS: the wrapper's rusage and the followers' VmHWM sampled every 20 ms (the bench's own `status` polls left out). The wrapper is a Go program started before each hook invocation: its start (a few ms each under emulation) is in the hook columns' wall times, not in their CPU.")
+}
+
+func secs(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+// scaleRun restores the containers at once with one wiring and waits
+// until they work.
+func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
+	tmp, err := os.MkdirTemp("", "arh-bench-scale-")
+	check(err)
+	defer os.RemoveAll(tmp)
+	wrapLog, hookLog := filepath.Join(tmp, "wrap.log"), filepath.Join(tmp, "hook.log")
+	self, err := os.Executable()
+	check(err)
+	wrapper := filepath.Join(tmp, "hook-wrapper")
+	check(os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\nexec %s -wrap %s -- %s \"$@\"\n", self, wrapLog, *bin)), 0o755))
+	var wire []string
+	switch wiring {
+	case "none", "shell":
+		wire = []string{"--unwire"}
+	case "action-script":
+		wire = []string{"--action-script", wrapper}
+	case "oci-hook":
+		wire = []string{"--hook", wrapper, "--hook-env", hook.EnvLogFile + "=" + hookLog, "--hook-env", hook.EnvNoSyslog + "=1"}
+	}
+	for _, c := range cs {
+		must(lab("stop", c.name))
+	}
+	stop := make(chan struct{})
+	sampled := make(chan map[int]int64, 1)
+	go func() { sampled <- sampleHooks(stop) }()
+	// The action script's log goes where the hook's environment says:
+	// lab.sh passes its own environment down to runc and CRIU.
+	os.Setenv(hook.EnvLogFile, hookLog)
+	os.Setenv(hook.EnvNoSyslog, "1")
+	defer os.Unsetenv(hook.EnvLogFile)
+	defer os.Unsetenv(hook.EnvNoSyslog)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var lastRestore, lastFixed time.Duration
+	var failures []string
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail := func(format string, args ...any) {
+				mu.Lock()
+				failures = append(failures, fmt.Sprintf(c.name+": "+format, args...))
+				mu.Unlock()
+			}
+			if out, err := lab(append([]string{"restore", c.name}, wire...)...); err != nil {
+				fail("restore: %v\n%s", err, out)
+				return
+			}
+			done := time.Since(t0)
+			out, err := lab("pid", c.name)
+			if err != nil {
+				fail("pid: %v", err)
+				return
+			}
+			pid, _ := strconv.Atoi(lastLine(out))
+			mu.Lock()
+			lastRestore = max(lastRestore, done)
+			if wiring != "none" && wiring != "shell" {
+				c.fixed = append(c.fixed, pid)
+			}
+			mu.Unlock()
+			switch {
+			case wiring == "none":
+				return
+			case wiring == "shell" && kinds[i] != "systemd":
+				return
+			case wiring == "shell":
+				// Done when the script is (as in section 3), then a
+				// path must work.
+				if out, err := run(5*time.Minute, "bash", filepath.Join(labDir, "..", "bench", "baseline.sh"), strconv.Itoa(pid)); err != nil {
+					fail("baseline.sh: %v\n%s", err, out)
+					return
+				}
+				fixed := time.Since(t0)
+				if err := probe(c, kinds[i]); err != nil {
+					fail("baseline.sh ran, but a path does not work: %v", err)
+					return
+				}
+				mu.Lock()
+				lastFixed = max(lastFixed, fixed)
+				mu.Unlock()
+				return
+			}
+			deadline := time.Now().Add(5 * time.Minute)
+			for !served(pid) {
+				if time.Now().After(deadline) {
+					fail("not served 5 minutes after its restore")
+					return
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			fixed := time.Since(t0)
+			if err := probe(c, kinds[i]); err != nil {
+				fail("served, but a path does not work: %v", err)
+				return
+			}
+			mu.Lock()
+			lastFixed = max(lastFixed, fixed)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if wiring == "oci-hook" {
+		// The followers report when they end; their CPU is in that line.
+		waitFollowerDone(hookLog, len(cs))
+	}
+	close(stop)
+	peaks := <-sampled
+	if len(failures) > 0 {
+		// The hook's log goes with the temporary directory: show its end.
+		hl, _ := os.ReadFile(hookLog)
+		fatal("scale, %d containers, %s:\n%s\nlast lines of the hook's log:\n%s\n", len(cs), wiring, strings.Join(failures, "\n"), lastLines(string(hl), 60))
+	}
+	r := scaleRound{restoreWall: lastRestore, fixedWall: lastFixed}
+	if wiring == "action-script" || wiring == "oci-hook" {
+		r.usage = readUsage(wrapLog, hookLog, peaks)
+	}
+	return r
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
