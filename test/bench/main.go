@@ -51,12 +51,7 @@ func main() {
 		fmt.Println()
 	}
 	must(run(10*time.Minute, filepath.Join(labDir, "provision.sh")))
-	var ns []int
-	for _, s := range strings.Split(*sizes, ",") {
-		n, err := strconv.Atoi(s)
-		check(err)
-		ns = append(ns, n)
-	}
+	ns := ints(*sizes)
 	if want("follower") {
 		followerTable()
 		fmt.Println()
@@ -70,13 +65,7 @@ func main() {
 		fmt.Println()
 	}
 	if want("scale") {
-		var sc []int
-		for _, s := range strings.Split(*scaleSizes, ",") {
-			n, err := strconv.Atoi(s)
-			check(err)
-			sc = append(sc, n)
-		}
-		scaleTable(sc)
+		scaleTable(ints(*scaleSizes))
 	}
 }
 
@@ -402,6 +391,17 @@ func automountTable(ns []int) {
 }
 
 // ---- helpers ----
+
+// ints parses a comma-separated list of numbers (a flag's value).
+func ints(list string) []int {
+	var ns []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(s)
+		check(err)
+		ns = append(ns, n)
+	}
+	return ns
+}
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)

@@ -153,12 +153,8 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 // them: Debian forky is a moving target.
 func forkyVersions(t testing.TB) {
 	t.Helper()
-	cache := os.Getenv("ARH_LAB_CACHE")
-	if cache == "" {
-		cache = "/var/cache/autofs-restore-hook"
-	}
 	version := func(tool, prefix string) (int, int) {
-		out, err := exec.Command(filepath.Join(cache, "bin-forky", tool), "--version").CombinedOutput()
+		out, err := exec.Command(filepath.Join(lab.CacheDir(), "bin-forky", tool), "--version").CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s --version: %v\n%s", tool, err, out)
 		}
@@ -271,7 +267,7 @@ func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 			if !strings.Contains(string(restoreLog), "fsnotify: Unable to open /sys/fs/cgroup/") {
 				t.Fatalf("the restore failed (%v), but not at a cgroup file's inotify watch:\n%s", err, tail(string(restoreLog), 25))
 			}
-			t.Logf("as documented: %s", lineWith(string(restoreLog), "fsnotify: Unable to open"))
+			t.Logf("as documented: %s", grepLines(string(restoreLog), "fsnotify: Unable to open"))
 			// CRIU failed before the tasks were resumed: the hook had
 			// nothing to fix, and said so (the OCI hook's follower).
 			if strings.Contains(log(), "pre-resume finished") {
@@ -320,14 +316,4 @@ func TestCgroup2Debian12CrunCannotCheckpoint(tt *testing.T) {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
-}
-
-// lineWith is the first line of s that holds sub.
-func lineWith(s, sub string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			return l
-		}
-	}
-	return ""
 }

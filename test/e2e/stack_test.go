@@ -80,7 +80,7 @@ func TestPodmanMigration(tt *testing.T) {
 		if l := log(); l != "" {
 			t.Errorf("the hook ran although CRIU failed first:\n%s", l)
 		}
-		t.Logf("as documented: %s", lineWith(string(criuLog), "No mapping for"))
+		t.Logf("as documented: %s", grepLines(string(criuLog), "No mapping for"))
 	})
 	tt.Run("tmpfs-run", func(tt *testing.T) {
 		t := lab.Record(tt)

@@ -395,6 +395,15 @@ func (c *Container) Down() error {
 	return err
 }
 
+// CacheDir is the lab's cache (provision.sh's $CACHE): $ARH_LAB_CACHE or
+// /var/cache/autofs-restore-hook.
+func CacheDir() string {
+	if d := os.Getenv("ARH_LAB_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/autofs-restore-hook"
+}
+
 // runtime is the argv of the container's OCI runtime (as lab.sh runs it)
 // followed by args.
 func (c *Container) runtime(args ...string) []string {
@@ -402,11 +411,7 @@ func (c *Container) runtime(args ...string) []string {
 	case "crun":
 		return append([]string{"crun"}, args...)
 	case "crun-forky":
-		cache := os.Getenv("ARH_LAB_CACHE")
-		if cache == "" {
-			cache = "/var/cache/autofs-restore-hook"
-		}
-		return append([]string{filepath.Join(cache, "bin-forky", "crun")}, args...)
+		return append([]string{filepath.Join(CacheDir(), "bin-forky", "crun")}, args...)
 	}
 	return append([]string{"runc"}, args...)
 }

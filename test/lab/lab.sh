@@ -182,15 +182,19 @@ host_caps() {
 
 # cgroup_v2: whether this host has only the unified hierarchy.
 cgroup_v2() { [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; }
+# systemd 252 in a container on the cgroup v1 layout: the legacy hierarchy.
+LEGACY_CGROUP_CMDLINE="SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1"
 
 # ------------------------------------------------------------------ runtimes
+# bundle_runtime NAME: the runtime recorded in BUNDLE/runtime (runc if none).
+bundle_runtime() { cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc; }
 # rt_argv NAME: sets RT to the OCI runtime of container NAME (BUNDLE/runtime,
 # written by up): runc (Debian 12's), crun (Debian 12's 1.8.1) or
 # crun-forky (crun 1.28 from Debian forky, provision.sh, with forky's CRIU
 # 4.2.1 first in PATH for its libcriu).
 rt_argv() {
 	local r
-	r=$(cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc)
+	r=$(bundle_runtime "$1")
 	case $r in
 	runc) RT=(runc) ;;
 	crun) RT=(crun) ;;
@@ -199,7 +203,7 @@ rt_argv() {
 	esac
 }
 rt_state_dir() { # the runtime's state directory of container NAME
-	case $(cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc) in
+	case $(bundle_runtime "$1") in
 	runc) echo "/run/runc/$1" ;;
 	*) echo "/run/crun/$1" ;;
 	esac
@@ -331,12 +335,9 @@ write_config() { # write_config NAME BUNDLE
 	case $KIND in
 	systemd)
 		args=$(json_arr /bin/sh -c 'exec </dev/null >/dev/null 2>&1; exec /lib/systemd/systemd')
-		if cgroup_v2; then
-			env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
-		else
-			env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci" \
-				"SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
-		fi
+		local envs=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
+		cgroup_v2 || envs+=("$LEGACY_CGROUP_CMDLINE")
+		env=$(json_arr "${envs[@]}")
 		;;
 	automount | plain)
 		args=$(json_arr /bin/sh /lab/init.sh)
@@ -390,8 +391,8 @@ write_config() { # write_config NAME BUNDLE
 	[ -z "$SECCOMP_FILE" ] || seccomp="\"seccomp\": $(cat "$SECCOMP_FILE"),"
 	# On cgroup v2 a cgroup namespace, as podman gives: systemd must see
 	# its own cgroup as the root of the hierarchy mounted at /sys/fs/cgroup.
-	local namespaces='[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]'
-	! cgroup_v2 || namespaces='[{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]'
+	local namespaces='{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}'
+	! cgroup_v2 || namespaces+=', {"type": "cgroup"}'
 	cat >"$b/config.json.tmp" <<JSON
 {
   "ociVersion": "1.0.2",
@@ -429,7 +430,7 @@ write_config() { # write_config NAME BUNDLE
   "linux": {
     $seccomp
     "cgroupsPath": $(json_str "/arh-lab/$name"),
-    "namespaces": $namespaces,
+    "namespaces": [$namespaces],
     "devices": [{"path": "/dev/autofs", "type": "c", "major": 10, "minor": 235, "fileMode": 420, "uid": 0, "gid": 0}],
     "resources": {"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 235, "access": "rwm"}]}
   }
@@ -744,7 +745,7 @@ cmd_podman_up() {
 	case $KIND in
 	systemd)
 		opts+=(--systemd=always)
-		cgroup_v2 || opts+=(--env "SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 systemd.legacy_systemd_cgroup_controller=1")
+		cgroup_v2 || opts+=(--env "$LEGACY_CGROUP_CMDLINE")
 		argv=(/lib/systemd/systemd)
 		;;
 	automount) argv=(/bin/sh /lab/init.sh) ;;
@@ -834,7 +835,7 @@ with_criu() { # with_criu NAME CMD...: CMD with the container's CRIU first in PA
 	shift
 	if [ -f "$(bundle_of "$name")/criu-stock" ]; then
 		PATH="$CACHE/bin-stock:$PATH" "$@"
-	elif [ "$(cat "$(bundle_of "$name")/runtime" 2>/dev/null)" = crun-forky ]; then
+	elif [ "$(bundle_runtime "$name")" = crun-forky ]; then
 		PATH="$CACHE/bin-forky:$PATH" "$@"
 	else
 		"$@"

@@ -292,9 +292,11 @@ build_rootfs() { # build_rootfs SUITE DEST
 	rm -rf "$dest"
 	mv "$tmp" "$dest"
 }
+# rootfs_ready DIR: built by this ROOTFS_VERSION, with systemd and automount.
+rootfs_ready() { [ "$(cat "$1/.arh-lab-done" 2>/dev/null)" = "$ROOTFS_VERSION" ] && [ -x "$1/lib/systemd/systemd" ] && [ -x "$1/usr/sbin/automount" ]; }
 ROOTFS_TRIXIE=$CACHE/rootfs-trixie
 step_start "trixie rootfs ($ROOTFS_TRIXIE)"
-if [ "$(cat "$ROOTFS_TRIXIE/.arh-lab-done" 2>/dev/null)" = "$ROOTFS_VERSION" ] && [ -x "$ROOTFS_TRIXIE/lib/systemd/systemd" ] && [ -x "$ROOTFS_TRIXIE/usr/sbin/automount" ]; then
+if rootfs_ready "$ROOTFS_TRIXIE"; then
 	step_end "present (version $ROOTFS_VERSION)"
 else
 	# In a subshell: a failure here must not stop the bookworm rootfs
@@ -308,7 +310,7 @@ else
 fi
 
 step_start "bookworm rootfs ($ROOTFS)"
-if [ "$(cat "$ROOTFS/.arh-lab-done" 2>/dev/null)" = "$ROOTFS_VERSION" ] && [ -x "$ROOTFS/lib/systemd/systemd" ] && [ -x "$ROOTFS/usr/sbin/automount" ]; then
+if rootfs_ready "$ROOTFS"; then
 	step_end "present (version $ROOTFS_VERSION)"
 else
 	build_rootfs bookworm "$ROOTFS"
