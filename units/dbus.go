@@ -22,14 +22,28 @@ type systemd struct {
 	env  *mounts.WorkerEnv
 }
 
-// pingTimeout bounds one attempt to get an answer from systemd, and
-// authTimeout one authentication; retryPause is the least time between
-// the starts of two attempts.
+// pingTimeout bounds the first attempt to get an answer from systemd,
+// and authTimeout its authentication; each later attempt waits twice as
+// long as the one before, up to maxAttemptTimeout: a systemd that is
+// merely slow (a node restoring many containers at once) is not given up
+// on by short waits repeated, only by the deadline of the fix.
+// retryPause is the least time between the starts of two attempts.
 const (
-	pingTimeout = 250 * time.Millisecond
-	authTimeout = time.Second
-	retryPause  = 50 * time.Millisecond
+	pingTimeout       = 250 * time.Millisecond
+	authTimeout       = time.Second
+	maxAttemptTimeout = 8 * time.Second
+	retryPause        = 50 * time.Millisecond
 )
+
+// attemptTimeout is first doubled for each attempt after the first, at
+// most maxAttemptTimeout.
+func attemptTimeout(first time.Duration, attempt int) time.Duration {
+	d := first
+	for i := 1; i < attempt && d < maxAttemptTimeout; i++ {
+		d *= 2
+	}
+	return min(d, maxAttemptTimeout)
+}
 
 // errContainerGone is returned when the container's process exits while
 // the hook waits for its systemd.
@@ -44,9 +58,9 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf fun
 	var last error
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
-		s, err := dialSystemdOnce(ctx, env, replyBudget(units))
+		s, err := dialSystemdOnce(ctx, env, replyBudget(units), attemptTimeout(authTimeout, attempt))
 		if err == nil {
-			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+			pctx, cancel := context.WithTimeout(ctx, attemptTimeout(pingTimeout, attempt))
 			err = s.conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").CallWithContext(pctx, "org.freedesktop.DBus.Peer.Ping", 0).Err
 			cancel()
 			if err == nil {
@@ -76,13 +90,13 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf fun
 	}
 }
 
-func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64) (*systemd, error) {
+func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64, auth time.Duration) (*systemd, error) {
 	deadline, _ := ctx.Deadline()
 	sock, err := env.DialInContainer(SystemdSocket, time.Until(deadline))
 	if err != nil {
 		return nil, fmt.Errorf("connect to the container's systemd: %w", err)
 	}
-	s, err := systemdOver(ctx, sock, budget)
+	s, err := systemdOver(ctx, sock, budget, auth)
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +134,8 @@ func (c *budgetConn) Read(p []byte) (int, error) {
 }
 
 // systemdOver speaks D-Bus to systemd over sock, reading at most budget
-// bytes from it.
-func systemdOver(ctx context.Context, sock net.Conn, budget int64) (*systemd, error) {
+// bytes from it, and waiting at most auth for the authentication.
+func systemdOver(ctx context.Context, sock net.Conn, budget int64, auth time.Duration) (*systemd, error) {
 	// godbus writes a message without looking at the context: a systemd
 	// that stops reading would hold the write once the socket's buffer is
 	// full. The socket itself ends every read and write at the deadline.
@@ -138,14 +152,14 @@ func systemdOver(ctx context.Context, sock net.Conn, budget int64) (*systemd, er
 	}
 	// A stopped or dying systemd never answers: each attempt is bounded,
 	// so that the caller notices a container that exited meanwhile.
-	actx, cancel := context.WithTimeout(ctx, authTimeout)
+	actx, cancel := context.WithTimeout(ctx, auth)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- conn.Auth([]dbus.Auth{dbus.AuthExternal("0")}) }()
 	select {
 	case err = <-done:
 	case <-actx.Done():
-		err = fmt.Errorf("no answer within %s", authTimeout)
+		err = fmt.Errorf("no answer within %s", auth)
 	}
 	if err != nil {
 		conn.Close()

@@ -131,7 +131,7 @@ func TestAutomountUnitsAsksOnlyForTheMountPoints(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := systemdOver(ctx, sock, replyBudget(3))
+	s, err := systemdOver(ctx, sock, replyBudget(3), authTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestHostileSystemdHugeReply(t *testing.T) {
 	sock, _ := fakeSystemd(t, func(m *dbus.Message) ([]any, string) { return []any{huge}, "" })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := systemdOver(ctx, sock, replyBudget(3))
+	s, err := systemdOver(ctx, sock, replyBudget(3), authTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestHostileSystemdStopsReading(t *testing.T) {
 	sock, _ := fakeSystemdReading(t, false, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s, err := systemdOver(ctx, sock, replyBudget(1))
+	s, err := systemdOver(ctx, sock, replyBudget(1), authTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,5 +190,21 @@ func TestHostileSystemdStopsReading(t *testing.T) {
 		t.Logf("call ended: %v", err)
 	case <-time.After(testenv.Scale(20 * time.Second)):
 		t.Fatal("the call was still writing 20 s after its 2 s deadline")
+	}
+}
+
+// Each new attempt to reach systemd waits twice as long as the one before,
+// up to a bound: a slow systemd is not given up on by short waits repeated.
+func TestAttemptTimeoutGrows(t *testing.T) {
+	for _, tt := range []struct {
+		attempt int
+		want    time.Duration
+	}{{1, 250 * time.Millisecond}, {2, 500 * time.Millisecond}, {3, time.Second}, {6, 8 * time.Second}, {7, 8 * time.Second}, {1000, 8 * time.Second}} {
+		if got := attemptTimeout(pingTimeout, tt.attempt); got != tt.want {
+			t.Errorf("ping, attempt %d: %s, want %s", tt.attempt, got, tt.want)
+		}
+	}
+	if got := attemptTimeout(authTimeout, 2); got != 2*time.Second {
+		t.Errorf("authentication, attempt 2: %s, want 2s", got)
 	}
 }

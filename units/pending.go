@@ -97,7 +97,7 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 	if err := p.Daemon.Reproducible(); err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
-	files, err := filesLike(c, p, min(5*time.Second, time.Until(deadline)))
+	files, err := filesLike(c, p, share(deadline))
 	if err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}

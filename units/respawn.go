@@ -78,7 +78,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, err
 	}
 	// What /proc does not show: its seccomp filters and securebits.
-	h, err := readHeld(d, min(5*time.Second, time.Until(deadline)))
+	h, err := readHeld(d, share(deadline))
 	if err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w: refused rather than respawn it with less confinement", pid, err)
 	}
@@ -106,7 +106,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, err
 	}
 	// Refuse before the kill, not after, when the binary changed.
-	if err := checkBinary(d, files[3], info.Exe, min(5*time.Second, time.Until(deadline))); err != nil {
+	if err := checkBinary(d, files[3], info.Exe, share(deadline)); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
 	all := append(slices.Clip(targets), o.Also...)
@@ -119,15 +119,15 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
 		}
 	}
-	if err := releaseThroughDaemon(d, targets, min(5*time.Second, time.Until(deadline)), o.Log); err != nil && o.Log != nil {
+	if err := releaseThroughDaemon(d, targets, share(deadline), o.Log); err != nil && o.Log != nil {
 		o.Log(err.Error())
 	}
-	if err := d.Kill(5 * time.Second); err != nil {
+	if err := d.Kill(within(deadline, 30*time.Second)); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
 	// automount refuses to start while the pid in its flag file
 	// (/run/autofs-running) exists, zombie included.
-	if err := d.WaitReaped(5 * time.Second); err != nil {
+	if err := d.WaitReaped(within(deadline, 30*time.Second)); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
 	return startAgain(c, info, files, all, deadline, o.Log)
@@ -153,6 +153,13 @@ func inPidNamespaceOf(pid, initPid int) error {
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
 func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
+	// Opened before the start: the daemon's first mounts end the first
+	// wait at once.
+	watch, err := mounts.WatchTable(c.Pid)
+	if err != nil {
+		return nil, err
+	}
+	defer watch.Close()
 	nd, stageCaps, err := spawn(c, info, files, deadline, logf)
 	if errors.Is(err, errNotRunning) {
 		// Gone before it could be pinned.
@@ -170,12 +177,12 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	defer nd.Close()
 	newPid := nd.Pid
 	res := &Respawned{Pid: newPid, StageCaps: stageCaps}
-	res.Devs, err = waitServed(c.Pid, newPid, targets, deadline)
+	res.Devs, err = waitServed(watch, newPid, targets, deadline)
 	// Checked on every path once it runs, served or not: a daemon that
 	// never serves must not keep what it should not have.
 	if nd.Alive() {
 		if verr := verified(nd, info, files, deadline); verr != nil {
-			if kerr := nd.Kill(within(deadline, 5*time.Second)); kerr != nil {
+			if kerr := nd.Kill(within(deadline, 30*time.Second)); kerr != nil {
 				return nil, errors.Join(err, fmt.Errorf("%w; and it could not be killed: %v", verr, kerr))
 			}
 			return nil, errors.Join(err, fmt.Errorf("%w: it was killed", verr))
@@ -187,10 +194,24 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	return res, nil
 }
 
-// within is what is left until deadline, at most limit and at least one
-// second: a check after the deadline still gets a short bound of its own.
+// within is what is left until deadline, at most limit and at least
+// afterDeadline: a check or a kill after the deadline still gets a bound
+// of its own, long enough for a loaded machine (a node restoring many
+// containers at once), so that a good new daemon is not killed because
+// its check was slow.
 func within(deadline time.Time, limit time.Duration) time.Duration {
-	return min(max(time.Until(deadline), time.Second), limit)
+	return min(max(time.Until(deadline), afterDeadline), limit)
+}
+
+const afterDeadline = 5 * time.Second
+
+// share is the time a step before the kill may take: half of what is
+// left until deadline (at least a second), so that a slow step leaves
+// the kill, the start and the wait for the new daemon the other half.
+// Each step gets time in proportion to the whole budget, not a fixed
+// bound that a loaded machine exceeds.
+func share(deadline time.Time) time.Duration {
+	return max(time.Until(deadline)/2, time.Second)
 }
 
 // verified checks the new daemon: the credentials, limits and seccomp
@@ -201,7 +222,7 @@ func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.
 		return err
 	}
 	if info.Seccomp == 2 || info.Securebits != nil {
-		h, err := readHeld(nd, within(deadline, 5*time.Second))
+		h, err := readHeld(nd, within(deadline, 30*time.Second))
 		if err != nil {
 			return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
 		}
@@ -342,12 +363,14 @@ func hostPid(initPid, nsPid int) (int, error) {
 	return 0, fmt.Errorf("(pid %d in the container) %w", nsPid, errNotRunning)
 }
 
-// waitServed waits until every target mount point has an autofs mount
-// served by newPid (its pgrp) and not catatonic. At the deadline it
-// returns the devices of the targets served by then with its error.
-func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
+// waitServed waits until every target mount point of the container's
+// mount table (watch) has an autofs mount served by newPid (its pgrp) and
+// not catatonic, reading the table again when a mount changed it. At the
+// deadline it returns the devices of the targets served by then with its
+// error.
+func waitServed(watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
 	for {
-		t, err := mounts.ReadTable(initPid)
+		t, err := watch.Read()
 		if err != nil {
 			return nil, err
 		}
@@ -370,6 +393,13 @@ func waitServed(initPid, newPid int, targets []mounts.Target, deadline time.Time
 		if time.Now().After(deadline) {
 			return devs, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
 		}
-		time.Sleep(5 * time.Millisecond)
+		// The daemon's exit is no mount: looked at again after the cap.
+		if _, err := watch.Wait(min(daemonWaitCap, max(time.Until(deadline), 0))); err != nil {
+			return nil, err
+		}
 	}
 }
+
+// daemonWaitCap bounds one wait for the new daemon's mounts: its exit and
+// the deadline are looked at again after it.
+const daemonWaitCap = 50 * time.Millisecond

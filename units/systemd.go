@@ -229,6 +229,13 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 // batch of pipelined calls, then waits until each is active with a new
 // autofs mount at its Where.
 func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, idx []int, units map[string]unitRef, logf func(string)) error {
+	// Opened before the restarts: a new mount made while the calls are
+	// answered ends the first wait at once.
+	watch, err := s.env.WatchTable()
+	if err != nil {
+		return err
+	}
+	defer watch.Close()
 	calls := make([]*dbus.Call, 0, 2*len(idx))
 	for _, i := range idx {
 		name := units[targets[i].Where].Name
@@ -248,11 +255,12 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			pending[i] = true
 		}
 	}
-	// The mount table tells when a unit has its new autofs mount; systemd
-	// is asked for the states only once every pending unit has one, in a
+	// The mount table tells when a unit has its new autofs mount: it is
+	// read again when the kernel says a mount changed it. systemd is
+	// asked for the states only once every pending unit has one, in a
 	// single batch.
 	for len(pending) > 0 {
-		table, err := s.env.ReadTable()
+		table, err := watch.Read()
 		if err != nil {
 			return err
 		}
@@ -264,7 +272,8 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 				ready = append(ready, i)
 			}
 		}
-		if len(ready) == len(pending) {
+		allMounted := len(ready) == len(pending)
+		if allMounted {
 			paths := make([]dbus.ObjectPath, len(ready))
 			for k, i := range ready {
 				paths[k] = units[targets[i].Where].Path
@@ -286,15 +295,32 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 		if len(pending) == 0 {
 			break
 		}
-		select {
-		case <-s.ctx.Done():
+		if s.ctx.Err() != nil {
 			var names []string
 			for i := range pending {
 				names = append(names, results[i].Unit)
 			}
 			return fmt.Errorf("restart %s: no new autofs mount before the deadline", strings.Join(names, ", "))
-		case <-time.After(2 * time.Millisecond):
+		}
+		if allMounted {
+			// Every mount is there and a unit is still starting: its
+			// state is no mount, so it is asked for again shortly.
+			time.Sleep(2 * time.Millisecond)
+			continue
+		}
+		// Woken by a mount, or by the cap: the deadline is checked, and
+		// a missed mark costs at most one more read.
+		wait := tableWaitCap
+		if dl, ok := s.ctx.Deadline(); ok {
+			wait = min(wait, max(time.Until(dl), 0))
+		}
+		if _, err := watch.Wait(wait); err != nil {
+			return err
 		}
 	}
 	return nil
 }
+
+// tableWaitCap bounds one wait for a mount: the deadlines and the states
+// the mount table does not show are looked at again after it.
+const tableWaitCap = 50 * time.Millisecond

@@ -23,7 +23,11 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 )
 
-var scaleSizes = flag.String("scale", "1,10,20", "numbers of containers restored at once (table scale)")
+var (
+	scaleSizes = flag.String("scale", "1,10,20", "numbers of containers restored at once (table scale)")
+	scaleWith  = flag.String("scale-with", "none,shell,action-script,oci-hook", "contenders of table scale, comma-separated")
+	scaleKeep  = flag.String("scale-keep", "", "copy each round's hook log into this directory (in the test VM, /arh-vm is the job directory ARH_VM_KEEP=1 keeps)")
+)
 
 // fleet is every container of the scale table, removed by fatal.
 var fleet []*container
@@ -214,13 +218,20 @@ func scaleTable(ns []int) {
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	for _, n := range ns {
 		cs, ks := fleet[:n], kinds[:n]
-		none := scaleRun(cs, ks, "none")
-		shell := scaleRun(cs, ks, "shell")
-		as := scaleRun(cs, ks, "action-script")
-		oci := scaleRun(cs, ks, "oci-hook")
-		fmt.Printf("| %d | %s | %s | %s | %s | %.2f | %.2f | %s; %s | %.1f MB; %.1f MB | %.1f MB; %.1f MB |\n", n,
+		with := strings.Split(*scaleWith, ",")
+		round := func(wiring string) scaleRound {
+			if !slices.Contains(with, wiring) {
+				return scaleRound{}
+			}
+			return scaleRun(cs, ks, wiring)
+		}
+		none := round("none")
+		shell := round("shell")
+		as := round("action-script")
+		oci := round("oci-hook")
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s; %s | %.1f MB; %.1f MB | %.1f MB; %.1f MB |\n", n,
 			secs(none.restoreWall), secs(shell.fixedWall), secs(as.fixedWall), secs(oci.fixedWall),
-			float64(as.fixedWall)/float64(none.restoreWall), float64(oci.fixedWall)/float64(none.restoreWall),
+			ratio(as.fixedWall, none.restoreWall), ratio(oci.fixedWall, none.restoreWall),
 			ms(as.usage.cpu), ms(oci.usage.cpu),
 			float64(as.usage.peakKB)/1024, float64(oci.usage.peakKB)/1024,
 			float64(as.usage.sumKB)/1024, float64(oci.usage.sumKB)/1024)
@@ -231,6 +242,14 @@ func scaleTable(ns []int) {
 	fleet = nil
 	fmt.Println()
 	fmt.Println("Wall times from the start of N concurrent `lab.sh restore` (runc, CRIU) to: every restore returned (restores only); `baseline.sh` done for every systemd container, run for each as soon as its restore returned, and a path reachable (shell reference: CRIU's systemd-autofs-restart.sh's way, per unit; it cannot fix an automount container, so those are left out of its time); every container's autofs mounts served (the hook's `status`, polled every 250 ms per container) and a never-triggered path reachable (action script, OCI hook). One round each. Hook CPU: the rusage of every invocation (a wrapper waits for each) plus the followers' own reports; peak RSS: the wrapper's rusage and the followers' VmHWM sampled every 20 ms (the bench's own `status` polls left out). The wrapper is a Go program started before each hook invocation: its start (a few ms each under emulation) is in the hook columns' wall times, not in their CPU.")
+}
+
+// ratio is a/b, or "-" where a round was not run.
+func ratio(a, b time.Duration) string {
+	if a == 0 || b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", float64(a)/float64(b))
 }
 
 func secs(d time.Duration) string {
@@ -342,6 +361,14 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 	}
 	close(stop)
 	peaks := <-sampled
+	if *scaleKeep != "" {
+		if b, err := os.ReadFile(hookLog); err == nil {
+			kept := filepath.Join(*scaleKeep, fmt.Sprintf("scale-%d-%s-hook.log", len(cs), wiring))
+			if err := os.WriteFile(kept, b, 0o644); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: keep the hook's log: %v\n", err)
+			}
+		}
+	}
 	if len(failures) > 0 {
 		// The hook's log goes with the temporary directory: show its end.
 		hl, _ := os.ReadFile(hookLog)
