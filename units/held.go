@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -69,7 +70,8 @@ func readHeld(p *mounts.Process, timeout time.Duration) (*heldState, error) {
 	return &out, nil
 }
 
-func heldTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+func heldTask(_ *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	failpoint.Delay("slow-held", 8*time.Second, logf)
 	var req heldRequest
 	if err := json.Unmarshal(args, &req); err != nil {
 		return nil, fmt.Errorf("held: bad request: %w", err)

@@ -401,5 +401,6 @@ func waitServed(watch *mounts.TableWatch, newPid int, targets []mounts.Target, d
 }
 
 // daemonWaitCap bounds one wait for the new daemon's mounts: its exit and
-// the deadline are looked at again after it.
-const daemonWaitCap = 50 * time.Millisecond
+// the deadline are looked at again after it, and a mount whose mark the
+// kernel missed (see mounts.TableWatch) is seen that much later.
+const daemonWaitCap = 10 * time.Millisecond

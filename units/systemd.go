@@ -309,7 +309,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			continue
 		}
 		// Woken by a mount, or by the cap: the deadline is checked, and
-		// a missed mark costs at most one more read.
+		// a missed mark costs at most the cap.
 		wait := tableWaitCap
 		if dl, ok := s.ctx.Deadline(); ok {
 			wait = min(wait, max(time.Until(dl), 0))
@@ -321,6 +321,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	return nil
 }
 
-// tableWaitCap bounds one wait for a mount: the deadlines and the states
-// the mount table does not show are looked at again after it.
-const tableWaitCap = 50 * time.Millisecond
+// tableWaitCap bounds one wait for a mount: the deadline is looked at
+// again after it, and a mount whose mark the kernel missed (see
+// mounts.TableWatch) is seen that much later.
+const tableWaitCap = 10 * time.Millisecond

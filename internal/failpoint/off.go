@@ -2,6 +2,8 @@
 
 package failpoint
 
+import "time"
+
 // Pause does nothing: this build has no pause points.
 func Pause(name string, logf func(string)) {}
 
@@ -11,3 +13,6 @@ func Environ() []string { return nil }
 
 // Err returns nil: this build injects no failure.
 func Err(name string) error { return nil }
+
+// Delay does nothing: this build slows no step.
+func Delay(name string, d time.Duration, logf func(string)) {}

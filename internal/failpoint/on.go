@@ -33,3 +33,13 @@ func Err(name string) error {
 	}
 	return errors.New("failpoint " + name + ": injected failure")
 }
+
+// Delay makes a step slow, as on a loaded node: it sleeps d when Env
+// selects name, after saying so through logf.
+func Delay(name string, d time.Duration, logf func(string)) {
+	if os.Getenv(Env) != name {
+		return
+	}
+	logf("failpoint " + name + ": delayed " + d.String())
+	time.Sleep(d)
+}

@@ -54,7 +54,7 @@ func TestAutomountUnderAnAddressSpaceLimit(tt *testing.T) {
 		t.Fatalf("the lab's daemon runs with %q, not the limit asked", want)
 	}
 	checkpointRestore(t, c)
-	d := automountWorksAgain(t, c, "after the restore", orig[0].pid)
+	d := automountWorksAgain(t, c, "after the restore", &orig[0])
 	if got := limitLine(t, d.pid, "Max address space"); got != want {
 		t.Errorf("the new daemon runs with %q, the original with %q", got, want)
 	}

@@ -130,7 +130,7 @@ func confinedDaemon(t testing.TB, o daemonInfo) confined {
 // umask, personality and LSM label.
 func keptItsConfinement(t testing.TB, c *lab.Container, round int, want confined) {
 	t.Helper()
-	d := automountWorksAgain(t, c, fmt.Sprintf("round %d", round), 0)
+	d := automountWorksAgain(t, c, fmt.Sprintf("round %d", round), nil)
 	for _, k := range append(privilegeFields, "Umask") {
 		if d.status[k] != want.d.status[k] {
 			t.Errorf("round %d: new daemon %s = %q, the original had %q", round, k, d.status[k], want.d.status[k])
@@ -149,9 +149,12 @@ func keptItsConfinement(t testing.TB, c *lab.Container, round int, want confined
 
 // automountWorksAgain checks, after a restore of the automount container,
 // a direct, an offset and an indirect path, that nothing waits on autofs,
-// and that one automount daemon runs, another process than oldPid
-// (unless 0); it returns that daemon. what names the check in messages.
-func automountWorksAgain(t testing.TB, c *lab.Container, what string, oldPid int) daemonInfo {
+// and that one automount daemon runs, another process than before (unless
+// nil): its pid inside the container differs, since CRIU restores that pid
+// and only a daemon started again gets a new one (host pids change on
+// every restore). It returns that daemon. what names the check in
+// messages.
+func automountWorksAgain(t testing.TB, c *lab.Container, what string, before *daemonInfo) daemonInfo {
 	t.Helper()
 	mustWork(t, c, "stat", "/srv/direct1/")
 	mustWork(t, c, "ls", "/srv/dmulti/sub")
@@ -163,8 +166,8 @@ func automountWorksAgain(t testing.TB, c *lab.Container, what string, oldPid int
 	if len(ds) != 1 {
 		t.Fatalf("%s: %d automount daemons, want 1", what, len(ds))
 	}
-	if oldPid != 0 && ds[0].pid == oldPid {
-		t.Fatalf("%s: the daemon %d was not started again", what, oldPid)
+	if before != nil && nsPid(ds[0]) == nsPid(*before) {
+		t.Fatalf("%s: the daemon has the pid %s in the container, as before the checkpoint: CRIU restored it, nothing started it again", what, nsPid(ds[0]))
 	}
 	return ds[0]
 }

@@ -32,6 +32,12 @@ func ociLog(t testing.TB) (string, func() string) {
 	return p, read
 }
 
+// hookLogEnv is the hook's environment that sends its log to path (see
+// ociLog) and not to syslog, with extra variables ("K=V") after it.
+func hookLogEnv(path string, extra ...string) []string {
+	return append([]string{hook.EnvLogFile + "=" + path, hook.EnvNoSyslog + "=1"}, extra...)
+}
+
 // followers are the detached workers of the hook still running.
 func followers() []string {
 	var out []string
@@ -105,7 +111,7 @@ func TestSystemdOCIHook(tt *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
-	c := lab.Up(t, "oci-sd", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}})
+	c := lab.Up(t, "oci-sd", lab.Systemd, lab.Options{Hook: bin, HookEnv: hookLogEnv(logPath)})
 	for round := 1; round <= 2; round++ {
 		checkpointRestore(t, c)
 		early := touchEarly(t, c, "/srv/b/")
@@ -146,7 +152,7 @@ func TestAutomountOCIHook(tt *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
-	c := lab.Up(t, "oci-am", lab.Automount, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}})
+	c := lab.Up(t, "oci-am", lab.Automount, lab.Options{Hook: bin, HookEnv: hookLogEnv(logPath)})
 	checkpointRestore(t, c)
 	early := touchEarly(t, c, "/srv/direct1/")
 	early()
@@ -170,7 +176,7 @@ func TestFreshStartWithHookTouchesNothing(tt *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
-	c := lab.Up(t, "oci-fresh", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1", hook.EnvLogLevel + "=debug"}})
+	c := lab.Up(t, "oci-fresh", lab.Systemd, lab.Options{Hook: bin, HookEnv: hookLogEnv(logPath, hook.EnvLogLevel+"=debug")})
 	systemdWorks(t, c)
 	if l := log(); !strings.Contains(l, "status=creating") || strings.Contains(l, "restarted") || strings.Contains(l, "catatonic") {
 		t.Errorf("hook log of a fresh start:\n%s", l)
@@ -198,7 +204,7 @@ func useShippedHooksJSON(t testing.TB) func() string {
 	}
 	hk := h["hook"].(map[string]any)
 	hk["path"] = bin
-	hk["env"] = []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}
+	hk["env"] = hookLogEnv(logPath)
 	b, _ := json.Marshal(h)
 	jsonPath := filepath.Join(t.TempDir(), "autofs-restore-hook.json")
 	if err := os.WriteFile(jsonPath, b, 0o644); err != nil {
@@ -261,7 +267,7 @@ func TestOCIHookNestedSkipFromEnv(tt *testing.T) {
 	lab.Require(t)
 	bin := hookBinary(t)
 	logPath, log := ociLog(t)
-	c := lab.Up(t, "oci-nested", lab.Systemd, lab.Options{Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1", hook.EnvNested + "=skip"}})
+	c := lab.Up(t, "oci-nested", lab.Systemd, lab.Options{Hook: bin, HookEnv: hookLogEnv(logPath, hook.EnvNested+"=skip")})
 	mustWork(t, c, "systemd-run", "--unit", "nested", "unshare", "-m", "--propagation", "private", "sleep", "1000")
 	checkpointRestore(t, c)
 	deadline := time.Now().Add(testenv.Scale(20 * time.Second))

@@ -39,7 +39,7 @@ func TestAutomountKeepsItsSecurebits(tt *testing.T) {
 		t.Fatalf("the lab's daemon runs with securebits %#x, want %#x", got, want)
 	}
 	checkpointRestore(t, c)
-	d := automountWorksAgain(t, c, "after the restore", orig[0].pid)
+	d := automountWorksAgain(t, c, "after the restore", &orig[0])
 	if got := securebitsOf(t, d.pid); got != want {
 		t.Errorf("the new daemon %d runs with securebits %#x, the original with %#x", d.pid, got, want)
 	}

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -20,7 +19,7 @@ func TestDebian12StockCRIU(tt *testing.T) {
 	tt.Run("oci-hook", func(tt *testing.T) {
 		t := lab.Record(tt)
 		logPath, log := ociLog(t)
-		c := lab.Up(t, "stock-oci", lab.Systemd, lab.Options{StockCRIU: true, Hook: bin, HookEnv: []string{hook.EnvLogFile + "=" + logPath, hook.EnvNoSyslog + "=1"}})
+		c := lab.Up(t, "stock-oci", lab.Systemd, lab.Options{StockCRIU: true, Hook: bin, HookEnv: hookLogEnv(logPath)})
 		checkpointRestore(t, c)
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
