@@ -36,8 +36,13 @@ type Invocation struct {
 	Config Config
 }
 
-// defaultRestoreTimeout is the default of --restore-timeout.
-const defaultRestoreTimeout = 60 * time.Second
+// defaultRestoreTimeout is the default of --restore-timeout: how long
+// the OCI hook's follower waits for the restore to end. A node restoring
+// many containers at once makes each restore slow: with 10 at once on 2
+// emulated CPUs, every follower gave up at the old 60 s before its
+// restore ended, and no container was fixed (the node-scale benchmark).
+// A follower whose restore fails ends at once (the process is gone).
+const defaultRestoreTimeout = 5 * time.Minute
 
 // LoadConfig builds the Config of a run: the environment (getenv) first,
 // then the flags in args (none for a CRIU action script). A CRIU action
