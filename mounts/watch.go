@@ -22,9 +22,10 @@ import (
 )
 
 // TableWatch is one open mountinfo file of a process: Read parses it
-// again, Wait sleeps until the mount namespace changes. Changes made
-// after it was opened and not yet waited for end the next Wait at once,
-// so a change between a Read and the following Wait is never lost.
+// again, Wait sleeps until the mount namespace changes. A change the
+// kernel marked after the file was opened and not yet waited for ends
+// the next Wait at once, so a marked change between a Read and the
+// following Wait is not lost.
 type TableWatch struct {
 	f    *os.File
 	last time.Time // when the previous Wait returned
