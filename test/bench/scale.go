@@ -195,6 +195,8 @@ func probe(c *container, kind string) error {
 type scaleRound struct {
 	restoreWall time.Duration // from the first restore's start to the last one's return
 	fixedWall   time.Duration // to every container served and probed (0: not measured)
+	notFixed    int           // containers not fixed: the round failed
+	of          int
 	usage       hookUsage
 }
 
@@ -232,7 +234,7 @@ func scaleTable(ns []int) {
 		as := round("action-script")
 		oci := round("oci-hook")
 		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s; %s | %.1f MB; %.1f MB | %.1f MB; %.1f MB |\n", n,
-			secs(none.restoreWall), secs(shell.fixedWall), secs(as.fixedWall), secs(oci.fixedWall),
+			secs(none.restoreWall), fixedCell(shell), fixedCell(as), fixedCell(oci),
 			ratio(as.fixedWall, none.restoreWall), ratio(oci.fixedWall, none.restoreWall),
 			ms(as.usage.cpu), ms(oci.usage.cpu),
 			float64(as.usage.peakKB)/1024, float64(oci.usage.peakKB)/1024,
@@ -246,7 +248,16 @@ func scaleTable(ns []int) {
 	fmt.Println("Wall times from the start of N concurrent `lab.sh restore` (runc, CRIU) to: every restore returned (restores only); `baseline.sh` done for every systemd container, run for each as soon as its restore returned, and a path reachable (shell reference: CRIU's systemd-autofs-restart.sh's way, per unit; it cannot fix an automount container, so those are left out of its time); every container's autofs mounts served and a never-triggered path reachable (action script: once its restore returned, since CRIU runs the script inside the restore; OCI hook: once the container's follower logged its end; then the hook's `status` says every mount is served, asked again every 2 s if not). One round each. Hook CPU: the rusage of every invocation (a wrapper waits for each) plus the followers' own reports; peak RSS: the wrapper's rusage and the followers' VmHWM sampled every 200 ms (every process of the node is looked at, in all rounds alike) (the bench's own `status` polls left out). The wrapper is a Go program started before each hook invocation: its start (a few ms each under emulation) is in the hook columns' wall times, not in their CPU.")
 }
 
-// ratio is a/b, or "-" where a round was not run.
+// fixedCell is a round's time to every container fixed, or how many
+// were not.
+func fixedCell(r scaleRound) string {
+	if r.notFixed > 0 {
+		return fmt.Sprintf("%d of %d not fixed", r.notFixed, r.of)
+	}
+	return secs(r.fixedWall)
+}
+
+// ratio is a/b, or "-" where a round was not run or failed.
 func ratio(a, b time.Duration) string {
 	if a == 0 || b == 0 {
 		return "-"
@@ -383,12 +394,15 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 			}
 		}
 	}
+	r := scaleRound{restoreWall: lastRestore, fixedWall: lastFixed, of: len(cs)}
 	if len(failures) > 0 {
-		// The hook's log goes with the temporary directory: show its end.
+		// The table goes on, with the failure in its cell; the hook's
+		// log goes with the temporary directory: its end is shown.
 		hl, _ := os.ReadFile(hookLog)
-		fatal("scale, %d containers, %s:\n%s\nlast lines of the hook's log:\n%s\n", len(cs), wiring, strings.Join(failures, "\n"), lastLines(string(hl), 60))
+		fmt.Fprintf(os.Stderr, "scale, %d containers, %s:\n%s\nlast lines of the hook's log:\n%s\n", len(cs), wiring, strings.Join(failures, "\n"), lastLines(string(hl), 60))
+		r.notFixed, r.fixedWall = len(failures), 0
+		return r
 	}
-	r := scaleRound{restoreWall: lastRestore, fixedWall: lastFixed}
 	if wiring == "action-script" || wiring == "oci-hook" {
 		r.usage = readUsage(wrapLog, hookLog, peaks)
 	}
