@@ -380,7 +380,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 		}()
 	}
 	wg.Wait()
-	if wiring == "oci-hook" {
+	if wiring == "oci-hook" && len(failures) == 0 {
 		// The followers report when they end; their CPU is in that line.
 		waitFollowerDone(hookLog, len(cs))
 	}
