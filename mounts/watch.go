@@ -3,13 +3,13 @@ package mounts
 // A mount table kept open and waited on: the kernel marks an open
 // mountinfo file (POLLPRI) when a mount changes the mount namespace it
 // shows, so a wait for a new mount need not read the table every few
-// milliseconds. Not every kernel marks every change: Debian 12's 6.1
-// marked every mount in TestTableWatchWakesOnMount, but the 6.18 kernel
-// of the development machine missed marks erratically (7 of 200 mounts
-// in a row of mounts; after a read of the table, from none to all of 20
-// mounts, run to run; about two in three unmounts). Callers therefore
-// bound each Wait (10 ms in the fix): a missed mark costs that much,
-// never the deadline.
+// milliseconds. No kernel seen marks every change: Debian 12's 6.1 (in
+// the test VM) let a first mount pass unmarked and, after a read of the
+// table, marked 17 of 20 mounts; the 6.18 kernel of the development
+// machine missed 7 of 200 mounts in a row of mounts, and after a read
+// from none to all of 20, run to run, and about two in three unmounts.
+// The mark is an accelerator: callers bound each Wait (10 ms in the fix),
+// so a missed mark costs that much, never the deadline.
 
 import (
 	"errors"
