@@ -129,8 +129,11 @@ func startFollower(pid int, opts Options) error {
 }
 
 // followerLife bounds the whole life of the detached worker beyond its
-// wait for the restore: the fix after it, and a margin.
-const followerLife = 30 * time.Second
+// wait for the restore and its fix's deadline: the wait for the
+// container's lock (lockTimeout, 30 s), what the automount respawn may
+// take past its deadline (a kill, a reap, a check, each at least 5 s),
+// and a margin.
+const followerLife = 60 * time.Second
 
 // followerMain follows a restore of the container whose init is pid: while
 // CRIU still holds the tasks it makes stale mounts catatonic (pre-resume),

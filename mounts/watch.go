@@ -3,13 +3,11 @@ package mounts
 // A mount table kept open and waited on: the kernel marks an open
 // mountinfo file (POLLPRI) when a mount changes the mount namespace it
 // shows, so a wait for a new mount need not read the table every few
-// milliseconds. No kernel seen marks every change: Debian 12's 6.1 (in
-// the test VM) let a first mount pass unmarked and, after a read of the
-// table, marked 17 of 20 mounts; the 6.18 kernel of the development
-// machine missed 7 of 200 mounts in a row of mounts, and after a read
-// from none to all of 20, run to run, and about two in three unmounts.
-// The mark is an accelerator: callers bound each Wait (10 ms in the fix),
-// so a missed mark costs that much, never the deadline.
+// milliseconds. The kernel clears the mark when a poll reports it,
+// whoever polls: the file must stay out of the Go runtime's epoll
+// (WatchTable), or that epoll takes the marks. Callers still bound each
+// Wait (10 ms in the fix), so that what the table does not show (a
+// process's exit, the deadline) is looked at.
 
 import (
 	"errors"
@@ -28,22 +26,29 @@ import (
 // following Wait is not lost.
 type TableWatch struct {
 	f    *os.File
-	last time.Time // when the previous Wait returned
+	last time.Time // when the previous Read ended
 }
 
-// minWaitGap spaces the ends of two Waits: a container that mounts and
-// unmounts in a loop makes the hook read its table at most this often,
-// as the fixed poll this replaced did, not at the pace of its loop.
+// minWaitGap is the least time from the end of a Read to the end of the
+// next Wait: a container that mounts and unmounts in a loop makes the
+// hook read its table at most about this often, as the fixed poll this
+// replaced did, not at the pace of its loop.
 const minWaitGap = 2 * time.Millisecond
 
 // WatchTable opens /proc/PID/mountinfo from the caller's side, like
 // ReadTable: call it before joining any namespace.
 func WatchTable(pid int) (*TableWatch, error) {
-	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/mountinfo", os.O_RDONLY|unix.O_CLOEXEC, 0)
+	// Not os.OpenFile: it puts a pollable file in the Go runtime's epoll,
+	// and every poll of the file by that epoll takes the mark Wait looks
+	// for (the kernel clears it when it reports it). An fd opened here is
+	// blocking, and os.NewFile leaves a blocking fd out of the runtime's
+	// epoll.
+	path := "/proc/" + strconv.Itoa(pid) + "/mountinfo"
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("watch mount table of pid %d: %w", pid, err)
 	}
-	return &TableWatch{f: f}, nil
+	return &TableWatch{f: os.NewFile(uintptr(fd), path)}, nil
 }
 
 // WatchTable opens the mount table of the container's process through
@@ -62,6 +67,7 @@ func (w *TableWatch) Read() (*Table, error) {
 		return nil, fmt.Errorf("read %s: %w", w.f.Name(), err)
 	}
 	t, err := ParseTable(w.f)
+	w.last = time.Now()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", w.f.Name(), err)
 	}
@@ -78,7 +84,6 @@ func (w *TableWatch) Wait(d time.Duration) (bool, error) {
 	if gap := minWaitGap - time.Since(w.last); gap > 0 {
 		time.Sleep(min(gap, d))
 	}
-	defer func() { w.last = time.Now() }()
 	for {
 		ms := int(time.Until(deadline).Milliseconds())
 		if ms < 0 {

@@ -97,7 +97,9 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 	if err := p.Daemon.Reproducible(); err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
-	files, err := filesLike(c, p, share(deadline))
+	// The one step before the start shares half of the time, as in
+	// RespawnAutomount.
+	files, err := filesLike(c, p, share(time.Now().Add(o.Timeout/2)))
 	if err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}

@@ -60,6 +60,9 @@ type Respawned struct {
 // refused, never killed.
 func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
 	deadline := time.Now().Add(o.Timeout)
+	// The checks before the kill share half of the time, together: the
+	// kill, the start and the wait for the new daemon keep the other half.
+	beforeKill := time.Now().Add(o.Timeout / 2)
 	d, err := mounts.OpenProcess(pid)
 	if err != nil {
 		return nil, err
@@ -78,7 +81,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, err
 	}
 	// What /proc does not show: its seccomp filters and securebits.
-	h, err := readHeld(d, share(deadline))
+	h, err := readHeld(d, share(beforeKill))
 	if err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w: refused rather than respawn it with less confinement", pid, err)
 	}
@@ -106,7 +109,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, err
 	}
 	// Refuse before the kill, not after, when the binary changed.
-	if err := checkBinary(d, files[3], info.Exe, share(deadline)); err != nil {
+	if err := checkBinary(d, files[3], info.Exe, share(beforeKill)); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
 	all := append(slices.Clip(targets), o.Also...)
@@ -119,7 +122,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
 		}
 	}
-	if err := releaseThroughDaemon(d, targets, share(deadline), o.Log); err != nil && o.Log != nil {
+	if err := releaseThroughDaemon(d, targets, share(beforeKill), o.Log); err != nil && o.Log != nil {
 		o.Log(err.Error())
 	}
 	if err := d.Kill(within(deadline, 30*time.Second)); err != nil {
@@ -160,6 +163,10 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 		return nil, err
 	}
 	defer watch.Close()
+	// Opened by pid: the pid must still name the pinned init.
+	if err := c.Check(); err != nil {
+		return nil, err
+	}
 	nd, stageCaps, err := spawn(c, info, files, deadline, logf)
 	if errors.Is(err, errNotRunning) {
 		// Gone before it could be pinned.
@@ -177,7 +184,7 @@ func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mou
 	defer nd.Close()
 	newPid := nd.Pid
 	res := &Respawned{Pid: newPid, StageCaps: stageCaps}
-	res.Devs, err = waitServed(watch, newPid, targets, deadline)
+	res.Devs, err = waitServed(c, watch, newPid, targets, deadline)
 	// Checked on every path once it runs, served or not: a daemon that
 	// never serves must not keep what it should not have.
 	if nd.Alive() {
@@ -205,13 +212,12 @@ func within(deadline time.Time, limit time.Duration) time.Duration {
 
 const afterDeadline = 5 * time.Second
 
-// share is the time a step before the kill may take: half of what is
-// left until deadline (at least a second), so that a slow step leaves
-// the kill, the start and the wait for the new daemon the other half.
-// Each step gets time in proportion to the whole budget, not a fixed
-// bound that a loaded machine exceeds.
-func share(deadline time.Time) time.Duration {
-	return max(time.Until(deadline)/2, time.Second)
+// share is the time a step before the kill may take: what is left until
+// beforeKill, the end of the half of the fix's time the checks before the
+// kill share (at least a second). Each step gets time in proportion to
+// the whole budget, not a fixed bound that a loaded machine exceeds.
+func share(beforeKill time.Time) time.Duration {
+	return max(time.Until(beforeKill), time.Second)
 }
 
 // verified checks the new daemon: the credentials, limits and seccomp
@@ -367,8 +373,9 @@ func hostPid(initPid, nsPid int) (int, error) {
 // mount table (watch) has an autofs mount served by newPid (its pgrp) and
 // not catatonic, reading the table again when a mount changed it. At the
 // deadline it returns the devices of the targets served by then with its
-// error.
-func waitServed(watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
+// error. It ends at once when the container's init c is gone: the open
+// table would go on showing its mount namespace, and keep it alive.
+func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
 	for {
 		t, err := watch.Read()
 		if err != nil {
@@ -386,6 +393,9 @@ func waitServed(watch *mounts.TableWatch, newPid int, targets []mounts.Target, d
 		}
 		if len(missing) == 0 {
 			return devs, nil
+		}
+		if err := c.Check(); err != nil {
+			return nil, fmt.Errorf("the container exited while the new automount (pid %d) started: %w", newPid, err)
 		}
 		if st, err := mounts.ReadStat(newPid); err != nil || st.Exited() {
 			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))

@@ -302,6 +302,12 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			}
 			return fmt.Errorf("restart %s: no new autofs mount before the deadline", strings.Join(names, ", "))
 		}
+		// The open table goes on showing the mount namespace of a
+		// container that exited (and keeps it alive): its end is looked
+		// for on every turn.
+		if s.env.Gone() {
+			return errContainerGone
+		}
 		if allMounted {
 			// Every mount is there and a unit is still starting: its
 			// state is no mount, so it is asked for again shortly.
