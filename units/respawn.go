@@ -410,7 +410,6 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 	}
 }
 
-// daemonWaitCap bounds one wait for the new daemon's mounts: its exit and
-// the deadline are looked at again after it, and a mount whose mark the
-// kernel missed (see mounts.TableWatch) is seen that much later.
+// daemonWaitCap bounds one wait for the new daemon's mounts: its exit,
+// the container's and the deadline are looked at again after it.
 const daemonWaitCap = 10 * time.Millisecond

@@ -314,8 +314,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
-		// Woken by a mount, or by the cap: the deadline is checked, and
-		// a missed mark costs at most the cap.
+		// Woken by a mount, or by the cap.
 		wait := tableWaitCap
 		if dl, ok := s.ctx.Deadline(); ok {
 			wait = min(wait, max(time.Until(dl), 0))
@@ -327,7 +326,6 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	return nil
 }
 
-// tableWaitCap bounds one wait for a mount: the deadline is looked at
-// again after it, and a mount whose mark the kernel missed (see
-// mounts.TableWatch) is seen that much later.
+// tableWaitCap bounds one wait for a mount: the deadline and the
+// container's exit are looked at again after it.
 const tableWaitCap = 10 * time.Millisecond
