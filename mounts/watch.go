@@ -76,9 +76,9 @@ func (w *TableWatch) Read() (*Table, error) {
 
 // Wait returns true as soon as a mount changed the namespace since the
 // file was opened or since the previous Wait that returned true, and
-// false when d passed without a change. Callers that also wait for
-// something the mount table does not show (a process's exit) keep d
-// short and look again.
+// false when d passed without a change (at once for d of zero or less: a
+// deadline already past). Callers that also wait for something the mount
+// table does not show (a process's exit) keep d short and look again.
 func (w *TableWatch) Wait(d time.Duration) (bool, error) {
 	deadline := time.Now().Add(d)
 	if gap := minWaitGap - time.Since(w.last); gap > 0 {

@@ -63,6 +63,10 @@ func TestTableWatchWakesOnMount(t *testing.T) {
 		if changed, _ := w.Wait(0); changed {
 			t.Fatalf("Wait reported the same mount twice")
 		}
+		start := time.Now()
+		if changed, err := w.Wait(-time.Hour); err != nil || changed || time.Since(start) > 10*time.Second {
+			t.Fatalf("Wait with a deadline past = %v, %v after %v; want false, nil at once", changed, err, time.Since(start))
+		}
 		for i := 1; i <= 20; i++ {
 			mount(i)
 			if changed, err := w.Wait(0); err != nil || !changed {

@@ -404,7 +404,7 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 			return devs, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
 		}
 		// The daemon's exit is no mount: looked at again after the cap.
-		if _, err := watch.Wait(min(daemonWaitCap, max(time.Until(deadline), 0))); err != nil {
+		if _, err := watch.Wait(min(daemonWaitCap, time.Until(deadline))); err != nil {
 			return nil, err
 		}
 	}

@@ -317,7 +317,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 		// Woken by a mount, or by the cap.
 		wait := tableWaitCap
 		if dl, ok := s.ctx.Deadline(); ok {
-			wait = min(wait, max(time.Until(dl), 0))
+			wait = min(wait, time.Until(dl)) // Wait takes a past deadline as 0
 		}
 		if _, err := watch.Wait(wait); err != nil {
 			return err
