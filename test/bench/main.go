@@ -142,20 +142,32 @@ var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user a
 // waitFollowerDone waits until the log holds n "follow: done" lines and
 // returns the last.
 func waitFollowerDone(logPath string, n int) string {
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	lines, err := waitLogged(logPath, anyFollowerDone, n, time.Now().Add(3*time.Minute))
+	if err != nil {
 		b, _ := os.ReadFile(logPath)
-		var done []string
+		fatal("no report %d of the follower within 3 minutes; log:\n%s\n", n, b)
+	}
+	return lines[n-1]
+}
+
+var anyFollowerDone = regexp.MustCompile(`follow: done: `)
+
+// waitLogged waits, reading the log every 100 ms, until n of its lines
+// match re, and returns the matching lines.
+func waitLogged(path string, re *regexp.Regexp, n int, deadline time.Time) ([]string, error) {
+	for {
+		b, _ := os.ReadFile(path)
+		var lines []string
 		for _, l := range strings.Split(string(b), "\n") {
-			if strings.Contains(l, "follow: done: ") {
-				done = append(done, l)
+			if re.MatchString(l) {
+				lines = append(lines, l)
 			}
 		}
-		if len(done) >= n {
-			return done[n-1]
+		if len(lines) >= n {
+			return lines, nil
 		}
 		if time.Now().After(deadline) {
-			fatal("no report %d of the follower within 3 minutes; log:\n%s\n", n, b)
+			return lines, fmt.Errorf("%d of %d lines matching %q in the hook's log by the deadline", len(lines), n, re)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

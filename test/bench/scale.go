@@ -355,7 +355,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 				// bench first did, it took more CPU than the restores).
 				deadline := time.Now().Add(5 * time.Minute)
 				if wiring == "oci-hook" {
-					if err := waitLogged(hookLog, followerDone(pid), deadline); err != nil {
+					if _, err := waitLogged(hookLog, followerDone(pid), 1, deadline); err != nil {
 						fail("%v", err)
 						return
 					}
@@ -413,23 +413,6 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 // init is pid logs at its end.
 func followerDone(pid int) *regexp.Regexp {
 	return regexp.MustCompile(`follow: done:.* pid=` + strconv.Itoa(pid) + `( |$)`)
-}
-
-// waitLogged waits, reading the log every 100 ms, until a line of it
-// matches re.
-func waitLogged(path string, re *regexp.Regexp, deadline time.Time) error {
-	for {
-		b, _ := os.ReadFile(path)
-		for _, l := range strings.Split(string(b), "\n") {
-			if re.MatchString(l) {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no line matching %q in the hook's log 5 minutes after its restore", re)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func lastLines(s string, n int) string {
