@@ -105,6 +105,29 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	}
 }
 
+// The follower polls every 2 ms once the init has its own name back, and
+// before that at an interval that grows with the restore's time, bounded
+// both ways.
+func TestFollowerPollInterval(t *testing.T) {
+	for _, c := range []struct {
+		elapsed time.Duration
+		named   bool
+		want    time.Duration
+	}{
+		{0, false, 2 * time.Millisecond},
+		{100 * time.Millisecond, false, 2 * time.Millisecond},
+		{640 * time.Millisecond, false, 10 * time.Millisecond},
+		{time.Second, false, 15625 * time.Microsecond},
+		{time.Minute, false, 20 * time.Millisecond},
+		{0, true, 2 * time.Millisecond},
+		{time.Minute, true, 2 * time.Millisecond},
+	} {
+		if got := pollInterval(c.elapsed, c.named); got != c.want {
+			t.Errorf("pollInterval(%s, named %v) = %s, want %s", c.elapsed, c.named, got, c.want)
+		}
+	}
+}
+
 // Every option reaches every role: each setting, given by its
 // environment variable or its flag, shows in the Config that the CLI, the
 // CRIU action script (environment only) and the OCI hook (and through it

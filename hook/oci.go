@@ -4,6 +4,7 @@ package hook
 // that follows a restore to its end.
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -182,6 +183,7 @@ func followerMain(args []string) int {
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	var polls, inspections int
+	named, namedPolls := false, 0      // the init's name is restored (the window is near), at that poll
 	var preCPU, followed time.Duration // pre-resume's CPU; all CPU when the tasks ran
 	window := "missed (pre-resume ran after the tasks were resumed)"
 	// What following the restore cost, apart from the fix itself:
@@ -191,17 +193,23 @@ func followerMain(args []string) int {
 		if followed == 0 {
 			followed = all
 		}
-		l.Infof("follow: done: %s CPU in all (user and system, its children included): %s following the restore (%d polls, %d mount-table reads), %s pre-resume, %s post-resume; pre-resume window %s",
-			all, followed-preCPU, polls, inspections, preCPU, all-followed, window)
+		slow := fmt.Sprintf("%d polls before the init had its own name", namedPolls)
+		if !named {
+			slow = "the init's name never changed"
+		}
+		l.Infof("follow: done: %s CPU in all (user and system, its children included): %s following the restore (%d polls, %d mount-table reads; %s), %s pre-resume, %s post-resume; pre-resume window %s",
+			all, followed-preCPU, polls, inspections, slow, preCPU, all-followed, window)
 	}()
-	// One open status file of the pinned init, read every 2 ms: one
-	// system call a poll.
+	// One open status file of the pinned init: one system call a poll,
+	// at the interval pollInterval gives.
 	sf, err := p.OpenStatus()
 	if err != nil {
 		l.Info("follow: the container's process is gone: the restore failed or ended; nothing to do")
 		return ExitOK
 	}
 	defer sf.Close()
+	began := time.Now()
+	var criuName []byte // CRIU's name, which the init has until the restorer names it
 	for {
 		if time.Now().After(deadline) {
 			l.Errorf("follow: the restore did not finish within %s (--restore-timeout): giving up; run `autofs-restore-hook fix --pid %d` once it runs", timeout, pid)
@@ -215,6 +223,13 @@ func followerMain(args []string) int {
 		}
 		if tracer == 0 {
 			break
+		}
+		if criuName == nil {
+			criuName = tracerName(tracer, sf.Name())
+		}
+		if !named && !bytes.Equal(sf.Name(), criuName) {
+			named, namedPolls = true, polls
+			l.Debugf("follow: the init has its own name again after %s (%d polls): polling every %s", time.Since(began).Round(time.Millisecond), polls, fastPoll)
 		}
 		// CRIU stops every task it restored (a tracing stop) once the
 		// restore is done, and runs pre-resume then: before that, the
@@ -231,7 +246,7 @@ func followerMain(args []string) int {
 				preCPU = cpuUsed() - before
 			}
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pollInterval(time.Since(began), named))
 	}
 	// The tasks run: the restore is over. PreResume still runs if the
 	// window was missed (its state mark makes it a no-op otherwise).
@@ -241,6 +256,43 @@ func followerMain(args []string) int {
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+// The follower's poll: every fastPoll once the init's own name is back,
+// slower before (pollInterval).
+const (
+	fastPoll = 2 * time.Millisecond
+	slowPoll = 20 * time.Millisecond
+)
+
+// pollInterval is how long the follower sleeps between two reads of the
+// init's status, elapsed after it began. CRIU's pre-resume window (every
+// task stopped, before they run) can be short, so once the init has its
+// own name again, different from CRIU's (CRIU's restorer sets it late in
+// the restore: about a second before the window in the test VM; a
+// follower that starts later sees it at once) the follower polls every
+// fastPoll. Before that a poll only has to notice the name, and each
+// wake-up costs CPU a node restoring many containers at once needs: the
+// interval grows with the time the restore has taken (a 64th of it, at
+// least fastPoll, at most slowPoll), so a fast machine, whose restore and
+// window are short, still polls often, and a slow or loaded one rarely.
+// If the name never changes (a container whose init is called as CRIU
+// is) the window may be missed: post-resume still runs the whole fix.
+func pollInterval(elapsed time.Duration, named bool) time.Duration {
+	if named {
+		return fastPoll
+	}
+	return min(max(elapsed/64, fastPoll), slowPoll)
+}
+
+// tracerName is the name of the process tracing the init (CRIU, whose
+// name the init inherited when CRIU forked it), or a copy of the init's
+// own name now if the tracer's cannot be read.
+func tracerName(tracer int, initName []byte) []byte {
+	if st, err := mounts.ReadStatus(tracer); err == nil && st["Name"] != "" {
+		return []byte(st["Name"])
+	}
+	return bytes.Clone(initName)
 }
 
 // cpuUsed is the user and system time of this process and of its

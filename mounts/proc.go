@@ -244,8 +244,9 @@ func ReadStatus(pid int) (Status, error) {
 // never as another process), and reading it again costs one system call
 // and no allocation. For polls.
 type StatusFile struct {
-	f   *os.File
-	buf []byte
+	f    *os.File
+	buf  []byte
+	last []byte // what the last State read
 }
 
 // OpenStatus opens p's /proc/PID/status, and checks afterwards that p
@@ -273,6 +274,7 @@ func (s *StatusFile) State() (state byte, tracerPid int, err error) {
 		return 0, 0, fmt.Errorf("%w: %v", ErrGone, err)
 	}
 	b := s.buf[:n]
+	s.last = b
 	if v := statusField(b, "State:"); len(v) > 0 {
 		state = v[0]
 	}
@@ -282,6 +284,11 @@ func (s *StatusFile) State() (state byte, tracerPid int, err error) {
 	}
 	return state, tracerPid, nil
 }
+
+// Name is the process's name (its comm, as the status file escapes it)
+// in what the last State read; nil before any. It is valid until the next
+// State: callers that keep it copy it.
+func (s *StatusFile) Name() []byte { return statusField(s.last, "Name:") }
 
 // statusField is the value of the line of b that starts with key,
 // without the blanks around it.

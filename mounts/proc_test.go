@@ -115,6 +115,9 @@ func TestStatusFile(t *testing.T) {
 			t.Fatalf("live sleep: state %c, tracer %d, %v", state, tracer, err)
 		}
 		if state == 'S' {
+			if name := string(sf.Name()); name != "sleep" {
+				t.Fatalf("live sleep: name %q, want sleep", name)
+			}
 			break
 		}
 		if time.Now().After(deadline) {

@@ -80,8 +80,8 @@ func main() {
 func followerTable() {
 	fmt.Println("## 4. The OCI hook's follower: CPU per restore against the restore's own")
 	fmt.Println()
-	fmt.Println("| container | restore CPU (runc, CRIU, hook invocation) | follower CPU following the restore | following / restore | follower CPU in all (with pre- and post-resume) | polls | mount-table reads | pre-resume window caught |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| container | restore CPU (runc, CRIU, hook invocation) | follower CPU following the restore | following / restore | follower CPU in all (with pre- and post-resume) | polls | of which before the init's own name (slow polls) | mount-table reads | pre-resume window caught |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, kind := range []string{"systemd", "automount"} {
 		logPath := filepath.Join(os.TempDir(), fmt.Sprintf("arh-bench-follower-%d.log", os.Getpid()))
 		os.Remove(logPath)
@@ -92,7 +92,7 @@ func followerTable() {
 			"--hook-env", hook.EnvLogFile+"="+logPath, "--hook-env", hook.EnvNoSyslog+"=1"))
 		must(lab("checkpoint", c.name))
 		var restoreCPU, followCPU, allCPU []time.Duration
-		var polls, tableReads []int
+		var polls, slowPolls, tableReads []int
 		caught := 0
 		for r := 0; r < *runs; r++ {
 			if r > 0 {
@@ -121,7 +121,12 @@ func followerTable() {
 			check(err)
 			p, _ := strconv.Atoi(m[3])
 			reads, _ := strconv.Atoi(m[4])
-			win := m[5]
+			slow, err := strconv.Atoi(m[5])
+			if err != nil {
+				slow = p // the init's name never changed: every poll was slow
+			}
+			slowPolls = append(slowPolls, slow)
+			win := m[6]
 			allCPU = append(allCPU, all)
 			followCPU, polls, tableReads = append(followCPU, cpu), append(polls, p), append(tableReads, reads)
 			if win == "caught" {
@@ -131,13 +136,13 @@ func followerTable() {
 		c.down()
 		os.Remove(logPath)
 		rc, fc := median(restoreCPU), median(followCPU)
-		fmt.Printf("| %s | %s | %s | %.1f %% | %s | %d | %d | %d of %d |\n", kind, ms(rc), ms(fc), 100*float64(fc)/float64(rc), ms(median(allCPU)), medianInt(polls), medianInt(tableReads), caught, *runs)
+		fmt.Printf("| %s | %s | %s | %.1f %% | %s | %d | %d | %d | %d of %d |\n", kind, ms(rc), ms(fc), 100*float64(fc)/float64(rc), ms(median(allCPU)), medianInt(polls), medianInt(slowPolls), medianInt(tableReads), caught, *runs)
 	}
 	fmt.Printf("\nMedians of %d restores of one checkpoint each. The follower's CPU is its own report (getrusage of itself and its children): following is what it spent watching the restore, apart from the two fixes it runs (which `fix` also costs).\n", *runs)
 }
 
 // followerReport is the follower's last log line (hook/oci.go).
-var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user and system, its children included\): (\S+) following the restore \((\d+) polls, (\d+) mount-table reads\), \S+ pre-resume, \S+ post-resume; pre-resume window (\w+)`)
+var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user and system, its children included\): (\S+) following the restore \((\d+) polls, (\d+) mount-table reads; (?:(\d+) polls before the init had its own name|the init's name never changed)\), \S+ pre-resume, \S+ post-resume; pre-resume window (\w+)`)
 
 // waitFollowerDone waits until the log holds n "follow: done" lines and
 // returns the last.

@@ -128,12 +128,19 @@ func TestSystemdOCIHook(tt *testing.T) {
 
 // windowCaught checks that the follower of each of n restores did
 // pre-resume while CRIU still held the tasks, as its report at the end
-// says: it reads the mount table only once CRIU has named the init back,
-// and must not miss the window for it.
+// says: it polls slowly until CRIU's restorer gives the init its own name
+// back, reads the mount table only once the init is in a tracing stop,
+// and must not miss the window for either. Each report must also say
+// that the name came back (the slow polling ended by it, not by the
+// restore's end).
 func windowCaught(t testing.TB, log string, n int) {
 	t.Helper()
+	reports := grepLines(log, "follow: done: ")
 	if got := strings.Count(log, "pre-resume window caught"); got != n || strings.Count(log, "follow: done: ") != n {
-		t.Errorf("the follower caught the pre-resume window %d times in %d restores; its reports:\n%s", got, n, grepLines(log, "follow: done: "))
+		t.Errorf("the follower caught the pre-resume window %d times in %d restores; its reports:\n%s", got, n, reports)
+	}
+	if got := strings.Count(log, "polls before the init had its own name"); got != n {
+		t.Errorf("the follower saw the init's own name come back in %d of %d restores; its reports:\n%s", got, n, reports)
 	}
 }
 
