@@ -105,25 +105,27 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	}
 }
 
-// The follower polls every 2 ms once the init has its own name back, and
-// before that at an interval that grows with the restore's time, bounded
-// both ways.
+// The follower polls every 2 ms for 2 s once the init has its own name
+// back, and before and after that at an interval that grows with the
+// time (the restore's, then the time since the name), bounded both ways.
 func TestFollowerPollInterval(t *testing.T) {
 	for _, c := range []struct {
-		elapsed time.Duration
-		named   bool
-		want    time.Duration
+		elapsed, sinceNamed time.Duration
+		named               bool
+		want                time.Duration
 	}{
-		{0, false, 2 * time.Millisecond},
-		{100 * time.Millisecond, false, 2 * time.Millisecond},
-		{640 * time.Millisecond, false, 10 * time.Millisecond},
-		{time.Second, false, 15625 * time.Microsecond},
-		{time.Minute, false, 20 * time.Millisecond},
-		{0, true, 2 * time.Millisecond},
-		{time.Minute, true, 2 * time.Millisecond},
+		{0, 0, false, 2 * time.Millisecond},
+		{100 * time.Millisecond, 0, false, 2 * time.Millisecond},
+		{640 * time.Millisecond, 0, false, 10 * time.Millisecond},
+		{time.Second, 0, false, 15625 * time.Microsecond},
+		{time.Minute, 0, false, 50 * time.Millisecond},
+		{time.Minute, 0, true, 2 * time.Millisecond},
+		{time.Minute, 1999 * time.Millisecond, true, 2 * time.Millisecond},
+		{time.Minute, 2 * time.Second, true, 31250 * time.Microsecond},
+		{time.Minute, time.Minute, true, 50 * time.Millisecond},
 	} {
-		if got := pollInterval(c.elapsed, c.named); got != c.want {
-			t.Errorf("pollInterval(%s, named %v) = %s, want %s", c.elapsed, c.named, got, c.want)
+		if got := pollInterval(c.elapsed, c.sinceNamed, c.named); got != c.want {
+			t.Errorf("pollInterval(%s, %s, named %v) = %s, want %s", c.elapsed, c.sinceNamed, c.named, got, c.want)
 		}
 	}
 }

@@ -183,7 +183,8 @@ func followerMain(args []string) int {
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	var polls, inspections int
-	named, namedPolls := false, 0      // the init's name is restored (the window is near), at that poll
+	named, namedPolls := false, 0 // the init's name is restored (the window is near), at that poll
+	var namedAt time.Time
 	var preCPU, followed time.Duration // pre-resume's CPU; all CPU when the tasks ran
 	window := "missed (pre-resume ran after the tasks were resumed)"
 	// What following the restore cost, apart from the fix itself:
@@ -228,8 +229,8 @@ func followerMain(args []string) int {
 			criuName = tracerName(tracer, sf.Name())
 		}
 		if !named && !bytes.Equal(sf.Name(), criuName) {
-			named, namedPolls = true, polls
-			l.Debugf("follow: the init has its own name again after %s (%d polls): polling every %s", time.Since(began).Round(time.Millisecond), polls, fastPoll)
+			named, namedPolls, namedAt = true, polls, time.Now()
+			l.Debugf("follow: the init has its own name again after %s (%d polls): polling every %s for %s", time.Since(began).Round(time.Millisecond), polls, fastPoll, fastFor)
 		}
 		// CRIU stops every task it restored (a tracing stop) once the
 		// restore is done, and runs pre-resume then: before that, the
@@ -238,15 +239,20 @@ func followerMain(args []string) int {
 			inspections++
 			if restoredEnough(p) {
 				preDone = true
-				window = "caught"
 				before := cpuUsed()
+				stop := watchResume(p)
 				if err := fixPid(pid, []Phase{PreResume}, opts); err != nil {
 					logLines(l.Errorf, "follow: pre-resume: ", err)
 				}
+				took, ranAfter := stop()
 				preCPU = cpuUsed() - before
+				window = "caught"
+				if ranAfter >= 0 {
+					window = fmt.Sprintf("entered (pre-resume began while CRIU held the tasks; they ran %s after it began, it took %s)", ranAfter.Round(time.Millisecond), took.Round(time.Millisecond))
+				}
 			}
 		}
-		time.Sleep(pollInterval(time.Since(began), named))
+		time.Sleep(pollInterval(time.Since(began), time.Since(namedAt), named))
 	}
 	// The tasks run: the restore is over. PreResume still runs if the
 	// window was missed (its state mark makes it a no-op otherwise).
@@ -258,31 +264,88 @@ func followerMain(args []string) int {
 	return ExitOK
 }
 
-// The follower's poll: every fastPoll once the init's own name is back,
-// slower before (pollInterval).
+// The follower's poll: every fastPoll for fastFor once the init's own
+// name is back, slower before and after (pollInterval).
 const (
 	fastPoll = 2 * time.Millisecond
-	slowPoll = 20 * time.Millisecond
+	fastFor  = 2 * time.Second
+	slowPoll = 50 * time.Millisecond
 )
 
 // pollInterval is how long the follower sleeps between two reads of the
-// init's status, elapsed after it began. CRIU's pre-resume window (every
-// task stopped, before they run) can be short, so once the init has its
-// own name again, different from CRIU's (CRIU's restorer sets it late in
-// the restore: about a second before the window in the test VM; a
-// follower that starts later sees it at once) the follower polls every
-// fastPoll. Before that a poll only has to notice the name, and each
-// wake-up costs CPU a node restoring many containers at once needs: the
-// interval grows with the time the restore has taken (a 64th of it, at
-// least fastPoll, at most slowPoll), so a fast machine, whose restore and
-// window are short, still polls often, and a slow or loaded one rarely.
-// If the name never changes (a container whose init is called as CRIU
-// is) the window may be missed: post-resume still runs the whole fix.
-func pollInterval(elapsed time.Duration, named bool) time.Duration {
+// init's status, elapsed after it began and sinceNamed after it saw the
+// init's own name (if named). Each wake-up costs CPU that a node
+// restoring many containers at once needs (about 1 ms under emulation;
+// BENCHMARKS.md), and CRIU's pre-resume window (every task stopped,
+// before they run) is short (8 to 45 ms in the test VM). So:
+//   - Until the init has its own name again, different from CRIU's
+//     (CRIU's restorer sets it late in the restore: about a second before
+//     the window in the test VM; a follower that starts later sees it at
+//     once), a poll only has to notice the name: the interval grows with
+//     the restore's time (a 64th of it, fastPoll to slowPoll), so a fast
+//     machine, whose restore and window are short, still polls often,
+//     and a slow or loaded one rarely.
+//   - Then every fastPoll for fastFor (twice what one restore takes
+//     there in the test VM).
+//   - A window that has not come by then is on a loaded node, where
+//     CRIU's last steps are slow too: the interval grows again with the
+//     time since the name.
+//
+// A window missed costs the precision of pre-resume, not the fix:
+// post-resume still runs it whole (and so does it for a container whose
+// init is named as CRIU is).
+func pollInterval(elapsed, sinceNamed time.Duration, named bool) time.Duration {
 	if named {
-		return fastPoll
+		if sinceNamed < fastFor {
+			return fastPoll
+		}
+		elapsed = sinceNamed
 	}
 	return min(max(elapsed/64, fastPoll), slowPoll)
+}
+
+// watchResume watches, while pre-resume runs, whether CRIU lets the
+// tasks run (CRIU does not wait for the follower, as it does for an action
+// script): stop ends the watch and says how long pre-resume took and how
+// long after its start the init had no tracer any more, or -1 if it
+// still has one (pre-resume ended inside the window).
+func watchResume(p *mounts.Process) (stop func() (took, ranAfter time.Duration)) {
+	start := time.Now()
+	done := make(chan struct{})
+	ran := make(chan time.Duration, 1)
+	go func() {
+		sf, err := p.OpenStatus()
+		if err != nil {
+			ran <- 0 // gone: it ran (and ended) at once
+			return
+		}
+		defer sf.Close()
+		for {
+			if _, tracer, err := sf.State(); err != nil || tracer == 0 {
+				ran <- time.Since(start)
+				return
+			}
+			select {
+			case <-done:
+				if _, tracer, err := sf.State(); err != nil || tracer == 0 {
+					ran <- time.Since(start)
+				} else {
+					ran <- -1
+				}
+				return
+			case <-time.After(fastPoll):
+			}
+		}
+	}()
+	return func() (time.Duration, time.Duration) {
+		took := time.Since(start)
+		close(done)
+		r := <-ran
+		if r > took {
+			r = took // seen by the last look, after the step
+		}
+		return took, r
+	}
 }
 
 // tracerName is the name of the process tracing the init (CRIU, whose

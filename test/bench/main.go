@@ -80,7 +80,7 @@ func main() {
 func followerTable() {
 	fmt.Println("## 4. The OCI hook's follower: CPU per restore against the restore's own")
 	fmt.Println()
-	fmt.Println("| container | restore CPU (runc, CRIU, hook invocation) | follower CPU following the restore | following / restore | follower CPU in all (with pre- and post-resume) | polls | of which before the init's own name (slow polls) | mount-table reads | pre-resume window caught |")
+	fmt.Println("| container | restore CPU (runc, CRIU, hook invocation) | follower CPU following the restore | following / restore | follower CPU in all (with pre- and post-resume) | polls | of which before the init's own name (slow polls) | mount-table reads | pre-resume window: caught, entered, missed |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, kind := range []string{"systemd", "automount"} {
 		logPath := filepath.Join(os.TempDir(), fmt.Sprintf("arh-bench-follower-%d.log", os.Getpid()))
@@ -93,7 +93,7 @@ func followerTable() {
 		must(lab("checkpoint", c.name))
 		var restoreCPU, followCPU, allCPU []time.Duration
 		var polls, slowPolls, tableReads []int
-		caught := 0
+		windows := map[string]int{}
 		for r := 0; r < *runs; r++ {
 			if r > 0 {
 				must(lab("stop", c.name))
@@ -129,16 +129,14 @@ func followerTable() {
 			win := m[6]
 			allCPU = append(allCPU, all)
 			followCPU, polls, tableReads = append(followCPU, cpu), append(polls, p), append(tableReads, reads)
-			if win == "caught" {
-				caught++
-			}
+			windows[win]++
 		}
 		c.down()
 		os.Remove(logPath)
 		rc, fc := median(restoreCPU), median(followCPU)
-		fmt.Printf("| %s | %s | %s | %.1f %% | %s | %d | %d | %d | %d of %d |\n", kind, ms(rc), ms(fc), 100*float64(fc)/float64(rc), ms(median(allCPU)), medianInt(polls), medianInt(slowPolls), medianInt(tableReads), caught, *runs)
+		fmt.Printf("| %s | %s | %s | %.1f %% | %s | %d | %d | %d | %d, %d, %d |\n", kind, ms(rc), ms(fc), 100*float64(fc)/float64(rc), ms(median(allCPU)), medianInt(polls), medianInt(slowPolls), medianInt(tableReads), windows["caught"], windows["entered"], windows["missed"])
 	}
-	fmt.Printf("\nMedians of %d restores of one checkpoint each. The follower's CPU is its own report (getrusage of itself and its children): following is what it spent watching the restore, apart from the two fixes it runs (which `fix` also costs).\n", *runs)
+	fmt.Printf("\nMedians of %d restores of one checkpoint each. The follower's CPU is its own report (getrusage of itself and its children): following is what it spent watching the restore, apart from the two fixes it runs (which `fix` also costs). The pre-resume window is caught when pre-resume ended while CRIU still held the tasks, entered when it began then but the tasks ran before it ended (CRIU does not wait for the follower), missed when the tasks ran before it began.\n", *runs)
 }
 
 // followerReport is the follower's last log line (hook/oci.go).

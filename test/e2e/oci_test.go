@@ -123,21 +123,24 @@ func TestSystemdOCIHook(tt *testing.T) {
 	if n := strings.Count(log(), "unit=srv-c.automount"); n != 2 {
 		t.Errorf("srv-c.automount restarted %d times in 2 restores, want 2", n)
 	}
-	windowCaught(t, log(), 2)
+	windowEntered(t, log(), 2)
 }
 
-// windowCaught checks that the follower of each of n restores did
+// windowEntered checks that the follower of each of n restores began
 // pre-resume while CRIU still held the tasks, as its report at the end
-// says: it polls slowly until CRIU's restorer gives the init its own name
-// back, reads the mount table only once the init is in a tracing stop,
-// and must not miss the window for either. Each report must also say
-// that the name came back (the slow polling ended by it, not by the
-// restore's end).
-func windowCaught(t testing.TB, log string, n int) {
+// says ("caught" if it also ended then, "entered" if the tasks ran before
+// it ended: CRIU does not wait for the follower, and its window, 8 to 45
+// ms in the test VM, is shorter than the step). The follower polls slowly
+// until CRIU's restorer gives the init its own name back and reads the
+// mount table only once the init is in a tracing stop: it must not miss
+// the window for either. Each report must also say that the name came
+// back (the slow polling ended by it, not by the restore's end).
+func windowEntered(t testing.TB, log string, n int) {
 	t.Helper()
 	reports := grepLines(log, "follow: done: ")
-	if got := strings.Count(log, "pre-resume window caught"); got != n || strings.Count(log, "follow: done: ") != n {
-		t.Errorf("the follower caught the pre-resume window %d times in %d restores; its reports:\n%s", got, n, reports)
+	got := strings.Count(log, "pre-resume window caught") + strings.Count(log, "pre-resume window entered")
+	if got != n || strings.Count(log, "follow: done: ") != n {
+		t.Errorf("the follower began pre-resume inside the window %d times in %d restores; its reports:\n%s", got, n, reports)
 	}
 	if got := strings.Count(log, "polls before the init had its own name"); got != n {
 		t.Errorf("the follower saw the init's own name come back in %d of %d restores; its reports:\n%s", got, n, reports)
@@ -173,7 +176,7 @@ func TestAutomountOCIHook(tt *testing.T) {
 	if ds := automountDaemons(t, c); len(ds) != 1 || ds[0].pgid != ds[0].pid {
 		t.Fatalf("daemons after the fix: %+v", ds)
 	}
-	windowCaught(t, log(), 1)
+	windowEntered(t, log(), 1)
 	t.Logf("hook log:\n%s", log())
 }
 

@@ -23,7 +23,7 @@ func TestDebian12StockCRIU(tt *testing.T) {
 		checkpointRestore(t, c)
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
-		windowCaught(t, log(), 1)
+		windowEntered(t, log(), 1)
 	})
 	// CRIU before 3.19 cannot run an action script from a config file in
 	// RPC mode: runc asks for RPC notifications, and CRIU 3.17.1 stops at
@@ -90,6 +90,6 @@ func TestPodmanMigration(tt *testing.T) {
 		timed(t, "restore --import "+c.Name, func() error { return c.RestoreImport(archive) })
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
-		windowCaught(t, log(), 1)
+		windowEntered(t, log(), 1)
 	})
 }
