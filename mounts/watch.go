@@ -6,8 +6,11 @@ package mounts
 // milliseconds. The kernel clears the mark when a poll reports it,
 // whoever polls: the file must stay out of the Go runtime's epoll
 // (WatchTable), or that epoll takes the marks. Callers still bound each
-// Wait (10 ms in the fix), so that what the table does not show (a
-// process's exit, the deadline) is looked at.
+// Wait, so that what the kernel does not signal (a process's exit, a
+// unit's state, a daemon re-connecting to a catatonic autofs mount, which
+// changes its options and no mount) is looked at: with a Backoff, since on a loaded node the thing
+// waited for can take a minute, and a 10 ms look for that minute costs
+// the node the CPU the container needs to get there.
 
 import (
 	"errors"
@@ -105,6 +108,30 @@ func (w *TableWatch) Wait(d time.Duration) (bool, error) {
 		}
 	}
 }
+
+// Backoff gives the bounds of successive waits for something the kernel
+// does not signal: a 16th of the time since the wait began (or since the
+// last Reset), at least Min and at most Max. A thing that comes soon is
+// seen soon after it comes; one that takes a minute, on a loaded node, is
+// looked at a few times a second, not a hundred.
+type Backoff struct {
+	Min, Max time.Duration
+	since    time.Time
+}
+
+// Next returns the bound of the next wait.
+func (b *Backoff) Next() time.Duration { return b.next(time.Now()) }
+
+func (b *Backoff) next(now time.Time) time.Duration {
+	if b.since.IsZero() {
+		b.since = now
+	}
+	return min(max(now.Sub(b.since)/16, b.Min), b.Max)
+}
+
+// Reset starts the time again (after a change, when the next thing may
+// come soon).
+func (b *Backoff) Reset() { b.since = time.Time{} }
 
 // Close closes the file.
 func (w *TableWatch) Close() error { return w.f.Close() }

@@ -78,3 +78,29 @@ func TestTableWatchWakesOnMount(t *testing.T) {
 		}
 	})
 }
+
+func TestBackoff(t *testing.T) {
+	ms := time.Millisecond
+	b := Backoff{Min: 10 * ms, Max: 250 * ms}
+	t0 := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		after, want time.Duration
+	}{
+		{0, 10 * ms},        // the first wait starts the time
+		{100 * ms, 10 * ms}, // a 16th is under Min
+		{800 * ms, 50 * ms}, // a 16th
+		{2 * time.Second, 125 * ms},
+		{time.Minute, 250 * ms}, // at most Max
+	} {
+		if got := b.next(t0.Add(tc.after)); got != tc.want {
+			t.Errorf("%v after the first wait: next = %v, want %v", tc.after, got, tc.want)
+		}
+	}
+	b.Reset()
+	if got := b.next(t0.Add(2 * time.Minute)); got != 10*ms {
+		t.Errorf("after Reset: next = %v, want %v", got, 10*ms)
+	}
+	if got := b.next(t0.Add(2*time.Minute + 1600*ms)); got != 100*ms {
+		t.Errorf("1.6s after Reset: next = %v, want %v", got, 100*ms)
+	}
+}

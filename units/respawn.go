@@ -371,11 +371,18 @@ func hostPid(initPid, nsPid int) (int, error) {
 
 // waitServed waits until every target mount point of the container's
 // mount table (watch) has an autofs mount served by newPid (its pgrp) and
-// not catatonic, reading the table again when a mount changed it. At the
-// deadline it returns the devices of the targets served by then with its
-// error. It ends at once when the container's init c is gone: the open
-// table would go on showing its mount namespace, and keep it alive.
+// not catatonic. The table is read again when the kernel says a mount
+// changed it and after each bound of the wait: a daemon that re-connects
+// to a catatonic mount (automount does, through /dev/autofs) changes its
+// options, which the kernel does not signal. At the deadline it returns
+// the devices of the targets served by then with its error. It ends soon
+// after the container's init c is gone: the open table would go on
+// showing its mount namespace, and keep it alive.
 func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
+	// The bound grows with the time nothing changed (a daemon starting on
+	// a loaded node can take a minute, and a look every 10 ms for that
+	// minute takes the CPU it needs) and starts again at a change.
+	look := mounts.Backoff{Min: daemonWaitMin, Max: daemonWaitMax}
 	for {
 		t, err := watch.Read()
 		if err != nil {
@@ -403,13 +410,21 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 		if time.Now().After(deadline) {
 			return devs, fmt.Errorf("the new automount (pid %d) did not take over %s before the deadline", newPid, strings.Join(missing, ", "))
 		}
-		// The daemon's exit is no mount: looked at again after the cap.
-		if _, err := watch.Wait(min(daemonWaitCap, time.Until(deadline))); err != nil {
+		changed, err := watch.Wait(min(look.Next(), time.Until(deadline)))
+		if err != nil {
 			return nil, err
+		}
+		if changed {
+			look.Reset()
 		}
 	}
 }
 
-// daemonWaitCap bounds one wait for the new daemon's mounts: its exit,
-// the container's and the deadline are looked at again after it.
-const daemonWaitCap = 10 * time.Millisecond
+// daemonWaitMin and daemonWaitMax bound one wait for the new daemon's
+// mounts: the table, its exit, the container's and the deadline are
+// looked at again after it. It starts short (the daemon usually serves
+// within a second) and grows while no mount changes (mounts.Backoff).
+const (
+	daemonWaitMin = 10 * time.Millisecond
+	daemonWaitMax = 250 * time.Millisecond
+)

@@ -256,9 +256,16 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 		}
 	}
 	// The mount table tells when a unit has its new autofs mount: it is
-	// read again when the kernel says a mount changed it. systemd is
-	// asked for the states only once every pending unit has one, in a
-	// single batch.
+	// read again when the kernel says a mount changed it, and after each
+	// bound of the wait. systemd is asked for the states only once every
+	// pending unit has one, in a single batch.
+	//
+	// Both bounds grow with the time nothing changed (mounts.Backoff): on
+	// a loaded node a unit can take a minute to get its mount or its
+	// state, and a look every few ms for that minute costs the node the
+	// CPU the container's systemd needs to get there.
+	look := mounts.Backoff{Min: tableWaitMin, Max: tableWaitMax}
+	ask := mounts.Backoff{Min: stateAskMin, Max: stateAskMax}
 	for len(pending) > 0 {
 		table, err := watch.Read()
 		if err != nil {
@@ -308,24 +315,36 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 		if s.env.Gone() {
 			return errContainerGone
 		}
+		// Woken by a mount, or by the bound. Every mount is there and a
+		// unit is still starting: its state is no mount, so it is asked
+		// for again after the bound of ask.
+		wait := look.Next()
 		if allMounted {
-			// Every mount is there and a unit is still starting: its
-			// state is no mount, so it is asked for again shortly.
-			time.Sleep(2 * time.Millisecond)
-			continue
+			wait = ask.Next()
+		} else {
+			ask.Reset()
 		}
-		// Woken by a mount, or by the cap.
-		wait := tableWaitCap
 		if dl, ok := s.ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl)) // Wait takes a past deadline as 0
 		}
-		if _, err := watch.Wait(wait); err != nil {
+		changed, err := watch.Wait(wait)
+		if err != nil {
 			return err
+		}
+		if changed {
+			look.Reset()
 		}
 	}
 	return nil
 }
 
-// tableWaitCap bounds one wait for a mount: the deadline and the
-// container's exit are looked at again after it.
-const tableWaitCap = 10 * time.Millisecond
+// tableWaitMin and tableWaitMax bound one wait for a mount (the deadline
+// and the container's exit are looked at again after it); stateAskMin
+// and stateAskMax the wait before systemd is asked again for the state of
+// units that have their mounts.
+const (
+	tableWaitMin = 10 * time.Millisecond
+	tableWaitMax = 250 * time.Millisecond
+	stateAskMin  = 2 * time.Millisecond
+	stateAskMax  = 100 * time.Millisecond
+)
