@@ -110,8 +110,8 @@ func (w *TableWatch) Wait(d time.Duration) (bool, error) {
 }
 
 // Backoff gives the bounds of successive waits for something the kernel
-// does not signal: a 16th of the time since the wait began (or since the
-// last Reset), at least Min and at most Max. A thing that comes soon is
+// does not signal: a 16th of the time since the first Next (or the first
+// after a Reset), at least Min and at most Max. A thing that comes soon is
 // seen soon after it comes; one that takes a minute, on a loaded node, is
 // looked at a few times a second, not a hundred.
 type Backoff struct {

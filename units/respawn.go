@@ -383,6 +383,7 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 	// a loaded node can take a minute, and a look every 10 ms for that
 	// minute takes the CPU it needs) and starts again at a change.
 	look := mounts.Backoff{Min: daemonWaitMin, Max: daemonWaitMax}
+	served := 0
 	for {
 		t, err := watch.Read()
 		if err != nil {
@@ -400,6 +401,12 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 		}
 		if len(missing) == 0 {
 			return devs, nil
+		}
+		if len(devs) > served {
+			// One more served, which the kernel may not have signalled:
+			// the next may come soon.
+			served = len(devs)
+			look.Reset()
 		}
 		if err := c.Check(); err != nil {
 			return nil, fmt.Errorf("the container exited while the new automount (pid %d) started: %w", newPid, err)

@@ -266,6 +266,9 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	// CPU the container's systemd needs to get there.
 	look := mounts.Backoff{Min: tableWaitMin, Max: tableWaitMax}
 	ask := mounts.Backoff{Min: stateAskMin, Max: stateAskMax}
+	// When systemd may be asked again: mounts made in the container wake
+	// the wait, and must not make the questions come faster than ask.
+	var nextAsk time.Time
 	for len(pending) > 0 {
 		table, err := watch.Read()
 		if err != nil {
@@ -280,7 +283,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			}
 		}
 		allMounted := len(ready) == len(pending)
-		if allMounted {
+		if allMounted && !time.Now().Before(nextAsk) {
 			paths := make([]dbus.ObjectPath, len(ready))
 			for k, i := range ready {
 				paths[k] = units[targets[i].Where].Path
@@ -298,6 +301,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 					delete(pending, i)
 				}
 			}
+			nextAsk = time.Now().Add(ask.Next())
 		}
 		if len(pending) == 0 {
 			break
@@ -317,12 +321,13 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 		}
 		// Woken by a mount, or by the bound. Every mount is there and a
 		// unit is still starting: its state is no mount, so it is asked
-		// for again after the bound of ask.
+		// for again at nextAsk.
 		wait := look.Next()
 		if allMounted {
-			wait = ask.Next()
+			wait = min(wait, time.Until(nextAsk)) // Wait takes a past one as 0
 		} else {
 			ask.Reset()
+			nextAsk = time.Time{}
 		}
 		if dl, ok := s.ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl)) // Wait takes a past deadline as 0

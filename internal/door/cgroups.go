@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 )
 
 // JoinCgroups moves the calling process into the cgroups that lines name
@@ -19,14 +21,17 @@ import (
 // mounted in our mount namespace, which must be the host's: a child of
 // the door that lives in a container's pid namespace calls it first, so
 // that it is held by the container's cgroups (devices, pids, memory) and
-// no others. A hierarchy the host does not mount is skipped.
+// no others. A hierarchy the host does not mount is skipped; one it
+// mounts but through no mount that shows the cgroup is an error, as is a
+// cgroup path with "..": the child must not stay in our cgroups.
 //
 // A hierarchy can be mounted more than once: CRIU mounts every hierarchy
 // again in a directory of its own while it restores (".criu.cgyard.*"),
-// and unmounts it when done; another mount can show only a subtree of
-// the hierarchy. Only mounts of the hierarchy's root are used, and each
-// in turn until one takes us: a mount gone under our feet is no reason
-// to stay out of the container's cgroups.
+// and unmounts it when done; a mount can show only a subtree of the
+// hierarchy (its root in the mount table). Every mount that shows the
+// cgroup is tried in turn until one takes us: a mount gone under our
+// feet is no reason to stay out of the container's cgroups. Only a
+// cgroup file system's cgroup.procs is written, never created.
 func JoinCgroups(lines []string) error {
 	mnts, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup", "cgroup2"))
 	if err != nil {
@@ -39,19 +44,24 @@ func JoinCgroups(lines []string) error {
 			continue
 		}
 		ctrls, path := parts[1], parts[2]
-		roots := hierarchyRoots(mnts, ctrls)
-		if len(roots) == 0 {
+		if !strings.HasPrefix(path, "/") || slices.Contains(strings.Split(path, "/"), "..") {
+			return fmt.Errorf("join cgroup %q of hierarchy %q: not a path under the hierarchy's root", path, ctrls)
+		}
+		dirs, mounted := cgroupDirs(mnts, ctrls, path)
+		if !mounted {
 			continue // hierarchy not mounted on the host: nothing to join
 		}
+		if len(dirs) == 0 {
+			return fmt.Errorf("join cgroup %s of hierarchy %q: no mount of the hierarchy shows it", path, ctrls)
+		}
 		var errs []error
-		for _, root := range roots {
-			procs := filepath.Join(root, filepath.Clean("/"+path), "cgroup.procs")
-			err := os.WriteFile(procs, pid, 0)
+		for _, dir := range dirs {
+			err := writeProcs(filepath.Join(dir, "cgroup.procs"), pid)
 			if err == nil {
 				errs = nil
 				break
 			}
-			errs = append(errs, fmt.Errorf("join cgroup %s: %w", procs, err))
+			errs = append(errs, err)
 		}
 		if len(errs) > 0 {
 			return errors.Join(errs...)
@@ -60,23 +70,56 @@ func JoinCgroups(lines []string) error {
 	return nil
 }
 
-// hierarchyRoots returns the mount points, in mount table order, that
-// show the whole hierarchy of the controllers ctrls (a field of a
-// /proc/PID/cgroup line: empty for cgroup2).
-func hierarchyRoots(mnts []*mountinfo.Info, ctrls string) []string {
-	var roots []string
+// cgroupDirs returns, in mount table order, the directories that show the
+// cgroup path of the hierarchy of the controllers ctrls (a field of a
+// /proc/PID/cgroup line: empty for cgroup2), one per mount of the
+// hierarchy whose root is path or above it; mounted says whether the
+// hierarchy is mounted at all.
+func cgroupDirs(mnts []*mountinfo.Info, ctrls, path string) (dirs []string, mounted bool) {
 	for _, m := range mnts {
-		if m.Root != "/" {
-			continue
-		}
 		switch {
 		case ctrls == "" && m.FSType == "cgroup2":
-			roots = append(roots, m.Mountpoint)
 		case ctrls != "" && m.FSType == "cgroup" && hasAllOptions(m.VFSOptions, strings.Split(ctrls, ",")):
-			roots = append(roots, m.Mountpoint)
+		default:
+			continue
 		}
+		mounted = true
+		var rel string
+		switch {
+		case m.Root == "/":
+			rel = path
+		case path == m.Root:
+			rel = "/"
+		case strings.HasPrefix(path, m.Root+"/"):
+			rel = path[len(m.Root):]
+		default:
+			continue // a subtree without the cgroup
+		}
+		dirs = append(dirs, filepath.Join(m.Mountpoint, rel))
 	}
-	return roots
+	return dirs, mounted
+}
+
+// writeProcs writes pid to procs, which must exist on a cgroup file
+// system: a directory left where a mount was, or a file system mounted
+// over one, takes no write.
+func writeProcs(procs string, pid []byte) error {
+	fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("join cgroup %s: %w", procs, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", procs, err)
+	}
+	if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("join cgroup %s: not on a cgroup file system (type %#x)", procs, st.Type)
+	}
+	if _, err := unix.Write(fd, pid); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", procs, err)
+	}
+	return nil
 }
 
 func hasAllOptions(opts string, want []string) bool {
