@@ -8,9 +8,10 @@ package mounts
 // (WatchTable), or that epoll takes the marks. Callers still bound each
 // Wait, so that what the kernel does not signal (a process's exit, a
 // unit's state, a daemon re-connecting to a catatonic autofs mount, which
-// changes its options and no mount) is looked at: with a Backoff, since on a loaded node the thing
-// waited for can take a minute, and a 10 ms look for that minute costs
-// the node the CPU the container needs to get there.
+// changes its options and no mount) is looked at: with a Backoff, since
+// on a loaded node the thing waited for can take a minute, and a 10 ms
+// look for that minute costs the node the CPU the container needs to get
+// there.
 
 import (
 	"errors"

@@ -382,7 +382,7 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 	// The bound grows with the time nothing changed (a daemon starting on
 	// a loaded node can take a minute, and a look every 10 ms for that
 	// minute takes the CPU it needs) and starts again at a change.
-	look := mounts.Backoff{Min: daemonWaitMin, Max: daemonWaitMax}
+	look := mounts.Backoff{Min: mountWaitMin, Max: mountWaitMax}
 	served := 0
 	for {
 		t, err := watch.Read()
@@ -427,11 +427,12 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 	}
 }
 
-// daemonWaitMin and daemonWaitMax bound one wait for the new daemon's
-// mounts: the table, its exit, the container's and the deadline are
-// looked at again after it. It starts short (the daemon usually serves
-// within a second) and grows while no mount changes (mounts.Backoff).
+// mountWaitMin and mountWaitMax bound one wait for a master's new mounts
+// (the new daemon's here, the restarted units' in restartAll): the table,
+// the processes and the deadline are looked at again after it. It starts
+// short (a master usually mounts within a second) and grows while no
+// mount changes (mounts.Backoff).
 const (
-	daemonWaitMin = 10 * time.Millisecond
-	daemonWaitMax = 250 * time.Millisecond
+	mountWaitMin = 10 * time.Millisecond
+	mountWaitMax = 250 * time.Millisecond
 )

@@ -264,7 +264,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	// a loaded node a unit can take a minute to get its mount or its
 	// state, and a look every few ms for that minute costs the node the
 	// CPU the container's systemd needs to get there.
-	look := mounts.Backoff{Min: tableWaitMin, Max: tableWaitMax}
+	look := mounts.Backoff{Min: mountWaitMin, Max: mountWaitMax}
 	ask := mounts.Backoff{Min: stateAskMin, Max: stateAskMax}
 	// When systemd may be asked again: mounts made in the container wake
 	// the wait, and must not make the questions come faster than ask.
@@ -343,13 +343,10 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 	return nil
 }
 
-// tableWaitMin and tableWaitMax bound one wait for a mount (the deadline
-// and the container's exit are looked at again after it); stateAskMin
-// and stateAskMax the wait before systemd is asked again for the state of
-// units that have their mounts.
+// stateAskMin and stateAskMax bound the wait before systemd is asked
+// again for the state of units that have their mounts (a mount's own wait
+// is bounded by mountWaitMin and mountWaitMax).
 const (
-	tableWaitMin = 10 * time.Millisecond
-	tableWaitMax = 250 * time.Millisecond
-	stateAskMin  = 2 * time.Millisecond
-	stateAskMax  = 100 * time.Millisecond
+	stateAskMin = 2 * time.Millisecond
+	stateAskMax = 100 * time.Millisecond
 )

@@ -76,10 +76,11 @@ func JoinCgroups(lines []string) error {
 // hierarchy whose root is path or above it; mounted says whether the
 // hierarchy is mounted at all.
 func cgroupDirs(mnts []*mountinfo.Info, ctrls, path string) (dirs []string, mounted bool) {
+	want := strings.Split(ctrls, ",")
 	for _, m := range mnts {
 		switch {
 		case ctrls == "" && m.FSType == "cgroup2":
-		case ctrls != "" && m.FSType == "cgroup" && hasAllOptions(m.VFSOptions, strings.Split(ctrls, ",")):
+		case ctrls != "" && m.FSType == "cgroup" && hasAllOptions(m.VFSOptions, want):
 		default:
 			continue
 		}
