@@ -18,7 +18,7 @@ all: build
 # gcc and the static C library are needed for the cgo constructor.
 deps:
 	@command -v gcc >/dev/null && test -e /usr/lib/x86_64-linux-gnu/libc.a || \
-		{ echo "installing gcc and libc6-dev"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q gcc libc6-dev >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q gcc libc6-dev >/dev/null; }; }
+		{ echo "installing gcc and libc6-dev"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q -o DPkg::Lock::Timeout=900 gcc libc6-dev >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=900 gcc libc6-dev >/dev/null; }; }
 
 build: deps
 	$(GOBUILD) -o $(BIN) ./cmd/autofs-restore-hook

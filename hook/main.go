@@ -99,6 +99,17 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
+	if err != nil && cmd == "" {
+		// The OCI hook runs for every container of the node: a log file
+		// it cannot open (a rootless runtime's user, say) must not fail
+		// them. It logs to syslog and stderr instead, and says so.
+		noFile := inv.Config.Logging
+		noFile.File = ""
+		fileErr := err
+		if log, closeLog, err = newLogger(noFile, stderr); err == nil {
+			log.Warnf("oci hook: %v: logging to syslog and stderr only", fileErr)
+		}
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v\n", err)
 		return ExitUsage

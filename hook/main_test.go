@@ -51,9 +51,24 @@ func TestMainUsage(t *testing.T) {
 		{"missing pid", nil, "", []string{"status", "--pid", "2147483000"}, ExitRefused, "process is gone"},
 		{"oci empty stdin", nil, "", nil, ExitUsage, "no state on stdin"},
 		{"oci not json", nil, "{oops", nil, ExitUsage, "not valid JSON"},
-		{"oci unknown status", nil, `{"id":"c","status":"paused","pid":5}`, nil, ExitUsage, `unknown status "paused"`},
+		{"oci no status", nil, `{"id":"c","pid":5}`, nil, ExitUsage, "no status"},
+		{"oci no id", nil, `{"status":"creating","pid":5}`, nil, ExitUsage, "no container id"},
+		// Everything below is a valid state: whatever the hook makes of
+		// it, the container goes on (exit 0), and a fresh start is not
+		// even looked at (a pid that does not exist, or the host's own
+		// namespaces, change nothing).
+		{"oci unknown status", nil, `{"id":"c","status":"paused","pid":5}`, nil, ExitOK, `unknown status "paused"`},
 		{"oci fresh create", nil, `{"ociVersion":"1.0.2","id":"c","status":"creating","pid":0,"bundle":"/b"}`, nil, ExitOK, ""},
-		{"oci host pid", nil, `{"id":"c","status":"stopped","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitRefused, "shares the host's"},
+		{"oci fresh create, host pid namespace", nil, `{"id":"c","status":"creating","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitOK, ""},
+		{"oci created, host pid namespace", nil, `{"id":"c","status":"created","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitOK, ""},
+		{"oci fresh create, pid gone", nil, `{"id":"c","status":"creating","pid":2147483000}`, nil, ExitOK, ""},
+		{"oci poststop", nil, `{"id":"c","status":"stopped","pid":0}`, nil, ExitOK, ""},
+		{"oci restore, host pid namespace", nil, `{"id":"c","status":"stopped","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitOK, "shares the host's"},
+		{"oci restore, pid gone", nil, `{"id":"c","status":"stopped","pid":2147483000}`, nil, ExitOK, "not followed"},
+		{"oci running, host pid namespace", nil, `{"id":"c","status":"running","pid":` + strconv.Itoa(os.Getpid()) + `}`, nil, ExitOK, "shares the host's"},
+		{"oci running, pid gone", nil, `{"id":"c","status":"running","pid":2147483000}`, nil, ExitOK, "not fixed"},
+		{"oci running without pid", nil, `{"id":"c","status":"running","pid":0}`, nil, ExitOK, "no pid"},
+		{"oci log file it cannot open", map[string]string{EnvLogFile: "/nonexistent-dir/hook.log"}, `{"id":"c","status":"creating","pid":0}`, nil, ExitOK, "logging to syslog and stderr only"},
 		{"criu ignored action", map[string]string{EnvCRIUAction: "pre-dump", EnvCRIUInitPid: "1"}, "", nil, ExitOK, ""},
 		{"criu bad pid", map[string]string{EnvCRIUAction: "post-resume", EnvCRIUInitPid: "abc"}, "", nil, ExitOK, `CRTOOLS_INIT_PID="abc" is not a process id`},
 		{"criu host pid", map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: strconv.Itoa(os.Getpid())}, "", nil, ExitOK, "shares the host's"},

@@ -29,6 +29,16 @@ const followerArg = "__autofs-restore-hook-follow"
 func init() { door.Register(followerArg, followerMain) }
 
 // ociMain is the OCI hook mode: the runtime-spec state is on stdin.
+//
+// The hook ships enabled for every container of a node, so it decides
+// first, on the state alone, whether the call is its business at all
+// (Decide): a fresh start, whatever the container, is an exit 0 that
+// looked at nothing but stdin. A restore it cannot or must not fix (a
+// host pid namespace, a pid it cannot open, a rootless runtime, a
+// follower that cannot start) is logged with the reason and exits 0 too,
+// so that the runtime goes on as it would without the hook. Only a state
+// that is not a runtime-spec state at all (the runtime is broken) exits
+// non-zero (ExitUsage).
 func ociMain(stdin io.Reader, opts Options) int {
 	st, err := ReadState(stdin)
 	if err != nil {
@@ -36,36 +46,49 @@ func ociMain(stdin io.Reader, opts Options) int {
 		return ExitUsage
 	}
 	log := opts.Log.WithFields(map[string]any{"container": st.ID, "status": st.Status, "pid": st.Pid})
-	var ev Evidence
-	if st.Pid > 0 {
-		if err := refuseHost(st.Pid); err != nil {
-			log.Errorf("oci hook: %v", err)
-			return ExitRefused
+	v, err := Decide(st, func() (Evidence, error) {
+		if err := mayFix(st.Pid); err != nil {
+			return Evidence{}, err
 		}
-		if ev, err = evidenceOf(st.Pid); err != nil {
-			log.Errorf("oci hook: %v", err)
-			return ExitRefused
-		}
-	}
-	ev.Forced = opts.AssumeRestored
-	v, err := Decide(st, ev)
+		ev, err := evidenceOf(st.Pid)
+		ev.Forced = opts.AssumeRestored
+		return ev, err
+	})
 	if err != nil {
-		log.Errorf("oci hook: %v", err)
-		return ExitUsage
+		log.Warnf("oci hook: not fixed, the container goes on as without the hook: %v", err)
+		return ExitOK
 	}
 	switch v {
 	case Ignore:
 		log.Debug("oci hook: no restore: nothing to do")
 		return ExitOK
 	case FixNow:
-		return fixMain(st.Pid, opts)
+		if code := fixMain(st.Pid, opts); code != ExitOK {
+			log.Warnf("oci hook: the fix ended with exit %d (the log says why): the container goes on; run `autofs-restore-hook fix --pid %d` to retry", code, st.Pid)
+		}
+		return ExitOK
+	}
+	if err := mayFix(st.Pid); err != nil {
+		log.Warnf("oci hook: restore not followed, the container goes on as without the hook: %v", err)
+		return ExitOK
 	}
 	if err := startFollower(st.Pid, opts); err != nil {
-		log.Errorf("oci hook: start the worker that follows the restore: %v", err)
-		return ExitFailed
+		log.Errorf("oci hook: restore not followed, the container goes on as without the hook: start the worker that follows the restore: %v", err)
+		return ExitOK
 	}
 	log.Infof("oci hook: restore in progress: a detached worker follows it (deadline %s)", opts.RestoreTimeout)
 	return ExitOK
+}
+
+// mayFix says why the hook must not act on the container whose init is
+// pid, or nil: the fix needs host root (a rootless runtime runs its hooks
+// as its user), and a container of its own (never the host's pid or
+// mount namespace).
+func mayFix(pid int) error {
+	if uid := os.Geteuid(); uid != 0 {
+		return fmt.Errorf("running as uid %d (a rootless runtime?): the fix needs root on the host", uid)
+	}
+	return refuseHost(pid)
 }
 
 // followerConfig is everything the detached worker needs, passed whole

@@ -42,12 +42,10 @@ func ReadState(r io.Reader) (*specs.State, error) {
 	if st.ID == "" {
 		return nil, errors.New("state on stdin has no container id")
 	}
-	switch st.Status {
-	case specs.StateCreating, specs.StateCreated, specs.StateRunning, specs.StateStopped:
-	case "":
+	// A status this hook does not know (a newer runtime-spec's) is not
+	// a broken runtime: Decide ignores it.
+	if st.Status == "" {
 		return nil, errors.New("state on stdin has no status")
-	default:
-		return nil, fmt.Errorf("state on stdin has unknown status %q", st.Status)
 	}
 	if st.Pid < 0 {
 		return nil, fmt.Errorf("state on stdin has a negative pid %d", st.Pid)
@@ -94,14 +92,22 @@ type Evidence struct {
 // Restored tells whether the evidence shows a restore.
 func (e Evidence) Restored() bool { return e.OwnTimeNS || e.Traced || e.Forced }
 
-// Decide applies the restore-detection rules to one OCI hook call:
+// Decide applies the restore-detection rules to one OCI hook call, on
+// the state alone wherever it can, so that a container that is not being
+// restored is never looked at:
+//   - "creating"/"created": a fresh create, nothing to do, whatever the
+//     container's namespaces, pid or privileges;
+//   - "stopped" without a pid: poststop, nothing to do;
 //   - "stopped" with a pid (runc's prestart/createRuntime on restore):
 //     a restore is in progress;
-//   - "creating"/"created": a fresh create, nothing to do;
 //   - "running" (poststart of runtimes that call it after a restore):
-//     act only with evidence of a restore;
-//   - "stopped" without a pid: poststop, nothing to do.
-func Decide(st *specs.State, ev Evidence) (Verdict, error) {
+//     act only with evidence of a restore, which only then is asked for
+//     (evidence may refuse the container: a host pid namespace, say);
+//   - any other status: nothing this hook knows, nothing to do.
+//
+// A non-nil error says why a call that is not a plain Ignore is ignored
+// all the same: the OCI hook logs it and lets the container go on.
+func Decide(st *specs.State, evidence func() (Evidence, error)) (Verdict, error) {
 	switch st.Status {
 	case specs.StateCreating, specs.StateCreated:
 		return Ignore, nil
@@ -114,10 +120,14 @@ func Decide(st *specs.State, ev Evidence) (Verdict, error) {
 		if st.Pid == 0 {
 			return Ignore, errors.New("state says running but has no pid")
 		}
+		ev, err := evidence()
+		if err != nil {
+			return Ignore, err
+		}
 		if ev.Restored() {
 			return FixNow, nil
 		}
 		return Ignore, nil
 	}
-	return Ignore, fmt.Errorf("unknown status %q", st.Status)
+	return Ignore, fmt.Errorf("unknown status %q: not a restore this hook knows", st.Status)
 }

@@ -24,6 +24,11 @@
 # host that is not cgroup v2 the TestCgroup2 tests do not run: a failure
 # under CI=true.
 #
+# The TestNoAutofs tests (test/e2e) need the lab's runtimes and CRIU but no
+# autofs: where the rest runs in the VM, they run first on the host itself,
+# at native speed (a "host pass" with its own closing line), and the VM
+# passes leave them out. A -run that does not name TestNoAutofs runs none.
+#
 # The test binaries are compiled here on the host (`go test -c`), as are the
 # hook and its failpoints build, so the guest compiles nothing. The lab is
 # provisioned on the host first (the guest has no network).
@@ -110,11 +115,22 @@ host_v2() { [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; }
 # The first pass never runs the TestCgroup2 tests (its host has cgroup v1),
 # unless it is natively on a cgroup v2 host, where both passes are one.
 ONE_PASS=0
+# The host pass: the TestNoAutofs tests, on this host, when the rest goes to
+# the VM.
+HOST_RUN=""
+if [ "$VM" = 1 ] && [ "$PASS1" = 1 ] && [ -s "$OUT/cgroup2/list" ]; then
+	case $RUN in
+	"") HOST_RUN='^TestNoAutofs' ;;
+	*TestNoAutofs*) HOST_RUN=$RUN ;;
+	esac
+fi
+SKIP='^TestCgroup2'
+[ "$VM" = 0 ] || SKIP='^(TestCgroup2|TestNoAutofs)'
 if [ "$VM" = 0 ] && host_v2 && [ "$PASS1" = 1 ]; then
 	ONE_PASS=1
 	PASS2=0
 else
-	ARGS+=(-test.skip '^TestCgroup2')
+	ARGS+=(-test.skip "$SKIP")
 fi
 # The first failing pass's exit status is kept (gotest.sh: 1; run.sh: 125
 # when the guest ended without a result).
@@ -153,6 +169,11 @@ fi
 # no network.
 if [ -z "$RUN" ] || grep -q ' test/e2e\| test/lab' <(cut -d' ' -f1 "$OUT/list" | sed 's|^github.com/autofs-restore-hook/autofs-restore-hook/| |'); then
 	bash test/lab/provision.sh
+fi
+if [ -n "$HOST_RUN" ]; then
+	echo "tests: the host pass (tests that need no autofs: $HOST_RUN), natively on kernel $(uname -r)"
+	ARH_TEST_SLOWDOWN=${USER_SLOWDOWN:-1} bash test/gotest.sh "$OUT/cgroup2" -test.timeout "${ARH_TEST_TIMEOUT:-25m}" -test.run "$HOST_RUN" || keep $?
+	echo
 fi
 export ARH_TEST_SLOWDOWN=${USER_SLOWDOWN:-3}
 export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_UNIT_TIMEOUT ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"

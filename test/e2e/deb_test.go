@@ -28,13 +28,7 @@ const (
 func TestDebPackageInstallsAHookPodmanFinds(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
-	deb := os.Getenv("AUTOFS_RESTORE_HOOK_DEB")
-	if deb == "" {
-		testenv.Skip(t, "AUTOFS_RESTORE_HOOK_DEB is not set (make test builds the package with make deb and sets it)")
-	}
-	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "autofs-restore-hook").CombinedOutput(); err == nil && strings.Contains(string(out), "installed") {
-		t.Fatalf("autofs-restore-hook is installed on this machine already (%s): the test would replace it", out)
-	}
+	installDeb(t)
 	dpkg := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command("timeout", append([]string{"-s", "KILL", "120", "dpkg"}, args...)...).CombinedOutput()
@@ -43,13 +37,6 @@ func TestDebPackageInstallsAHookPodmanFinds(tt *testing.T) {
 		}
 		return string(out)
 	}
-	dpkg("-i", deb)
-	removed := false
-	t.Cleanup(func() {
-		if !removed {
-			exec.Command("dpkg", "--purge", "autofs-restore-hook").Run()
-		}
-	})
 	for _, f := range []string{debBinary, debJSON, debMan} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("after dpkg -i: %v", err)
@@ -74,7 +61,6 @@ func TestDebPackageInstallsAHookPodmanFinds(tt *testing.T) {
 	systemdWorks(t, c)
 	allOK(t, c, 3)
 	dpkg("-r", "autofs-restore-hook")
-	removed = true
 	for _, f := range []string{debBinary, debJSON, debMan} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("after dpkg -r: %s is still there", f)

@@ -171,6 +171,25 @@ func Require(t testing.TB) {
 	if _, err := os.Stat("/dev/autofs"); err != nil {
 		testenv.Skip(t, "E2E: the autofs-restore-hook lab needs /dev/autofs (make test runs it in the test VM): %v", err)
 	}
+	provision(t)
+}
+
+// RequireHost is Require for the tests named TestNoAutofs...: they use the
+// lab's runtimes and CRIU but no autofs, so that test/tests.sh runs them
+// on the host itself, at native speed, also where the host's kernel has
+// no autofs (the rest then runs in the test VM).
+func RequireHost(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "E2E: the autofs-restore-hook lab needs root (runc, podman, CRIU)")
+	}
+	provision(t)
+}
+
+// provision runs provision.sh once per test process, and removes lab
+// containers left behind by test processes that no longer exist.
+func provision(t testing.TB) {
+	t.Helper()
 	ran := false
 	provisionOnce.Do(func() {
 		ran = true

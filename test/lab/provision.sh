@@ -7,7 +7,8 @@
 #   1. Debian packages: runc iptables autofs debootstrap apparmor (required;
 #      apparmor for apparmor_parser, the lab loads a profile where the kernel
 #      enforces AppArmor),
-#      podman conmon (optional: a failure only prints a loud warning).
+#      podman conmon (optional: a failure only prints a loud warning);
+#      uidmap and a user arh-rootless with subordinate ids (rootless podman).
 #   2. CRIU 4.1.1 from Debian trixie (Debian 12's CRIU 3.17 fails on recent
 #      kernels with "vdso: Unexpected rt vDSO area bounds"):
 #        $CACHE/criu-trixie      debootstrap --variant=minbase --include=criu trixie
@@ -67,7 +68,9 @@ apt_install() { # apt_install pkg... ; installs only the missing ones
 	[ ${#missing[@]} = 0 ] && return 0
 	apt_update_once
 	log "  apt-get install ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >"$CACHE/apt.log" 2>&1 || {
+	# A fresh machine often runs unattended-upgrades: wait for dpkg's lock
+	# rather than fail on it.
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=900 --no-install-recommends "${missing[@]}" >"$CACHE/apt.log" 2>&1 || {
 		tail -20 "$CACHE/apt.log" >&2
 		return 1
 	}
@@ -87,6 +90,17 @@ if ! apt_install podman conmon; then
 	log "!!! are unavailable. Everything else works without them.             !!!"
 	log "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 fi
+# Rootless podman, for the tests of containers the hook must not touch
+# (test/e2e TestHost...): newuidmap and a system user with subordinate ids.
+apt_install uidmap || die "apt-get install uidmap failed"
+if ! id arh-rootless >/dev/null 2>&1; then
+	useradd --system --create-home --home-dir /var/lib/arh-rootless --shell /usr/sbin/nologin arh-rootless ||
+		die "useradd arh-rootless failed"
+	log "  made user arh-rootless (rootless podman)"
+fi
+grep -q '^arh-rootless:' /etc/subuid && grep -q '^arh-rootless:' /etc/subgid ||
+	usermod --add-subuids 200000-265535 --add-subgids 200000-265535 arh-rootless ||
+	die "usermod --add-subuids for arh-rootless failed"
 step_end "$(runc --version | head -1)"
 
 # ---------------------------------------------------------- 2. CRIU from trixie

@@ -43,8 +43,8 @@ for p in qemu-system-x86 busybox-static cpio kmod xz-utils zstd e2fsprogs; do pk
 if [ ${#need[@]} -gt 0 ]; then
 	log "apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -q --no-install-recommends "${need[@]}" >"$CACHE/apt.log" 2>&1 ||
-		{ apt-get update -q >>"$CACHE/apt.log" 2>&1 && apt-get install -y -q --no-install-recommends "${need[@]}" >>"$CACHE/apt.log" 2>&1; } ||
+	apt-get install -y -q -o DPkg::Lock::Timeout=900 --no-install-recommends "${need[@]}" >"$CACHE/apt.log" 2>&1 ||
+		{ apt-get update -q >>"$CACHE/apt.log" 2>&1 && apt-get install -y -q -o DPkg::Lock::Timeout=900 --no-install-recommends "${need[@]}" >>"$CACHE/apt.log" 2>&1; } ||
 		{ tail -20 "$CACHE/apt.log" >&2; die "apt-get install ${need[*]} failed"; }
 fi
 

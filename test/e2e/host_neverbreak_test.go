@@ -1,0 +1,433 @@
+package e2e
+
+// Containers the hook must not touch: with the package installed (its
+// hooks.d JSON at the package's path, read by podman without --hooks-dir;
+// the runc config.json snippet), every container that starts, and every
+// checkpoint and restore that works, without the hook works the same with
+// it. These tests need no autofs: test/tests.sh runs them on the host
+// itself (TestNoAutofs...).
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// rootlessUser is the user provision.sh makes for rootless podman (with
+// subordinate ids).
+const rootlessUser = "arh-rootless"
+
+// installDeb installs the package of `make deb` with dpkg -i and purges it
+// at the end of the test. It fails the test if the package is installed
+// already (the test would replace an operator's install).
+func installDeb(t testing.TB) {
+	t.Helper()
+	deb := os.Getenv("AUTOFS_RESTORE_HOOK_DEB")
+	if deb == "" {
+		testenv.Skip(t, "AUTOFS_RESTORE_HOOK_DEB is not set (make test builds the package with make deb and sets it)")
+	}
+	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "autofs-restore-hook").CombinedOutput(); err == nil && strings.Contains(string(out), "installed") {
+		t.Fatalf("autofs-restore-hook is installed on this machine already (%s): the test would replace it", out)
+	}
+	if out, err := exec.Command("timeout", "-s", "KILL", "120", "dpkg", "-i", deb).CombinedOutput(); err != nil {
+		exec.Command("dpkg", "--purge", "autofs-restore-hook").Run()
+		t.Fatalf("dpkg -i %s: %v\n%s", deb, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("timeout", "-s", "KILL", "120", "dpkg", "--purge", "autofs-restore-hook").CombinedOutput(); err != nil {
+			t.Errorf("dpkg --purge autofs-restore-hook: %v\n%s", err, out)
+		}
+	})
+}
+
+// logInstalledHook adds a log file (at debug level) to the installed
+// hooks.d JSON's environment, so that the test sees each call of the hook;
+// path and binary stay the package's. The log's directory is writable by
+// the rootless user too. It returns a reader of that log.
+func logInstalledHook(t testing.TB) func() string {
+	t.Helper()
+	b, err := os.ReadFile(debJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(b, &h); err != nil {
+		t.Fatal(err)
+	}
+	if h["hook"].(map[string]any)["path"] != debBinary {
+		t.Fatalf("the installed %s names %v, want %s", debJSON, h["hook"], debBinary)
+	}
+	dir, err := os.MkdirTemp("", "arh-neverbreak-log-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "hook.log")
+	h["hook"].(map[string]any)["env"] = hookLogEnv(logPath, hook.EnvLogLevel+"=debug")
+	b, _ = json.Marshal(h)
+	if err := os.WriteFile(debJSON, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		b, _ := os.ReadFile(logPath)
+		return string(b)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the hook's log at the failure:\n%s", read())
+		}
+	})
+	return read
+}
+
+// smallRootfs is a private copy of the lab's Debian 13 rootfs (no
+// container writes to the cache), readable by the rootless user.
+func smallRootfs(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "arh-neverbreak-rootfs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	rootfs := filepath.Join(dir, "rootfs")
+	if out, err := exec.Command("cp", "-a", filepath.Join(lab.CacheDir(), "rootfs-trixie"), rootfs).CombinedOutput(); err != nil {
+		t.Fatalf("copy the lab's rootfs: %v\n%s", err, out)
+	}
+	return rootfs
+}
+
+// podmanRunner runs podman as root or as the rootless user, with the lab's
+// global flags and the CRIU wrapper first in PATH; hooksDir, when set, is
+// the only hooks dir (--hooks-dir: the baseline without the hook).
+type podmanRunner struct {
+	rootless bool
+	hooksDir string
+}
+
+func (p podmanRunner) String() string {
+	who := "root"
+	if p.rootless {
+		who = "rootless"
+	}
+	if p.hooksDir != "" {
+		return who + ", without the hook"
+	}
+	return who + ", with the package's hook"
+}
+
+func (p podmanRunner) cmd(timeout time.Duration, args ...string) *exec.Cmd {
+	argv := []string{"timeout", "-s", "KILL", strconv.Itoa(int(testenv.Scale(timeout).Seconds()))}
+	env := []string{"PATH=" + filepath.Join(lab.CacheDir(), "bin") + ":/usr/sbin:/usr/bin:/sbin:/bin"}
+	if p.rootless {
+		argv = append(argv, "runuser", "-u", rootlessUser, "--", "env", "HOME=/var/lib/"+rootlessUser, "XDG_RUNTIME_DIR=")
+		argv = append(argv, env...)
+	}
+	argv = append(argv, "podman", "--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file")
+	if p.hooksDir != "" {
+		argv = append(argv, "--hooks-dir", p.hooksDir)
+	}
+	cmd := exec.Command(argv[0], append(argv[1:], args...)...)
+	cmd.Env = append(env, "HOME=/root")
+	cmd.Dir = "/"
+	return cmd
+}
+
+// run runs podman and returns its stdout, and its exit status with stderr
+// as an error.
+func (p podmanRunner) run(timeout time.Duration, args ...string) (string, error) {
+	cmd := p.cmd(timeout, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("podman %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// podmanCase is one way of running a container that the hook must not
+// break.
+type podmanCase struct {
+	name     string
+	flags    []string
+	rootless bool // only rootless (--userns=keep-id)
+	rootOnly bool
+	// needsOther runs the case beside another container, whose name
+	// replaces OTHER in flags.
+	needsOther bool
+	// noCheckpoint, when set, says why the case is not checkpointed.
+	noCheckpoint string
+}
+
+var neverBreakCases = []podmanCase{
+	{name: "plain"},
+	{name: "pid-host", flags: []string{"--pid=host"}},
+	{name: "host-ipc-net-uts", flags: []string{"--ipc=host", "--net=host", "--uts=host"},
+		// Seen on podman 4.3.1 with CRIU 4.1.1, without the hook: the
+		// restore "works", then exec, rm -f and ps hang on the container
+		// for minutes and leave its conmon behind.
+		noCheckpoint: "podman's restore of a container in the host's network namespace leaves it hung, hook or not"},
+	{name: "privileged", flags: []string{"--privileged"}},
+	{name: "userns-keep-id", flags: []string{"--userns=keep-id"}, rootless: true},
+	{name: "pid-container", flags: []string{"--pid=container:OTHER"}, needsOther: true},
+	{name: "read-only", flags: []string{"--read-only"}},
+	{name: "systemd-always", flags: []string{"--systemd=always"}},
+}
+
+// runArgs is podman run's arguments for case c: name, the machine's
+// limits, no network unless the case takes the host's, its flags, the
+// rootfs, then the command.
+func (c podmanCase) runArgs(name, other, rootfs string, detach bool, command ...string) []string {
+	args := []string{"run", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"}
+	if detach {
+		args = append(args, "-d")
+	} else {
+		args = append(args, "--rm")
+	}
+	net := false
+	for _, f := range c.flags {
+		f = strings.ReplaceAll(f, "OTHER", other)
+		net = net || strings.HasPrefix(f, "--net=")
+		args = append(args, f)
+	}
+	if !net {
+		args = append(args, "--network", "none")
+	}
+	return append(append(args, "--rootfs", rootfs), command...)
+}
+
+// outcome is what a runtime did with one container: its output and
+// whether it failed.
+type outcome struct {
+	out string
+	err error
+}
+
+func (o outcome) String() string {
+	if o.err != nil {
+		return "failed: " + o.err.Error()
+	}
+	return fmt.Sprintf("ok, output %q", o.out)
+}
+
+// startOutcome starts case c's container in the foreground, running a
+// command whose output depends on its namespaces, and removes it.
+func startOutcome(p podmanRunner, c podmanCase, name, other, rootfs string) outcome {
+	out, err := p.run(time.Minute, c.runArgs(name, other, rootfs, false, "sh", "-c", "echo started; id -u; test -r /proc/self/stat && echo procfs")...)
+	return outcome{out, err}
+}
+
+// checkpointOutcome starts case c's container detached, checkpoints and
+// restores it, and checks that it runs again; it removes it at the end.
+func checkpointOutcome(p podmanRunner, c podmanCase, name, other, rootfs string) outcome {
+	defer p.run(time.Minute, "rm", "-f", "-t", "0", name)
+	if _, err := p.run(time.Minute, c.runArgs(name, other, rootfs, true, "sleep", "600")...); err != nil {
+		return outcome{"", err}
+	}
+	for _, step := range [][]string{{"container", "checkpoint", name}, {"container", "restore", name}} {
+		if _, err := p.run(2*time.Minute, step...); err != nil {
+			return outcome{"", err}
+		}
+	}
+	out, err := p.run(15*time.Second, "exec", name, "echo", "alive")
+	return outcome{out, err}
+}
+
+// With the package installed, podman (root and rootless, no --hooks-dir)
+// starts every kind of container exactly as without the hook, and every
+// checkpoint and restore that works without the hook works with it. The
+// hook is called for each (its log shows the container's id); before the
+// hook decided on the state first, --pid=host failed to start ("exit
+// status 3 ... shares the host's pid namespace").
+func TestNoAutofsInstalledHookBreaksNoPodmanContainer(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.RequireHost(t)
+	if _, err := exec.LookPath("podman"); err != nil {
+		t.Fatalf("podman is not installed: provisioning should have installed it: %v", err)
+	}
+	rootfs := smallRootfs(t)
+	installDeb(t)
+	log := logInstalledHook(t)
+	empty, err := os.MkdirTemp("", "arh-neverbreak-nohooks-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(empty) })
+	os.Chmod(empty, 0o755)
+	suffix := strconv.Itoa(os.Getpid())
+	for _, rootless := range []bool{false, true} {
+		with, without := podmanRunner{rootless: rootless}, podmanRunner{rootless: rootless, hooksDir: empty}
+		who := "root"
+		if rootless {
+			who = "rootless"
+		}
+		// The other container of --pid=container:OTHER, one for each
+		// runner (with or without the hook: the hook runs for it too).
+		others := map[bool]string{}
+		for _, p := range []podmanRunner{with, without} {
+			other := fmt.Sprintf("arh-nb-%s-other-%t-%s", who, p.hooksDir == "", suffix)
+			if _, err := p.run(time.Minute, podmanCase{}.runArgs(other, "", rootfs, true, "sleep", "600")...); err != nil {
+				t.Fatalf("%s: start the other container: %v", p, err)
+			}
+			t.Cleanup(func() { p.run(time.Minute, "rm", "-f", "-t", "0", other) })
+			others[p.hooksDir == ""] = other
+		}
+		for _, c := range neverBreakCases {
+			if (c.rootless && !rootless) || (c.rootOnly && rootless) {
+				continue
+			}
+			name := fmt.Sprintf("arh-nb-%s-%s-%s", who, c.name, suffix)
+			base := startOutcome(without, c, name+"-base", others[false], rootfs)
+			got := startOutcome(with, c, name, others[true], rootfs)
+			t.Logf("%s %s: start without the hook %s; with it %s", who, c.name, base, got)
+			if (got.err == nil) != (base.err == nil) || got.out != base.out {
+				t.Errorf("%s %s: started %s without the hook, %s with it", who, c.name, base, got)
+			}
+			if rootless {
+				// podman checkpoints only as root ("checkpointing a
+				// container requires root"): shown once, not per case.
+				continue
+			}
+			if c.noCheckpoint != "" {
+				t.Logf("%s %s: not checkpointed: %s", who, c.name, c.noCheckpoint)
+				continue
+			}
+			base = checkpointOutcome(without, c, name+"-cr-base", others[false], rootfs)
+			got = checkpointOutcome(with, c, name+"-cr", others[true], rootfs)
+			t.Logf("%s %s: checkpoint and restore without the hook %s; with it %s", who, c.name, base, got)
+			if base.err == nil && got.err != nil {
+				t.Errorf("%s %s: checkpoint and restore work without the hook, and with it %s", who, c.name, got)
+			}
+		}
+		if rootless {
+			// What the rootless rows above leave out, shown: podman
+			// cannot checkpoint as a user, hook or not.
+			c := neverBreakCases[0]
+			base := checkpointOutcome(without, c, "arh-nb-rootless-cr-"+suffix, "", rootfs)
+			if base.err == nil {
+				t.Errorf("rootless podman checkpointed and restored a container: the rootless rows must then compare checkpoints too")
+			}
+			t.Logf("rootless checkpoint without the hook: %s", base)
+		}
+	}
+	// The hook ran for every container podman created with it: a
+	// createRuntime call for a fresh start, and a restore it followed (root)
+	// or refused with a reason and exit 0 (--pid=host).
+	l := log()
+	for _, want := range []string{"status=creating", "status=stopped", "shares the host's pid namespace", "restore in progress"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("the hook's log has no %q: was the installed hook called?", want)
+		}
+	}
+	if n := strings.Count(l, "status=creating"); n < 2*len(neverBreakCases) {
+		t.Errorf("the hook logged %d fresh starts, want at least %d (one a container created with it)", n, 2*len(neverBreakCases))
+	}
+	if strings.Contains(l, "autofs-restore-hook error:") {
+		t.Errorf("the hook logged errors for containers it has no business with:\n%s", grepLines(l, "autofs-restore-hook error:"))
+	}
+}
+
+// runcBundle writes a bundle for runc: rootfs read-only, the given
+// command, the spec's namespaces without pid when hostPID, and the hooks
+// of the shipped runc config.json snippet when withHook (with logEnv as
+// their environment: runc gives a hook no other).
+func runcBundle(t testing.TB, rootfs string, hostPID, withHook bool, logEnv []string, command ...string) string {
+	t.Helper()
+	b := t.TempDir()
+	if out, err := exec.Command("runc", "spec", "--bundle", b).CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v\n%s", err, out)
+	}
+	var spec specs.Spec
+	raw, err := os.ReadFile(filepath.Join(b, "config.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &spec)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Root = &specs.Root{Path: rootfs, Readonly: true}
+	spec.Process.Terminal = false
+	spec.Process.Args = command
+	spec.Hostname = ""
+	if hostPID {
+		var ns []specs.LinuxNamespace
+		for _, n := range spec.Linux.Namespaces {
+			if n.Type != specs.PIDNamespace {
+				ns = append(ns, n)
+			}
+		}
+		spec.Linux.Namespaces = ns
+	}
+	if withHook {
+		snippet, err := os.ReadFile(filepath.Join(lab.Dir(), "..", "..", "hooks.d", "runc-config-snippet.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s specs.Spec
+		if err := json.Unmarshal(snippet, &s); err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.Hooks.CreateRuntime {
+			s.Hooks.CreateRuntime[i].Env = logEnv
+		}
+		spec.Hooks = s.Hooks
+	}
+	raw, _ = json.Marshal(&spec)
+	if err := os.WriteFile(filepath.Join(b, "config.json"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// With the package installed and the runc config.json snippet in a spec,
+// runc starts a container that shares the host's pid namespace (and one
+// that does not) exactly as without the snippet.
+func TestNoAutofsRuncSnippetBreaksNoContainer(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.RequireHost(t)
+	rootfs := smallRootfs(t)
+	installDeb(t)
+	logPath, log := ociLog(t)
+	for _, hostPID := range []bool{false, true} {
+		var res [2]outcome
+		for i, withHook := range []bool{false, true} {
+			b := runcBundle(t, rootfs, hostPID, withHook, hookLogEnv(logPath, hook.EnvLogLevel+"=debug"), "sh", "-c", "echo started; id -u")
+			id := fmt.Sprintf("arh-nb-runc-%t-%t-%d", hostPID, withHook, os.Getpid())
+			cmd := exec.Command("timeout", "-s", "KILL", strconv.Itoa(int(testenv.Scale(time.Minute).Seconds())), "runc", "run", "--bundle", b, id)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			exec.Command("runc", "delete", "-f", id).Run()
+			if err != nil {
+				err = fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
+			}
+			res[i] = outcome{string(out), err}
+		}
+		t.Logf("runc, host pid namespace %t: without the snippet %s; with it %s", hostPID, res[0], res[1])
+		if res[0].err != nil {
+			t.Fatalf("runc, host pid namespace %t: the container does not start even without the hook: %s", hostPID, res[0])
+		}
+		if res[1].err != nil || res[1].out != res[0].out {
+			t.Errorf("runc, host pid namespace %t: without the snippet %s; with it %s", hostPID, res[0], res[1])
+		}
+	}
+	if n := strings.Count(log(), "status=creating"); n < 2 {
+		t.Errorf("the hook logged %d fresh starts, want 2: was the snippet's hook called?", n)
+	}
+}
