@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
@@ -189,7 +190,7 @@ func tracedByCRIU(tracer int) bool {
 	if !strings.HasPrefix(base, "ld-") && !strings.HasPrefix(base, "ld.so") {
 		return false
 	}
-	cmdline, err := os.ReadFile(dir + "/cmdline")
+	cmdline, err := procfile.Read(dir+"/cmdline", procfile.MaxCmdline)
 	if err != nil {
 		return false
 	}

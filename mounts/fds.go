@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 )
 
 // FDInfo is what the host's /proc/PID/fdinfo/N says of one open file. It
@@ -71,7 +73,9 @@ func OwnFD(fd int) (FDInfo, error) { return readFDInfo("/proc/self", fd) }
 
 func readFDInfo(dir string, n int) (FDInfo, error) {
 	name := strconv.Itoa(n)
-	b, err := os.ReadFile(dir + "/fdinfo/" + name)
+	// Only the head: the file grows with what an epoll or inotify fd
+	// watches, and the lines read come first.
+	b, err := procfile.Head(dir+"/fdinfo/"+name, procfile.FDInfoHead)
 	if err != nil {
 		return FDInfo{}, err
 	}

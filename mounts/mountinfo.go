@@ -4,6 +4,8 @@ package mounts
 // mounts and what sits on them.
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -42,8 +45,6 @@ type Table struct {
 	All []*mountinfo.Info
 	// Autofs holds the autofs mounts, sorted by mount point.
 	Autofs []*Autofs
-
-	children map[int][]*mountinfo.Info
 }
 
 // ReadTable reads /proc/PID/mountinfo. It reads the file from the caller's
@@ -61,24 +62,84 @@ func ReadTable(pid int) (*Table, error) {
 	return t, nil
 }
 
-// ParseTable parses a mountinfo stream and indexes its autofs mounts.
+// The bounds of a mount table. A container makes its own mounts, as many
+// as its mount namespace takes (fs.mount-max: 100,000 by default), on
+// paths as long as it likes; the hook parses the table in its own
+// memory, so it reads no more than this.
+const (
+	// MaxTableSize is the most bytes of a mountinfo file read: 16 MiB
+	// is some 80,000 lines of a usual length (about 200 bytes); a
+	// longer table is refused.
+	MaxTableSize = 16 << 20
+	// MaxTableMounts is the most mounts (lines) of a table: the
+	// kernel's default fs.mount-max for one mount namespace. A table
+	// with more is refused.
+	MaxTableMounts = 100000
+)
+
+// ErrTableTooLarge is what errors of ParseTable for a table over
+// MaxTableSize or MaxTableMounts match (errors.Is).
+var ErrTableTooLarge = errors.New("mount table too large")
+
+// boundedTable passes on a mountinfo stream and fails the read as soon
+// as it holds more than MaxTableSize bytes or MaxTableMounts lines.
+type boundedTable struct {
+	r     io.Reader
+	size  int   // bytes passed on so far
+	lines int   // newlines among them
+	err   error // the bound passed, once it is
+}
+
+func (b *boundedTable) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if len(p) > MaxTableSize+1-b.size {
+		p = p[:MaxTableSize+1-b.size]
+	}
+	n, err := b.r.Read(p)
+	b.size += n
+	b.lines += bytes.Count(p[:n], []byte{'\n'})
+	switch {
+	case b.size > MaxTableSize:
+		b.err = fmt.Errorf("%w: more than %s: refused", ErrTableTooLarge, procfile.Size(MaxTableSize))
+	case b.lines > MaxTableMounts:
+		b.err = fmt.Errorf("%w: more than %d mounts: refused", ErrTableTooLarge, MaxTableMounts)
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	return n, err
+}
+
+// ParseTable parses a mountinfo stream and indexes its autofs mounts. It
+// reads at most MaxTableSize bytes and MaxTableMounts lines of it: a
+// larger table is an error (ErrTableTooLarge) naming the bound.
 func ParseTable(r io.Reader) (*Table, error) {
-	all, err := mountinfo.GetMountsFromReader(r, nil)
+	b := &boundedTable{r: r}
+	all, err := mountinfo.GetMountsFromReader(b, nil)
+	// Over a bound, the parser may have seen the line the bound cut
+	// and failed on it: the bound is the error.
+	if b.err != nil {
+		return nil, b.err
+	}
 	if err != nil {
 		return nil, err
+	}
+	if len(all) > MaxTableMounts {
+		return nil, fmt.Errorf("%w: more than %d mounts: refused", ErrTableTooLarge, MaxTableMounts)
 	}
 	return NewTable(all)
 }
 
-// NewTable indexes an already parsed mount list.
+// NewTable indexes an already parsed mount list. Its work is linear in
+// the number of mounts, however they stack: the mounts below each one
+// are a range of one walk of the whole tree, shared by the Submounts of
+// every autofs mount in it.
 func NewTable(all []*mountinfo.Info) (*Table, error) {
-	t := &Table{All: all, children: make(map[int][]*mountinfo.Info, len(all))}
-	for _, m := range all {
-		if m.Parent != m.ID {
-			t.children[m.Parent] = append(t.children[m.Parent], m)
-		}
-	}
-	for _, m := range all {
+	t := &Table{All: all}
+	w := walkTree(all)
+	for i, m := range all {
 		if m.FSType != "autofs" {
 			continue
 		}
@@ -87,17 +148,19 @@ func NewTable(all []*mountinfo.Info) (*Table, error) {
 			return nil, fmt.Errorf("mount %d at %q: %w", m.ID, m.Mountpoint, err)
 		}
 		a := &Autofs{Info: m, Options: opts}
-		for _, c := range t.children[m.ID] {
-			if c.Mountpoint == m.Mountpoint {
-				a.OnTop = c
+		top := -1
+		for _, c := range w.children[m.ID] {
+			if all[c].Mountpoint == m.Mountpoint {
+				top = c
 				break
 			}
 		}
 		switch {
-		case a.OnTop != nil:
-			a.Submounts = t.descendants(a.OnTop.ID, nil)
+		case top >= 0:
+			a.OnTop = all[top]
+			a.Submounts = w.below(top)
 		case opts.Mode == ModeIndirect:
-			a.Submounts = t.descendants(m.ID, nil)
+			a.Submounts = w.below(i)
 		}
 		t.Autofs = append(t.Autofs, a)
 	}
@@ -107,20 +170,103 @@ func NewTable(all []*mountinfo.Info) (*Table, error) {
 	return t, nil
 }
 
-func (t *Table) descendants(id int, out []*mountinfo.Info) []*mountinfo.Info {
-	for _, c := range t.children[id] {
-		out = append(out, c)
-		out = t.descendants(c.ID, out)
-	}
-	return out
+// treeWalk is the mounts of a table in one depth-first walk, each
+// before the mounts below it and those in mountinfo order: the mounts
+// below one are the range of the walk from just after it to its end.
+// Mounts are named by their index in the table.
+type treeWalk struct {
+	// children are the mounts on each mount, by its id, in table order.
+	children map[int][]int
+	order    []*mountinfo.Info
+	// at is the position of each mount in order (-1 before it is
+	// walked); end is, by position, where the mounts below it end.
+	at  []int
+	end []int
 }
 
-// Find returns the autofs mount at mount point mp, or nil.
-func (t *Table) Find(mp string) *Autofs {
-	for _, a := range t.Autofs {
-		if a.Info.Mountpoint == mp {
-			return a
+// walkTree walks the tree of mounts from its roots (mounts whose parent
+// is not in the table, or themselves), then from any mount not reached
+// (which only a table with a loop of parents has), each mount once.
+func walkTree(all []*mountinfo.Info) *treeWalk {
+	w := &treeWalk{
+		children: make(map[int][]int, len(all)),
+		order:    make([]*mountinfo.Info, 0, len(all)),
+		at:       make([]int, len(all)),
+		end:      make([]int, 0, len(all)),
+	}
+	for i, m := range all {
+		w.at[i] = -1
+		if m.Parent != m.ID {
+			w.children[m.Parent] = append(w.children[m.Parent], i)
 		}
+	}
+	// A mount whose id is a key of children has mounts on it: a root
+	// is one whose parent is not such a mount of the table.
+	present := make(map[int]bool, len(w.children))
+	for _, m := range all {
+		if _, ok := w.children[m.ID]; ok {
+			present[m.ID] = true
+		}
+	}
+	type frame struct {
+		i    int // the mount
+		next int // the next of its children to walk
+	}
+	var stack []frame
+	visit := func(i int) {
+		w.at[i] = len(w.order)
+		w.order = append(w.order, all[i])
+		w.end = append(w.end, 0)
+		stack = append(stack, frame{i: i})
+	}
+	from := func(root int) {
+		visit(root)
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			if kids := w.children[all[top.i].ID]; top.next < len(kids) {
+				c := kids[top.next]
+				top.next++
+				if w.at[c] < 0 {
+					visit(c)
+				}
+				continue
+			}
+			w.end[w.at[top.i]] = len(w.order)
+			stack = stack[:len(stack)-1]
+		}
+	}
+	for i, m := range all {
+		if w.at[i] < 0 && (m.Parent == m.ID || !present[m.Parent]) {
+			from(i)
+		}
+	}
+	for i := range all {
+		if w.at[i] < 0 {
+			from(i)
+		}
+	}
+	return w
+}
+
+// below is the mounts below mount i, parents first, nil for none. The
+// slice is part of the walk, shared: its capacity ends with it, so that
+// an append to it copies.
+func (w *treeWalk) below(i int) []*mountinfo.Info {
+	p := w.at[i]
+	if w.end[p] == p+1 {
+		return nil
+	}
+	return w.order[p+1 : w.end[p] : w.end[p]]
+}
+
+// Find returns the autofs mount at mount point mp, or nil: of several
+// stacked there, the first in mountinfo order (the lowest). A binary
+// search of Autofs, so that callers looking up each of many mount points
+// do not scan the table for each.
+func (t *Table) Find(mp string) *Autofs {
+	i := sort.Search(len(t.Autofs), func(i int) bool { return t.Autofs[i].Info.Mountpoint >= mp })
+	if i < len(t.Autofs) && t.Autofs[i].Info.Mountpoint == mp {
+		return t.Autofs[i]
 	}
 	return nil
 }

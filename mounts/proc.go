@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,7 +69,7 @@ func PinnedBy(f *os.File) (*Process, error) {
 }
 
 func pinnedBy(fd int) (*Process, error) {
-	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	b, err := procfile.Head("/proc/self/fdinfo/"+strconv.Itoa(fd), procfile.FDInfoHead)
 	if err != nil {
 		return nil, fmt.Errorf("fdinfo of pidfd: %w", err)
 	}
@@ -185,7 +186,7 @@ func (s Stat) Exited() bool { return s.State == 'Z' || s.State == 'X' }
 
 // ReadStat parses /proc/PID/stat.
 func ReadStat(pid int) (Stat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := procfile.Read("/proc/"+strconv.Itoa(pid)+"/stat", procfile.MaxStat)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 			return Stat{}, fmt.Errorf("pid %d: %w", pid, ErrGone)
@@ -225,7 +226,7 @@ type Status map[string]string
 
 // ReadStatus reads /proc/PID/status as a key-value map.
 func ReadStatus(pid int) (Status, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	b, err := procfile.Read("/proc/"+strconv.Itoa(pid)+"/status", procfile.MaxStatus)
 	if err != nil {
 		return nil, fmt.Errorf("read status of pid %d: %w", pid, err)
 	}
@@ -391,6 +392,6 @@ func InitOf(pid int) (int, error) {
 
 // Wchan returns the kernel function pid sleeps in.
 func Wchan(pid int) string {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+	b, _ := procfile.Read("/proc/"+strconv.Itoa(pid)+"/wchan", procfile.MaxSmall)
 	return string(b)
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
@@ -71,11 +72,11 @@ type Daemon struct {
 // the daemon again as it runs.
 func CaptureDaemon(pid int) (*Daemon, error) {
 	dir := "/proc/" + strconv.Itoa(pid) + "/"
-	cmdline, err := os.ReadFile(dir + "cmdline")
+	cmdline, err := procfile.Read(dir+"cmdline", procfile.MaxCmdline)
 	if err != nil || len(cmdline) == 0 {
 		return nil, fmt.Errorf("read command line of %d: %v", pid, err)
 	}
-	environ, err := os.ReadFile(dir + "environ")
+	environ, err := procfile.Read(dir+"environ", procfile.MaxEnviron)
 	if err != nil {
 		return nil, fmt.Errorf("read environment of %d: %w", pid, err)
 	}
@@ -83,7 +84,7 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	cg, err := os.ReadFile(dir + "cgroup")
+	cg, err := procfile.Read(dir+"cgroup", procfile.MaxCgroup)
 	if err != nil {
 		return nil, fmt.Errorf("read cgroups of %d: %w", pid, err)
 	}
@@ -132,12 +133,12 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	errs = append(errs, err)
 	d.Rlimits, err = readLimits(dir + "limits")
 	errs = append(errs, err)
-	b, err := os.ReadFile(dir + "oom_score_adj")
+	b, err := procfile.Read(dir+"oom_score_adj", procfile.MaxSmall)
 	if err == nil {
 		d.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
 	errs = append(errs, err)
-	if b, err = os.ReadFile(dir + "personality"); err == nil {
+	if b, err = procfile.Read(dir+"personality", procfile.MaxSmall); err == nil {
 		var pers uint64
 		pers, err = strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
 		d.Personality = uint32(pers)
@@ -160,7 +161,7 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 // is the kernel's, but it is checked as untrusted text all the same: it
 // is written back for the new daemon's exec.
 func readLSMAttr(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := procfile.Read(path, procfile.MaxLSMLabel)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
 		return "", nil
 	}
@@ -182,7 +183,7 @@ var limitNames = []string{"Max cpu time", "Max file size", "Max data size", "Max
 // readLimits reads a /proc/PID/limits file: soft and hard limit of each
 // resource, RLIM_INFINITY for "unlimited".
 func readLimits(path string) ([][2]uint64, error) {
-	b, err := os.ReadFile(path)
+	b, err := procfile.Read(path, procfile.MaxSmall)
 	if err != nil {
 		return nil, err
 	}
