@@ -15,6 +15,8 @@ import (
 	"github.com/sirupsen/logrus"
 	lsyslog "github.com/sirupsen/logrus/hooks/syslog"
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // LogConfig says where log lines go. Runtimes drop a hook's stderr, so the
@@ -123,23 +125,9 @@ func (lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// controlEscaped writes every control character of s (a newline, a
-// carriage return, an escape sequence's ESC: text a container may have
-// chosen, in a unit name, a mount source or an error) as \ooo, so that a
-// log line stays one line and a terminal shows what it got.
-func controlEscaped(s string) string {
-	if !strings.ContainsFunc(s, isControl) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			fmt.Fprintf(&b, "\\%03o", c)
-		} else {
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
-
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+// controlEscaped writes what is not printable text in s (mounts.NotText:
+// a newline, a carriage return, an escape sequence's ESC or CSI, a bidi
+// override: text a container may have chosen, in a unit name, a mount
+// source or an error) as \ooo, so that a log line stays one line and a
+// terminal shows what it got.
+func controlEscaped(s string) string { return mounts.EscapeText(s) }

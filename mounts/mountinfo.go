@@ -11,7 +11,6 @@ import (
 	"os"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"github.com/moby/sys/mountinfo"
@@ -269,22 +268,4 @@ func (t *Table) Find(mp string) *Autofs {
 		return t.Autofs[i]
 	}
 	return nil
-}
-
-// Escape makes a path printable on one log line: control characters,
-// backslashes and spaces are written as octal escapes, as mountinfo does.
-func Escape(p string) string {
-	if !strings.ContainsFunc(p, func(r rune) bool { return r < 0x21 || r == '\\' || r == 0x7f }) {
-		return p
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c < 0x21 || c == '\\' || c == 0x7f {
-			fmt.Fprintf(&b, "\\%03o", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
 }

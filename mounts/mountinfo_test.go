@@ -74,6 +74,19 @@ func TestEscape(t *testing.T) {
 		"/srv/my data":   `/srv/my\040data`,
 		"/srv/new\nline": `/srv/new\012line`,
 		`/back\slash`:    `/back\134slash`,
+		// C1 controls, bidi overrides and isolates, zero-width and other
+		// format characters, separators, invalid UTF-8: escaped byte by
+		// byte; other non-ASCII text is kept.
+		"/srv/\u009b31m":       `/srv/\302\23331m`,
+		"/srv/\u202egnp.exe":   `/srv/\342\200\256gnp.exe`,
+		"/srv/a\u2066b\u2069":  `/srv/a\342\201\246b\342\201\251`,
+		"/srv/zero\u200bwidth": `/srv/zero\342\200\213width`,
+		"/srv/bom\ufeff":       `/srv/bom\357\273\277`,
+		"/srv/line\u2028sep":   `/srv/line\342\200\250sep`,
+		"/srv/bad\xffbyte":     `/srv/bad\377byte`,
+		"/srv/private\ue000":   `/srv/private\356\200\200`,
+		"/srv/données-日本":      "/srv/données-日本",
+		"/srv/nbsp\u00a0ok":    "/srv/nbsp\u00a0ok",
 	} {
 		if got := Escape(in); got != want {
 			t.Errorf("Escape(%q) = %q, want %q", in, got, want)
@@ -132,4 +145,28 @@ func itoa(i int) string {
 		return d[i : i+1]
 	}
 	return itoa(i/10) + d[i%10:i%10+1]
+}
+
+func TestEscapeText(t *testing.T) {
+	for in, want := range map[string]string{
+		"unit a.automount failed":      "unit a.automount failed",
+		"two\nlines":                   `two\012lines`,
+		"esc \x1b[2J and csi \u009b2J": `esc \033[2J and csi \302\2332J`,
+		"rtl \u202e and \u2067":        `rtl \342\200\256 and \342\201\247`,
+		`back\slash kept`:              `back\slash kept`,
+	} {
+		if got := EscapeText(in); got != want {
+			t.Errorf("EscapeText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// Escaping is one pass: a megabyte of bidi overrides costs about what a
+// megabyte of plain text does.
+func TestEscapeTextIsLinear(t *testing.T) {
+	bad := strings.Repeat("\u202e", 1<<18)
+	allocs := testing.AllocsPerRun(3, func() { EscapeText(bad) })
+	if allocs > 64 {
+		t.Errorf("EscapeText of %d bytes: %.0f allocations, want a handful", len(bad), allocs)
+	}
 }
