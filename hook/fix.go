@@ -44,6 +44,26 @@ var (
 	maxRestartTimeout = 3 * time.Minute
 )
 
+// Bounds of one run (one fix of one container), whatever the container
+// holds: more autofs mounts than maxAutofsMounts is refused, more
+// automount daemons than maxDaemons are left for a later run, and
+// runMargin is the part of the run's deadline beyond the lock and the
+// restarts (inspection, pre-resume, records).
+const (
+	maxAutofsMounts = 4096
+	maxDaemons      = 16
+	runMargin       = 30 * time.Second
+)
+
+// stepTimeout is d, or what is left of the run's deadline if that is
+// less (zero once it has passed).
+func (o Options) stepTimeout(d time.Duration) time.Duration {
+	if o.Deadline.IsZero() {
+		return d
+	}
+	return max(min(d, time.Until(o.Deadline)), 0)
+}
+
 // timeout is the deadline of a master's restart for n mounts: --timeout
 // when given, else the default for n mounts.
 func (o Options) timeout(n int) time.Duration {
@@ -69,9 +89,23 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 	log := opts.Log.WithField("pid", pid)
 	// The common case, a container without autofs mounts: nothing to
 	// lock, nothing to record.
-	if t, err := mounts.ReadTable(pid); err == nil && len(t.Autofs) == 0 && !hasState(p) {
+	t, err := mounts.ReadTable(pid)
+	if err == nil && len(t.Autofs) == 0 && !hasState(p) {
 		log.Debug("no autofs mounts: nothing to do")
 		return nil
+	}
+	n := 0
+	if err == nil {
+		n = len(t.Autofs)
+	}
+	if n > maxAutofsMounts {
+		return fmt.Errorf("%w: the container has %d autofs mounts, more than the %d one run handles", errRefused, n, maxAutofsMounts)
+	}
+	// One deadline for the whole run: the wait for the lock, the time
+	// of a restart of all its mounts, and a margin; every step gets at
+	// most what is left of it (Options.stepTimeout).
+	if opts.Deadline.IsZero() {
+		opts.Deadline = time.Now().Add(lockTimeout + opts.timeout(n) + runMargin)
 	}
 	var sf *stateFile
 	if !opts.DryRun {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/sirupsen/logrus"
@@ -146,4 +147,7 @@ func parsePid(s string) (int, error) {
 type Options struct {
 	Config
 	Log *logrus.Logger
+	// Deadline is the end of the run: set by fixPid for one fix of one
+	// container, zero before.
+	Deadline time.Time
 }

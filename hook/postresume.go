@@ -76,7 +76,15 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 		pids = append(pids, pid)
 	}
 	sort.Ints(pids)
-	for _, pid := range pids {
+	if len(pids) > maxDaemons {
+		errs = append(errs, fmt.Errorf("post-resume: %d automount daemons to respawn, more than the %d one run handles: %v left for the next run (run fix again)", len(pids), maxDaemons, pids[maxDaemons:]))
+		pids = pids[:maxDaemons]
+	}
+	for i, pid := range pids {
+		if opts.stepTimeout(time.Hour) == 0 {
+			errs = append(errs, fmt.Errorf("post-resume: the run's deadline has passed: automount %v not respawned (run fix again)", pids[i:]))
+			break
+		}
 		if err := respawnDaemon(c, pid, daemons[pid], sf, opts, log); err != nil {
 			errs = append(errs, err)
 		}
@@ -100,7 +108,10 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		}
 	}
 	start := time.Now()
-	timeout := opts.timeout(len(targets))
+	timeout := opts.stepTimeout(opts.timeout(len(targets)))
+	if timeout == 0 {
+		return errors.New("post-resume: the run's deadline has passed: systemd automount units not restarted (run fix again)")
+	}
 	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(timeout)}
 	var res []units.RestartResult
 	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), &res); err != nil {
@@ -155,7 +166,7 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	if !ok {
 		return fmt.Errorf("post-resume: automount %d: not in the process snapshot", pid)
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Log: workerLog(dl), BeforeKill: record, Also: also})
+	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Deadline: opts.Deadline, Log: workerLog(dl), BeforeKill: record, Also: also})
 	if res != nil {
 		// Those it serves work, even if others do not.
 		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
@@ -229,7 +240,7 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 			continue
 		}
 		start := time.Now()
-		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(len(p.Targets)), Log: workerLog(dl)})
+		res, err := units.RetryRespawn(c.Proc, &p, units.RespawnOptions{Timeout: opts.timeout(len(p.Targets)), Deadline: opts.Deadline, Log: workerLog(dl)})
 		if res != nil {
 			sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
 		}

@@ -93,13 +93,16 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 	if p == nil || p.Daemon == nil {
 		return nil, errors.New("retry respawn: empty record")
 	}
-	deadline := time.Now().Add(o.Timeout)
+	deadline := o.deadline()
+	if !time.Now().Before(deadline) {
+		return nil, fmt.Errorf("retry respawn of automount %d: the run's deadline has passed", p.OldPid)
+	}
 	if err := p.Daemon.Reproducible(); err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
 	// The one step before the start shares half of the time, as in
 	// RespawnAutomount.
-	files, err := filesLike(c, p, share(time.Now().Add(o.Timeout/2)))
+	files, err := filesLike(c, p, share(time.Now().Add(time.Until(deadline)/2)))
 	if err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}

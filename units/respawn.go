@@ -21,7 +21,10 @@ import (
 // RespawnOptions tune RespawnAutomount.
 type RespawnOptions struct {
 	Timeout time.Duration
-	Log     func(string)
+	// Deadline, when set, is the end of the whole run (one fix of one
+	// container): the respawn ends by it too, whatever Timeout says.
+	Deadline time.Time
+	Log      func(string)
 	// BeforeKill, when set, gets the record of the daemon right before it
 	// is killed; an error stops the respawn with the daemon untouched.
 	// A caller keeps the record so that RetryRespawn can start the daemon
@@ -59,10 +62,13 @@ type Respawned struct {
 // container's systemd was being answered, and the pid was reused) is
 // refused, never killed.
 func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
-	deadline := time.Now().Add(o.Timeout)
+	deadline := o.deadline()
 	// The checks before the kill share half of the time, together: the
 	// kill, the start and the wait for the new daemon keep the other half.
-	beforeKill := time.Now().Add(o.Timeout / 2)
+	beforeKill := time.Now().Add(time.Until(deadline) / 2)
+	if !time.Now().Before(beforeKill) {
+		return nil, fmt.Errorf("respawn automount %d: the run's deadline has passed: not touched", pid)
+	}
 	d, err := mounts.OpenProcess(pid)
 	if err != nil {
 		return nil, err
@@ -113,6 +119,25 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
 	all := append(slices.Clip(targets), o.Also...)
+	// The kill cannot be taken back: only with the checks done in their
+	// time, and checked again right before it.
+	if err := inTime(pid, beforeKill, "the checks before the kill"); err != nil {
+		return nil, err
+	}
+	if err := releaseThroughDaemon(d, targets, share(beforeKill), o.Log); err != nil && o.Log != nil {
+		o.Log(err.Error())
+	}
+	if err := inTime(pid, beforeKill, "releasing its mounts"); err != nil {
+		return nil, err
+	}
+	if o.Log != nil {
+		failpoint.Delay("slow-before-kill", 6*time.Second, o.Log)
+	}
+	if err := inTime(pid, beforeKill, "the steps before the kill"); err != nil {
+		return nil, err
+	}
+	// Recorded last, right before the kill: a record names a daemon that
+	// was killed (or was about to be), never one left running.
 	if o.BeforeKill != nil {
 		p, err := newPending(pid, info, all, files)
 		if err != nil {
@@ -121,9 +146,6 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		if err := o.BeforeKill(p); err != nil {
 			return nil, fmt.Errorf("respawn automount %d: record it before the kill: %w", pid, err)
 		}
-	}
-	if err := releaseThroughDaemon(d, targets, share(beforeKill), o.Log); err != nil && o.Log != nil {
-		o.Log(err.Error())
 	}
 	if err := d.Kill(within(deadline, 30*time.Second)); err != nil {
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
@@ -134,6 +156,25 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		return nil, fmt.Errorf("kill automount %d: %w", pid, err)
 	}
 	return startAgain(c, info, files, all, deadline, o.Log)
+}
+
+// deadline is when a respawn started now must end: after Timeout, and
+// not after the run's Deadline.
+func (o RespawnOptions) deadline() time.Time {
+	d := time.Now().Add(o.Timeout)
+	if !o.Deadline.IsZero() && o.Deadline.Before(d) {
+		d = o.Deadline
+	}
+	return d
+}
+
+// inTime refuses to go on to the kill of daemon pid once what came
+// before it (what) ran past beforeKill: the daemon is left running.
+func inTime(pid int, beforeKill time.Time, what string) error {
+	if late := time.Since(beforeKill); late > 0 {
+		return fmt.Errorf("respawn automount %d: %s ran %s past their time: not killed, the daemon runs on; run fix again", pid, what, late.Round(time.Millisecond))
+	}
+	return nil
 }
 
 // inPidNamespaceOf refuses a pid that is not in the pid namespace of the

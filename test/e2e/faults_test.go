@@ -338,3 +338,41 @@ func TestAutomountFixWithASlowStep(tt *testing.T) {
 	after := automountWorksAgain(t, c, "after a slow fix", &before)
 	t.Logf("fixed in %v with two 8 s steps; the daemon is pid %s in the container (was %s)", took.Round(time.Millisecond), nsPid(after), nsPid(before))
 }
+
+// The kill of the old automount cannot be taken back, so it happens only
+// with the steps before it done in their share of the deadline, checked
+// right before it: here a failpoint delays them 6 s under --timeout 8s
+// (half of it is theirs), and the daemon is not killed ("ran ... past
+// their time: not killed"), the same process runs on, and no record of a
+// killed daemon is left. A fix without the delay then fixes the
+// container. Before, the kill went ahead after checks that had run past
+// the deadline (seen: "no answer within -1.721s", then the kill).
+func TestLateChecksDoNotKill(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	fp := failpointBinary(t)
+	c, pid := restoredWithoutHook(t, "hook-amlate", lab.Automount)
+	before := oneDaemon(t, c)
+	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "8s")
+	cmd.Env = append(os.Environ(), failpoint.Env+"=slow-before-kill")
+	out, err := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "failpoint slow-before-kill: delayed") {
+		t.Fatalf("the failpoint's delay did not apply, so this test proves nothing (exit %v); output:\n%s", err, out)
+	}
+	if err == nil || !strings.Contains(string(out), "past their time: not killed") {
+		t.Fatalf("fix with steps past their time: %v, want a failure saying the daemon was not killed; output:\n%s", err, out)
+	}
+	if strings.Contains(string(out), "killed automount") || strings.Contains(string(out), "new_pid=") {
+		t.Fatalf("the daemon was killed or replaced after the steps ran late; output:\n%s", out)
+	}
+	if now := oneDaemon(t, c); now.pid != before.pid {
+		t.Fatalf("the daemon is pid %d now, was %d: it was killed after the steps ran past their time", now.pid, before.pid)
+	}
+	if r := status(t, c); len(r.Pending) > 0 {
+		t.Fatalf("a record of a killed daemon is left for a daemon that runs on: %+v", r.Pending)
+	}
+	if out, err := exec.Command(hookBinary(t), "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput(); err != nil {
+		t.Fatalf("fix without the delay: %v, output:\n%s", err, out)
+	}
+	automountWorksAgain(t, c, "after a fix without the delay", &before)
+}
