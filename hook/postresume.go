@@ -62,8 +62,10 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 	sdTargets, daemons := planPostResume(c, sf.rec.Prepared, opts, log)
 	var errs []error
 	// A run killed in the middle may have left a filesystem staged: the
-	// systemd worker puts it back, even with nothing else to do.
-	if len(sdTargets) > 0 || mounts.StagingMounted(c.Table) {
+	// systemd worker puts it back, even with nothing else to do. Only the
+	// state file says so, never the container's mount table (the
+	// container can mount a tmpfs that looks like the staging tmpfs).
+	if len(sdTargets) > 0 || sf.rec.Staging != nil {
 		if err := restartSystemd(c, sdTargets, sf, opts, log); err != nil {
 			errs = append(errs, err)
 		}
@@ -112,9 +114,13 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 	if timeout == 0 {
 		return errors.New("post-resume: the run's deadline has passed: systemd automount units not restarted (run fix again)")
 	}
-	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(timeout)}
+	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(timeout), Staged: sf.rec.Staging}
 	var res []units.RestartResult
-	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), &res); err != nil {
+	// The worker records its staging area and each filesystem it stages
+	// here, saved before it goes on: a run killed at any point leaves a
+	// record of what may be staged, and nothing in the container's tree
+	// is needed to find it again.
+	if err := mounts.RunInMountNSEvents(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), sf.recordStaging, &res); err != nil {
 		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
 	}
 	took := time.Since(start).Round(time.Microsecond)

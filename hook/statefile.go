@@ -51,6 +51,10 @@ type record struct {
 	// Respawns are the automount daemons killed whose replacement has not
 	// been seen serving yet: the next run starts them again from here.
 	Respawns []units.Pending `json:"respawns,omitempty"`
+	// Staging is the staging tmpfs of the systemd worker and what it
+	// holds, recorded before each move into it: a later run recovers
+	// from it only what this says (see mounts.RecoverStaged).
+	Staging *mounts.StagingRecord `json:"staging,omitempty"`
 }
 
 type preparedMount struct {
@@ -228,4 +232,24 @@ func (s *stateFile) Unlock() { s.lock.Close() }
 // dropRespawn forgets the record of the daemon that was pid.
 func (s *stateFile) dropRespawn(pid int) {
 	s.rec.Respawns = slices.DeleteFunc(s.rec.Respawns, func(p units.Pending) bool { return p.OldPid == pid })
+}
+
+// recordStaging applies a staging event of the systemd worker to the
+// record and saves it; the worker goes on only once this returned nil. A
+// record that could not be saved stays in memory as the larger of the
+// two, so that a later save never forgets what may be staged.
+func (s *stateFile) recordStaging(raw json.RawMessage) error {
+	next, err := mounts.ApplyStagingEvent(s.rec.Staging, raw)
+	if err != nil {
+		return err
+	}
+	prev := s.rec.Staging
+	s.rec.Staging = next
+	if err := s.Save(); err != nil {
+		if next == nil || prev != nil && len(next.Entries) < len(prev.Entries) {
+			s.rec.Staging = prev
+		}
+		return fmt.Errorf("record the staging area: %w", err)
+	}
+	return nil
 }

@@ -35,6 +35,8 @@ func fullRecord() record {
 		LastErrors: []string{"post-resume: automount 7: exited at once"},
 		Respawns: []units.Pending{{OldPid: 4250, Daemon: d, Targets: []mounts.Target{{Where: "/srv/direct1", Dev: 46}},
 			NS: map[string]uint64{"mnt": 4026531840}, Root: units.FileID{Dev: 1, Ino: 2}, Cwd: units.FileID{Dev: 1, Ino: 2}, Exe: units.FileID{Dev: 1, Ino: 3}}},
+		Staging: &mounts.StagingRecord{MountID: 1234, MountIDUnique: 0x100000000abc, Base: "/run/.autofs-restore-hook", CreatedBase: true,
+			Entries: []mounts.StagedEntry{{Dir: "1", Where: "/srv/a"}}},
 	}
 }
 

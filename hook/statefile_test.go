@@ -140,3 +140,59 @@ func zombie(t *testing.T) int {
 		}
 	}
 }
+
+// The systemd worker's staging events land in the state file, saved
+// before each is acknowledged: the staging mount, each entry, its
+// removal, the end. An event for another staging area while one is
+// recorded is refused, and the record kept.
+func TestStagingEventsSaved(t *testing.T) {
+	testenv.RequireRoot(t, "the state directory checks expect root-owned directories")
+	withStateDir(t, filepath.Join(t.TempDir(), "state"))
+	sf, err := lockState(self(t), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Unlock()
+	saved := func() *mounts.StagingRecord {
+		t.Helper()
+		r, err := loadState(self(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Staging
+	}
+	ev := func(s string) error { return sf.recordStaging([]byte(s)) }
+	if err := ev(`{"op":"staging-open","mount_id":7,"base":"/run/.autofs-restore-hook","created_base":true}`); err != nil {
+		t.Fatal(err)
+	}
+	if err := ev(`{"op":"staging-stage","mount_id":7,"dir":"1","where":"/srv/a"}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := saved(); r == nil || r.MountID != 7 || len(r.Entries) != 1 || r.Entries[0] != (mounts.StagedEntry{Dir: "1", Where: "/srv/a"}) {
+		t.Fatalf("saved %+v", r)
+	}
+	for _, bad := range []string{
+		`{"op":"staging-open","mount_id":8,"base":"/run/.autofs-restore-hook"}`,
+		`{"op":"staging-stage","mount_id":8,"dir":"2","where":"/srv/b"}`,
+		`{"op":"staging-stage","mount_id":7,"dir":"../x","where":"/srv/b"}`,
+	} {
+		if err := ev(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	if r := saved(); r == nil || r.MountID != 7 || len(r.Entries) != 1 {
+		t.Fatalf("after refused events: %+v", r)
+	}
+	if err := ev(`{"op":"staging-unstage","mount_id":7,"dir":"1"}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := saved(); r == nil || len(r.Entries) != 0 {
+		t.Fatalf("after unstage: %+v", r)
+	}
+	if err := ev(`{"op":"staging-gone","mount_id":7}`); err != nil {
+		t.Fatal(err)
+	}
+	if r := saved(); r != nil {
+		t.Fatalf("after gone: %+v", r)
+	}
+}

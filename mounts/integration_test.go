@@ -33,7 +33,7 @@ func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *m
 	if err := json.Unmarshal(args, &t); err != nil {
 		return t, nil, "", err
 	}
-	st, err := mounts.OpenStaging()
+	st, err := mounts.OpenStaging(env)
 	if err != nil {
 		return t, nil, "", err
 	}
@@ -49,7 +49,7 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		aside, err := os.ReadFile(filepath.Join(staged, "hello"))
+		aside, err := os.ReadFile(filepath.Join(st.Path(staged), "hello"))
 		if err != nil {
 			return nil, fmt.Errorf("read staged file: %w", err)
 		}
@@ -80,11 +80,26 @@ func init() {
 		_, _, staged, err := stageTarget(env, args)
 		return staged, err
 	})
-	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, _ json.RawMessage, logf func(string)) (any, error) {
+	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+		var rec *mounts.StagingRecord
+		if err := json.Unmarshal(args, &rec); err != nil {
+			return nil, err
+		}
 		var lines []string
-		_, err := mounts.RecoverStaged(env, nil, func(s string) { lines = append(lines, s) })
+		_, _, err := mounts.RecoverStaged(env, rec, nil, func(s string) { lines = append(lines, s) })
 		return lines, err
 	})
+}
+
+// stagingRecorder keeps the staging events of a worker as the hook does.
+type stagingRecorder struct{ rec *mounts.StagingRecord }
+
+func (r *stagingRecorder) event(raw json.RawMessage) error {
+	next, err := mounts.ApplyStagingEvent(r.rec, raw)
+	if err == nil {
+		r.rec = next
+	}
+	return err
 }
 
 func requireAutofs(t *testing.T) {
@@ -262,8 +277,12 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 		t.Fatalf("the master did not mount a tmpfs on %s: %+v", points[0], a.OnTop)
 	}
 	var out []string
-	if err := mounts.RunInMountNS(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(s string) { t.Log(s) }, &out); err != nil {
+	var rec stagingRecorder
+	if err := mounts.RunInMountNSEvents(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(s string) { t.Log(s) }, rec.event, &out); err != nil {
 		t.Fatal(err)
+	}
+	if rec.rec != nil {
+		t.Errorf("staging still recorded after the move back and Close: %+v", rec.rec)
 	}
 	want := "hello from " + points[0] + "\n"
 	if len(out) != 2 || out[0] != want || out[1] != want {
@@ -316,15 +335,19 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 		t.Fatal("nothing mounted on top")
 	}
 	var staged string
-	if err := mounts.RunInMountNS(p, "test-stage-only", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, &staged); err != nil {
+	var rec stagingRecorder
+	if err := mounts.RunInMountNSEvents(p, "test-stage-only", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, rec.event, &staged); err != nil {
 		t.Fatal(err)
+	}
+	if rec.rec == nil || len(rec.rec.Entries) != 1 || rec.rec.Entries[0].Where != points[0] {
+		t.Fatalf("recorded %+v, want the staging and %s", rec.rec, points[0])
 	}
 	tab, _ := mounts.ReadTable(m.Pid)
 	if !mounts.StagingMounted(tab) || tab.Find(points[0]).OnTop != nil {
 		t.Fatalf("after the interrupted run: staging mounted %v, on top %v", mounts.StagingMounted(tab), tab.Find(points[0]).OnTop)
 	}
 	var lines []string
-	if err := mounts.RunInMountNS(p, "test-recover", nil, 5*time.Second, nil, &lines); err != nil {
+	if err := mounts.RunInMountNSEvents(p, "test-recover", rec.rec, 5*time.Second, nil, rec.event, &lines); err != nil {
 		t.Fatal(err)
 	}
 	if len(lines) != 1 || !strings.Contains(lines[0], "put back") {
@@ -337,6 +360,9 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 	}
 	if mounts.StagingMounted(tab) {
 		t.Fatal("staging tmpfs left mounted after recovery")
+	}
+	if rec.rec != nil {
+		t.Fatalf("staging still recorded after recovery: %+v", rec.rec)
 	}
 }
 

@@ -78,7 +78,7 @@ func TestStagingRefusesPreparedPlace(t *testing.T) {
 				t.Fatal(err)
 			}
 			inPrivateMountNS(t, func() {
-				s, err := openStagingAt(base)
+				s, err := openStagingAt(base, func(StagingEvent) error { return nil })
 				if tc.want == "" {
 					if err != nil {
 						t.Errorf("staging on %s: %v", base, err)

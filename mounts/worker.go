@@ -49,6 +49,21 @@ type WorkerEnv struct {
 	lastCap                   int
 
 	back []*os.File
+	// record sends an event to the parent and waits until it is kept
+	// (door.Reply.Event); nil in a process that is no worker.
+	record func(any) error
+}
+
+// Record sends ev to the hook, which keeps it in the container's state
+// file on the host, and returns once it is kept: a task calls it before
+// a step that a run killed afterwards must know of, and does not take the
+// step when it fails. The parent must have asked for events
+// (RunInMountNSEvents); otherwise every record is refused.
+func (e *WorkerEnv) Record(ev any) error {
+	if e.record == nil {
+		return errors.New("no record can be kept: not a worker")
+	}
+	return e.record(ev)
 }
 
 // PassBack makes files travel back to the parent with the task's result
@@ -229,6 +244,14 @@ func register(name string, task Task, host bool) {
 // of waiting; it is killed all the same when timeout passes, and never
 // outlives the caller. Lines the task logs are passed to logf.
 func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf func(string), result any) error {
+	return RunInMountNSEvents(p, name, args, timeout, logf, nil, result)
+}
+
+// RunInMountNSEvents is RunInMountNS for a task that records events
+// (WorkerEnv.Record): each goes to event, and the task goes on once
+// event returned nil (its step fails if event returned an error). A nil
+// event refuses every record.
+func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration, logf func(string), event func(json.RawMessage) error, result any) error {
 	deadline := time.Now().Add(timeout)
 	dir := "/proc/" + strconv.Itoa(p.Pid) + "/"
 	var files []*os.File
@@ -252,7 +275,7 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 	if err := p.Check(); err != nil {
 		return fmt.Errorf("worker %s: %w", name, err)
 	}
-	back, err := door.Call(door.Spec{Role: WorkerArg, Args: []string{name}, Request: rawArgs(args), Files: files, Deadline: deadline, Log: logf}, result)
+	back, err := door.Call(door.Spec{Role: WorkerArg, Args: []string{name}, Request: rawArgs(args), Files: files, Deadline: deadline, Log: logf, Event: event}, result)
 	closeFiles(back)
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", name, err)
@@ -326,7 +349,7 @@ func runWorker(args []string) int {
 	if err := door.ReadRequest(&req); err != nil {
 		return r.Done(nil, fmt.Errorf("worker %s: %w", name, err))
 	}
-	env := &WorkerEnv{}
+	env := &WorkerEnv{record: r.Event}
 	if host {
 		if len(args) != 3 {
 			return r.Done(nil, fmt.Errorf("worker %s: want the count of files and whether the first is /dev/autofs", name))

@@ -47,6 +47,9 @@ type RestartTarget struct {
 type RestartRequest struct {
 	Targets  []RestartTarget `json:"targets"`
 	Deadline time.Time       `json:"deadline"`
+	// Staged is the staging area an earlier run recorded in the host's
+	// state file (nil: none): the only one the task recovers from.
+	Staged *mounts.StagingRecord `json:"staged,omitempty"`
 }
 
 // UnitsRequest is the input of the systemd-units task: the mount points
@@ -95,7 +98,9 @@ func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string
 // target it moves a filesystem mounted on top aside, makes the stale
 // autofs mount catatonic (which releases anything waiting on it), then
 // restarts all the units in one go, waits for their new autofs mounts and
-// puts the preserved filesystems back on top.
+// puts the preserved filesystems back on top. The staging area and each
+// filesystem staged are recorded with the hook (env.Record) before the
+// move: the parent must run it with RunInMountNSEvents.
 func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
 	var req RestartRequest
 	if err := json.Unmarshal(args, &req); err != nil {
@@ -109,7 +114,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for _, t := range req.Targets {
 		isTarget[t.Where] = true
 	}
-	held, rerr := mounts.RecoverStaged(env, func(where string) bool { return isTarget[where] }, logf)
+	staging, held, rerr := mounts.RecoverStaged(env, req.Staged, func(where string) bool { return isTarget[where] }, logf)
 	if len(req.Targets) == 0 {
 		return []RestartResult{}, rerr
 	}
@@ -134,7 +139,6 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	if err != nil {
 		return nil, errors.Join(err, rerr)
 	}
-	var staging *mounts.Staging
 	staged := map[int]string{}
 	var restart []int
 	for i, t := range req.Targets {
@@ -146,21 +150,16 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 		}
 		r.Unit = u.Name
 		if dir, ok := held[t.Where]; ok {
-			// Staged by a killed earlier run: it goes back after the
-			// restart, like what is staged now.
-			if staging == nil {
-				if staging, err = mounts.OpenStaging(); err != nil {
-					r.Error = err.Error()
-					continue
-				}
-			}
+			// Staged by a killed earlier run (in the staging area
+			// RecoverStaged returned): it goes back after the restart,
+			// like what is staged now.
 			staged[i] = dir
 			logf(fmt.Sprintf("%s: the filesystem an earlier, interrupted run moved aside goes back after the restart", mounts.Escape(t.Where)))
 		}
 		if a := table.Find(t.Where); a != nil && a.Dev() == t.Dev {
 			if _, ok := staged[i]; !ok && a.OnTop != nil {
 				if staging == nil {
-					if staging, err = mounts.OpenStaging(); err != nil {
+					if staging, err = mounts.OpenStaging(env); err != nil {
 						r.Error = err.Error()
 						continue
 					}
@@ -199,13 +198,16 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for i, dst := range staged {
 		if err := staging.MoveBack(env, dst, req.Targets[i].Where); err != nil {
 			results[i].Error = strings.TrimPrefix(results[i].Error+"; ", "; ") + err.Error()
-			logf(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), dst, err))
+			logf(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), staging.Path(dst), err))
 			continue
 		}
 		results[i].MovedBack = true
 	}
 	// The staging tmpfs goes once it is empty; what could not be moved
-	// back stays there, and the next run puts it back (RecoverStaged).
+	// back stays there, recorded in the host's state file, and the next
+	// run puts it back (RecoverStaged). Close refuses a staging area
+	// still holding something (an earlier run's leftover it could not
+	// put back).
 	if staging != nil {
 		allBack := true
 		for i := range staged {

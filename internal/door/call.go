@@ -39,6 +39,10 @@ type Spec struct {
 	Deadline time.Time
 	// Log gets the child's log lines.
 	Log func(string)
+	// Event gets the child's events (Reply.Event), one at a time; the
+	// child goes on once it returned, and fails its step if it returned
+	// an error. Nil: every event is refused.
+	Event func(json.RawMessage) error
 	// Prepare runs on the thread that starts the child, which is locked
 	// to it and ends afterwards, before the start: what it changes of
 	// that thread (namespaces for children, the bounding set), the child
@@ -164,7 +168,9 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	var mu sync.Mutex
 	lastLog := ""
 	got := make(chan *final, 1)
-	go func() { got <- readMsgs(conn, s.Log, func(l string) { mu.Lock(); lastLog = l; mu.Unlock() }) }()
+	go func() {
+		got <- readMsgs(conn, s.Log, func(l string) { mu.Lock(); lastLog = l; mu.Unlock() }, s.Event)
+	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 

@@ -1,6 +1,8 @@
 package door
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -130,6 +132,36 @@ func TestMain(m *testing.M) {
 			return r.Done(nil, err)
 		}
 		return r.Done(ThreadStates(os.Getpid()), nil)
+	})
+	// Sends an event, then, once Event returned, writes the file the
+	// request names: the parent sees whether the child went on before
+	// its answer. A second event is sent after a log line and a file
+	// travels with the final line, so that the answers, the log and the
+	// '?' for the files are seen not to mix.
+	Register("__door-test-event", func([]string) int {
+		r, err := Begin()
+		if err != nil {
+			return r.Done(nil, err)
+		}
+		var path string
+		if err := ReadRequest(&path); err != nil {
+			return r.Done(nil, err)
+		}
+		if err := r.Event(map[string]any{"step": 1, "path": path}); err != nil {
+			return r.Done(nil, err)
+		}
+		if err := os.WriteFile(path, []byte("went on"), 0o600); err != nil {
+			return r.Done(nil, err)
+		}
+		r.Log("between")
+		if err := r.Event(map[string]any{"step": 2}); err != nil {
+			return r.Done(nil, err)
+		}
+		f, err := os.OpenFile("/dev/null", unix.O_PATH, 0)
+		if err != nil {
+			return r.Done(nil, err)
+		}
+		return r.Done("done", nil, f)
 	})
 	if code, ok := Run(os.Args[1:]); ok {
 		os.Exit(code)
@@ -407,5 +439,57 @@ func TestThreadStatesFromAnotherRoot(t *testing.T) {
 	}
 	if !strings.HasPrefix(got, "thread ") || !strings.Contains(got, " state R ") {
 		t.Fatalf("report on its own threads from a root without /proc: %q", got)
+	}
+}
+
+// A child's event is answered only once the parent's callback returned:
+// the child does not go on before (the file it writes after Event is not
+// there while the callback runs). A failing callback makes Event fail in
+// the child, which then takes no step.
+func TestEventAckedAfterTheCallback(t *testing.T) {
+	path := t.TempDir() + "/after"
+	var steps []string
+	var res string
+	files, err := Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second),
+		Event: func(ev json.RawMessage) error {
+			steps = append(steps, string(ev))
+			if len(steps) == 1 {
+				time.Sleep(300 * time.Millisecond)
+				if _, err := os.Stat(path); err == nil {
+					t.Error("the child went on before its event was acknowledged")
+				}
+			}
+			return nil
+		}}, &res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(files)
+	if res != "done" || len(files) != 1 || len(steps) != 2 || !strings.Contains(steps[0], `"step":1`) {
+		t.Fatalf("result %q, %d files, events %q", res, len(files), steps)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the child did not go on after the ack: %v", err)
+	}
+
+	path = t.TempDir() + "/after"
+	var logs []string
+	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second),
+		Log:   func(s string) { logs = append(logs, s) },
+		Event: func(json.RawMessage) error { return errors.New("disk full") }}, nil)
+	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
+		t.Fatalf("err = %v, want the child's Event to fail", err)
+	}
+	if _, serr := os.Stat(path); serr == nil {
+		t.Fatal("the child went on after its event was refused")
+	}
+	if len(logs) != 1 || !strings.Contains(logs[0], "disk full") {
+		t.Fatalf("logs %q, want the callback's error", logs)
+	}
+
+	// Without a callback every event is refused.
+	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second)}, nil)
+	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
+		t.Fatalf("err = %v without a callback, want a refusal", err)
 	}
 }

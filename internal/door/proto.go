@@ -23,6 +23,9 @@ type Msg struct {
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
 	Done   bool            `json:"done,omitempty"`
+	// Event is a record the parent must keep before the child goes on
+	// (Reply.Event): the parent answers it with one byte, ack or nack.
+	Event json.RawMessage `json:"event,omitempty"`
 	// Files is how many fds travel with this (final) line.
 	Files int `json:"files,omitempty"`
 }
@@ -31,6 +34,17 @@ type Msg struct {
 const (
 	maxLine  = 16 << 20
 	maxFiles = 16
+	// MaxEvent bounds one event's JSON (a record of a few paths).
+	MaxEvent = 64 << 10
+)
+
+// The parent's answers to an event: kept (ack) or not (nack). They travel
+// the other way on the reply socket, as does the '?' that asks for the
+// files of a final line; a child reads one only right after the line that
+// asks for it, under its send lock.
+const (
+	eventAck  = '+'
+	eventNack = '-'
 )
 
 // Reply is a child's end of the protocol: its stdout, a unix socket.
@@ -51,15 +65,8 @@ func (r *Reply) send(m Msg, files []*os.File) error {
 		return errors.New("door: a final message was sent already")
 	}
 	r.done = m.Done
-	for n := 0; n < len(b); {
-		k, err := unix.Write(1, b[n:])
-		if err != nil {
-			return err
-		}
-		if k <= 0 {
-			return errors.New("door: the reply socket takes nothing")
-		}
-		n += k
+	if err := writeAll(b); err != nil {
+		return err
 	}
 	if len(files) == 0 {
 		return nil
@@ -76,6 +83,67 @@ func (r *Reply) send(m Msg, files []*os.File) error {
 		fds[i] = int(f.Fd())
 	}
 	return unix.Sendmsg(1, []byte{'\n'}, unix.UnixRights(fds...), nil, 0)
+}
+
+// Event sends v to the parent (Spec.Event) and waits until the parent
+// has kept it: nil only when the parent acknowledged it. A child sends
+// one before a step that a parent killed afterwards must know of, and
+// does not take the step when Event fails.
+func (r *Reply) Event(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("door: encode event: %w", err)
+	}
+	if len(b) > MaxEvent {
+		return fmt.Errorf("door: event of %d bytes, more than %d", len(b), MaxEvent)
+	}
+	line, err := json.Marshal(Msg{Event: b})
+	if err != nil {
+		return err
+	}
+	line = append(line, '\n')
+	// Held until the answer is read: no other message goes out (a final
+	// line waiting for its '?') before it.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return errors.New("door: a final message was sent already")
+	}
+	if err := writeAll(line); err != nil {
+		return fmt.Errorf("door: send event: %w", err)
+	}
+	ans := make([]byte, 1)
+	for {
+		k, err := unix.Read(1, ans)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if k != 1 {
+			return fmt.Errorf("door: no answer to the event from the parent (%v)", err)
+		}
+		break
+	}
+	switch ans[0] {
+	case eventAck:
+		return nil
+	case eventNack:
+		return errors.New("door: the parent could not keep the event")
+	}
+	return fmt.Errorf("door: answer %q to an event", ans[0])
+}
+
+func writeAll(b []byte) error {
+	for n := 0; n < len(b); {
+		k, err := unix.Write(1, b[n:])
+		if err != nil {
+			return err
+		}
+		if k <= 0 {
+			return errors.New("door: the reply socket takes nothing")
+		}
+		n += k
+	}
+	return nil
 }
 
 // Log sends one log line to the parent.
@@ -122,8 +190,10 @@ type final struct {
 }
 
 // readMsgs reads the protocol from conn until the final line or the end:
-// log lines go to logf, the last one also to last. It returns the final
-// line, or nil when the child ended without one.
+// log lines go to logf, the last one also to last, events to event, each
+// answered once event returned: ack when it returned nil, nack otherwise
+// (also without event, and for an event over MaxEvent). It returns the
+// final line, or nil when the child ended without one.
 //
 // Fds are received only after the final line, only as many as it
 // announces (maxFiles at most), and only of the kinds a child hands back
@@ -132,7 +202,7 @@ type final struct {
 // them, and the kernel drops any a child sends without installing them:
 // a file we never asked for is never ours to close (closing a FUSE file
 // waits for its server through SIGKILL).
-func readMsgs(conn *net.UnixConn, logf func(string), last func(string)) *final {
+func readMsgs(conn *net.UnixConn, logf func(string), last func(string), event func(json.RawMessage) error) *final {
 	buf := make([]byte, 64<<10)
 	var line []byte
 	fail := func(format string, args ...any) *final {
@@ -157,6 +227,25 @@ func readMsgs(conn *net.UnixConn, logf func(string), last func(string)) *final {
 					logf(m.Log)
 				}
 				last(m.Log)
+			}
+			if len(m.Event) > 0 && !m.Done {
+				ans := byte(eventNack)
+				switch {
+				case event == nil:
+					logEventErr(logf, errors.New("the child sent an event nobody asked for"))
+				case len(m.Event) > MaxEvent:
+					logEventErr(logf, fmt.Errorf("an event of %d bytes, more than %d", len(m.Event), MaxEvent))
+				default:
+					if err := event(m.Event); err != nil {
+						logEventErr(logf, err)
+					} else {
+						ans = eventAck
+					}
+				}
+				if _, err := conn.Write([]byte{ans}); err != nil {
+					return fail("answer the child's event: %v", err)
+				}
+				continue
 			}
 			if !m.Done {
 				continue
@@ -183,6 +272,12 @@ func readMsgs(conn *net.UnixConn, logf func(string), last func(string)) *final {
 		if err != nil || n <= 0 {
 			return nil
 		}
+	}
+}
+
+func logEventErr(logf func(string), err error) {
+	if logf != nil {
+		logf("event of the child not kept: " + err.Error())
 	}
 }
 
