@@ -35,7 +35,7 @@ chmod 1777 /tmp
 mkdir -p "/lib/modules/$ARH_VM_KVER"
 mount --bind "$ARH_VM_KDIR/lib/modules/$ARH_VM_KVER" "/lib/modules/$ARH_VM_KVER" || die "bind the kernel's modules"
 for m in autofs4 virtio_blk ext4 overlay veth tun nf_tables nft_compat nft_chain_nat ip_tables iptable_filter iptable_nat nf_conntrack xt_mark \
-	ip6_tables ip6table_filter nf_nat br_netfilter sch_fq_codel binfmt_misc fuse; do
+	ip6_tables ip6table_filter nf_nat br_netfilter sch_fq_codel binfmt_misc fuse loop; do
 	modprobe "$m" 2>/dev/null || say "warning: modprobe $m failed"
 done
 [ -c /dev/autofs ] || die "no /dev/autofs after modprobe autofs4"
