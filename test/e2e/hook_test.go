@@ -116,8 +116,15 @@ func logFile(t testing.TB) func() string {
 	p := filepath.Join(t.TempDir(), "hook.log")
 	t.Setenv(hook.EnvLogFile, p)
 	t.Setenv(hook.EnvNoSyslog, "1")
+	return logReader(t, p)
+}
+
+// logReader reads the hook's log at path, and shows it when the test
+// fails.
+func logReader(t testing.TB, path string) func() string {
+	t.Helper()
 	read := func() string {
-		b, _ := os.ReadFile(p)
+		b, _ := os.ReadFile(path)
 		return string(b)
 	}
 	t.Cleanup(func() {

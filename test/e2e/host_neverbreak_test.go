@@ -92,16 +92,7 @@ func logInstalledHook(t testing.TB) func() string {
 	if err := os.WriteFile(debJSON, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	read := func() string {
-		b, _ := os.ReadFile(logPath)
-		return string(b)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the hook's log at the failure:\n%s", read())
-		}
-	})
-	return read
+	return logReader(t, logPath)
 }
 
 // smallRootfs is a private copy of the lab's Debian 13 rootfs (no

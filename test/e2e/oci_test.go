@@ -20,16 +20,7 @@ import (
 func ociLog(t testing.TB) (string, func() string) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "hook.log")
-	read := func() string {
-		b, _ := os.ReadFile(p)
-		return string(b)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the hook's log at the failure:\n%s", read())
-		}
-	})
-	return p, read
+	return p, logReader(t, p)
 }
 
 // hookLogEnv is the hook's environment that sends its log to path (see
