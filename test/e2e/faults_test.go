@@ -315,13 +315,17 @@ func stageHadNoMoreThanTheDaemon(t testing.TB, c *lab.Container, out string) {
 // once, the node-scale benchmark saw the hook refuse every automount
 // container that way. The step's bound is now a share of the fix's
 // deadline: fix starts the daemon again within its default deadline and
-// every path works.
+// every path works. The same container first shows that steps before the
+// kill that run past their share stop the kill (lateChecksDoNotKill).
 func TestAutomountFixWithASlowStep(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
 	fp := failpointBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-amslow", lab.Automount)
 	before := oneDaemon(t, c)
+	// First the steps before the kill made late (lateChecksDoNotKill's
+	// half of this container), then a slow step that still fits.
+	lateChecksDoNotKill(t, c, fp, pid, before)
 	start := time.Now()
 	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog")
 	cmd.Env = append(os.Environ(), failpoint.Env+"=slow-held")
@@ -344,15 +348,12 @@ func TestAutomountFixWithASlowStep(tt *testing.T) {
 // right before it: here a failpoint delays them 6 s under --timeout 8s
 // (half of it is theirs), and the daemon is not killed ("ran ... past
 // their time: not killed"), the same process runs on, and no record of a
-// killed daemon is left. A fix without the delay then fixes the
-// container. Before, the kill went ahead after checks that had run past
+// killed daemon is left. Before, the kill went ahead after checks that had run past
 // the deadline (seen: "no answer within -1.721s", then the kill).
-func TestLateChecksDoNotKill(tt *testing.T) {
-	t := lab.Record(tt)
-	lab.Require(t)
-	fp := failpointBinary(t)
-	c, pid := restoredWithoutHook(t, "hook-amlate", lab.Automount)
-	before := oneDaemon(t, c)
+// It runs on TestAutomountFixWithASlowStep's container, whose fix with a
+// slow step that fits then fixes it.
+func lateChecksDoNotKill(t testing.TB, c *lab.Container, fp string, pid int, before daemonInfo) {
+	t.Helper()
 	cmd := exec.Command(fp, "fix", "--pid", strconv.Itoa(pid), "--no-syslog", "--timeout", "8s")
 	cmd.Env = append(os.Environ(), failpoint.Env+"=slow-before-kill")
 	out, err := cmd.CombinedOutput()
@@ -371,8 +372,4 @@ func TestLateChecksDoNotKill(tt *testing.T) {
 	if r := status(t, c); len(r.Pending) > 0 {
 		t.Fatalf("a record of a killed daemon is left for a daemon that runs on: %+v", r.Pending)
 	}
-	if out, err := exec.Command(hookBinary(t), "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput(); err != nil {
-		t.Fatalf("fix without the delay: %v, output:\n%s", err, out)
-	}
-	automountWorksAgain(t, c, "after a fix without the delay", &before)
 }

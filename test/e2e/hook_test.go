@@ -376,9 +376,11 @@ func expireAndRetrigger(t testing.TB, c *lab.Container, pid int) {
 	mustWork(t, c, "sh", "-c", "echo state-before-checkpoint > /ind/k1/state && ls /ind/multi")
 }
 
-func TestPlainContainerIsQuiet(tt *testing.T) {
+// A container without autofs, restored with the action script wired: the
+// hook says nothing. It needs no autofs: it runs on the host (TestNoAutofs).
+func TestNoAutofsPlainContainerIsQuiet(tt *testing.T) {
 	t := lab.Record(tt)
-	lab.Require(t)
+	lab.RequireHost(t)
 	bin := hookBinary(t)
 	log := logFile(t)
 	c := lab.Up(t, "hook-plain", lab.Plain, lab.Options{ActionScript: bin})
