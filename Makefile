@@ -30,7 +30,7 @@ build: deps plugin
 # The CRIU plugin: libc only, only CR_PLUGIN_DESC exported; it runs the
 # binary where `make install` puts it (BINDIR).
 plugin: deps
-	@mkdir -p bin
+	@mkdir -p $(dir $(PLUGIN))
 	$(CC) -fPIC -shared -O2 -Wall -Wextra -Werror -fvisibility=hidden \
 		-DARH_BINARY='"$(BINDIR)/autofs-restore-hook"' -o $(PLUGIN) plugin/autofs_restore_hook_plugin.c
 
