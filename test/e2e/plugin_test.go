@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -443,6 +444,10 @@ func TestNoAutofsPluginRunsPreResumeWhileTasksAreHeld(tt *testing.T) {
 	}
 }
 
+// preResumeTook finds the plugin's line for a pre-resume that ended well
+// in CRIU's log.
+var preResumeTook = regexp.MustCompile(`autofs-restore-hook plugin: pre-resume for pid \d+ done in (\d+) ms`)
+
 // otherPluginC is a second plugin, as amdgpu or cuda would be: it answers
 // RESUME_DEVICES_LATE with -ENOTSUP and records each pid it is called for.
 const otherPluginC = `#include <errno.h>
@@ -647,6 +652,7 @@ func TestNoAutofsPluginNeverHurtsCRIU(tt *testing.T) {
 
 	t.Run("time", func(t *testing.T) {
 		var without, with []time.Duration
+		var pre []string // the real binary's pre-resume, as the plugin logged it
 		for i := 0; i < 3; i++ {
 			for _, plugin := range []bool{false, true} {
 				l := none
@@ -656,9 +662,12 @@ func TestNoAutofsPluginNeverHurtsCRIU(tt *testing.T) {
 				if err := c.checkpoint(none, realEnv...); err != nil {
 					t.Fatal(err)
 				}
-				took, _, err := c.restore(l, realEnv...)
+				took, log, err := c.restore(l, realEnv...)
 				if err != nil {
 					t.Fatalf("restore (plugin %t): %v", plugin, err)
+				}
+				if m := preResumeTook.FindStringSubmatch(log); plugin && m != nil {
+					pre = append(pre, m[1]+"ms")
 				}
 				if _, err := c.running(); err != nil {
 					t.Fatal(err)
@@ -670,7 +679,7 @@ func TestNoAutofsPluginNeverHurtsCRIU(tt *testing.T) {
 				}
 			}
 		}
-		t.Logf("TIMING runc restore of a container without autofs: without the plugin %v; with it and the real binary %v", without, with)
+		t.Logf("TIMING runc restore of a container without autofs: without the plugin %v; with it and the real binary %v (its pre-resume, which CRIU waits for: %v)", without, with, pre)
 	})
 
 	t.Run("other-plugin", func(t *testing.T) {
