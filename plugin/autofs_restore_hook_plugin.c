@@ -10,7 +10,8 @@
  *   before the pre-resume action scripts: for the first call of a restore
  *   (the root task: the container's init) the binary runs as the action
  *   script would, CRTOOLS_SCRIPT_ACTION=pre-resume CRTOOLS_INIT_PID=<pid>,
- *   and CRIU waits for it, at most ARH_TIMEOUT_MS.
+ *   and CRIU waits for it, at most ARH_TIMEOUT_MS (then it is killed with
+ *   its process group).
  * - exit(RESTORE, 0), called when the restore succeeded and the tasks run:
  *   the binary is started for post-resume, detached (CRIU does not wait).
  *
@@ -192,6 +193,8 @@ static void make_env(struct child_env *e, const char *action, int pid)
 /*
  * In a forked child, async-signal-safe calls only: stdio on /dev/null, every
  * other fd closed, default signal dispositions and an empty mask, exec.
+ * The child already leads its own process group (pre-resume) or session
+ * (post-resume).
  */
 static void exec_child(const char *bin, char *const envp[], int maxfd)
 {
@@ -280,8 +283,13 @@ static void pre_resume(int pid)
 	/* As CRIU does around its own children: no SIGCHLD handler sees ours. */
 	block_sigchld(&old);
 	child = fork();
-	if (child == 0)
+	if (child == 0) {
+		/* Its own process group: the deadline kills what it started too. */
+		setpgid(0, 0);
 		exec_child(bin, env.envp, maxfd);
+	}
+	if (child > 0)
+		setpgid(child, child); /* either of the two calls wins the race */
 	if (child < 0) {
 		int err = errno;
 		sigprocmask(SIG_SETMASK, &old, NULL);
@@ -290,10 +298,11 @@ static void pre_resume(int pid)
 	}
 	r = wait_until(child, start + limit, &status);
 	if (r == 0) {
+		kill(-child, SIGKILL);
 		kill(child, SIGKILL);
 		r = wait_until(child, now_ms() + ARH_REAP_MS, &status);
 		sigprocmask(SIG_SETMASK, &old, NULL);
-		say(ARH_LOG_WARN, "autofs-restore-hook plugin: %s pre-resume for pid %d still ran after %ld ms: killed%s", bin,
+		say(ARH_LOG_WARN, "autofs-restore-hook plugin: %s pre-resume for pid %d still ran after %ld ms: killed with its process group%s", bin,
 		    pid, limit, r == 1 ? "" : " (not reaped yet)");
 		return;
 	}

@@ -444,6 +444,17 @@ func TestNoAutofsPluginRunsPreResumeWhileTasksAreHeld(tt *testing.T) {
 	}
 }
 
+// alive says whether process p exists and is not a zombie (a process
+// killed whose parent has not reaped it yet).
+func alive(p int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+	if p <= 0 || err != nil {
+		return false
+	}
+	_, after, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(after, "Z")
+}
+
 // preResumeTook finds the plugin's line for a pre-resume that ended well
 // in CRIU's log.
 var preResumeTook = regexp.MustCompile(`autofs-restore-hook plugin: pre-resume for pid \d+ done in (\d+) ms`)
@@ -520,8 +531,9 @@ func ourFirst(t testing.TB, other string) string {
 // works with it: (1) an image made with it restores without it and the
 // other way round (it is not in the image's inventory); (2) a missing
 // binary, and one that exits 1, leave dump and restore going; (3) a binary
-// that hangs is killed at the deadline (AUTOFS_RESTORE_HOOK_PLUGIN_TIMEOUT_MS)
-// and the restore goes on, late by about the deadline, not forever; (4)
+// that hangs is killed at the deadline (AUTOFS_RESTORE_HOOK_PLUGIN_TIMEOUT_MS),
+// with what it started, and the restore goes on, late by about the
+// deadline, not forever; (4)
 // `criu check` ends as without it; (5) the restore's time with the real
 // binary and without the plugin, logged; (6) a plugin loaded after it
 // still gets RESUME_DEVICES_LATE for every task, the root task first (the
@@ -594,8 +606,10 @@ func TestNoAutofsPluginNeverHurtsCRIU(tt *testing.T) {
 	t.Run("hanging-binary", func(t *testing.T) {
 		d := t.TempDir()
 		hang := filepath.Join(d, "hang.sh")
-		pidFile := filepath.Join(d, "hang.pid")
-		if err := os.WriteFile(hang, []byte("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\necho $$ >"+pidFile+"\nexec sleep 600\n"), 0o755); err != nil {
+		pidFile, childFile := filepath.Join(d, "hang.pid"), filepath.Join(d, "child.pid")
+		// It hangs, and so does a process it started.
+		script := "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\necho $$ >" + pidFile + "\nsleep 600 &\necho $! >" + childFile + "\nexec sleep 600\n"
+		if err := os.WriteFile(hang, []byte(script), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		const deadlineMs = 2000
@@ -620,14 +634,16 @@ func TestNoAutofsPluginNeverHurtsCRIU(tt *testing.T) {
 		if !strings.Contains(log, "killed") {
 			t.Errorf("CRIU's log does not say the binary was killed")
 		}
-		b, err := os.ReadFile(pidFile)
-		if err != nil {
-			t.Fatalf("the hanging binary did not run: %v", err)
-		}
-		p, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if p > 0 && syscall.Kill(p, 0) == nil {
-			syscall.Kill(p, syscall.SIGKILL)
-			t.Errorf("the hanging binary (pid %d) still runs after the restore", p)
+		for _, f := range []struct{ file, what string }{{pidFile, "the hanging binary"}, {childFile, "the process it started"}} {
+			b, err := os.ReadFile(f.file)
+			if err != nil {
+				t.Fatalf("the hanging binary did not run: %v", err)
+			}
+			p, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if alive(p) {
+				syscall.Kill(p, syscall.SIGKILL)
+				t.Errorf("%s (pid %d) still runs after the restore", f.what, p)
+			}
 		}
 	})
 
