@@ -21,8 +21,8 @@
  * on, with one line in CRIU's log. It records nothing in the checkpoint's
  * inventory, so images made with it restore without it and the other way
  * round. It depends on nothing but libc; the descriptor is declared here
- * from CRIU's plugin interface (version 0.2.0, hooks 0..9: CRIU 3.17
- * through 4.2 load it).
+ * from CRIU's plugin interface: version 0.2.0 and hooks 0..9, which CRIU
+ * 3.17 through 4.2 accept by their sources (tested: 4.1.1).
  *
  * Environment, read from CRIU's (for tests and operators):
  *   AUTOFS_RESTORE_HOOK_PLUGIN_BIN         the binary to run instead of the

@@ -122,11 +122,39 @@ func newCriuRunc(t testing.TB, name, rootfs string, stock bool, command ...strin
 		stock:  stock,
 	}
 	exec.Command("runc", "delete", "-f", c.id).Run()
-	t.Cleanup(func() { exec.Command("runc", "delete", "-f", c.id).Run() })
+	t.Cleanup(func() {
+		exec.Command("runc", "delete", "-f", c.id).Run()
+		unmountUnder(t, c.dir)
+	})
 	if _, err := c.runc("", nil, time.Minute, "run", "--detach", "--bundle", c.bundle, c.id); err != nil {
 		t.Fatalf("start %s: %v", c.id, err)
 	}
 	return c
+}
+
+// unmountUnder detaches the mounts under dir, deepest first: a CRIU
+// killed in a restore (a plugin that hangs it until runc's timeout)
+// leaves its cgroup yard mounted in the work dir.
+func unmountUnder(t testing.TB, dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var mps []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			mps = append(mps, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mps)))
+	for _, m := range mps {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			t.Logf("unmount %s: %v", m, err)
+		}
+	}
+	if len(mps) > 0 {
+		t.Logf("unmounted %d mounts CRIU left under %s", len(mps), dir)
+	}
 }
 
 // runc runs runc with libs as CRIU_LIBS_DIR ("" for an empty one), the
