@@ -6,12 +6,16 @@ HOOKSDIR ?= $(PREFIX)/share/containers/oci/hooks.d
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG      := github.com/autofs-restore-hook/autofs-restore-hook
 BIN      := bin/autofs-restore-hook
+# The CRIU plugin (plugin/): CRIU loads every *.so of this directory (Debian's
+# build and CRIU's default; --libdir or CRIU_LIBS_DIR elsewhere).
+CRIU_PLUGIN_DIR ?= /usr/lib/criu
+PLUGIN   := bin/autofs-restore-hook.so
 # A static binary: it joins the container's time namespace in a C
 # constructor (internal/cstart), so cgo is on and linked statically.
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build deps test test-kernels unit fuzz demo bench install uninstall deb clean
+.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install uninstall deb clean
 
 all: build
 
@@ -20,8 +24,15 @@ deps:
 	@command -v gcc >/dev/null && test -e /usr/lib/x86_64-linux-gnu/libc.a || \
 		{ echo "installing gcc and libc6-dev"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q -o DPkg::Lock::Timeout=900 gcc libc6-dev >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=900 gcc libc6-dev >/dev/null; }; }
 
-build: deps
+build: deps plugin
 	$(GOBUILD) -o $(BIN) ./cmd/autofs-restore-hook
+
+# The CRIU plugin: libc only, only CR_PLUGIN_DESC exported; it runs the
+# binary where `make install` puts it (BINDIR).
+plugin: deps
+	@mkdir -p $(dir $(PLUGIN))
+	$(CC) -fPIC -shared -O2 -Wall -Wextra -Werror -fvisibility=hidden \
+		-DARH_BINARY='"$(BINDIR)/autofs-restore-hook"' -o $(PLUGIN) plugin/autofs_restore_hook_plugin.c
 
 # Everything: formatting, vet, unit, integration (root, real autofs) and
 # end-to-end (runc + CRIU lab, provisioned by test/lab/provision.sh), run by
@@ -36,7 +47,7 @@ test: build deb
 	go vet ./...
 	go vet -tags failpoints ./...
 	CGO_ENABLED=0 go vet ./hook/... ./mounts/... ./units/... ./test/...
-	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_PLUGIN=$(CURDIR)/$(PLUGIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
 
 # The kernel matrix: every test in the VM on Debian 12's and on Debian 13's
@@ -78,19 +89,23 @@ bench: build
 	bash test/vm/maybe.sh $(CURDIR)/bin/bench -bin $(CURDIR)/$(BIN) $(BENCH_ARGS)
 
 # The binary first: a hooks.d JSON naming a missing binary breaks every
-# container start.
+# container start. The CRIU plugin after it too (a plugin whose binary is
+# missing only logs a line per restore, but no restore should see that).
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/autofs-restore-hook
 	install -D -m 0644 hooks.d/autofs-restore-hook.json $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json
+	install -D -m 0644 $(PLUGIN) $(DESTDIR)$(CRIU_PLUGIN_DIR)/autofs-restore-hook.so
 
-# The JSON first, for the same reason.
+# The JSON and the plugin first, for the same reasons.
 uninstall:
 	rm -f $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json
+	rm -f $(DESTDIR)$(CRIU_PLUGIN_DIR)/autofs-restore-hook.so
 	rm -f $(DESTDIR)$(BINDIR)/autofs-restore-hook
 
-# A Debian package, built with dpkg-deb (no other tool): the binary and
-# the hooks.d JSON where `make install` puts them (podman and CRI-O then
-# find the hook without --hooks-dir), the manual page made by the binary
+# A Debian package, built with dpkg-deb (no other tool): the binary, the
+# hooks.d JSON and the CRIU plugin where `make install` puts them (podman
+# and CRI-O then find the hook without --hooks-dir; every CRIU of the
+# host loads the plugin from /usr/lib/criu), the manual page made by the binary
 # itself (`autofs-restore-hook man`), README, RELIABILITY and the other
 # shipped configuration as documentation (the CRIU line is not written
 # into /etc/criu: wiring the action script stays the operator's choice).
@@ -109,12 +124,14 @@ deb: build
 		'Section: admin' 'Priority: optional' 'Recommends: criu' \
 		"Installed-Size: $$(du -sk bin/deb/usr | cut -f1)" \
 		'Description: make autofs mounts work again after a CRIU container restore' \
-		' A CRIU action script and OCI runtime hook (podman, CRI-O) that makes' \
+		' A CRIU plugin, CRIU action script and OCI runtime hook (podman, CRI-O) that makes' \
 		' the systemd .automount units and the automount daemon of a restored' \
 		' container serve their mounts again, instead of hanging the first access.' \
 		> bin/deb/DEBIAN/control
 	printf '%s\n' '#!/bin/sh' 'set -e' '# The JSON before the binary: a hooks.d JSON naming a missing binary breaks every container start.' \
-		'rm -f /usr/share/containers/oci/hooks.d/autofs-restore-hook.json' > bin/deb/DEBIAN/prerm
+		'rm -f /usr/share/containers/oci/hooks.d/autofs-restore-hook.json' \
+		'# The CRIU plugin too: a restore starting meanwhile would run it without its binary.' \
+		'rm -f $(CRIU_PLUGIN_DIR)/autofs-restore-hook.so' > bin/deb/DEBIAN/prerm
 	chmod 0755 bin/deb/DEBIAN/prerm
 	dpkg-deb --root-owner-group -Zxz --build bin/deb $(DEB)
 	@echo "built $(DEB)"

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -35,6 +37,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		log, closeLog, _ = newLogger(LogConfig{NoSyslog: true}, stderr)
 	}
 	defer closeLog()
+	withWiring(log)
 	pid, err := strconv.Atoi(strings.TrimSpace(initPid))
 	if err != nil || pid <= 0 {
 		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
@@ -57,6 +60,32 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		}
 	}
 	return ExitOK
+}
+
+// withWiring adds wiring=criu-plugin (set by the CRIU plugin) or
+// wiring=action-script to every line log writes, so that an operator sees
+// which wiring fixed a restore. The field is set by a hook that runs
+// before the log file's and syslog's.
+func withWiring(log *logrus.Logger) {
+	w := os.Getenv(EnvWiring)
+	if w == "" {
+		w = "action-script"
+	}
+	f := fieldHook{key: "wiring", value: w}
+	hooks := log.ReplaceHooks(make(logrus.LevelHooks))
+	for _, lv := range logrus.AllLevels {
+		log.Hooks[lv] = append([]logrus.Hook{f}, hooks[lv]...)
+	}
+}
+
+// fieldHook sets one field of every entry.
+type fieldHook struct{ key, value string }
+
+func (fieldHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h fieldHook) Fire(e *logrus.Entry) error {
+	e.Data[h.key] = h.value
+	return nil
 }
 
 // fixMain is `fix --pid`: both phases back to back, for a container that

@@ -32,6 +32,9 @@ const (
 const (
 	EnvCRIUAction  = "CRTOOLS_SCRIPT_ACTION"
 	EnvCRIUInitPid = "CRTOOLS_INIT_PID"
+	// EnvWiring names what ran the action: "criu-plugin" when CRIU's
+	// plugin (plugin/) did; unset for an action script.
+	EnvWiring = "AUTOFS_RESTORE_HOOK_WIRING"
 	// EnvNested sets --nested where no flag can be given (CRIU action
 	// script, OCI hook configs without args).
 	EnvNested = "AUTOFS_RESTORE_HOOK_NESTED"

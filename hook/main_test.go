@@ -218,3 +218,17 @@ func TestContainerTextEscaped(t *testing.T) {
 		t.Errorf("status table with container text:\n%q", buf.String())
 	}
 }
+
+// The CRIU action-script mode logs which wiring ran it, on stderr and in
+// the log file: the CRIU plugin sets AUTOFS_RESTORE_HOOK_WIRING, an action
+// script does not.
+func TestCRIUModeLogsItsWiring(t *testing.T) {
+	for _, c := range []struct{ env, want string }{{"", "wiring=action-script"}, {"criu-plugin", "wiring=criu-plugin"}} {
+		logPath := t.TempDir() + "/hook.log"
+		code, _, stderr := run(t, map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: "not-a-pid", EnvWiring: c.env, EnvLogFile: logPath}, "")
+		file, _ := os.ReadFile(logPath)
+		if code != ExitOK || !strings.Contains(stderr, c.want) || !strings.Contains(string(file), c.want) {
+			t.Errorf("%s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvWiring, c.env, code, stderr, file, c.want)
+		}
+	}
+}

@@ -36,11 +36,13 @@ var manSections = []struct {
 	}},
 	{"ENVIRONMENT", []string{
 		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the common flags, for callers that pass no arguments (CRIU). A flag wins over its variable.",
-		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID: set by CRIU for an action script.",
+		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID: set by CRIU for an action script, and by the CRIU plugin.",
+		"AUTOFS_RESTORE_HOOK_WIRING: criu-plugin when the CRIU plugin runs the binary; logged as the field wiring (action-script when unset).",
 	}},
 	{"FILES", []string{
 		"/usr/libexec/oci/hooks.d/autofs-restore-hook: the binary, where the shipped hook configuration names it.",
 		"/usr/share/containers/oci/hooks.d/autofs-restore-hook.json: the OCI hook for podman and CRI-O (stage createRuntime, every container).",
+		"/usr/lib/criu/autofs-restore-hook.so: the CRIU plugin; every CRIU restore of the host runs the binary at pre-resume (waiting for it, at most 60 s) and starts it at post-resume (detached).",
 		"/etc/criu/runc.conf (runc), /etc/criu/default.conf (crun before 1.26; CRIU 3.19 or later), /etc/criu/crun.conf (crun 1.26 with CRIU 4.2 or later): a line action-script /usr/libexec/oci/hooks.d/autofs-restore-hook wires the action script (not written by the package).",
 		"/run/autofs-restore-hook/: one state file and lock per container (root only).",
 		"Logs go to syslog (the journal) and, with --log-file, to a file: runtimes drop a hook's standard error.",

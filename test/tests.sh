@@ -34,7 +34,8 @@
 # provisioned on the host first (the guest has no network).
 #
 # Environment: AUTOFS_RESTORE_HOOK_BIN (the binary under test, default
-# bin/autofs-restore-hook), AUTOFS_RESTORE_HOOK_DEB (the package of
+# bin/autofs-restore-hook), AUTOFS_RESTORE_HOOK_PLUGIN (the CRIU plugin of
+# `make plugin`; the tests build one when unset), AUTOFS_RESTORE_HOOK_DEB (the package of
 # `make deb`, installed and removed by an E2E test), ARH_TEST_TIMEOUT (per test binary, default 25m
 # natively, 60m in the VM), ARH_TEST_SLOWDOWN (factor for the tests' own
 # waits; default 1 natively, 3 in the VM).
@@ -177,7 +178,7 @@ if [ -n "$HOST_RUN" ]; then
 	echo
 fi
 export ARH_TEST_SLOWDOWN=${USER_SLOWDOWN:-3}
-export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_UNIT_TIMEOUT ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
+export ARH_VM_PASSENV="AUTOFS_RESTORE_HOOK_BIN AUTOFS_RESTORE_HOOK_PLUGIN AUTOFS_RESTORE_HOOK_FP_BIN AUTOFS_RESTORE_HOOK_DEB ARH_TEST_UNIT_TIMEOUT ARH_TEST_SLOWDOWN ARH_LAB_CACHE ARH_LAB_DIR ${ARH_VM_PASSENV:-}"
 if [ "$PASS1" = 1 ]; then
 	bash test/vm/run.sh --kernel "${KERNEL:-bookworm}" --cgroup 1 -- bash test/gotest.sh "$OUT" -test.timeout "${ARH_TEST_TIMEOUT:-60m}" "${ARGS[@]}" || keep $?
 fi

@@ -16,11 +16,13 @@ const (
 	debBinary = "/usr/libexec/oci/hooks.d/autofs-restore-hook"
 	debJSON   = "/usr/share/containers/oci/hooks.d/autofs-restore-hook.json"
 	debMan    = "/usr/share/man/man8/autofs-restore-hook.8.gz"
+	// debPlugin is the CRIU plugin, loaded by every CRIU of the host.
+	debPlugin = "/usr/lib/criu/autofs-restore-hook.so"
 )
 
 // The Debian package of `make deb` (AUTOFS_RESTORE_HOOK_DEB, set by
-// `make test`), installed with dpkg -i: the binary, the hooks.d JSON and
-// the manual page are where the README says; podman, given no
+// `make test`), installed with dpkg -i: the binary, the hooks.d JSON, the
+// CRIU plugin and the manual page are where the README says; podman, given no
 // --hooks-dir, finds the hook in its own hooks dir and a systemd
 // container it checkpoints and restores works at once; dpkg -r takes
 // every file away again. In the test VM, dpkg writes to the guest's
@@ -37,7 +39,7 @@ func TestDebPackageInstallsAHookPodmanFinds(tt *testing.T) {
 		}
 		return string(out)
 	}
-	for _, f := range []string{debBinary, debJSON, debMan} {
+	for _, f := range []string{debBinary, debJSON, debMan, debPlugin} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("after dpkg -i: %v", err)
 		}
@@ -61,7 +63,7 @@ func TestDebPackageInstallsAHookPodmanFinds(tt *testing.T) {
 	systemdWorks(t, c)
 	allOK(t, c, 3)
 	dpkg("-r", "autofs-restore-hook")
-	for _, f := range []string{debBinary, debJSON, debMan} {
+	for _, f := range []string{debBinary, debJSON, debMan, debPlugin} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("after dpkg -r: %s is still there", f)
 		}
