@@ -21,12 +21,14 @@ import (
 // 0700 tmpfs at /run/.autofs-restore-hook with the old marker file, and
 // N.where symlinks to a block device node it made for a host loop device
 // (its device cgroup forbids it to open the node; the hook's worker runs
-// outside that cgroup). The fix moves /srv/a's tmpfs aside while it
-// restarts the unit. Before, the worker adopted that tmpfs and wrote
-// "/srv/a" through 1.where onto the host's disk image; now it stages in
-// a tmpfs of its own and reads and writes nothing of the container's
-// tree: the image is unchanged, and the container is fixed with /srv/a's
-// content kept.
+// outside that cgroup), and a "staged" mount 9 whose 9.where names no
+// autofs mount (so that a recovery of it fails and leaves the area in
+// place). The fix moves /srv/a's tmpfs aside while it restarts the unit.
+// Before, the worker read every N.where through the node, adopted the
+// tmpfs and wrote "/srv/a" through 1.where onto the host's disk image;
+// now it stages in a tmpfs of its own and reads and writes nothing of
+// the container's tree: the image is unchanged, and the container is
+// fixed with /srv/a's content kept.
 func TestHostileStagingTmpfsWritesNoHostDevice(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
@@ -54,6 +56,9 @@ mount -t tmpfs -o mode=0700,size=64k autofs-restore-hook $d
 touch $d/.autofs-restore-hook-staging
 mknod $d/disk b %d %d
 for n in 1 2 3 4 5 6 7 8; do ln -s disk $d/$n.where; done
+mkdir $d/9
+mount -t tmpfs -o size=4k staged $d/9
+echo /srv/nothing-here >$d/9.where
 ls -la $d`, unix.Major(st.Rdev), unix.Minor(st.Rdev)))
 	// The container cannot write the node itself: the test would prove
 	// nothing if it could.

@@ -1,0 +1,176 @@
+package e2e
+
+// The CRIU plugin as the only wiring (no action script, no OCI hook), on
+// containers with autofs mounts: the lab's runc containers (CRIU loads
+// the plugin from CRIU_LIBS_DIR, which runc passes on to `criu swrk`; it
+// runs the binary under test) and podman with the package installed (the
+// plugin in /usr/lib/criu, where CRIU finds it with nothing set).
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+)
+
+// pluginOnly wires the plugin alone for the lab's runc containers and
+// returns a reader of the binary's log (the plugin passes the log
+// settings of CRIU's environment on to it).
+func pluginOnly(t testing.TB) func() string {
+	t.Helper()
+	t.Setenv("CRIU_LIBS_DIR", libsDir(t, pluginSO(t)))
+	t.Setenv("AUTOFS_RESTORE_HOOK_PLUGIN_BIN", hookBinary(t))
+	return logFile(t)
+}
+
+// waitPluginPostResume waits until the post-resume that the plugin
+// started detached (CRIU does not wait for it) has finished.
+func waitPluginPostResume(t testing.TB, log func() string) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
+	for !strings.Contains(log(), "post-resume finished") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the plugin's post-resume did not finish within 90 s; log:\n%s", log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// preResumeByPlugin checks that the plugin ran the binary for pre-resume
+// and post-resume of the container's init (wiring=criu-plugin), and, in
+// CRIU's log of the restore, that its pre-resume ended before CRIU let
+// the tasks run.
+func preResumeByPlugin(t testing.TB, c *lab.Container, log string, pid int) {
+	t.Helper()
+	crlog, err := os.ReadFile(filepath.Join(c.Bundle, "work", "restore.log"))
+	if err != nil {
+		t.Fatalf("CRIU's log of the restore: %v", err)
+	}
+	done := strings.Index(string(crlog), "autofs-restore-hook plugin: pre-resume for pid "+strconv.Itoa(pid)+" done")
+	resumed := strings.Index(string(crlog), "Tasks resumed")
+	if done < 0 || resumed < 0 || done > resumed {
+		t.Fatalf("CRIU's log: the plugin's pre-resume line at %d, \"Tasks resumed\" at %d: want the pre-resume done before the tasks ran; log:\n%s", done, resumed, grepLines(string(crlog), "autofs-restore-hook"))
+	}
+	for _, want := range []string{"wiring=criu-plugin", "pre-resume", "post-resume"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the binary's log has no %q: the plugin did not run it as it should; log:\n%s", want, log)
+		}
+	}
+	if !strings.Contains(log, "pid="+strconv.Itoa(pid)) {
+		t.Fatalf("the binary's log does not name the restored init %d; log:\n%s", pid, log)
+	}
+}
+
+// A systemd container restored with only the plugin: pre-resume ran
+// while CRIU held the tasks, post-resume after; every path works, nobody
+// is blocked. The gap: a process of the container that was sleeping at
+// checkpoint time stats the never-mounted /srv/c about a second after it
+// is resumed, when the OCI hook's follower may still be in its
+// pre-resume: it gets an answer (data or an error) and never stays in
+// autofs_wait, since the plugin's pre-resume ended before the tasks ran.
+func TestPluginOnlySystemd(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	log := pluginOnly(t)
+	c := lab.Up(t, "plugin-sd", lab.Systemd, lab.Options{})
+	mustWork(t, c, "systemd-run", "--unit", "gap", "sh", "-c",
+		"sleep 3; t0=$(date +%s.%N); if stat /srv/c/ >/dev/null 2>&1; then r=data; else r=error; fi; echo \"$t0 $(date +%s.%N) $r\" >/run/gap.log")
+	restoreStart := time.Now()
+	checkpointRestore(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPluginPostResume(t, log)
+	var gap string
+	deadline := time.Now().Add(testenv.Scale(30 * time.Second))
+	for {
+		out, _, _ := c.Exec(testenv.Scale(10*time.Second), "cat", "/run/gap.log")
+		if gap = strings.TrimSpace(out); gap != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			w, _ := c.AutofsWaiters()
+			t.Fatalf("the process that stats /srv/c after its resume gave no answer within 30 s: blocked (in autofs_wait: %v)\n%s", w, c.Describe())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f := strings.Fields(gap)
+	if len(f) != 3 {
+		t.Fatalf("gap.log: %q", gap)
+	}
+	asked, _ := strconv.ParseFloat(f[0], 64)
+	answered, _ := strconv.ParseFloat(f[1], 64)
+	if asked < float64(restoreStart.UnixNano())/1e9 {
+		t.Fatalf("the process asked at %.3f, before the checkpoint began (%.3f): it was not held across the restore, so this test proves nothing", asked, float64(restoreStart.UnixNano())/1e9)
+	}
+	t.Logf("the gap: /srv/c asked %.3f s after the checkpoint began, answered (%s) in %.3f s", asked-float64(restoreStart.UnixNano())/1e9, f[2], answered-asked)
+	systemdWorks(t, c)
+	allOK(t, c, 3)
+	noWaiters(t, c)
+	preResumeByPlugin(t, c, log(), pid)
+}
+
+// An automount container restored with only the plugin: the daemon is
+// started again, every path works.
+func TestPluginOnlyAutomount(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	log := pluginOnly(t)
+	c, pid := restoredWithoutHook(t, "plugin-am", lab.Automount)
+	waitPluginPostResume(t, log)
+	automountWorksAgain(t, c, "after a restore with only the plugin", nil)
+	noWaiters(t, c)
+	preResumeByPlugin(t, c, log(), pid)
+}
+
+// podman with the package installed and nothing else: no --hooks-dir
+// holding a hook (the lab's podman containers get an empty one), no
+// action script. CRIU, started by runc under podman, finds the plugin in
+// /usr/lib/criu, and the plugin runs the package's binary: a systemd
+// container's paths work after podman's checkpoint and restore.
+func TestPluginFromPackagePodman(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	installDeb(t)
+	if _, err := os.Stat(filepath.Join("/usr/lib/criu", pluginName)); err != nil {
+		t.Fatalf("the package did not install the plugin: %v", err)
+	}
+	c := lab.PodmanUp(t, "plugin-pod", lab.Automount, lab.Options{})
+	checkpointRestore(t, c)
+	// The plugin's post-resume runs detached, logging to syslog only
+	// here: wait until status shows every mount served again.
+	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
+	for {
+		ok := true
+		r := status(t, c)
+		for _, m := range r.Mounts {
+			ok = ok && m.State == string(hook.StateOK)
+		}
+		if ok && len(r.Mounts) > 0 && len(r.Blocked) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("90 s after podman's restore, with only the plugin, the mounts are not all served: %+v", r)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	automountWorksAgain(t, c, "after podman's restore with only the plugin", nil)
+	noWaiters(t, c)
+	pid, err := c.Pid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := runHook(t, debBinary, testenv.Scale(time.Minute), "status", "--pid", fmt.Sprint(pid))
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	t.Logf("status after podman's restore:\n%s", out)
+}
