@@ -92,8 +92,8 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	var gap string
 	deadline := time.Now().Add(testenv.Scale(30 * time.Second))
 	for {
-		out, _, _ := c.Exec(testenv.Scale(10*time.Second), "cat", "/run/gap.log")
-		if gap = strings.TrimSpace(out); gap != "" {
+		out, _, err := c.Exec(testenv.Scale(10*time.Second), "cat", "/run/gap.log")
+		if gap = strings.TrimSpace(out); err == nil && gap != "" {
 			break
 		}
 		if time.Now().After(deadline) {
