@@ -20,13 +20,56 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
+// The build products the tests use: each is the path that `make test`
+// sets in its variable, or is built once by the test process into
+// binDir (removed by TestMain).
 var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-	binMu   sync.Mutex
+	hookArtifact      = &artifact{env: "AUTOFS_RESTORE_HOOK_BIN", build: func(dir string) (string, error) { return buildHook(dir, "autofs-restore-hook") }}
+	failpointArtifact = &artifact{env: "AUTOFS_RESTORE_HOOK_FP_BIN", build: func(dir string) (string, error) { return buildHook(dir, "autofs-restore-hook", "failpoints") }}
+	binDir            string
+	binMu             sync.Mutex
 )
+
+// artifact is one build product: the path in the variable env, else
+// what build makes in a new directory under binDir.
+type artifact struct {
+	env   string
+	build func(dir string) (string, error)
+	once  sync.Once
+	path  string
+	err   error
+}
+
+// get returns the artifact's path, or fails the test.
+func (a *artifact) get(t testing.TB) string {
+	t.Helper()
+	a.once.Do(func() {
+		if p := os.Getenv(a.env); p != "" {
+			a.path = p
+			return
+		}
+		binMu.Lock()
+		defer binMu.Unlock()
+		if binDir == "" {
+			d, err := os.MkdirTemp("", "arh-e2e-bin-")
+			if err != nil {
+				a.err = err
+				return
+			}
+			binDir = d
+		}
+		dir, err := os.MkdirTemp(binDir, "build-")
+		if err != nil {
+			a.err = err
+			return
+		}
+		a.path, a.err = a.build(dir)
+	})
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	return a.path
+}
 
 func TestMain(m *testing.M) {
 	// The test binary is also the child the hook's packages start for
@@ -43,62 +86,17 @@ func TestMain(m *testing.M) {
 
 // hookBinary is the binary under test: $AUTOFS_RESTORE_HOOK_BIN (set by
 // `make test` to what `make build` made), or a static build of the tree.
-func hookBinary(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() {
-		if p := os.Getenv("AUTOFS_RESTORE_HOOK_BIN"); p != "" {
-			binPath = p
-			return
-		}
-		binPath, binErr = buildHook("autofs-restore-hook")
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-var (
-	fpOnce sync.Once
-	fpPath string
-	fpErr  error
-)
+func hookBinary(t testing.TB) string { return hookArtifact.get(t) }
 
 // failpointBinary is a build of the tree with the pause points of package
 // failpoint compiled in, for the tests that kill the hook at a step:
 // $AUTOFS_RESTORE_HOOK_FP_BIN (set by test/tests.sh, which builds it on the
 // host), or a static build of the tree.
-func failpointBinary(t testing.TB) string {
-	t.Helper()
-	fpOnce.Do(func() {
-		if p := os.Getenv("AUTOFS_RESTORE_HOOK_FP_BIN"); p != "" {
-			fpPath = p
-			return
-		}
-		fpPath, fpErr = buildHook("autofs-restore-hook", "failpoints")
-	})
-	if fpErr != nil {
-		t.Fatal(fpErr)
-	}
-	return fpPath
-}
+func failpointBinary(t testing.TB) string { return failpointArtifact.get(t) }
 
 // buildHook builds the binary statically, as `make build` does, with
-// the given build tags, in a directory of its own under binDir.
-func buildHook(name string, tags ...string) (string, error) {
-	binMu.Lock()
-	defer binMu.Unlock()
-	if binDir == "" {
-		d, err := os.MkdirTemp("", "arh-e2e-bin-")
-		if err != nil {
-			return "", err
-		}
-		binDir = d
-	}
-	dir, err := os.MkdirTemp(binDir, "build-")
-	if err != nil {
-		return "", err
-	}
+// the given build tags, into dir.
+func buildHook(dir, name string, tags ...string) (string, error) {
 	out := filepath.Join(dir, name)
 	cmd := exec.Command("go", "build", "-tags", strings.Join(append([]string{"osusergo", "netgo"}, tags...), ","), "-ldflags", "-linkmode external -extldflags -static", "-o", out, "./cmd/autofs-restore-hook")
 	cmd.Dir = filepath.Join(lab.Dir(), "..", "..")

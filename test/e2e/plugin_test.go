@@ -21,7 +21,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,48 +32,20 @@ import (
 // pluginName is the plugin's file name, as make install puts it.
 const pluginName = "autofs-restore-hook.so"
 
-var (
-	pluginOnce sync.Once
-	pluginPath string
-	pluginErr  error
-)
-
-// pluginSO is the plugin under test: $AUTOFS_RESTORE_HOOK_PLUGIN (set by
-// `make test` to what `make build` made), or `make plugin` into a
-// directory of the test.
-func pluginSO(t testing.TB) string {
-	t.Helper()
-	pluginOnce.Do(func() {
-		if p := os.Getenv("AUTOFS_RESTORE_HOOK_PLUGIN"); p != "" {
-			pluginPath = p
-			return
-		}
-		binMu.Lock()
-		defer binMu.Unlock()
-		if binDir == "" {
-			d, err := os.MkdirTemp("", "arh-e2e-bin-")
-			if err != nil {
-				pluginErr = err
-				return
-			}
-			binDir = d
-		}
-		dir, err := os.MkdirTemp(binDir, "plugin-")
-		if err != nil {
-			pluginErr = err
-			return
-		}
-		pluginPath = filepath.Join(dir, pluginName)
-		root := filepath.Join(lab.Dir(), "..", "..")
-		if out, err := exec.Command("make", "-C", root, "--no-print-directory", "plugin", "PLUGIN="+pluginPath).CombinedOutput(); err != nil {
-			pluginErr = fmt.Errorf("make plugin: %v\n%s", err, out)
-		}
-	})
-	if pluginErr != nil {
-		t.Fatal(pluginErr)
+// pluginArtifact is the plugin under test: $AUTOFS_RESTORE_HOOK_PLUGIN
+// (set by `make test` to what `make build` made), or `make plugin` into
+// a directory of the test process.
+var pluginArtifact = &artifact{env: "AUTOFS_RESTORE_HOOK_PLUGIN", build: func(dir string) (string, error) {
+	path := filepath.Join(dir, pluginName)
+	root := filepath.Join(lab.Dir(), "..", "..")
+	if out, err := exec.Command("make", "-C", root, "--no-print-directory", "plugin", "PLUGIN="+path).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make plugin: %v\n%s", err, out)
 	}
-	return pluginPath
-}
+	return path, nil
+}}
+
+// pluginSO is the plugin under test (pluginArtifact).
+func pluginSO(t testing.TB) string { return pluginArtifact.get(t) }
 
 // libsDir is a directory for CRIU_LIBS_DIR holding copies of the given
 // plugins, in that order (empty: CRIU loads no plugin, whatever
@@ -286,7 +257,13 @@ p=${CRTOOLS_INIT_PID:-0}
 	echo "sid $(cut -d' ' -f6 /proc/$$/stat)"
 } >"$out.tmp"
 tr '\0' '\n' </proc/$$/environ | sed 's/^/env /' >>"$out.tmp"
-ls -l /proc/$$/fd | sed -n 's/^.* \([0-9][0-9]*\) -> \(.*\)$/fd \1 \2/p' >>"$out.tmp"
+# Listed by another shell while this one only waits: while a shell sets
+# a pipeline or a redirection up it holds the pipe's ends or the saved
+# fd itself, and ls would list them as the binary's fds.
+sh -c 'ls -l /proc/$1/fd >"$2"' recorder $$ "$out.fds" &
+wait
+sed -n 's/^.* \([0-9][0-9]*\) -> \(.*\)$/fd \1 \2/p' "$out.fds" >>"$out.tmp"
+rm -f "$out.fds"
 mv "$out.tmp" "$out"
 exit 0
 `
@@ -314,7 +291,7 @@ func calls(t testing.TB, dir string) []call {
 	files, _ := filepath.Glob(filepath.Join(dir, "call-*"))
 	var out []call
 	for _, f := range files {
-		if strings.HasSuffix(f, ".tmp") {
+		if strings.HasSuffix(f, ".tmp") || strings.HasSuffix(f, ".fds") {
 			continue
 		}
 		b, err := os.ReadFile(f)
