@@ -18,7 +18,7 @@ import (
 func TestFilesLikePending(t *testing.T) {
 	testenv.RequireRoot(t, "reads /proc/PID/ns of other processes")
 	p, proc, files := ownPending(t)
-	got, err := filesLike(proc, p, 5*time.Second)
+	got, err := filesLike(proc, p, testenv.Scale(5*time.Second))
 	if err != nil {
 		t.Fatalf("files like our own: %v", err)
 	}
@@ -52,7 +52,7 @@ func TestFilesLikePending(t *testing.T) {
 			q.NS[k] = v
 		}
 		tt.mod(&q)
-		files, err := filesLike(proc, &q, 5*time.Second)
+		files, err := filesLike(proc, &q, testenv.Scale(5*time.Second))
 		closeAll(files)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err %v, want %q", tt.name, err, tt.want)
