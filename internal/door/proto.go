@@ -54,6 +54,29 @@ type Reply struct {
 }
 
 func (r *Reply) send(m Msg, files []*os.File) error {
+	return r.sendThen(m, func() error {
+		if len(files) == 0 {
+			return nil
+		}
+		// The files come after the final line, when the parent asks for
+		// them (one byte), alone with one newline: it receives fds only
+		// then, and only as many as announced.
+		ask := make([]byte, 1)
+		if k, err := unix.Read(1, ask); k != 1 {
+			return fmt.Errorf("the parent did not ask for the files: %v", err)
+		}
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		return unix.Sendmsg(1, []byte{'\n'}, unix.UnixRights(fds...), nil, 0)
+	})
+}
+
+// sendThen writes m as one line, then runs then (nil: nothing), all under
+// the lock: no other message goes out before what then reads (the
+// parent's '?' for a final line's files, its answer to an event).
+func (r *Reply) sendThen(m Msg, then func() error) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -68,21 +91,7 @@ func (r *Reply) send(m Msg, files []*os.File) error {
 	if err := writeAll(b); err != nil {
 		return err
 	}
-	if len(files) == 0 {
-		return nil
-	}
-	// The files come after the final line, when the parent asks for them
-	// (one byte), alone with one newline: it receives fds only then, and
-	// only as many as announced.
-	ask := make([]byte, 1)
-	if k, err := unix.Read(1, ask); k != 1 {
-		return fmt.Errorf("the parent did not ask for the files: %v", err)
-	}
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
-	}
-	return unix.Sendmsg(1, []byte{'\n'}, unix.UnixRights(fds...), nil, 0)
+	return then()
 }
 
 // Event sends v to the parent (Spec.Event) and waits until the parent
@@ -97,39 +106,26 @@ func (r *Reply) Event(v any) error {
 	if len(b) > MaxEvent {
 		return fmt.Errorf("door: event of %d bytes, more than %d", len(b), MaxEvent)
 	}
-	line, err := json.Marshal(Msg{Event: b})
-	if err != nil {
-		return err
-	}
-	line = append(line, '\n')
-	// Held until the answer is read: no other message goes out (a final
-	// line waiting for its '?') before it.
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done {
-		return errors.New("door: a final message was sent already")
-	}
-	if err := writeAll(line); err != nil {
-		return fmt.Errorf("door: send event: %w", err)
-	}
-	ans := make([]byte, 1)
-	for {
-		k, err := unix.Read(1, ans)
-		if errors.Is(err, unix.EINTR) {
-			continue
+	return r.sendThen(Msg{Event: b}, func() error {
+		ans := make([]byte, 1)
+		for {
+			k, err := unix.Read(1, ans)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if k != 1 {
+				return fmt.Errorf("door: no answer to the event from the parent (%v)", err)
+			}
+			break
 		}
-		if k != 1 {
-			return fmt.Errorf("door: no answer to the event from the parent (%v)", err)
+		switch ans[0] {
+		case eventAck:
+			return nil
+		case eventNack:
+			return errors.New("door: the parent could not keep the event")
 		}
-		break
-	}
-	switch ans[0] {
-	case eventAck:
-		return nil
-	case eventNack:
-		return errors.New("door: the parent could not keep the event")
-	}
-	return fmt.Errorf("door: answer %q to an event", ans[0])
+		return fmt.Errorf("door: answer %q to an event", ans[0])
+	})
 }
 
 func writeAll(b []byte) error {
