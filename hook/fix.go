@@ -64,6 +64,11 @@ func (o Options) stepTimeout(d time.Duration) time.Duration {
 	return max(min(d, time.Until(o.Deadline)), 0)
 }
 
+// pastDeadline tells whether the run's deadline has passed.
+func (o Options) pastDeadline() bool {
+	return !o.Deadline.IsZero() && !time.Now().Before(o.Deadline)
+}
+
 // timeout is the deadline of a master's restart for n mounts: --timeout
 // when given, else the default for n mounts.
 func (o Options) timeout(n int) time.Duration {

@@ -83,7 +83,7 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 		pids = pids[:maxDaemons]
 	}
 	for i, pid := range pids {
-		if opts.stepTimeout(time.Hour) == 0 {
+		if opts.pastDeadline() {
 			errs = append(errs, fmt.Errorf("post-resume: the run's deadline has passed: automount %v not respawned (run fix again)", pids[i:]))
 			break
 		}
