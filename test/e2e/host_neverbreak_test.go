@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,6 +159,100 @@ func hostMqueue(t testing.TB) {
 type podmanRunner struct {
 	rootless bool
 	hooksDir string
+	// state is the test's own podman state (storage, run and lock
+	// directories): none of the machine's. A podman killed while it holds
+	// one of the machine's shared-memory locks leaves that lock taken
+	// until reboot, and the next container given its number hangs for
+	// ever; file locks go with the process that held them.
+	state *podmanState
+}
+
+// podmanState is a directory with podman's storage, run and temporary
+// directories and a containers.conf that asks for file locks, owned by
+// the user podman runs as.
+type podmanState struct {
+	dir string
+}
+
+// newPodmanState makes a podmanState for root or the rootless user; at the
+// end of the test it removes every container in it and the directory.
+func newPodmanState(t testing.TB, rootless bool) *podmanState {
+	t.Helper()
+	dir, err := os.MkdirTemp("/var/tmp", "arh-podman-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &podmanState{dir: dir}
+	conf := "# autofs-restore-hook's tests: file locks, freed when their holder dies.\n[engine]\nlock_type = \"file\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "containers.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"root", "runroot", "tmp"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(dir, 0o755)
+	if rootless {
+		if out, err := exec.Command("chown", "-R", rootlessUser+":"+rootlessUser, dir).CombinedOutput(); err != nil {
+			t.Fatalf("chown %s: %v\n%s", dir, err, out)
+		}
+	}
+	// Rootless podman leaves a process behind that holds its user
+	// namespace ("podman pause"): the test's own are ended at its end.
+	pausing := pauseProcesses()
+	t.Cleanup(func() {
+		defer func() {
+			for _, pid := range pauseProcesses() {
+				if !slices.Contains(pausing, pid) {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}()
+		p := podmanRunner{rootless: rootless, state: st}
+		if out, err := p.run(2*time.Minute, "rm", "-a", "-f", "-t", "0"); err != nil {
+			t.Errorf("remove the test's podman containers: %v (%s)", err, out)
+		}
+		// What podman mounted under its run and storage directories.
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, l := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+				unix.Unmount(f[4], unix.MNT_DETACH)
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove the test's podman state: %v", err)
+		}
+	})
+	return st
+}
+
+// pauseProcesses are the pids of the rootless user's "podman pause"
+// processes.
+func pauseProcesses() []int {
+	u, err := user.Lookup(rootlessUser)
+	if err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		var st unix.Stat_t
+		if strings.TrimSpace(string(comm)) == "podman pause" && unix.Stat(fmt.Sprintf("/proc/%d", pid), &st) == nil && strconv.Itoa(int(st.Uid)) == u.Uid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// args are podman's global flags for the state.
+func (s *podmanState) args() []string {
+	return []string{"--root", filepath.Join(s.dir, "root"), "--runroot", filepath.Join(s.dir, "runroot"), "--tmpdir", filepath.Join(s.dir, "tmp")}
 }
 
 func (p podmanRunner) String() string {
@@ -169,14 +266,20 @@ func (p podmanRunner) String() string {
 	return who + ", with the package's hook"
 }
 
-func (p podmanRunner) cmd(timeout time.Duration, args ...string) *exec.Cmd {
-	argv := []string{"timeout", "-s", "KILL", strconv.Itoa(int(testenv.Scale(timeout).Seconds()))}
+func (p podmanRunner) cmd(args ...string) *exec.Cmd {
+	var argv []string
 	env := []string{"PATH=" + filepath.Join(lab.CacheDir(), "bin") + ":/usr/sbin:/usr/bin:/sbin:/bin"}
 	if p.rootless {
 		argv = append(argv, "runuser", "-u", rootlessUser, "--", "env", "HOME=/var/lib/"+rootlessUser, "XDG_RUNTIME_DIR=")
 		argv = append(argv, env...)
 	}
+	if p.state != nil {
+		argv = append(argv, "env", "CONTAINERS_CONF="+filepath.Join(p.state.dir, "containers.conf"))
+	}
 	argv = append(argv, "podman", "--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file")
+	if p.state != nil {
+		argv = append(argv, p.state.args()...)
+	}
 	if p.hooksDir != "" {
 		argv = append(argv, "--hooks-dir", p.hooksDir)
 	}
@@ -187,16 +290,54 @@ func (p podmanRunner) cmd(timeout time.Duration, args ...string) *exec.Cmd {
 }
 
 // run runs podman and returns its stdout, and its exit status with stderr
-// as an error.
+// as an error. A podman still running after timeout (scaled) is described
+// before it is killed: every process of the machine with its state, wait
+// channel and kernel stack, and podman's own goroutines (SIGQUIT makes a Go
+// program print them), so that a hang seen once in CI says where it was.
 func (p podmanRunner) run(timeout time.Duration, args ...string) (string, error) {
-	cmd := p.cmd(timeout, args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("podman %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	cmd := p.cmd(args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// conmon outlives podman run -d; should it keep a copy of the pipes,
+	// Wait gives up on them after this.
+	cmd.WaitDelay = 10 * time.Second
+	what := "podman " + strings.Join(args, " ")
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("%s: %v", what, err)
 	}
-	return string(out), nil
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	limit := testenv.Scale(timeout)
+	select {
+	case err := <-done:
+		if err != nil {
+			return stdout.String(), fmt.Errorf("%s: %v: %s", what, err, strings.TrimSpace(stderr.String()))
+		}
+		return stdout.String(), nil
+	case <-time.After(limit):
+	}
+	procs := lab.DescribeProcesses()
+	pgid := cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGQUIT)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	return stdout.String(), fmt.Errorf("%s: still running after %v, killed; the machine's processes then:\n%s\npodman's stderr (its goroutines after SIGQUIT):\n%s",
+		what, limit, procs, firstBytes(stderr.String(), 24<<10))
+}
+
+// firstBytes is the start of s, at most n bytes of it (a goroutine dump
+// starts with the goroutine that matters most).
+func firstBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "[...]"
 }
 
 // podmanCase is one way of running a container that the hook must not
@@ -312,7 +453,8 @@ func TestNoAutofsInstalledHookBreaksNoPodmanContainer(tt *testing.T) {
 	suffix := strconv.Itoa(os.Getpid())
 	created := 0 // containers podman created with the hook
 	for _, rootless := range []bool{false, true} {
-		with, without := podmanRunner{rootless: rootless}, podmanRunner{rootless: rootless, hooksDir: empty}
+		st := newPodmanState(t, rootless)
+		with, without := podmanRunner{rootless: rootless, state: st}, podmanRunner{rootless: rootless, hooksDir: empty, state: st}
 		who := "root"
 		if rootless {
 			who = "rootless"

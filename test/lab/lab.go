@@ -601,3 +601,49 @@ func labDir() string {
 	}
 	return "/var/tmp/arh-lab"
 }
+
+// DescribeProcesses is one line per process of the machine (pid, parent,
+// state, wchan, command) and, for the processes of a container stack
+// (podman, conmon, runc, crun, criu, the hook) and those in D state, their
+// kernel stack: what a test prints when something it ran hangs.
+func DescribeProcesses() string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		state, ppid := "?", "?"
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			f := strings.Fields(string(stat[i+2:]))
+			if len(f) >= 2 {
+				state, ppid = f[0], f[1]
+			}
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if len(cmd) == 0 {
+			continue // a kernel thread
+		}
+		line := strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))
+		if len(line) > 240 {
+			line = line[:240] + "..."
+		}
+		fmt.Fprintf(&b, "%7d %7s %s %-24s %s\n", pid, ppid, state, mounts.Wchan(pid), line)
+		name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0])
+		switch {
+		case state == "D", strings.Contains(name, "podman"), name == "conmon", name == "runc", name == "crun",
+			strings.Contains(name, "criu"), strings.Contains(name, "autofs-restore-hook"):
+			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stack", pid)); err == nil && len(st) > 0 {
+				for _, l := range strings.Split(strings.TrimSpace(string(st)), "\n") {
+					fmt.Fprintf(&b, "%26s %s\n", "", l)
+				}
+			}
+		}
+	}
+	return b.String()
+}
