@@ -86,7 +86,7 @@ bench: build
 	go test -run '^$$' -bench BenchmarkParseTable -benchmem -count 1 ./mounts | grep -E '^Benchmark|^cpu'
 	@echo
 	go build -o bin/bench ./test/bench
-	bash test/vm/maybe.sh $(CURDIR)/bin/bench -bin $(CURDIR)/$(BIN) $(BENCH_ARGS)
+	bash test/vm/maybe.sh $(CURDIR)/bin/bench -bin $(CURDIR)/$(BIN) -plugin $(CURDIR)/$(PLUGIN) $(BENCH_ARGS)
 
 # The binary first: a hooks.d JSON naming a missing binary breaks every
 # container start. The CRIU plugin after it too (a plugin whose binary is

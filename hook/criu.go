@@ -37,7 +37,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		log, closeLog, _ = newLogger(LogConfig{NoSyslog: true}, stderr)
 	}
 	defer closeLog()
-	withWiring(log)
+	wiring := withWiring(log)
 	pid, err := strconv.Atoi(strings.TrimSpace(initPid))
 	if err != nil || pid <= 0 {
 		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
@@ -47,7 +47,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		// A restore must go on: the defaults stand in for what is invalid.
 		log.Errorf("%s: %v; using the default", action, cfgErr)
 	}
-	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log})
+	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log, Wiring: wiring})
 	if err != nil {
 		l := log.WithField("pid", pid)
 		if errors.Is(err, errRefused) {
@@ -66,16 +66,17 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 // wiring=action-script to every line log writes, so that an operator sees
 // which wiring fixed a restore. The field is set by a hook that runs
 // before the log file's and syslog's.
-func withWiring(log *logrus.Logger) {
+func withWiring(log *logrus.Logger) string {
 	w := os.Getenv(EnvWiring)
 	if w == "" {
-		w = "action-script"
+		w = WiringScript
 	}
 	f := fieldHook{key: "wiring", value: w}
 	hooks := log.ReplaceHooks(make(logrus.LevelHooks))
 	for _, lv := range logrus.AllLevels {
 		log.Hooks[lv] = append([]logrus.Hook{f}, hooks[lv]...)
 	}
+	return w
 }
 
 // fieldHook sets one field of every entry.

@@ -191,10 +191,12 @@ func tracedByCRIU(tracer int) bool {
 		return false
 	}
 	cmdline, err := procfile.Read(dir+"/cmdline", procfile.MaxCmdline)
-	if err != nil {
-		return false
+	if err == nil && loadedProgram(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")) == "criu" {
+		return true
 	}
-	return loadedProgram(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")) == "criu"
+	// CRIU rewrites its command line once it runs (its process title):
+	// the program the loader mapped is still in its maps.
+	return mapsHold(tracer, "criu")
 }
 
 // loadedProgram is the base name of the program a dynamic loader's

@@ -152,7 +152,11 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		mark = &sf.rec.PostResume
 	}
 	if *mark != nil && !opts.Force {
-		log.Debugf("%s already done at %s: nothing to do", ph, (*mark).At.Format(time.RFC3339Nano))
+		by := ""
+		if (*mark).Wiring != "" {
+			by = " by the " + (*mark).Wiring
+		}
+		log.Infof("%s already done%s at %s: nothing to do", ph, by, (*mark).At.Format(time.RFC3339Nano))
 		return nil
 	}
 	c, err := inspect(p, sf.rec.knownGood)
@@ -173,7 +177,7 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 	if len(c.Mounts) == 0 && len(sf.rec.Prepared) == 0 {
 		log.Debugf("no autofs mounts: nothing to do")
 		if !opts.DryRun {
-			*mark = &phaseMark{At: time.Now()}
+			*mark = &phaseMark{At: time.Now(), Wiring: opts.Wiring}
 			return sf.Save()
 		}
 		return nil
@@ -188,7 +192,7 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		return perr
 	}
 	if perr == nil {
-		*mark = &phaseMark{At: time.Now()}
+		*mark = &phaseMark{At: time.Now(), Wiring: opts.Wiring}
 	} else {
 		// Not marked done: the next run (CRIU's second call, or `fix`)
 		// tries again what failed; what succeeded is recorded and skipped.

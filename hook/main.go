@@ -119,8 +119,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	defer closeLog()
-	opts := Options{Config: inv.Config, Log: log}
+	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI}
 	if cmd == "" {
+		opts.Wiring = WiringOCI
 		return ociMain(stdin, opts)
 	}
 	pid, err := parsePid(inv.Pid)
@@ -153,4 +154,7 @@ type Options struct {
 	// Deadline is the end of the run: set by fixPid for one fix of one
 	// container, zero before.
 	Deadline time.Time
+	// Wiring is what runs the fix (WiringPlugin, WiringScript, WiringOCI,
+	// WiringCLI): the state file's phase marks record it.
+	Wiring string
 }

@@ -72,6 +72,15 @@ func ociMain(stdin io.Reader, opts Options) int {
 		log.Warnf("oci hook: restore not followed, the container goes on as without the hook: %v", err)
 		return ExitOK
 	}
+	// The CRIU plugin, when the CRIU that restores the container has it,
+	// fixes the restore in CRIU's own window: a follower would only race
+	// it. Installing the package installs both.
+	criu := restoringCRIU(st.Pid)
+	if pluginLoaded(criu) {
+		log.Infof("oci hook: restore in progress, handled by the CRIU plugin (%s loaded by CRIU, pid %d): no follower", PluginFile, criu)
+		return ExitOK
+	}
+	log.Debugf("oci hook: the restoring CRIU (pid %d, 0: not seen) has no CRIU plugin", criu)
 	if err := startFollower(st.Pid, opts); err != nil {
 		log.Errorf("oci hook: restore not followed, the container goes on as without the hook: start the worker that follows the restore: %v", err)
 		return ExitOK
@@ -202,7 +211,7 @@ func followerMain(args []string) int {
 		return ExitOK
 	}
 	defer p.Close()
-	opts := Options{Config: cfg.Config, Log: log}
+	opts := Options{Config: cfg.Config, Log: log, Wiring: WiringOCI}
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	var polls, inspections int
@@ -250,6 +259,14 @@ func followerMain(args []string) int {
 		}
 		if criuName == nil {
 			criuName = tracerName(tracer, sf.Name())
+			// The CRIU now known for sure (it traces the init) has the
+			// plugin, which the OCI hook could not see: the plugin fixes
+			// this restore in CRIU's window, and the follower stands down.
+			if tracedByCRIU(tracer) && pluginLoaded(tracer) {
+				l.Infof("follow: the restoring CRIU (pid %d) has the CRIU plugin (%s): it fixes this restore; the follower stops", tracer, PluginFile)
+				return ExitOK
+			}
+			l.Debugf("follow: traced by pid %d (CRIU: %t), no CRIU plugin", tracer, tracedByCRIU(tracer))
 		}
 		if !named && !bytes.Equal(sf.Name(), criuName) {
 			named, namedPolls, namedAt = true, polls, time.Now()

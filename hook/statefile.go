@@ -67,6 +67,9 @@ type preparedMount struct {
 
 type phaseMark struct {
 	At time.Time `json:"at"`
+	// Wiring is what ran the phase (Options.Wiring): a second wiring
+	// installed beside the first finds the phase done, and says by what.
+	Wiring string `json:"wiring,omitempty"`
 }
 
 // knownGood tells whether the autofs mount of device dev is known to be

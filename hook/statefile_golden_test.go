@@ -29,8 +29,8 @@ func fullRecord() record {
 	return record{
 		Pid: 4242, StartTime: 99,
 		Prepared:   []preparedMount{{Mountpoint: "/srv/a", Dev: 44, Kind: "systemd", MasterPid: 4242, Unit: "srv-a.automount"}},
-		PreResume:  &phaseMark{At: at},
-		PostResume: &phaseMark{At: at.Add(time.Second)},
+		PreResume:  &phaseMark{At: at, Wiring: WiringPlugin},
+		PostResume: &phaseMark{At: at.Add(time.Second), Wiring: WiringPlugin},
 		Fixed:      []uint64{45}, Restored: []uint64{44},
 		LastErrors: []string{"post-resume: automount 7: exited at once"},
 		Respawns: []units.Pending{{OldPid: 4250, Daemon: d, Targets: []mounts.Target{{Where: "/srv/direct1", Dev: 46}},

@@ -52,6 +52,16 @@ type Report struct {
 	// Pending are the automount daemons the hook killed whose replacement
 	// never served: the next `fix` starts them again.
 	Pending []PendingDaemon `json:"pending_respawns,omitempty"`
+	// Phases are the phases the hook finished on this container, with
+	// when and by which wiring (from its state file).
+	Phases []PhaseDone `json:"phases,omitempty"`
+}
+
+// PhaseDone is a phase of the fix the state file marks done.
+type PhaseDone struct {
+	Phase  Phase     `json:"phase"`
+	At     time.Time `json:"at"`
+	Wiring string    `json:"wiring,omitempty"`
 }
 
 // PendingDaemon is an automount daemon killed by the hook and not yet
@@ -127,6 +137,14 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 	c.confirmUnits(log)
 	r := c.report()
 	r.LastErrors = rec.LastErrors
+	for _, ph := range []struct {
+		phase Phase
+		mark  *phaseMark
+	}{{PreResume, rec.PreResume}, {PostResume, rec.PostResume}} {
+		if ph.mark != nil {
+			r.Phases = append(r.Phases, PhaseDone{Phase: ph.phase, At: ph.mark.At, Wiring: ph.mark.Wiring})
+		}
+	}
 	for _, p := range rec.Respawns {
 		d := PendingDaemon{OldPid: p.OldPid}
 		if p.Daemon != nil {
@@ -168,6 +186,13 @@ func writeTable(out io.Writer, r Report) {
 			ms = append(ms, mounts.Escape(m))
 		}
 		fmt.Fprintf(out, "automount (was pid %d) killed by the hook and not running again: its mounts %s have no master; run fix once the cause is fixed\n", p.OldPid, strings.Join(ms, ", "))
+	}
+	for _, p := range r.Phases {
+		by := ""
+		if p.Wiring != "" {
+			by = " by the " + p.Wiring
+		}
+		fmt.Fprintf(out, "%s done%s at %s\n", p.Phase, by, p.At.Format(time.RFC3339))
 	}
 	for _, e := range r.LastErrors {
 		fmt.Fprintf(out, "last run failed: %s\n", controlEscaped(e))

@@ -26,7 +26,8 @@ import (
 
 var (
 	scaleSizes = flag.String("scale", "1,10,20", "numbers of containers restored at once (table scale)")
-	scaleWith  = flag.String("scale-with", "none,shell,action-script,oci-hook", "contenders of table scale, comma-separated")
+	scaleWith  = flag.String("scale-with", "none,shell,action-script,oci-hook,plugin", "contenders of table scale, comma-separated")
+	pluginSO   = flag.String("plugin", "bin/autofs-restore-hook.so", "the CRIU plugin (make plugin), for the plugin rows of table scale")
 	scaleKeep  = flag.String("scale-keep", "", "copy each round's hook log into this directory (in the test VM, /arh-vm is the job directory ARH_VM_KEEP=1 keeps)")
 )
 
@@ -218,8 +219,8 @@ func scaleTable(ns []int) {
 		must(lab("checkpoint", c.name))
 	}
 	fmt.Printf("(%d containers started and checkpointed in %s, one after the other.)\n\n", top, time.Since(start).Round(time.Second))
-	fmt.Println("| N | restores only (no fix) | shell reference: restores, then CRIU's script's way per systemd container | action script | OCI hook | action script / restores only | OCI hook / restores only | hook CPU in all (action script; OCI hook) | largest peak RSS of one hook process (action script; OCI hook) | peak RSS of all hook processes added up (action script; OCI hook) |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| N | restores only (no fix) | shell reference: restores, then CRIU's script's way per systemd container | CRIU plugin | action script | OCI hook | plugin / restores only | action script / restores only | OCI hook / restores only | hook CPU in all (plugin; action script; OCI hook) | largest peak RSS of one hook process (plugin; action script; OCI hook) | peak RSS of all hook processes added up (plugin; action script; OCI hook) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, n := range ns {
 		cs, ks := fleet[:n], kinds[:n]
 		with := strings.Split(*scaleWith, ",")
@@ -231,21 +232,23 @@ func scaleTable(ns []int) {
 		}
 		none := round("none")
 		shell := round("shell")
+		pl := round("plugin")
 		as := round("action-script")
 		oci := round("oci-hook")
-		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s; %s | %.1f MB; %.1f MB | %.1f MB; %.1f MB |\n", n,
-			secs(none.restoreWall), fixedCell(shell), fixedCell(as), fixedCell(oci),
-			ratio(as.fixedWall, none.restoreWall), ratio(oci.fixedWall, none.restoreWall),
-			ms(as.usage.cpu), ms(oci.usage.cpu),
-			float64(as.usage.peakKB)/1024, float64(oci.usage.peakKB)/1024,
-			float64(as.usage.sumKB)/1024, float64(oci.usage.sumKB)/1024)
+		mb := func(kb int64) string { return fmt.Sprintf("%.1f MB", float64(kb)/1024) }
+		fmt.Printf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s; %s; %s | %s; %s; %s | %s; %s; %s |\n", n,
+			secs(none.restoreWall), fixedCell(shell), fixedCell(pl), fixedCell(as), fixedCell(oci),
+			ratio(pl.fixedWall, none.restoreWall), ratio(as.fixedWall, none.restoreWall), ratio(oci.fixedWall, none.restoreWall),
+			ms(pl.usage.cpu), ms(as.usage.cpu), ms(oci.usage.cpu),
+			mb(pl.usage.peakKB), mb(as.usage.peakKB), mb(oci.usage.peakKB),
+			mb(pl.usage.sumKB), mb(as.usage.sumKB), mb(oci.usage.sumKB))
 	}
 	for _, c := range fleet {
 		c.down()
 	}
 	fleet = nil
 	fmt.Println()
-	fmt.Println("Wall times from the start of N concurrent `lab.sh restore` (runc, CRIU) to: every restore returned (restores only); `baseline.sh` done for every systemd container, run for each as soon as its restore returned, and a path reachable (shell reference: CRIU's systemd-autofs-restart.sh's way, per unit; it cannot fix an automount container, so those are left out of its time); every container's autofs mounts served and a never-triggered path reachable (action script: once its restore returned, since CRIU runs the script inside the restore; OCI hook: once the container's follower logged its end; then the hook's `status` says every mount is served, asked again every 2 s if not). One round each. Hook CPU: the rusage of every invocation (a wrapper waits for each) plus the followers' own reports; peak RSS: the wrapper's rusage and the followers' VmHWM sampled every 200 ms (every process of the node is looked at, in all rounds alike) (the bench's own `status` polls left out). The wrapper is a Go program started before each hook invocation: its start (a few ms each under emulation) is in the hook columns' wall times, not in their CPU.")
+	fmt.Println("Wall times from the start of N concurrent `lab.sh restore` (runc, CRIU) to: every restore returned (restores only); `baseline.sh` done for every systemd container, run for each as soon as its restore returned, and a path reachable (shell reference: CRIU's systemd-autofs-restart.sh's way, per unit; it cannot fix an automount container, so those are left out of its time); every container's autofs mounts served and a never-triggered path reachable (CRIU plugin, the only wiring: CRIU loads it from CRIU_LIBS_DIR, runs pre-resume inside the restore and post-resume detached at its end, so once its restore returned; action script: once its restore returned, since CRIU runs the script inside the restore; OCI hook: once the container's follower logged its end; then the hook's `status` says every mount is served, asked again every 2 s if not). One round each. Hook CPU: the rusage of every invocation (a wrapper waits for each) plus the followers' own reports; peak RSS: the wrapper's rusage and the followers' VmHWM sampled every 200 ms (every process of the node is looked at, in all rounds alike) (the bench's own `status` polls left out). The wrapper is a Go program started before each hook invocation: its start (a few ms each under emulation) is in the hook columns' wall times, not in their CPU.")
 }
 
 // fixedCell is a round's time to every container fixed, or how many
@@ -284,9 +287,23 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 	wrapper := filepath.Join(tmp, "hook-wrapper")
 	check(os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\nexec %s -wrap %s -- %s \"$@\"\n", self, wrapLog, *bin)), 0o755))
 	var wire []string
+	// CRIU loads the plugins of CRIU_LIBS_DIR (lab.sh passes its
+	// environment down to runc and CRIU): the plugin for its rows, none
+	// for the others (whatever an installed package put in /usr/lib/criu).
+	libs := filepath.Join(tmp, "criu-libs")
+	check(os.Mkdir(libs, 0o755))
+	os.Setenv("CRIU_LIBS_DIR", libs)
+	defer os.Unsetenv("CRIU_LIBS_DIR")
 	switch wiring {
 	case "none", "shell":
 		wire = []string{"--unwire"}
+	case "plugin":
+		wire = []string{"--unwire"}
+		so, err := os.ReadFile(*pluginSO)
+		check(err)
+		check(os.WriteFile(filepath.Join(libs, hook.PluginFile), so, 0o644))
+		os.Setenv("AUTOFS_RESTORE_HOOK_PLUGIN_BIN", wrapper)
+		defer os.Unsetenv("AUTOFS_RESTORE_HOOK_PLUGIN_BIN")
 	case "action-script":
 		wire = []string{"--action-script", wrapper}
 	case "oci-hook":
@@ -380,6 +397,11 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 		}()
 	}
 	wg.Wait()
+	if wiring == "plugin" && len(failures) == 0 {
+		// Each container's post-resume runs detached: its CPU is in the
+		// table once every run (pre- and post-resume) has ended.
+		waitInvocations(wrapLog, 2*len(cs), time.Now().Add(2*time.Minute))
+	}
 	if wiring == "oci-hook" && len(failures) == 0 {
 		// The followers report when they end; their CPU is in that line.
 		waitFollowerDone(hookLog, len(cs))
@@ -403,7 +425,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 		r.notFixed, r.fixedWall = len(failures), 0
 		return r
 	}
-	if wiring == "action-script" || wiring == "oci-hook" {
+	if wiring == "action-script" || wiring == "oci-hook" || wiring == "plugin" {
 		r.usage = readUsage(wrapLog, hookLog, peaks)
 	}
 	return r
@@ -421,4 +443,17 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// waitInvocations waits until the wrapper's log holds n invocations (one
+// line each, written when the invocation ended), or deadline.
+func waitInvocations(wrapLog string, n int, deadline time.Time) {
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(wrapLog)
+		if strings.Count(string(b), "\n") >= n {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "bench: fewer than %d hook invocations ended within their deadline: the plugin row's CPU misses some\n", n)
 }

@@ -25,12 +25,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
 // pluginName is the plugin's file name, as make install puts it.
-const pluginName = "autofs-restore-hook.so"
+const pluginName = hook.PluginFile
 
 // pluginArtifact is the plugin under test: $AUTOFS_RESTORE_HOOK_PLUGIN
 // (set by `make test` to what `make build` made), or `make plugin` into
@@ -85,10 +86,16 @@ type criuRunc struct {
 // not be host files: CRIU cannot restore them) and starts the container.
 func newCriuRunc(t testing.TB, name, rootfs string, stock bool, command ...string) *criuRunc {
 	t.Helper()
+	return startCriuRunc(t, name, runcBundle(t, rootfs, false, false, nil, command...), stock)
+}
+
+// startCriuRunc starts the container of bundle (see newCriuRunc).
+func startCriuRunc(t testing.TB, name, bundle string, stock bool) *criuRunc {
+	t.Helper()
 	c := &criuRunc{
 		t:      t,
 		id:     fmt.Sprintf("arh-plugin-%s-%d", name, os.Getpid()),
-		bundle: runcBundle(t, rootfs, false, false, nil, command...),
+		bundle: bundle,
 		dir:    t.TempDir(),
 		stock:  stock,
 	}
@@ -793,4 +800,76 @@ func stepOf(err error) string {
 		return "checkpoint"
 	}
 	return "restore or start"
+}
+
+// With the package installed (the CRIU plugin in /usr/lib/criu, the OCI
+// hook in the runc snippet), the OCI hook leaves a restore whose CRIU has
+// the plugin loaded to the plugin: it logs so and starts no follower, and
+// the plugin's run logs wiring=criu-plugin. Restored again by a CRIU
+// without the plugin, the same hook follows the restore. Before the OCI
+// hook looked for the plugin, it started a follower for both restores.
+func TestNoAutofsOCIHookLeavesTheRestoreToThePlugin(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.RequireHost(t)
+	rootfs := smallRootfs(t)
+	installDeb(t)
+	if _, err := os.Stat(filepath.Join("/usr/lib/criu", pluginName)); err != nil {
+		t.Fatalf("the package did not install the plugin: %v", err)
+	}
+	logPath, log := ociLog(t)
+	env := hookLogEnv(logPath, hook.EnvLogLevel+"=debug")
+	c := startCriuRunc(t, "oci-plugin", runcBundle(t, rootfs, false, true, env, twoTasks...), false)
+	if err := c.checkpoint(""); err != nil {
+		t.Fatal(err)
+	}
+	// CRIU's plugin directory is the package's; the plugin's run of the
+	// binary logs where the OCI hook does (CRIU passes runc's
+	// environment on, and the plugin the log variables).
+	_, crlog, err := c.restore("/usr/lib/criu", env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := c.running()
+	if err != nil {
+		t.Fatalf("after the restore with the plugin: %v", err)
+	}
+	time.Sleep(testenv.Scale(time.Second)) // a follower, if one was started, logs at once
+	withPlugin := log()
+	t.Logf("the hook's log of the restore with the plugin (init %d):\n%s\nCRIU's log of the plugin:\n%s", pid, withPlugin, grepLines(crlog, "autofs-restore-hook"))
+	if !strings.Contains(withPlugin, "handled by the CRIU plugin") {
+		t.Errorf("the OCI hook did not leave the restore to the CRIU plugin")
+	}
+	if strings.Contains(withPlugin, "a detached worker follows it") || strings.Contains(withPlugin, "follow: started") {
+		t.Errorf("the OCI hook started a follower for a restore the plugin handles")
+	}
+	if !strings.Contains(withPlugin, "wiring=criu-plugin") {
+		t.Errorf("the plugin's run of the binary did not log (wiring=criu-plugin)")
+	}
+	if f := followers(); len(f) > 0 {
+		t.Errorf("followers running after a restore the plugin handles: %v", f)
+	}
+	// The same container, restored by a CRIU without the plugin: the OCI
+	// hook is the only wiring, and follows the restore.
+	if err := c.checkpoint(""); err != nil {
+		t.Fatal(err)
+	}
+	before := len(withPlugin)
+	if _, _, err := c.restore("", env...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.running(); err != nil {
+		t.Fatalf("after the restore without the plugin: %v", err)
+	}
+	deadline := time.Now().Add(testenv.Scale(10 * time.Second))
+	for !strings.Contains(log()[before:], "follow: done") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	without := log()[before:]
+	t.Logf("the hook's log of the restore without the plugin:\n%s", without)
+	if !strings.Contains(without, "a detached worker follows it") || !strings.Contains(without, "follow: done") {
+		t.Errorf("without the plugin the OCI hook did not follow the restore to its end")
+	}
+	if strings.Contains(without, "handled by the CRIU plugin") {
+		t.Errorf("the OCI hook saw a plugin in a CRIU without one")
+	}
 }

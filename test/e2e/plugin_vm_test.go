@@ -151,11 +151,13 @@ func TestPluginOnlyAutomount(tt *testing.T) {
 	preResumeByPlugin(t, c, log(), pid)
 }
 
-// podman with the package installed and nothing else: no --hooks-dir
-// holding a hook (the lab's podman containers get an empty one), no
-// action script. CRIU, started by runc under podman, finds the plugin in
-// /usr/lib/criu, and the plugin runs the package's binary: a systemd
-// container's paths work after podman's checkpoint and restore.
+// podman with the package installed and nothing else: podman reads the
+// package's hooks.d JSON from its own hooks dir (no --hooks-dir), and
+// CRIU, started by runc under podman, finds the plugin in /usr/lib/criu.
+// One fix per restore: the OCI hook sees the plugin in the restoring CRIU
+// and starts no follower; the plugin runs the package's binary in CRIU's
+// window, and the state file says the plugin did both phases. An
+// automount container's paths work after podman's checkpoint and restore.
 func TestPluginFromPackagePodman(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
@@ -163,27 +165,45 @@ func TestPluginFromPackagePodman(tt *testing.T) {
 	if _, err := os.Stat(filepath.Join("/usr/lib/criu", pluginName)); err != nil {
 		t.Fatalf("the package did not install the plugin: %v", err)
 	}
-	c := lab.PodmanUp(t, "plugin-pod", lab.Automount, lab.Options{})
+	ociLog := logInstalledHook(t)
+	c := lab.PodmanUp(t, "plugin-pod", lab.Automount, lab.Options{SystemHooks: true})
 	checkpointRestore(t, c)
-	// The plugin's post-resume runs detached, logging to syslog only
-	// here: wait until status shows every mount served again.
+	// The plugin's post-resume runs detached: wait until status shows
+	// every mount served again and post-resume done.
 	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
+	var r hook.Report
 	for {
 		ok := true
-		r := status(t, c)
+		r = status(t, c)
 		for _, m := range r.Mounts {
 			ok = ok && m.State == string(hook.StateOK)
 		}
-		if ok && len(r.Mounts) > 0 && len(r.Blocked) == 0 {
+		if ok && len(r.Mounts) > 0 && len(r.Blocked) == 0 && len(r.Phases) == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("90 s after podman's restore, with only the plugin, the mounts are not all served: %+v", r)
+			t.Fatalf("90 s after podman's restore with the package, the mounts are not all served and fixed: %+v\nthe OCI hook's log:\n%s", r, ociLog())
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	automountWorksAgain(t, c, "after podman's restore with only the plugin", nil)
+	automountWorksAgain(t, c, "after podman's restore with the package", nil)
 	noWaiters(t, c)
+	l := ociLog()
+	t.Logf("the OCI hook's log:\n%s", l)
+	for _, p := range r.Phases {
+		if p.Wiring != hook.WiringPlugin {
+			t.Errorf("%s was done by the %q, want the %s: %+v", p.Phase, p.Wiring, hook.WiringPlugin, r.Phases)
+		}
+	}
+	if !strings.Contains(l, "handled by the CRIU plugin") {
+		t.Errorf("the OCI hook did not leave podman's restore to the CRIU plugin")
+	}
+	if strings.Contains(l, "a detached worker follows it") || strings.Contains(l, "follow: ") {
+		t.Errorf("the OCI hook started a follower for a restore the plugin handles")
+	}
+	if f := followers(); len(f) > 0 {
+		t.Errorf("followers running after podman's restore with the plugin: %v", f)
+	}
 	pid, err := c.Pid()
 	if err != nil {
 		t.Fatal(err)
@@ -193,4 +213,7 @@ func TestPluginFromPackagePodman(tt *testing.T) {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
 	t.Logf("status after podman's restore:\n%s", out)
+	if !strings.Contains(out, "post-resume done by the "+hook.WiringPlugin) {
+		t.Errorf("status does not say the plugin did post-resume")
+	}
 }
