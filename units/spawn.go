@@ -32,6 +32,10 @@ type spawnRequest struct {
 	// Deadline (Unix nanoseconds) is when the hook stops waiting: the
 	// container stage is killed then, and never starts a daemon after it.
 	Deadline int64 `json:"deadline"`
+	// FlagMounts are the mounts, by id, on which the container stage may
+	// look for automount's flag file (flagMounts of the container's
+	// table, read by the host).
+	FlagMounts []uint64 `json:"flag_mounts,omitempty"`
 }
 
 // spawnResult is the last line a spawner stage prints.
@@ -50,10 +54,14 @@ type spawnResult struct {
 // and is killed itself by spawnGrace later.
 func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (*mounts.Process, string, error) {
 	var r spawnResult
+	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano()}
+	if t, err := mounts.ReadTable(c.Pid); err == nil {
+		req.FlagMounts = flagMounts(t)
+	}
 	back, err := door.Call(door.Spec{
 		Role:     SpawnerArg,
 		Args:     []string{"host"},
-		Request:  spawnRequest{Daemon: d, Deadline: deadline.UnixNano()},
+		Request:  req,
 		Files:    files,
 		Deadline: deadline.Add(spawnGrace),
 		Log:      logf,

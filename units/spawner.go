@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -177,7 +176,13 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 			return nil, nil, fmt.Errorf("set no_new_privs: %w", err)
 		}
 	}
-	removeStaleFlag(d.NsPid)
+	// The stage's root is the container's now (door.EnterMountNS).
+	if root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		if note := removeStaleFlag(root, d.NsPid, req.FlagMounts); note != "" {
+			warnings = append(warnings, note)
+		}
+		unix.Close(root)
+	}
 	// Exec by path, so that the daemon's name (comm) is its own, but only
 	// if the path still names the very binary that ran (the fd we hold).
 	var want, got unix.Stat_t
@@ -259,28 +264,6 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 		return res, nil, nil // the hook falls back to looking the pid up
 	}
 	return res, []*os.File{os.NewFile(uintptr(pidfd), "pidfd")}, nil
-}
-
-// automount's flag files: it refuses to start ("program is already
-// running") while the pid written there exists, and after a restore the
-// new daemon may well get the pid of the one that was killed.
-var flagFiles = []string{"/run/autofs-running", "/var/run/autofs-running"}
-
-// removeStaleFlag removes the flag file of the killed daemon: only when it
-// names that daemon's pid, which is gone.
-func removeStaleFlag(oldPid int) {
-	for _, p := range flagFiles {
-		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			continue
-		}
-		buf := make([]byte, 32)
-		n, _ := unix.Read(fd, buf)
-		unix.Close(fd)
-		if n > 0 && strings.TrimSpace(string(buf[:n])) == strconv.Itoa(oldPid) {
-			unix.Unlink(p)
-		}
-	}
 }
 
 // raiseHardLimits raises our hard limits to the daemon's where they are

@@ -24,6 +24,25 @@ func TestDebian12StockCRIU(tt *testing.T) {
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
 		windowEntered(t, log(), 1)
+		// The same container, checkpointed again and restored by the
+		// same CRIU 3.17.1 with the CRIU plugin as the only wiring: its
+		// plugin interface has RESUME_DEVICES_LATE, which it calls before
+		// it resumes the tasks, as 4.x does.
+		if err := c.Wire(lab.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		plog := pluginOnly(t)
+		checkpointRestore(t, c)
+		pid, err := c.Pid()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitPluginPostResume(t, plog)
+		systemdWorks(t, c)
+		preResumeByPlugin(t, c, plog(), pid)
+		if n := strings.Count(log(), "oci hook: restore in progress"); n != 1 {
+			t.Errorf("the OCI hook saw %d restores, want 1 (it was unwired for the plugin's):\n%s", n, log())
+		}
 	})
 	// CRIU before 3.19 cannot run an action script from a config file in
 	// RPC mode: runc asks for RPC notifications, and CRIU 3.17.1 stops at
