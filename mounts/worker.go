@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,6 +87,17 @@ const ConnectCaps = 1 << unix.CAP_DAC_OVERRIDE
 // what joining the mount namespace and root takes.
 const connectBounding = ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CHROOT
 
+// WorkerCaps are the only capabilities, effective and permitted, of a
+// worker that runs a task in a container's mount namespace, once it is
+// there: mount moves, the staging tmpfs (fsopen, fsmount, move_mount) and
+// the autofs control ioctls all need CAP_SYS_ADMIN, and nothing else. No
+// capability to write, create, chown or open what its owner and mode
+// forbid (CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_MKNOD, CAP_CHOWN...), nor to
+// trace, load modules or reach raw devices. Its bounding set is
+// connectBounding: DialInContainer's child, started through exec as root,
+// gets its own set from that.
+const WorkerCaps = 1 << unix.CAP_SYS_ADMIN
+
 // DialInContainer connects to the unix socket at path (a path of the
 // container) from a short-lived child in the container's pid and network
 // namespaces, and returns the connection. Servers that check their peer
@@ -137,8 +149,12 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 }
 
 // cgroups reads the container process's /proc/PID/cgroup, on the host.
-func (e *WorkerEnv) cgroups() ([]string, error) {
-	fd, err := unix.Openat(int(e.Proc.Fd()), "cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+func (e *WorkerEnv) cgroups() ([]string, error) { return readCgroups(int(e.Proc.Fd())) }
+
+// readCgroups reads the cgroup file of proc (the fd of a /proc/PID
+// directory opened on the host).
+func readCgroups(proc int) ([]string, error) {
+	fd, err := unix.Openat(proc, "cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the container's cgroup file: %w", err)
 	}
@@ -373,7 +389,20 @@ func runWorker(args []string) int {
 		if err := errors.Join(err1, err2); err != nil {
 			return r.Done(nil, fmt.Errorf("worker %s: keep namespace fds: %w", name, err))
 		}
+		// The container's cgroups, while our mount namespace is the
+		// host's (its cgroup file systems): the container's device
+		// cgroup then decides which device nodes of its tree the worker
+		// can open, as it does for the container's own processes.
+		if err := joinContainerCgroups(5); err != nil {
+			return r.Done(nil, fmt.Errorf("worker %s: %w", name, err))
+		}
 		if err := door.EnterMountNS(3, 4); err != nil {
+			return r.Done(nil, fmt.Errorf("worker %s: %w", name, err))
+		}
+		if err := door.LimitCaps(connectBounding, 0, env.lastCap); err != nil {
+			return r.Done(nil, fmt.Errorf("worker %s: %w", name, err))
+		}
+		if err := door.KeepOnly(WorkerCaps); err != nil {
 			return r.Done(nil, fmt.Errorf("worker %s: %w", name, err))
 		}
 		env.Proc = os.NewFile(5, "proc")
@@ -386,6 +415,25 @@ func runWorker(args []string) int {
 		return r.Done(nil, err)
 	}
 	return r.Done(res, nil, env.back...)
+}
+
+// joinContainerCgroups moves the worker into the cgroups of the container
+// process whose /proc directory fd is proc, except a cgroup v1 freezer: a
+// task frozen there (a paused container) cannot even be killed, and the
+// worker must end by its deadline.
+func joinContainerCgroups(proc int) error {
+	lines, err := readCgroups(proc)
+	if err != nil {
+		return err
+	}
+	var keep []string
+	for _, l := range lines {
+		if parts := strings.SplitN(l, ":", 3); len(parts) == 3 && slices.Contains(strings.Split(parts[1], ","), "freezer") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return door.JoinCgroups(keep)
 }
 
 func closeFiles(files []*os.File) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -76,6 +77,12 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf fun
 		if env.Gone() {
 			return nil, fmt.Errorf("%w (last attempt to reach its systemd: %v)", errContainerGone, last)
 		}
+		// A dial child stuck where SIGKILL does not reach (a FUSE file
+		// system of the container's on the socket's path): another
+		// attempt would leave one more beside it.
+		if errors.Is(err, door.ErrLeftBehind) {
+			return nil, fmt.Errorf("the container's systemd cannot be reached, and no new attempt is made: %w", last)
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("the container's systemd does not answer: %w", last)
 		}
@@ -108,8 +115,14 @@ func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64, a
 // systemd on one connection, for n units: its answers to the hook's
 // questions are a few hundred bytes a unit, and a systemd that sends
 // more (D-Bus allows 128 MiB a message) makes the connection fail
-// instead of the hook's memory grow.
-func replyBudget(n int) int64 { return 1<<20 + int64(n)*16<<10 }
+// instead of the hook's memory grow. 16 KiB a unit over 1 MiB, and
+// maxReplyBudget in all, whatever the number of units.
+func replyBudget(n int) int64 { return min(1<<20+int64(max(n, 0))*16<<10, maxReplyBudget) }
+
+// maxReplyBudget bounds replyBudget: 8 MiB is some 16,000 units' answers
+// at 500 bytes each (1,003 units took about 0.5 MB), and keeps the worker
+// far below the hook's 64 MB.
+const maxReplyBudget = 8 << 20
 
 // errBudget is the error a connection returns once the container's
 // systemd sent more than its budget.

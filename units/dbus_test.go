@@ -208,3 +208,24 @@ func TestAttemptTimeoutGrows(t *testing.T) {
 		t.Errorf("authentication, attempt 2: %s, want 2s", got)
 	}
 }
+
+// The bytes read from a container's systemd grow with the units asked
+// about, and stop at maxReplyBudget whatever their number: a container
+// with the most autofs mounts one run takes (4096) no longer gets 65 MiB.
+func TestReplyBudgetIsCapped(t *testing.T) {
+	for _, tt := range []struct {
+		units int
+		want  int64
+	}{
+		{0, 1 << 20},
+		{-1, 1 << 20},
+		{3, 1<<20 + 3*16<<10},
+		{400, 1<<20 + 400*16<<10},
+		{4096, maxReplyBudget},
+		{1 << 30, maxReplyBudget},
+	} {
+		if got := replyBudget(tt.units); got != tt.want {
+			t.Errorf("replyBudget(%d) = %d, want %d", tt.units, got, tt.want)
+		}
+	}
+}

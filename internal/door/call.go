@@ -61,6 +61,17 @@ type Spec struct {
 // reported, and not waited for.
 const ExitGrace = 2 * time.Second
 
+// ErrLeftBehind is what the error of a Call whose child did not exit
+// after SIGKILL matches (errors.Is): the child is blocked where no signal
+// reaches, and another child sent the same way would most likely join it.
+var ErrLeftBehind = errors.New("child left behind")
+
+// leftBehindError says which child was left behind, and why.
+type leftBehindError struct{ msg string }
+
+func (e *leftBehindError) Error() string        { return e.msg }
+func (e *leftBehindError) Is(target error) bool { return target == ErrLeftBehind }
+
 // Call starts the child role of s, waits for its final line, and decodes
 // the result into result. It returns the files the child passed back,
 // which the caller closes. It returns by the deadline plus twice
@@ -202,7 +213,7 @@ func Call(s Spec, result any) ([]*os.File, error) {
 				if f != nil {
 					said = ": " + f.msg.Error
 				}
-				return nil, errors.New(left + said)
+				return nil, &leftBehindError{left + said}
 			}
 			// It answered: the answer stands, the rest is reported.
 			if s.Log != nil {

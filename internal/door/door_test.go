@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 
@@ -34,6 +36,23 @@ func TestMain(m *testing.M) {
 			return r.Done(nil, err)
 		}
 		return r.Done(s+"!", nil, f)
+	})
+	Register("__door-test-hold", func([]string) int {
+		r, err := Begin()
+		if err != nil {
+			return r.Done(nil, err)
+		}
+		var path string
+		if err := ReadRequest(&path); err != nil {
+			return r.Done(nil, err)
+		}
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return r.Done(nil, err)
+		}
+		r.Log(fmt.Sprintf("holding fd %d", fd))
+		time.Sleep(time.Hour)
+		return 0
 	})
 	Register("__door-test-sleep", func([]string) int {
 		r, err := Begin()
@@ -491,5 +510,42 @@ func TestEventAckedAfterTheCallback(t *testing.T) {
 	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second)}, nil)
 	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
 		t.Fatalf("err = %v without a callback, want a refusal", err)
+	}
+}
+
+// A child that holds a file of a FUSE server which then stops answering
+// cannot exit after SIGKILL: its exit waits for the FLUSH of that file.
+// Call returns by its bound all the same, with an error that says the
+// child was left behind (errors.Is ErrLeftBehind), so that a caller does
+// not send another child the same way.
+func TestCallLeftBehindIsTyped(t *testing.T) {
+	testenv.RequireRoot(t, "mounts FUSE")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		testenv.Skip(t, "no /dev/fuse: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "held")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var f fusetest.Friendly
+	srv, err := fusetest.Mount(file, fusetest.Options{Answer: f.Answer, Content: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); unix.Unmount(file, unix.MNT_DETACH) })
+	start := time.Now()
+	_, err = Call(Spec{Role: "__door-test-hold", Request: file, Deadline: time.Now().Add(testenv.Scale(2 * time.Second)),
+		Log: func(s string) {
+			if strings.HasPrefix(s, "holding") {
+				f.Turn()
+			}
+		}}, nil)
+	took := time.Since(start)
+	t.Logf("after %v: %v", took.Round(time.Millisecond), err)
+	if !errors.Is(err, ErrLeftBehind) {
+		t.Fatalf("err %v, want one that matches ErrLeftBehind", err)
+	}
+	if limit := testenv.Scale(2*time.Second) + 2*ExitGrace + time.Second; took > limit {
+		t.Errorf("returned after %v, want at most %v", took, limit)
 	}
 }

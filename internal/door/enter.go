@@ -152,6 +152,20 @@ func LimitCaps(bnd, inh uint64, lastCap int) error {
 // effective and permitted sets and none inheritable, and sets
 // no_new_privs: no exec can give any back.
 func DropTo(keep uint64) error {
+	if err := KeepOnly(keep); err != nil {
+		return err
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	return nil
+}
+
+// KeepOnly leaves the calling thread with the capabilities keep in its
+// effective and permitted sets and none inheritable. The bounding set
+// stays: a child it starts through exec as root gets its permitted set
+// from that (LimitCaps), not from this thread's.
+func KeepOnly(keep uint64) error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
@@ -165,9 +179,6 @@ func DropTo(keep uint64) error {
 	}
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("drop capabilities: %w", err)
-	}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("set no_new_privs: %w", err)
 	}
 	return nil
 }

@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
 // hookProcs lists the running processes of the binary bin (the hook, its
@@ -133,6 +136,7 @@ func TestKilledDuringPostResumeAndRerun(tt *testing.T) {
 	if err != nil || !mounts.StagingMounted(tab) {
 		t.Fatalf("no staging tmpfs in the container while paused (%v)", err)
 	}
+	workerConfined(t, fp, pid)
 	cmd.Process.Kill()
 	cmd.Wait()
 	deadline := time.Now().Add(testenv.Scale(5 * time.Second))
@@ -372,4 +376,56 @@ func lateChecksDoNotKill(t testing.TB, c *lab.Container, fp string, pid int, bef
 	if r := status(t, c); len(r.Pending) > 0 {
 		t.Fatalf("a record of a killed daemon is left for a daemon that runs on: %+v", r.Pending)
 	}
+}
+
+// workerConfined checks the worker of bin that runs the systemd restart
+// task in the container of init pid (paused there): it holds
+// CAP_SYS_ADMIN alone, effective and permitted (its bounding set is what
+// its D-Bus dial child needs), and sits in the container init's cgroups
+// (a cgroup v1 freezer aside), its device cgroup included. Before, it
+// held every capability in the hook's own cgroups, outside the
+// container's device cgroup.
+func workerConfined(t testing.TB, bin string, pid int) {
+	t.Helper()
+	var worker int
+	for _, p := range hookProcs(bin) {
+		if strings.Contains(p, mounts.WorkerArg+" "+units.TaskSystemdRestart) {
+			worker, _ = strconv.Atoi(strings.SplitN(p, ":", 2)[0])
+		}
+	}
+	if worker == 0 {
+		t.Fatalf("no worker running %s among the hook's processes: %q", units.TaskSystemdRestart, hookProcs(bin))
+	}
+	st, err := mounts.ReadStatus(worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%016x", uint64(mounts.WorkerCaps))
+	if st["CapEff"] != want || st["CapPrm"] != want || st["CapInh"] != "0000000000000000" {
+		t.Errorf("the worker's capabilities: effective %s, permitted %s, inheritable %s; want %s, %s and none",
+			st["CapEff"], st["CapPrm"], st["CapInh"], want, want)
+	}
+	if bnd, _ := strconv.ParseUint(st["CapBnd"], 16, 64); bnd&^(1<<unix.CAP_SYS_ADMIN|1<<unix.CAP_SYS_CHROOT|1<<unix.CAP_DAC_OVERRIDE) != 0 {
+		t.Errorf("the worker's bounding set %s holds more than CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_DAC_OVERRIDE", st["CapBnd"])
+	}
+	read := func(p int) map[string]string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if f := strings.SplitN(l, ":", 3); len(f) == 3 && !strings.Contains(f[1], "freezer") {
+				m[f[1]] = f[2]
+			}
+		}
+		return m
+	}
+	w, c := read(worker), read(pid)
+	for ctrl, path := range c {
+		if w[ctrl] != path {
+			t.Errorf("the worker's cgroup of hierarchy %q is %q, the container's %q", ctrl, w[ctrl], path)
+		}
+	}
+	t.Logf("worker %d: CapEff %s, CapBnd %s, cgroups %v", worker, st["CapEff"], st["CapBnd"], w)
 }
