@@ -37,7 +37,12 @@ func TestStatusOddMountPoints(t *testing.T) {
 	}
 	dir := t.TempDir()
 	var points []string
-	for _, n := range []string{"with space", "tab\there", "new\nline", `back\slash \040`, long} {
+	// Beside the escapes of mountinfo: a C1 control (CSI, U+009B), a bidi
+	// override and an isolate (U+202E, U+2066), a zero-width joiner and
+	// a byte that is not UTF-8, which a terminal would act on or which
+	// would reorder what the operator reads.
+	hostile := []string{"csi-\u009b31m-red", "bidi-\u202egnp.exe", "iso-\u2066x\u2069-zwj\u200d", "bad-\xff-utf8"}
+	for _, n := range append([]string{"with space", "tab\there", "new\nline", `back\slash \040`, long}, hostile...) {
 		points = append(points, filepath.Join(dir, n))
 	}
 	m, err := autofstest.StartMaster(points...)
@@ -90,6 +95,13 @@ func TestStatusOddMountPoints(t *testing.T) {
 		}
 		if n != 1 {
 			t.Errorf("%d lines start with %q, want 1:\n%s", n, mounts.Escape(pt), table.String())
+		}
+	}
+	// None of their runes reaches the table as it is: each byte is
+	// written \ooo.
+	for _, bad := range []string{"\u009b", "\u202e", "\u2066", "\u2069", "\u200d", "\xff"} {
+		if strings.Contains(table.String(), bad) {
+			t.Errorf("the status table holds %q as it is:\n%s", bad, table.String())
 		}
 	}
 }
