@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -86,14 +87,34 @@ func StartMaster(points ...string) (*Master, error) {
 		return nil, err
 	}
 	m := &Master{cmd: cmd, in: in, out: bufio.NewReader(out), Pid: cmd.Process.Pid, PGrp: cmd.Process.Pid, Points: points}
-	if _, err := m.expect("ready"); err != nil {
+	// 10 s, and 10 ms for each mount beyond the first hundred (the
+	// stacks of StartStacked, under an emulated CPU).
+	mounts := 0
+	for _, pt := range points {
+		n := 1
+		if i := strings.LastIndexByte(pt, '*'); i > 0 {
+			if k, err := strconv.Atoi(pt[i+1:]); err == nil && k > 0 {
+				n = k
+			}
+		}
+		mounts += n
+	}
+	if _, err := m.expectWithin("ready", 10*time.Second+time.Duration(max(mounts-100, 0))*10*time.Millisecond); err != nil {
 		m.Stop()
 		return nil, err
 	}
 	return m, nil
 }
 
-func (m *Master) expect(prefix string) (string, error) {
+// StartStacked starts a master (as StartMaster) that mounts n direct
+// autofs mounts stacked on point, each over the one before.
+func StartStacked(point string, n int) (*Master, error) {
+	return StartMaster(point + "*" + strconv.Itoa(n))
+}
+
+func (m *Master) expect(prefix string) (string, error) { return m.expectWithin(prefix, 10*time.Second) }
+
+func (m *Master) expectWithin(prefix string, d time.Duration) (string, error) {
 	type res struct {
 		line string
 		err  error
@@ -112,8 +133,8 @@ func (m *Master) expect(prefix string) (string, error) {
 			return "", fmt.Errorf("test master said %q, want %q", r.line, prefix)
 		}
 		return r.line, nil
-	case <-time.After(10 * time.Second):
-		return "", fmt.Errorf("test master: no %q within 10s", prefix)
+	case <-time.After(testenv.Scale(d)):
+		return "", fmt.Errorf("test master: no %q within %s", prefix, testenv.Scale(d))
 	}
 }
 
@@ -227,11 +248,20 @@ func runMaster(points []string) error {
 	rfd, wfd := p[0], p[1]
 	byPoint := map[string]*mount{}
 	for _, pt := range points {
-		m := &mount{wfd: wfd, point: pt}
-		if err := m.mount(); err != nil {
-			return err
+		// "POINT*N" stacks N mounts on POINT (StartStacked).
+		n := 1
+		if i := strings.LastIndexByte(pt, '*'); i > 0 {
+			if k, err := strconv.Atoi(pt[i+1:]); err == nil && k > 0 {
+				pt, n = pt[:i], k
+			}
 		}
-		byPoint[pt] = m
+		for ; n > 0; n-- {
+			m := &mount{wfd: wfd, point: pt}
+			if err := m.mount(); err != nil {
+				return err
+			}
+			byPoint[pt] = m
+		}
 	}
 	fmt.Println("ready")
 	pkts := make(chan []byte)
