@@ -6,6 +6,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,6 +125,15 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 			return err
 		}
 		sf = &stateFile{rec: rec}
+	}
+	// Post-resume restarts masters and waits for them: at most
+	// slotCount() at once on the node (a post-resume done already takes
+	// none), and the run's deadline moves by the wait for the slot.
+	if slices.Contains(phases, PostResume) && !opts.DryRun && (sf.rec.PostResume == nil || opts.Force) {
+		began := time.Now()
+		release := nodeSlot(log)
+		defer release()
+		opts.Deadline = opts.Deadline.Add(time.Since(began))
 	}
 	if !opts.DryRun {
 		// The errors of this run replace those of the last one.

@@ -172,7 +172,8 @@ const followerLife = 60 * time.Second
 // CRIU still holds the tasks it makes stale mounts catatonic (pre-resume),
 // once they run it restarts the masters (post-resume). It gives up at its
 // deadline and exits quietly if the restore fails. One deadline covers its
-// whole life: the restore timeout, the restart timeout and followerLife.
+// whole life: the restore timeout, the wait for a node slot (slotWait),
+// the restart timeout and followerLife.
 func followerMain(args []string) int {
 	fds := openFDs() // before the logger opens anything
 	var cfg followerConfig
@@ -199,9 +200,9 @@ func followerMain(args []string) int {
 	if restart <= 0 {
 		restart = maxRestartTimeout // the default for any number of mounts
 	}
-	life := timeout + restart + followerLife
+	life := timeout + slotWait + restart + followerLife
 	time.AfterFunc(life, func() {
-		l.Errorf("follow: still running after %s (restore timeout, restart timeout and %s): exiting; run `autofs-restore-hook fix --pid %d`", life, followerLife, pid)
+		l.Errorf("follow: still running after %s (restore timeout, node slot wait, restart timeout and %s): exiting; run `autofs-restore-hook fix --pid %d`", life, followerLife, pid)
 		closeLog()
 		os.Exit(ExitFailed)
 	})
