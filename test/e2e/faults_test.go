@@ -387,14 +387,18 @@ func lateChecksDoNotKill(t testing.TB, c *lab.Container, fp string, pid int, bef
 // container's device cgroup.
 func workerConfined(t testing.TB, bin string, pid int) {
 	t.Helper()
+	// The worker runs a copy of the executable (a memfd): found by its
+	// command line.
 	var worker int
-	for _, p := range hookProcs(bin) {
-		if strings.Contains(p, mounts.WorkerArg+" "+units.TaskSystemdRestart) {
-			worker, _ = strconv.Atoi(strings.SplitN(p, ":", 2)[0])
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(cmd), mounts.WorkerArg+"\x00"+units.TaskSystemdRestart+"\x00") {
+			worker, _ = strconv.Atoi(e.Name())
 		}
 	}
 	if worker == 0 {
-		t.Fatalf("no worker running %s among the hook's processes: %q", units.TaskSystemdRestart, hookProcs(bin))
+		t.Fatalf("no worker running %s (the hook's processes: %q)", units.TaskSystemdRestart, hookProcs(bin))
 	}
 	st, err := mounts.ReadStatus(worker)
 	if err != nil {
