@@ -115,14 +115,16 @@ func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64, a
 // systemd on one connection, for n units: its answers to the hook's
 // questions are a few hundred bytes a unit, and a systemd that sends
 // more (D-Bus allows 128 MiB a message) makes the connection fail
-// instead of the hook's memory grow. 16 KiB a unit over 1 MiB, and
+// instead of the hook reading on. 16 KiB a unit over 1 MiB, and
 // maxReplyBudget in all, whatever the number of units.
 func replyBudget(n int) int64 { return min(1<<20+int64(max(n, 0))*16<<10, maxReplyBudget) }
 
-// maxReplyBudget bounds replyBudget: 8 MiB is some 16,000 units' answers
-// at 500 bytes each (1,003 units took about 0.5 MB), and keeps the worker
-// far below the hook's 64 MB.
-const maxReplyBudget = 8 << 20
+// maxReplyBudget bounds replyBudget: what 4,096 units get, the most
+// autofs mounts one run takes. Not less: a systemd restarting 1,003 units
+// sends over 8 MiB (its signals for each unit's changes), and a cap of
+// 8 MiB failed that fix. The bytes are read as they come and freed, not
+// kept: the budget bounds the time a systemd can hold the hook reading.
+const maxReplyBudget = 1<<20 + 4096*16<<10
 
 // errBudget is the error a connection returns once the container's
 // systemd sent more than its budget.

@@ -210,8 +210,8 @@ func TestAttemptTimeoutGrows(t *testing.T) {
 }
 
 // The bytes read from a container's systemd grow with the units asked
-// about, and stop at maxReplyBudget whatever their number: a container
-// with the most autofs mounts one run takes (4096) no longer gets 65 MiB.
+// about, and stop at maxReplyBudget (what the most autofs mounts one run
+// takes, 4,096, get) whatever their number.
 func TestReplyBudgetIsCapped(t *testing.T) {
 	for _, tt := range []struct {
 		units int
@@ -221,8 +221,9 @@ func TestReplyBudgetIsCapped(t *testing.T) {
 		{-1, 1 << 20},
 		{3, 1<<20 + 3*16<<10},
 		{400, 1<<20 + 400*16<<10},
-		{4096, maxReplyBudget},
-		{1 << 30, maxReplyBudget},
+		{4096, 1<<20 + 4096*16<<10},
+		{4097, 1<<20 + 4096*16<<10},
+		{1 << 30, 1<<20 + 4096*16<<10},
 	} {
 		if got := replyBudget(tt.units); got != tt.want {
 			t.Errorf("replyBudget(%d) = %d, want %d", tt.units, got, tt.want)
