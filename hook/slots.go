@@ -26,7 +26,7 @@ import (
 // slotWait; its deadline starts once it has one. A run that waited
 // slotWait goes on without a slot, and says so: the limit must never be
 // the reason a container is not fixed.
-var slotWait = 2 * time.Minute
+var slotWait = 5 * time.Minute
 
 // slotCount is how many post-resumes run at once: one per CPU this
 // process may use, at least two.
