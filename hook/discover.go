@@ -155,7 +155,7 @@ func evidenceOf(pid int) (Evidence, error) {
 	if err != nil {
 		return ev, err
 	}
-	ev.Traced = tracedByCRIU(st.TracerPid())
+	ev.Traced = isCRIU(st.TracerPid())
 	theirs, err1 := mounts.Namespace(pid, "time")
 	ours, err2 := mounts.Namespace(os.Getpid(), "time")
 	if err1 == nil && err2 == nil {
@@ -164,19 +164,20 @@ func evidenceOf(pid int) (Evidence, error) {
 	return ev, nil
 }
 
-// tracedByCRIU reports whether tracer (a TracerPid, 0 for none) is CRIU:
-// a process of the hook's own pid namespace whose executable is named
-// criu (or the dynamic loader running a program named criu). Any other tracer, an operator's strace or gdb on the host or a
+// isCRIU reports whether process pid (a TracerPid, a runtime's child; 0
+// for none) is CRIU: a process of the hook's own pid namespace whose
+// executable is named criu (or the dynamic loader running a program named
+// criu). Any other tracer, an operator's strace or gdb on the host or a
 // debugger of the container's own, is no sign of a restore.
-func tracedByCRIU(tracer int) bool {
-	if tracer <= 0 {
+func isCRIU(pid int) bool {
+	if pid <= 0 {
 		return false
 	}
-	same, err := mounts.SameNamespaces(tracer, "pid")
+	same, err := mounts.SameNamespaces(pid, "pid")
 	if err != nil || !same["pid"] {
 		return false
 	}
-	dir := "/proc/" + strconv.Itoa(tracer)
+	dir := "/proc/" + strconv.Itoa(pid)
 	exe, err := os.Readlink(dir + "/exe")
 	if err != nil {
 		return false
@@ -196,7 +197,7 @@ func tracedByCRIU(tracer int) bool {
 	}
 	// CRIU rewrites its command line once it runs (its process title):
 	// the program the loader mapped is still in its maps.
-	return mapsHold(tracer, "criu")
+	return mapsHold(pid, "criu")
 }
 
 // loadedProgram is the base name of the program a dynamic loader's

@@ -162,11 +162,7 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		mark = &sf.rec.PostResume
 	}
 	if *mark != nil && !opts.Force {
-		by := ""
-		if (*mark).Wiring != "" {
-			by = " by the " + (*mark).Wiring
-		}
-		log.Infof("%s already done%s at %s: nothing to do", ph, by, (*mark).At.Format(time.RFC3339Nano))
+		log.Infof("%s already done%s at %s: nothing to do", ph, byWiring((*mark).Wiring), (*mark).At.Format(time.RFC3339Nano))
 		return nil
 	}
 	c, err := inspect(p, sf.rec.knownGood)

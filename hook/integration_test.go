@@ -141,11 +141,11 @@ func TestTenThousandStackedMountsRefusedWithinBounds(t *testing.T) {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		t.Fatalf("reset the peak resident size: %v", err)
 	}
-	rss := statusKiB(t, "VmRSS")
+	rss := testenv.SelfStatusKiB(t, "VmRSS")
 	start = time.Now()
 	err = fixPid(m.Pid, []Phase{PreResume, PostResume}, Options{Config: Config{Timeout: time.Minute}, Log: log, Wiring: WiringCLI})
 	took := time.Since(start)
-	grew := statusKiB(t, "VmHWM") - rss
+	grew := testenv.SelfStatusKiB(t, "VmHWM") - rss
 	t.Logf("fix: %v after %v, peak resident size +%d KiB", err, took.Round(time.Millisecond), grew)
 	if !errors.Is(err, errRefused) || !strings.Contains(err.Error(), fmt.Sprint(maxAutofsMounts)) {
 		t.Errorf("fix of %d autofs mounts: %v, want a refusal naming the bound of %d", n, err, maxAutofsMounts)
@@ -159,26 +159,8 @@ func TestTenThousandStackedMountsRefusedWithinBounds(t *testing.T) {
 	var js bytes.Buffer
 	start = time.Now()
 	code := statusMain(m.Pid, true, &js, log)
-	t.Logf("status --json: exit %d after %v, %d bytes, peak resident size +%d KiB", code, time.Since(start).Round(time.Millisecond), js.Len(), statusKiB(t, "VmHWM")-rss)
-	if grew := statusKiB(t, "VmHWM") - rss; grew > 64<<10 {
+	t.Logf("status --json: exit %d after %v, %d bytes, peak resident size +%d KiB", code, time.Since(start).Round(time.Millisecond), js.Len(), testenv.SelfStatusKiB(t, "VmHWM")-rss)
+	if grew := testenv.SelfStatusKiB(t, "VmHWM") - rss; grew > 64<<10 {
 		t.Errorf("status: the peak resident size grew by %d MiB, want below 64 MiB", grew>>10)
 	}
-}
-
-// statusKiB is a "NAME: N kB" line of our own /proc/self/status.
-func statusKiB(t testing.TB, name string) int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, name+":"); ok {
-			var kb int64
-			fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kb)
-			return kb
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", name)
-	return 0
 }

@@ -263,11 +263,12 @@ func followerMain(args []string) int {
 			// The CRIU now known for sure (it traces the init) has the
 			// plugin, which the OCI hook could not see: the plugin fixes
 			// this restore in CRIU's window, and the follower stands down.
-			if tracedByCRIU(tracer) && pluginLoaded(tracer) {
+			criu := isCRIU(tracer)
+			if criu && pluginLoaded(tracer) {
 				l.Infof("follow: the restoring CRIU (pid %d) has the CRIU plugin (%s): it fixes this restore; the follower stops", tracer, PluginFile)
 				return ExitOK
 			}
-			l.Debugf("follow: traced by pid %d (CRIU: %t), no CRIU plugin", tracer, tracedByCRIU(tracer))
+			l.Debugf("follow: traced by pid %d (CRIU: %t), no CRIU plugin", tracer, criu)
 		}
 		if !named && !bytes.Equal(sf.Name(), criuName) {
 			named, namedPolls, namedAt = true, polls, time.Now()

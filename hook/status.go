@@ -188,11 +188,7 @@ func writeTable(out io.Writer, r Report) {
 		fmt.Fprintf(out, "automount (was pid %d) killed by the hook and not running again: its mounts %s have no master; run fix once the cause is fixed\n", p.OldPid, strings.Join(ms, ", "))
 	}
 	for _, p := range r.Phases {
-		by := ""
-		if p.Wiring != "" {
-			by = " by the " + p.Wiring
-		}
-		fmt.Fprintf(out, "%s done%s at %s\n", p.Phase, by, p.At.Format(time.RFC3339))
+		fmt.Fprintf(out, "%s done%s at %s\n", p.Phase, byWiring(p.Wiring), p.At.Format(time.RFC3339))
 	}
 	for _, e := range r.LastErrors {
 		fmt.Fprintf(out, "last run failed: %s\n", controlEscaped(e))

@@ -51,17 +51,17 @@ func restoringCRIU(pid int) int {
 	if err != nil {
 		return 0
 	}
-	if t := st.TracerPid(); tracedByCRIU(t) {
+	if t := st.TracerPid(); isCRIU(t) {
 		return t
 	}
-	stat, err := mounts.ReadStat(pid)
-	if err != nil || stat.PPid <= 1 {
+	ppid, _ := strconv.Atoi(st["PPid"])
+	if ppid <= 1 {
 		return 0
 	}
-	if tracedByCRIU(stat.PPid) {
-		return stat.PPid
+	if isCRIU(ppid) {
+		return ppid
 	}
-	parent := "/proc/" + strconv.Itoa(stat.PPid) + "/task"
+	parent := "/proc/" + strconv.Itoa(ppid) + "/task"
 	tasks, err := os.ReadDir(parent)
 	if err != nil {
 		return 0
@@ -72,12 +72,21 @@ func restoringCRIU(pid int) int {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil && c != pid && tracedByCRIU(c) {
+			if c, err := strconv.Atoi(f); err == nil && c != pid && isCRIU(c) {
 				return c
 			}
 		}
 	}
 	return 0
+}
+
+// byWiring is " by the WIRING" for a phase mark's wiring, "" for none (a
+// state file written before marks named one).
+func byWiring(w string) string {
+	if w == "" {
+		return ""
+	}
+	return " by the " + w
 }
 
 // pluginLoaded tells whether the CRIU process criu has the plugin mapped

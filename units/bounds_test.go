@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 
 // A process that made its environment a 1 GiB mapping (prctl PR_SET_MM,
@@ -43,7 +44,7 @@ func TestCaptureDaemonBoundsEnviron(t *testing.T) {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		t.Fatalf("reset the peak resident size: %v", err)
 	}
-	rssBefore := statusKiB(t, "VmRSS")
+	rssBefore := testenv.SelfStatusKiB(t, "VmRSS")
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	allocBefore := ms.TotalAlloc
@@ -52,7 +53,7 @@ func TestCaptureDaemonBoundsEnviron(t *testing.T) {
 	took := time.Since(start)
 	runtime.ReadMemStats(&ms)
 	alloc := ms.TotalAlloc - allocBefore
-	growth := statusKiB(t, "VmHWM") - rssBefore
+	growth := testenv.SelfStatusKiB(t, "VmHWM") - rssBefore
 	t.Logf("CaptureDaemon: %v in %s, %d KiB allocated, peak resident size +%d KiB", err, took, alloc>>10, growth)
 
 	const maxGrowth = 64 << 10 // KiB
@@ -78,24 +79,4 @@ func TestCaptureDaemonBoundsEnviron(t *testing.T) {
 	if !errors.Is(err, procfile.ErrTooLarge) || time.Since(start) > 2*time.Second {
 		t.Errorf("verifySame: %v in %s, want the bound's refusal under 2 s", err, time.Since(start))
 	}
-}
-
-// statusKiB is a "Vm..." line of our own /proc/self/status, in KiB.
-func statusKiB(t *testing.T, key string) uint64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, key+":"); ok {
-			n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("%s: %q", key, v)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no %s in /proc/self/status", key)
-	return 0
 }

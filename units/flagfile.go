@@ -89,21 +89,23 @@ func removeFlagAt(root int, path []string, oldPid int, allowed []uint64) string 
 		return fmt.Sprintf("%s: open the root: %v", name, err)
 	}
 	defer func() { unix.Close(dir) }()
-	for i, c := range path[:len(path)-1] {
+	// Each directory on the way, the flag file's own last, is checked
+	// before anything is looked up in it.
+	leaf := path[len(path)-1]
+	for i := 0; ; i++ {
 		if id, ok := onAllowed(dir); !ok {
 			return fmt.Sprintf("%s left alone: /%s is on mount %d, not a local file system (a FUSE or autofs mount is never looked into)", name, strings.Join(path[:i], "/"), id)
 		}
-		next, err := unix.Openat2(dir, c, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: flagResolve})
+		if i == len(path)-1 {
+			break
+		}
+		next, err := unix.Openat2(dir, path[i], &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: flagResolve})
 		if err != nil {
 			return "" // no such directory (or a symlink: /var/run -> /run, checked as /run)
 		}
 		unix.Close(dir)
 		dir = next
 	}
-	if id, ok := onAllowed(dir); !ok {
-		return fmt.Sprintf("%s left alone: its directory is on mount %d, not a local file system (a FUSE or autofs mount is never looked into)", name, id)
-	}
-	leaf := path[len(path)-1]
 	// The file itself, on the directory's mount only: a mount over it
 	// (FUSE) makes this fail with EXDEV before anything is asked of it.
 	fd, err := unix.Openat2(dir, leaf, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_NOCTTY | unix.O_CLOEXEC,

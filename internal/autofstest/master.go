@@ -91,12 +91,7 @@ func StartMaster(points ...string) (*Master, error) {
 	// stacks of StartStacked, under an emulated CPU).
 	mounts := 0
 	for _, pt := range points {
-		n := 1
-		if i := strings.LastIndexByte(pt, '*'); i > 0 {
-			if k, err := strconv.Atoi(pt[i+1:]); err == nil && k > 0 {
-				n = k
-			}
-		}
+		_, n := stackOf(pt)
 		mounts += n
 	}
 	if _, err := m.expectWithin("ready", 10*time.Second+time.Duration(max(mounts-100, 0))*10*time.Millisecond); err != nil {
@@ -114,6 +109,17 @@ func StartStacked(n int, points ...string) (*Master, error) {
 		spec = append(spec, p+"*"+strconv.Itoa(n))
 	}
 	return StartMaster(spec...)
+}
+
+// stackOf reads a point as StartMaster gets it: "POINT*N" (StartStacked)
+// is N mounts stacked on POINT, anything else one mount on it.
+func stackOf(spec string) (point string, n int) {
+	if i := strings.LastIndexByte(spec, '*'); i > 0 {
+		if k, err := strconv.Atoi(spec[i+1:]); err == nil && k > 0 {
+			return spec[:i], k
+		}
+	}
+	return spec, 1
 }
 
 func (m *Master) expect(prefix string) (string, error) { return m.expectWithin(prefix, 10*time.Second) }
@@ -253,13 +259,7 @@ func runMaster(points []string) error {
 	rfd, wfd := p[0], p[1]
 	byPoint := map[string]*mount{}
 	for _, pt := range points {
-		// "POINT*N" stacks N mounts on POINT (StartStacked).
-		n := 1
-		if i := strings.LastIndexByte(pt, '*'); i > 0 {
-			if k, err := strconv.Atoi(pt[i+1:]); err == nil && k > 0 {
-				pt, n = pt[:i], k
-			}
-		}
+		pt, n := stackOf(pt)
 		for ; n > 0; n-- {
 			// Only the top of a stack is looked at (a walk to it
 			// crosses every mount below: stacks cost n² otherwise).

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -55,4 +56,25 @@ func Slowdown() float64 {
 // Scale stretches a wait of a test by Slowdown.
 func Scale(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * Slowdown())
+}
+
+// SelfStatusKiB is a "KEY: N kB" line (VmRSS, VmHWM...) of the test
+// process's own /proc/self/status, in KiB.
+func SelfStatusKiB(t testing.TB, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %q", key, v)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/self/status", key)
+	return 0
 }
