@@ -15,13 +15,20 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
+// TestMain runs the children that tests start from the test binary
+// itself: a test master or fake daemon, a tracer, a role of ours (the
+// workers and the spawner's stages of a fix run in the test process).
 func TestMain(m *testing.M) {
 	autofstest.MaybeRunMaster()
 	maybeTrace()
+	if code, ok := door.Run(os.Args[1:]); ok {
+		os.Exit(code)
+	}
 	os.Exit(m.Run())
 }
 
@@ -162,5 +169,76 @@ func TestTenThousandStackedMountsRefusedWithinBounds(t *testing.T) {
 	t.Logf("status --json: exit %d after %v, %d bytes, peak resident size +%d KiB", code, time.Since(start).Round(time.Millisecond), js.Len(), testenv.SelfStatusKiB(t, "VmHWM")-rss)
 	if grew := testenv.SelfStatusKiB(t, "VmHWM") - rss; grew > 64<<10 {
 		t.Errorf("status: the peak resident size grew by %d MiB, want below 64 MiB", grew>>10)
+	}
+}
+
+// A container running twenty fake automount daemons, each serving a
+// stale direct mount and each, started again, serving nothing (real
+// autofs mounts; the fakes in the master's pid and mount namespaces, as a
+// container's processes): one run respawns at most maxDaemons of them and
+// ends by its deadline however many there are, the daemons it had no
+// time for untouched. Without the run's deadline each respawn waited its
+// whole timeout, one after the other: sixteen times 6 s here.
+func TestManyFakeDaemonsEndByTheDeadline(t *testing.T) {
+	if ok, why := autofstest.Available(); !ok {
+		testenv.Skip(t, "INTEGRATION (%s): real autofs tests need root and /dev/autofs (make test runs them in the test VM)", why)
+	}
+	StateDir = t.TempDir()
+	dir := t.TempDir()
+	m, err := autofstest.StartMaster(filepath.Join(dir, "init"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	const k = 20
+	fakes, err := m.Fakes(k, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	log := logrus.New()
+	log.SetOutput(&out)
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		t.Fatalf("reset the peak resident size: %v", err)
+	}
+	rss := testenv.SelfStatusKiB(t, "VmRSS")
+	const step = 6 * time.Second
+	start := time.Now()
+	deadline := start.Add(2 * step)
+	err = fixPid(m.Pid, []Phase{PreResume, PostResume}, Options{Config: Config{Timeout: step, AssumeRestored: true}, Log: log, Wiring: WiringCLI, Deadline: deadline})
+	took := time.Since(start)
+	grew := testenv.SelfStatusKiB(t, "VmHWM") - rss
+	t.Logf("fix of %d fake daemons: after %v (deadline %v), peak resident size +%d KiB: %v", k, took.Round(time.Millisecond), deadline.Sub(start), grew, err)
+	defer func() {
+		if t.Failed() {
+			t.Logf("the hook's log:\n%s", out.String())
+		}
+	}()
+	if err == nil {
+		t.Fatal("fix of fake daemons that never serve succeeded")
+	}
+	for _, want := range []string{fmt.Sprintf("more than the %d one run handles", maxDaemons), "the run's deadline has passed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q", want)
+		}
+	}
+	// A respawn that runs at the deadline still gets a bound of its
+	// own for the kill and the check of what it started.
+	if late := time.Since(deadline); late > testenv.Scale(15*time.Second) {
+		t.Errorf("the run ended %v after its deadline", late.Round(time.Millisecond))
+	}
+	if grew > 64<<10 {
+		t.Errorf("the peak resident size grew by %d MiB, want below 64 MiB", grew>>10)
+	}
+	// Those it had no time for, and those beyond the cap, run on.
+	alive := 0
+	for _, pid := range fakes {
+		if _, err := mounts.ReadStat(pid); err == nil {
+			alive++
+		}
+	}
+	t.Logf("%d of %d fake daemons not killed", alive, k)
+	if alive < k-maxDaemons || alive == k {
+		t.Errorf("%d of %d fakes are left running, want at least the %d beyond the cap and fewer than all", alive, k, k-maxDaemons)
 	}
 }

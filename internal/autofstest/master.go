@@ -191,6 +191,108 @@ func (m *Master) children() []int {
 	return out
 }
 
+// EnvFake names the environment variable that turns a re-executed test
+// binary into a fake automount daemon serving the mount point it names
+// (see Master.Fakes).
+const EnvFake = "AUTOFSTEST_FAKE_AUTOMOUNT"
+
+// Fakes starts n fake automount daemons in the master's pid and mount
+// namespaces, as a hostile container could run them: each in a session
+// of its own, named automount, serving one direct autofs mount on
+// DIR/fake-I, answering nothing. Started again with the same command
+// line and environment (as the hook respawns a daemon), a fake mounts
+// nothing and waits: a respawn of it waits for a mount that never comes.
+// It returns their pids in the caller's pid namespace.
+func (m *Master) Fakes(n int, dir string) ([]int, error) {
+	before := m.children()
+	if _, err := fmt.Fprintf(m.in, "fakes %d %s\n", n, dir); err != nil {
+		return nil, err
+	}
+	if _, err := m.expectWithin("faked", 10*time.Second+time.Duration(n)*time.Second); err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, pid := range m.children() {
+		if !slices.Contains(before, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != n {
+		return pids, fmt.Errorf("test master: %d fakes found, want %d", len(pids), n)
+	}
+	return pids, nil
+}
+
+// startFakes starts the fakes of Master.Fakes ("N DIR"), in the master's
+// namespaces, and waits until each mounted its point.
+func startFakes(spec string) error {
+	ns, dir, _ := strings.Cut(spec, " ")
+	n, err := strconv.Atoi(ns)
+	if err != nil {
+		return fmt.Errorf("fakes %q: %w", spec, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, EnvMaster+"=") {
+			env = append(env, e)
+		}
+	}
+	for i := range n {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(slices.Clip(env), EnvFake+"="+filepath.Join(dir, "fake-"+strconv.Itoa(i)))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		l, err := bufio.NewReader(out).ReadString('\n')
+		if strings.TrimSpace(l) != "ready" {
+			return fmt.Errorf("fake automount %d said %q (%v)", i, l, err)
+		}
+		go cmd.Wait()
+	}
+	return nil
+}
+
+// runFake is a fake automount daemon on point (Master.Fakes). It never
+// returns but with an error.
+func runFake(point string) error {
+	// Named as the daemon is: the hook takes it for one.
+	if err := os.WriteFile("/proc/self/comm", []byte("automount"), 0); err != nil {
+		return err
+	}
+	started := point + ".started"
+	if _, err := os.Stat(started); err == nil {
+		// Started again: serve nothing, for ever.
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	if err := os.WriteFile(started, nil, 0o644); err != nil {
+		return err
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	m := &mount{wfd: p[1], point: point}
+	if err := m.mount(); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 // Wchan returns the kernel function pid sleeps in ("autofs_wait" for a
 // process blocked on an autofs request), or "" once it has exited.
 func Wchan(pid int) string {
@@ -224,6 +326,10 @@ func (m *Master) Stop() {
 // MaybeRunMaster runs the test master when the binary was started by
 // StartMaster, and never returns then. Call it first in TestMain.
 func MaybeRunMaster() {
+	if point := os.Getenv(EnvFake); point != "" {
+		fmt.Fprintln(os.Stderr, "fake automount:", runFake(point))
+		os.Exit(1)
+	}
 	points := os.Getenv(EnvMaster)
 	if points == "" {
 		return
@@ -326,6 +432,11 @@ func runMaster(points []string) error {
 				}
 				m.dev = old
 				fmt.Println("remounted")
+			} else if spec, ok := strings.CutPrefix(c, "fakes "); ok {
+				if err := startFakes(spec); err != nil {
+					return err
+				}
+				fmt.Println("faked")
 			} else if pt, ok := strings.CutPrefix(c, "access "); ok {
 				// A requester in the master's pid namespace (so that it
 				// can wait) but in its own process group.
