@@ -107,10 +107,12 @@ const WorkerCaps = 1 << unix.CAP_SYS_ADMIN
 //
 // The child is a door child (internal/door): our own executable started
 // through an fd opened on the host, with a deadline, not dumpable. Its
-// bounding set is connectBounding from the start; it joins the
-// container init's cgroups, then the container's mount namespace and
-// root, keeps only ConnectCaps and sets no_new_privs, and only then
-// resolves path. A process of the container that could trace it would
+// bounding set is connectBounding from the start; its C constructor
+// joins the container init's cgroups, then the container's mount
+// namespace and root, then its pid namespace, and forks the process that
+// connects (door.Entry): no process of ours is seen there with the
+// host's root or /proc. That one keeps only ConnectCaps and sets
+// no_new_privs, and only then resolves path. A process of the container that could trace it would
 // find a process with less power than its own root, in its own network
 // namespace and cgroups.
 func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Conn, error) {
@@ -124,14 +126,10 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 	files, err := door.Call(door.Spec{
 		Role:          WorkerArg,
 		Args:          []string{connectArg, path},
-		Request:       cgroups,
-		Files:         []*os.File{e.mntNS, e.root},
+		Enter:         &door.Entry{MountNS: e.mntNS, Root: e.root, PidNS: e.pidNS, Cgroups: cgroups},
 		Deadline:      time.Now().Add(timeout),
 		IntoContainer: true,
 		Prepare: func() error {
-			if err := unix.Setns(int(e.pidNS.Fd()), unix.CLONE_NEWPID); err != nil {
-				return fmt.Errorf("join pid namespace for children: %w", err)
-			}
 			if err := unix.Setns(int(e.netNS.Fd()), unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("join network namespace: %w", err)
 			}
@@ -168,21 +166,13 @@ func readCgroups(proc int) ([]string, error) {
 	return strings.Split(strings.TrimSpace(string(b[:n])), "\n"), nil
 }
 
-// runConnect is the child of DialInContainer: it joins the container
-// init's cgroups (the request), then the container's mount namespace
-// (fd 3) and root (fd 4), keeps ConnectCaps only, connects to path and
-// passes the connection back.
+// runConnect is the child of DialInContainer: born in the container init's
+// cgroups, mount namespace, root and pid namespace (door.Entry), it
+// keeps ConnectCaps only, connects to path and passes the connection
+// back.
 func runConnect(r *door.Reply, path string) int {
-	var cgroups []string
-	if err := door.ReadRequest(&cgroups); err != nil {
-		return r.Done(nil, err)
-	}
-	// Still in the host's mount namespace: the host's cgroup file systems.
-	if err := door.JoinCgroups(cgroups); err != nil {
-		return r.Done(nil, err)
-	}
-	if err := door.EnterMountNS(3, 4); err != nil {
-		return r.Done(nil, err)
+	if entered, err := door.Entered(); err != nil || !entered {
+		return r.Done(nil, fmt.Errorf("the connect child is not in the container (%v): refused", err))
 	}
 	if err := door.DropTo(ConnectCaps); err != nil {
 		return r.Done(nil, err)

@@ -78,16 +78,6 @@ func TestOpenStdioAsTheDaemon(t *testing.T) {
 	if err := os.Symlink(log, link); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := os.Open("/proc/self/ns/mnt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	root, err := os.OpenFile("/", unix.O_PATH|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
 	nobody := uint32(65534)
 	for _, tc := range []struct {
 		name string
@@ -103,7 +93,7 @@ func TestOpenStdioAsTheDaemon(t *testing.T) {
 			if tc.uid != 0 {
 				d.CapEff = 0
 			}
-			files, warnings, err := openStdio(d, int(ns.Fd()), int(root.Fd()), 5*time.Second)
+			files, warnings, err := openStdio(d, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}

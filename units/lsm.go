@@ -12,8 +12,10 @@ import (
 
 // setExecLabel makes the next exec of the calling thread, and of a child
 // forked from it, run under the old daemon's label: it writes the
-// thread's attr/exec through the host's /proc (never the container's,
-// which the thread's root now is). Nothing to do where the kernel gave the
+// thread's own attr/exec (door.WriteSelfProc: the container stage, born
+// in the container, holds no fd of the host's /proc, and reaches its own
+// files through the container's procfs with no symlink, magic link or
+// mount crossed below /proc). Nothing to do where the kernel gave the
 // daemon no label, or where the thread has that label already. The new
 // daemon's label is compared with the old one's after the start
 // (verifySame), so a transition the kernel did not make is caught there.
@@ -21,7 +23,7 @@ func setExecLabel(d *Daemon) error {
 	if d.LSMLabel == "" {
 		return nil
 	}
-	own, err := door.ReadHostProc("thread-self/attr/current")
+	own, err := door.ReadSelfProc("thread-self/attr/current")
 	if err != nil {
 		return fmt.Errorf("read our own LSM label: %w", err)
 	}
@@ -36,7 +38,7 @@ func setExecLabel(d *Daemon) error {
 		}
 		file, value = "thread-self/attr/apparmor/exec", "exec "+profile
 	}
-	if err := door.WriteHostProc(file, value); err != nil {
+	if err := door.WriteSelfProc(file, value); err != nil {
 		return fmt.Errorf("set the LSM label %q for the new daemon's exec: %w", d.LSMLabel, err)
 	}
 	return nil

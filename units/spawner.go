@@ -76,8 +76,6 @@ const (
 	fdCwdC  = 3 + iota
 	fdExeC  // the old daemon's executable, to check d.Exe against
 	fdTimeC // joined by the C constructor (internal/cstart)
-	fdMntC  // the container's mount namespace and root, joined first
-	fdRootC
 )
 
 // stageHost returns the container stage's result and the new daemon's
@@ -105,15 +103,18 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// The container stage, the first process of ours in the container's
 	// pid namespace, gets no capability the daemon could not have: the
 	// starting thread's bounding set, and so the stage's permitted set
-	// after the exec (root's), are the daemon's. Not the mount namespace
-	// nor the root: the stage is our own executable, started through the
-	// fd opened on the host; it joins them itself.
+	// after the exec (root's), are the daemon's. The namespaces but the
+	// mount and pid ones are joined here, for the stage; the stage is our
+	// own executable, started through the fd opened on the host, and its
+	// C constructor joins the container's mount namespace and root, then
+	// its pid namespace (door.Entry): it is born there with nothing of
+	// the host's. Its cgroups are ours, joined above.
 	pidfd, err := door.Call(door.Spec{
-		Role:    SpawnerArg,
-		Args:    []string{"container"},
-		Request: req,
-		Files: []*os.File{os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens"),
-			os.NewFile(fdMnt, "mnt"), os.NewFile(fdRoot, "root")},
+		Role:          SpawnerArg,
+		Args:          []string{"container"},
+		Request:       req,
+		Files:         []*os.File{os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens")},
+		Enter:         &door.Entry{MountNS: os.NewFile(fdMnt, "mnt"), Root: os.NewFile(fdRoot, "root"), PidNS: os.NewFile(fdPid, "pidns")},
 		Env:           []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
 		Deadline:      time.Unix(0, req.Deadline),
 		IntoContainer: true,
@@ -123,7 +124,7 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 				fd   int
 				kind int
 				name string
-			}{{fdIPC, unix.CLONE_NEWIPC, "ipc"}, {fdUTS, unix.CLONE_NEWUTS, "uts"}, {fdNet, unix.CLONE_NEWNET, "net"}, {fdCgroupNS, unix.CLONE_NEWCGROUP, "cgroup"}, {fdPid, unix.CLONE_NEWPID, "pid"}} {
+			}{{fdIPC, unix.CLONE_NEWIPC, "ipc"}, {fdUTS, unix.CLONE_NEWUTS, "uts"}, {fdNet, unix.CLONE_NEWNET, "net"}, {fdCgroupNS, unix.CLONE_NEWCGROUP, "cgroup"}} {
 				if err := unix.Setns(ns.fd, ns.kind); err != nil {
 					return fmt.Errorf("join the container's %s namespace: %w", ns.name, err)
 				}
@@ -146,22 +147,16 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	d := req.Daemon
 	deadline := time.Unix(0, req.Deadline)
-	// Kept for the threads that open the daemon's stdio: a new thread
-	// shares the file system context (root, cwd) of the runtime thread
-	// it was cloned from, not this one's, and joins the container itself.
-	// Every fd is close-on-exec since door.Begin: none reaches the daemon.
-	nsDup, err1 := unix.FcntlInt(fdMntC, unix.F_DUPFD_CLOEXEC, 10)
-	rootDup, err2 := unix.FcntlInt(fdRootC, unix.F_DUPFD_CLOEXEC, 10)
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, nil, fmt.Errorf("keep the container's namespace fds: %w", err)
-	}
-	if err := door.EnterMountNS(fdMntC, fdRootC); err != nil {
-		return nil, nil, err
+	// Born in the container's mount namespace and root (door.Entry),
+	// every thread of the stage with it. Every fd is close-on-exec since
+	// door.Begin: none reaches the daemon.
+	if entered, err := door.Entered(); err != nil || !entered {
+		return nil, nil, fmt.Errorf("the container stage is not in the container (%v): refused", err)
 	}
 	if err := unix.Fchdir(fdCwdC); err != nil {
 		return nil, nil, fmt.Errorf("enter the daemon's working directory: %w", err)
 	}
-	stdio, warnings, err := openStdio(d, nsDup, rootDup, min(stdioTimeout, time.Until(deadline)))
+	stdio, warnings, err := openStdio(d, min(stdioTimeout, time.Until(deadline)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -176,7 +171,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 			return nil, nil, fmt.Errorf("set no_new_privs: %w", err)
 		}
 	}
-	// The stage's root is the container's now (door.EnterMountNS).
+	// The stage's root is the container's (door.Entry).
 	if root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 		if note := removeStaleFlag(root, d.NsPid, req.FlagMounts); note != "" {
 			warnings = append(warnings, note)

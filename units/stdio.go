@@ -29,17 +29,18 @@ const stdioTimeout = 3 * time.Second
 // the daemon could not (a log path swapped for a symlink to a root-only
 // file gave it that file once). A file that is not opened within timeout
 // is replaced by /dev/null, with a warning; the opening thread is then
-// abandoned, and dies with this process. Each opening thread joins the
-// container's mount namespace (mntNS) and root (root) itself.
-func openStdio(d *Daemon, mntNS, root int, timeout time.Duration) (stdio [3]*os.File, warnings []string, err error) {
+// abandoned, and dies with this process. The calling process is in the
+// container's mount namespace and root (born there: door.Entry), and so
+// is every thread of it.
+func openStdio(d *Daemon, timeout time.Duration) (stdio [3]*os.File, warnings []string, err error) {
 	select {
-	case r := <-openAsDaemon(d, mntNS, root, d.Stdio):
+	case r := <-openAsDaemon(d, d.Stdio):
 		return r.files, r.warnings, r.err
 	case <-time.After(timeout):
 	}
 	// The files never came: /dev/null for all three, opened the same way.
 	select {
-	case r := <-openAsDaemon(d, mntNS, root, [3]string{}):
+	case r := <-openAsDaemon(d, [3]string{}):
 		if r.err != nil {
 			return stdio, nil, r.err
 		}
@@ -57,12 +58,12 @@ type stdioResult struct {
 
 // openAsDaemon opens paths ("" for /dev/null) as stdin, stdout and stderr
 // on a thread of its own (becomeForFiles), and sends the result once.
-func openAsDaemon(d *Daemon, mntNS, root int, paths [3]string) <-chan stdioResult {
+func openAsDaemon(d *Daemon, paths [3]string) <-chan stdioResult {
 	res := make(chan stdioResult, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread has the daemon's credentials
 		var r stdioResult
-		if r.err = becomeForFiles(d, mntNS, root); r.err == nil {
+		if r.err = becomeForFiles(d); r.err == nil {
 			for i, p := range paths {
 				var w string
 				r.files[i], w, r.err = openOneStdio(p, i == 0)
@@ -79,24 +80,12 @@ func openAsDaemon(d *Daemon, mntNS, root int, paths [3]string) <-chan stdioResul
 	return res
 }
 
-// becomeForFiles moves the calling thread (locked, never unlocked) into
-// the container's mount namespace and root, and gives it the daemon's
-// access to files: fs uid and gid, supplementary groups and effective
-// capabilities. All are per thread in the kernel; the raw system calls
-// are used because the C library and Go apply them to every thread.
-func becomeForFiles(d *Daemon, mntNS, root int) error {
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return fmt.Errorf("unshare CLONE_FS: %w", err)
-	}
-	if err := unix.Setns(mntNS, unix.CLONE_NEWNS); err != nil {
-		return fmt.Errorf("join the container's mnt namespace: %w", err)
-	}
-	if err := unix.Fchdir(root); err != nil {
-		return fmt.Errorf("enter the container's root: %w", err)
-	}
-	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("chroot: %w", err)
-	}
+// becomeForFiles gives the calling thread (locked, never unlocked) the
+// daemon's access to files: fs uid and gid, supplementary groups and
+// effective capabilities. All are per thread in the kernel; the raw
+// system calls are used because the C library and Go apply them to every
+// thread.
+func becomeForFiles(d *Daemon) error {
 	gids := make([]uint32, len(d.Groups))
 	copy(gids, d.Groups)
 	var p unsafe.Pointer

@@ -5,17 +5,23 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
-// The constructor reads the variable the spawner sets: the C source and
-// the Go constant must name the same one.
-func TestTimeNSVariableMatches(t *testing.T) {
-	b, err := os.ReadFile("timens.go")
+// The constructor reads the variables the spawner and the door set: the
+// C source and the Go constants must name the same ones.
+func TestVariablesMatch(t *testing.T) {
+	b, err := os.ReadFile("enter.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(b), `"`+units.EnvTimeNSFD+`"`); n != 2 {
-		t.Fatalf("timens.go names %q %d times, want 2 (getenv and unsetenv)", units.EnvTimeNSFD, n)
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{units.EnvTimeNSFD, 2}, {door.EnvEnter, 1}} {
+		if n := strings.Count(string(b), `"`+v.name+`"`); n != v.n {
+			t.Errorf("enter.go names %q %d times, want %d", v.name, n, v.n)
+		}
 	}
 }

@@ -49,10 +49,15 @@ type Spec struct {
 	// inherits, and nothing else of ours does.
 	Prepare func() error
 	// IntoContainer says that the child lives in a container's pid
-	// namespace (Prepare joins it), where the container sees it: refused
-	// on a host where it could be traced before its first step
-	// (fs.suid_dumpable = 1).
+	// namespace (Prepare or Enter joins it), where the container sees
+	// it: refused on a host where it could be traced before its first
+	// step (fs.suid_dumpable = 1).
 	IntoContainer bool
+	// Enter, when set, is the container the child is born in: its C
+	// constructor joins it before any Go code runs (see Entry), and the
+	// role checks it with Entered. Prepare must not join the pid
+	// namespace then.
+	Enter *Entry
 }
 
 // ExitGrace is how long a child gets to exit after its final line, or
@@ -147,7 +152,7 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			started <- err
 			return
 		}
-		if s.IntoContainer {
+		if s.IntoContainer || s.Enter != nil {
 			if err := suidDumpableOK(); err != nil {
 				started <- err
 				return
@@ -162,8 +167,21 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			started <- err
 			return
 		}
-		cmd.ExtraFiles = append(append([]*os.File{}, s.Files...), self)
-		cmd.Path = "/proc/self/fd/" + strconv.Itoa(3+len(s.Files))
+		files := append([]*os.File{}, s.Files...)
+		if s.Enter != nil {
+			// Opened here, in the host's mount namespace: the cgroup
+			// files; ours to close once the child has them.
+			efiles, env, err := entryFiles(s.Enter, 3+len(files))
+			if err != nil {
+				started <- err
+				return
+			}
+			defer closeAll(efiles[3:])
+			files = append(files, efiles...)
+			cmd.Env = append(cmd.Env, env)
+		}
+		cmd.ExtraFiles = append(files, self)
+		cmd.Path = "/proc/self/fd/" + strconv.Itoa(3+len(files))
 		err = cmd.Start()
 		started <- err
 		if err == nil {
@@ -185,13 +203,24 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
+	// A child that entered a container runs the role in the process its
+	// constructor forked, which waits for it: both are killed, and that
+	// one is the one that may be left behind.
+	var inner []int
+	kill := func() {
+		if s.Enter != nil {
+			inner = append(inner, childrenOf(pid)...)
+			killAll(inner)
+		}
+		cmd.Process.Kill()
+	}
 	var f *final
 	timedOut := false
 	select {
 	case f = <-got:
 	case <-ctx.Done():
 		timedOut = true
-		cmd.Process.Kill()
+		kill()
 		conn.Close() // ends the reader
 		f = <-got
 		if f != nil {
@@ -200,25 +229,35 @@ func Call(s Spec, result any) ([]*os.File, error) {
 		}
 	}
 	var werr error
+	left := ""
 	select {
 	case werr = <-exited:
 	case <-time.After(ExitGrace):
-		cmd.Process.Kill()
+		kill()
 		select {
 		case werr = <-exited:
 		case <-time.After(ExitGrace):
-			left := fmt.Sprintf("%s (pid %d) does not exit after SIGKILL: left behind (%s)", name, pid, ThreadStates(pid))
-			if f == nil || f.msg.Error != "" {
-				said := ""
-				if f != nil {
-					said = ": " + f.msg.Error
-				}
-				return nil, &leftBehindError{left + said}
+			left = fmt.Sprintf("%s (pid %d) does not exit after SIGKILL: left behind (%s)", name, pid, ThreadStates(pid))
+		}
+	}
+	// The killed process the constructor forked: the one that may be
+	// blocked where no signal reaches.
+	for _, p := range inner {
+		if left == "" && !goneWithin(p, ExitGrace) {
+			left = fmt.Sprintf("%s (pid %d, in the container) does not exit after SIGKILL: left behind (%s)", name, p, ThreadStates(p))
+		}
+	}
+	if left != "" {
+		if f == nil || f.msg.Error != "" {
+			said := ""
+			if f != nil {
+				said = ": " + f.msg.Error
 			}
-			// It answered: the answer stands, the rest is reported.
-			if s.Log != nil {
-				s.Log(left)
-			}
+			return nil, &leftBehindError{left + said}
+		}
+		// It answered: the answer stands, the rest is reported.
+		if s.Log != nil {
+			s.Log(left)
 		}
 	}
 	mu.Lock()

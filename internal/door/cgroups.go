@@ -38,6 +38,57 @@ func JoinCgroups(lines []string) error {
 		return fmt.Errorf("join cgroups: read our mount table: %w", err)
 	}
 	pid := []byte(strconv.Itoa(os.Getpid()))
+	return eachCgroup(mnts, lines, func(procs []string) error {
+		var errs []error
+		for _, p := range procs {
+			err := writeProcs(p, pid)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// openCgroupProcs opens, for a child that its C constructor moves into
+// the cgroups that lines name (Entry.Cgroups), the cgroup.procs file of
+// each, as JoinCgroups finds them; the calling thread must be in the
+// host's mount namespace (its own mount table is read, not the
+// process's: a worker's main thread is in a container's).
+func openCgroupProcs(lines []string) ([]*os.File, error) {
+	f, err := os.Open("/proc/thread-self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("join cgroups: read our mount table: %w", err)
+	}
+	mnts, err := mountinfo.GetMountsFromReader(f, mountinfo.FSTypeFilter("cgroup", "cgroup2"))
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("join cgroups: read our mount table: %w", err)
+	}
+	var files []*os.File
+	err = eachCgroup(mnts, lines, func(procs []string) error {
+		var errs []error
+		for _, p := range procs {
+			fd, err := openProcs(p)
+			if err == nil {
+				files = append(files, os.NewFile(uintptr(fd), p))
+				return nil
+			}
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		closeAll(files)
+		return nil, err
+	}
+	return files, nil
+}
+
+// eachCgroup calls join with the cgroup.procs files that may take us
+// into each cgroup lines name, in the hierarchies mounted in mnts.
+func eachCgroup(mnts []*mountinfo.Info, lines []string, join func(procs []string) error) error {
 	for _, l := range lines {
 		parts := strings.SplitN(l, ":", 3)
 		if len(parts) != 3 {
@@ -54,17 +105,12 @@ func JoinCgroups(lines []string) error {
 		if len(dirs) == 0 {
 			return fmt.Errorf("join cgroup %s of hierarchy %q: no mount of the hierarchy shows it", path, ctrls)
 		}
-		var errs []error
+		var procs []string
 		for _, dir := range dirs {
-			err := writeProcs(filepath.Join(dir, "cgroup.procs"), pid)
-			if err == nil {
-				errs = nil
-				break
-			}
-			errs = append(errs, err)
+			procs = append(procs, filepath.Join(dir, "cgroup.procs"))
 		}
-		if len(errs) > 0 {
-			return errors.Join(errs...)
+		if err := join(procs); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -101,26 +147,37 @@ func cgroupDirs(mnts []*mountinfo.Info, ctrls, path string) (dirs []string, moun
 	return dirs, mounted
 }
 
-// writeProcs writes pid to procs, which must exist on a cgroup file
-// system: a directory left where a mount was, or a file system mounted
-// over one, takes no write.
+// writeProcs writes pid to procs (openProcs).
 func writeProcs(procs string, pid []byte) error {
-	fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	fd, err := openProcs(procs)
 	if err != nil {
-		return fmt.Errorf("join cgroup %s: %w", procs, err)
+		return err
 	}
 	defer unix.Close(fd)
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(fd, &st); err != nil {
-		return fmt.Errorf("join cgroup %s: %w", procs, err)
-	}
-	if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return fmt.Errorf("join cgroup %s: not on a cgroup file system (type %#x)", procs, st.Type)
-	}
 	if _, err := unix.Write(fd, pid); err != nil {
 		return fmt.Errorf("join cgroup %s: %w", procs, err)
 	}
 	return nil
+}
+
+// openProcs opens procs for writing; it must be on a cgroup file system:
+// a directory left where a mount was, or a file system mounted over one,
+// takes no write.
+func openProcs(procs string) (int, error) {
+	fd, err := unix.Open(procs, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return -1, fmt.Errorf("join cgroup %s: %w", procs, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("join cgroup %s: %w", procs, err)
+	}
+	if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		unix.Close(fd)
+		return -1, fmt.Errorf("join cgroup %s: not on a cgroup file system (type %#x)", procs, st.Type)
+	}
+	return fd, nil
 }
 
 func hasAllOptions(opts string, want []string) bool {

@@ -7,9 +7,15 @@
 //     is always our own executable: a sealed memfd copy of /proc/self/exe
 //     (made on the host), started as /proc/self/fd/N from a locked thread
 //     that is still in the host's mount namespace and root, whose /proc is
-//     checked to be a procfs (HostProcOK). A child that must live in a
-//     container joins its mount namespace and root itself (EnterMountNS),
-//     after the exec.
+//     checked to be a procfs (HostProcOK). A child that lives in a
+//     container's pid namespace is born there (Spec.Enter): its C
+//     constructor (internal/cstart) joins the container's cgroups, mount
+//     namespace and root, then its pid namespace, and forks the process
+//     that runs the role, before any Go code runs. No process of ours is
+//     seen in a container's pid namespace with the host's root, mount
+//     namespace or an fd of the host's /proc. A child that stays out of
+//     the container's pid namespace (the mount-namespace worker) joins
+//     the mount namespace and root itself (EnterMountNS), after the exec.
 //  2. Host facts come from the host: the highest capability number
 //     (LastCap) is read before anything of a container is joined.
 //  3. Every child has a deadline and dies with the thread that started it

@@ -105,6 +105,21 @@ func TestMain(m *testing.M) {
 		r, _ := Begin()
 		return r.Done("x", nil)
 	})
+	// Waits before its first step, then says whether it was born in its
+	// container (Entered) and which root it has ("dev:ino").
+	Register("__door-test-entered", func([]string) int {
+		time.Sleep(500 * time.Millisecond)
+		r, err := Begin()
+		if err != nil {
+			return r.Done(nil, err)
+		}
+		entered, err := Entered()
+		var st unix.Stat_t
+		if err == nil {
+			err = unix.Stat("/", &st)
+		}
+		return r.Done(fmt.Sprintf("%v %d:%d", entered, st.Dev, st.Ino), err)
+	})
 	// Says whether the role runs on the process's main thread, the one
 	// /proc/PID names and every per-thread step (setns, chroot, capset)
 	// must take effect on.
@@ -548,4 +563,126 @@ func TestCallLeftBehindIsTyped(t *testing.T) {
 	if limit := testenv.Scale(2*time.Second) + 2*ExitGrace + time.Second; took > limit {
 		t.Errorf("returned after %v, want at most %v", took, limit)
 	}
+}
+
+// A child that lives in a container is born there (Spec.Enter): a process
+// of the host (all capabilities, as a container with CAP_SYS_PTRACE in
+// the host's user namespace has) that watches the container's pid
+// namespace for new processes never finds one of ours with the host's
+// root, the host's mount namespace or an fd of the host's /proc, however
+// long the child waits before its first step. Started the way children
+// were before (the pid namespace joined by the starting thread, the
+// mount namespace and root by the role), the same watch finds the
+// host's root: the control, which shows the watch can see it.
+func TestChildBornInItsContainer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "(not root): joins pid and mount namespaces")
+	}
+	cmd := exec.Command("unshare", "-p", "-m", "--fork", "sleep", "600")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	init := testenv.WaitChild(t, cmd.Process.Pid)
+	open := func(name string) *os.File {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/%s", init, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	pidns, mntns := open("ns/pid"), open("ns/mnt")
+	dir := t.TempDir() // the container's root
+	root, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	var hostRoot, hostProc, rootSt, mntSt, pidSt unix.Stat_t
+	for _, s := range []struct {
+		path string
+		st   *unix.Stat_t
+	}{{"/", &hostRoot}, {"/proc", &hostProc}, {dir, &rootSt}, {mntns.Name(), &mntSt}, {pidns.Name(), &pidSt}} {
+		if err := unix.Stat(s.path, s.st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := func(a, b unix.Stat_t) bool { return a.Dev == b.Dev && a.Ino == b.Ino }
+
+	// watch lists what it finds of the host's in processes of the
+	// container's pid namespace (but its init) until stop, and how many
+	// it looked at.
+	watch := func(stop <-chan struct{}) (found []string, seen int) {
+		for {
+			select {
+			case <-stop:
+				return found, seen
+			default:
+			}
+			ents, _ := os.ReadDir("/proc")
+			for _, e := range ents {
+				pid, err := strconv.Atoi(e.Name())
+				if err != nil || pid == init {
+					continue
+				}
+				var st unix.Stat_t
+				if unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &st) != nil || !same(st, pidSt) {
+					continue
+				}
+				seen++
+				if unix.Stat(fmt.Sprintf("/proc/%d/root", pid), &st) == nil && same(st, hostRoot) {
+					found = append(found, fmt.Sprintf("pid %d has the host's root", pid))
+				}
+				if unix.Stat(fmt.Sprintf("/proc/%d/ns/mnt", pid), &st) == nil && !same(st, mntSt) {
+					found = append(found, fmt.Sprintf("pid %d is in another mount namespace", pid))
+				}
+				fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+				for _, fd := range fds {
+					if unix.Stat(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()), &st) == nil && same(st, hostProc) {
+						found = append(found, fmt.Sprintf("pid %d holds the host's /proc as fd %s", pid, fd.Name()))
+					}
+				}
+			}
+		}
+	}
+	run := func(t *testing.T, s Spec) (string, []string, int) {
+		stop := make(chan struct{})
+		type res struct {
+			found []string
+			seen  int
+		}
+		watched := make(chan res, 1)
+		go func() { f, n := watch(stop); watched <- res{f, n} }()
+		var got string
+		_, err := Call(s, &got)
+		close(stop)
+		w := <-watched
+		if err != nil {
+			t.Fatalf("call: %v", err)
+		}
+		t.Logf("the child says %q; %d looks at processes of ours in the pid namespace", got, w.seen)
+		if w.seen == 0 {
+			t.Fatal("the watch never saw the child in the container's pid namespace: it did not watch")
+		}
+		return got, w.found, w.seen
+	}
+
+	t.Run("entered", func(t *testing.T) {
+		got, found, _ := run(t, Spec{Role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
+			Enter: &Entry{MountNS: mntns, Root: root, PidNS: pidns}})
+		if want := fmt.Sprintf("true %d:%d", rootSt.Dev, rootSt.Ino); got != want {
+			t.Errorf("the child says %q, want %q (born in its container, in the container's root)", got, want)
+		}
+		if len(found) > 0 {
+			t.Errorf("seen in the container's pid namespace with the host's: %v", found[:min(len(found), 5)])
+		}
+	})
+	t.Run("control", func(t *testing.T) {
+		_, found, _ := run(t, Spec{Role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
+			Prepare: func() error { return unix.Setns(int(pidns.Fd()), unix.CLONE_NEWPID) }})
+		if len(found) == 0 {
+			t.Error("the watch did not find the host's root in a child started the old way: it cannot tell")
+		}
+	})
 }

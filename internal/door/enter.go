@@ -38,10 +38,17 @@ func Begin() (*Reply, error) {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return r, fmt.Errorf("mark inherited fds close-on-exec: %w", err)
 	}
-	// Before the role joins anything of a container: the host's /proc,
-	// for reports on the children this child starts.
-	if _, err := hostProc(); err != nil {
+	// A child born in its container (Spec.Enter) holds nothing of the
+	// host's; any other, before its role joins anything of a container:
+	// the host's /proc, for reports on the children this child starts.
+	entered, err := Entered()
+	if err != nil {
 		return r, err
+	}
+	if !entered {
+		if _, err := hostProc(); err != nil {
+			return r, err
+		}
 	}
 	return r, nil
 }
@@ -57,6 +64,10 @@ var (
 // hook's own process, which never does.
 func hostProc() (int, error) {
 	procOnce.Do(func() {
+		if entered, _ := Entered(); entered {
+			procErr = errors.New("a child born in its container has no fd of the host's /proc")
+			return
+		}
 		procFD, procErr = unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if procErr != nil {
 			procErr = fmt.Errorf("open the host's /proc: %w", procErr)
@@ -225,6 +236,82 @@ func WriteHostProc(name, value string) error {
 	defer f.Close()
 	if _, err := f.Write([]byte(value)); err != nil {
 		return fmt.Errorf("write /proc/%s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadSelfProc reads the small file name of the calling thread's own
+// /proc files ("thread-self/..."): through the host's /proc (ReadHostProc),
+// or in a child born in its container (Entered), which holds nothing of
+// the host's, through the container's procfs (procHere).
+func ReadSelfProc(name string) (string, error) {
+	if entered, _ := Entered(); !entered {
+		return ReadHostProc(name)
+	}
+	f, err := procHere(name, unix.O_RDONLY)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 8192)
+	n, err := f.Read(b)
+	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read /proc/%s: %w", name, err)
+	}
+	return string(b[:n]), nil
+}
+
+// WriteSelfProc writes value to the calling thread's own /proc file name
+// ("thread-self/..."), in one write, as ReadSelfProc finds it.
+func WriteSelfProc(name, value string) error {
+	if entered, _ := Entered(); !entered {
+		return WriteHostProc(name, value)
+	}
+	f, err := procHere(name, unix.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte(value)); err != nil {
+		return fmt.Errorf("write /proc/%s: %w", name, err)
+	}
+	return nil
+}
+
+// procHere opens name below the procfs mounted at /proc in the calling
+// thread's root (a container's): /proc must be a procfs reached with no
+// symlink, and name is resolved beneath it with no symlink to outside,
+// no magic link and no mount crossed (a file mounted over a /proc file
+// is refused), and must be on a procfs. A child born in the container's
+// pid namespace finds its own threads there; the container decides
+// nothing of what it reads or writes but which procfs it is.
+func procHere(name string, flags int) (*os.File, error) {
+	proc, err := unix.Openat2(unix.AT_FDCWD, "/proc", &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return nil, fmt.Errorf("open the container's /proc: %w", err)
+	}
+	defer unix.Close(proc)
+	if err := onProcfs(proc); err != nil {
+		return nil, fmt.Errorf("the container's /proc: %w", err)
+	}
+	fd, err := unix.Openat2(proc, name, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return nil, fmt.Errorf("open /proc/%s in the container: %w", name, err)
+	}
+	if err := onProcfs(fd); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("/proc/%s in the container: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "/proc/"+name), nil
+}
+
+func onProcfs(fd int) error {
+	var sf unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sf); err != nil {
+		return err
+	}
+	if sf.Type != unix.PROC_SUPER_MAGIC {
+		return fmt.Errorf("not on a procfs (type %#x)", sf.Type)
 	}
 	return nil
 }
