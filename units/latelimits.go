@@ -1,7 +1,8 @@
 package units
 
-// The daemon's address-space and data limits, set on the new daemon
-// between its exec and its first instruction rather than on the spawner's
+// The new daemon held at its exec, before its first instruction: the
+// program the kernel loaded is checked there (atExec), and the daemon's
+// address-space and data limits are set on it then rather than on the spawner's
 // stage before the fork: a Go process reserves more address space (about
 // 1.2 GB) than many such limits allow, so the stage, held to them, fails
 // at its next new mapping (a new OS thread's stack, say) if it makes one
@@ -10,6 +11,9 @@ package units
 import (
 	"errors"
 	"fmt"
+	"strconv"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,25 +62,81 @@ func lateLimitsAllowed(d *Daemon) error {
 	return nil
 }
 
-// setLateLimits sets the late limits on the new daemon pid, started
-// traced (PTRACE_TRACEME) by the calling thread: it waits for the stop
-// at the daemon's exec, sets the limits and lets it go. The daemon runs
-// no instruction of its own before.
-func setLateLimits(pid int, late map[int]unix.Rlimit) error {
+// traceAllowed says why the new daemon could not be held at its exec
+// under its seccomp filters (ptrace(PTRACE_TRACEME) in the daemon, wait4
+// and ptrace(PTRACE_DETACH) on the stage's thread), or returns nil.
+func traceAllowed(d *Daemon) error {
+	if len(d.SeccompFilters) == 0 {
+		return nil
+	}
+	if auditArchNative == 0 {
+		return errors.New("its filters cannot be judged on this architecture")
+	}
+	for _, call := range []struct {
+		name string
+		nr   uint32
+		args [6]uint64
+	}{
+		{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_TRACEME}},
+		{"wait4", unix.SYS_WAIT4, [6]uint64{1}},
+		{"ptrace(PTRACE_DETACH)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_DETACH, 1}},
+	} {
+		if err := seccompAllows(d.SeccompFilters, seccompData{Nr: call.nr, Arch: auditArchNative, Args: call.args}); err != nil {
+			return fmt.Errorf("%s: %w", call.name, err)
+		}
+	}
+	return nil
+}
+
+// atExec holds the new daemon pid, started traced (PTRACE_TRACEME) by
+// the calling thread, at the stop of its exec, before its first
+// instruction: it checks that the program the kernel loaded is the
+// daemon's binary, the file exe (the path was checked against it before
+// the exec, and can have been swapped since), sets the late limits, and
+// lets it go. The note says when the program could not be checked.
+func atExec(pid int, late map[int]unix.Rlimit, exe int) (note string, err error) {
 	var ws unix.WaitStatus
 	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
-		return fmt.Errorf("wait for the new daemon's exec: %w", err)
+		return "", fmt.Errorf("wait for the new daemon's exec: %w", err)
 	}
 	if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP {
-		return fmt.Errorf("the new daemon did not stop at its exec (status %#x)", uint32(ws))
+		return "", fmt.Errorf("the new daemon did not stop at its exec (status %#x)", uint32(ws))
+	}
+	if err := sameExecutable(pid, exe); errors.Is(err, errNotChecked) {
+		note = err.Error()
+	} else if err != nil {
+		return "", err
 	}
 	for r, l := range late {
 		if err := unix.Prlimit(pid, r, &l, nil); err != nil {
-			return fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], l.Cur, l.Max, err)
+			return "", fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], l.Cur, l.Max, err)
 		}
 	}
 	if err := unix.PtraceDetach(pid); err != nil {
-		return fmt.Errorf("let the new daemon go: %w", err)
+		return "", fmt.Errorf("let the new daemon go: %w", err)
+	}
+	return note, nil
+}
+
+var errNotChecked = errors.New("the program it runs was not checked at its exec")
+
+// sameExecutable checks that process pid (of our pid namespace) runs
+// the file exe, through a procfs of our own that nothing of the
+// container's can cover (door.OwnPidNSProc).
+func sameExecutable(pid, exe int) error {
+	proc, err := door.OwnPidNSProc()
+	if err != nil {
+		return fmt.Errorf("%w (%v)", errNotChecked, err)
+	}
+	var want, got unix.Stat_t
+	if err := unix.Fstat(exe, &want); err != nil {
+		return fmt.Errorf("stat the daemon's binary: %w", err)
+	}
+	if err := unix.Fstatat(proc, strconv.Itoa(pid)+"/exe", &got, 0); err != nil {
+		return fmt.Errorf("the new daemon's executable: %w", err)
+	}
+	if got.Dev != want.Dev || got.Ino != want.Ino {
+		return fmt.Errorf("the program its exec loaded (device %d, inode %d) is not the daemon's binary that was checked (device %d, inode %d): the path was replaced between the check and the exec", got.Dev, got.Ino, want.Dev, want.Ino)
 	}
 	return nil
 }

@@ -284,6 +284,18 @@ func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.
 			return fmt.Errorf("the new automount (pid %d) has securebits %#x (was %#x)", newPid, h.Securebits, *info.Securebits)
 		}
 	}
+	// The program it runs: the daemon's binary (held at its exec and
+	// checked there already, where its filters allow the hold).
+	var want, got unix.Stat_t
+	if err := unix.Fstat(int(files[slices.Index(daemonFileNames, "exe")].Fd()), &want); err != nil {
+		return fmt.Errorf("stat the daemon's binary: %w", err)
+	}
+	if err := unix.Stat("/proc/"+strconv.Itoa(newPid)+"/exe", &got); err != nil {
+		return fmt.Errorf("the new automount (pid %d): its executable: %w", newPid, err)
+	}
+	if got.Dev != want.Dev || got.Ino != want.Ino {
+		return fmt.Errorf("the new automount (pid %d) runs another program than the daemon's binary", newPid)
+	}
 	if err := failpoint.Err("verify"); err != nil {
 		return fmt.Errorf("the new automount (pid %d): %w", newPid, err)
 	}

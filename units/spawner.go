@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -187,6 +188,12 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if err := unix.Stat(d.Exe, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
 		return nil, nil, fmt.Errorf("%s is no longer the binary the daemon ran (replaced or removed): refused", d.Exe)
 	}
+	// The path can still change before the exec: the new daemon is held
+	// at its exec, before its first instruction, and its executable
+	// compared with fdExeC (atExec). Not execveat on fdExeC: before Linux
+	// 6.13 the daemon's name (comm) would be the fd's number, which init
+	// scripts look daemons up by.
+	failpoint.Handshake("swap-before-exec", "/run/arh-failpoint-swap-before-exec", func(s string) { warnings = append(warnings, s) })
 	if time.Now().After(deadline) {
 		return nil, nil, errors.New("the hook's deadline passed before the start: not started")
 	}
@@ -235,24 +242,33 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
 	// No Credential: the fork takes this thread's, set above.
+	// Held at its exec where its filters let it be traced (they must
+	// when there are late limits: lateLimitsAllowed, before the kill).
+	held := len(late) > 0 || traceAllowed(d) == nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid: true,
 		PidFD:  &pidfd,
-		Ptrace: len(late) > 0,
+		Ptrace: held,
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start %s: %w", d.Argv[0], err)
 	}
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
-	if len(late) > 0 {
-		if err := setLateLimits(pid, late); err != nil {
+	if held {
+		note, err := atExec(pid, late, fdExeC)
+		if err != nil {
 			unix.Kill(pid, unix.SIGKILL)
 			if pidfd >= 0 {
 				unix.Close(pidfd)
 			}
-			return nil, nil, fmt.Errorf("start %s: %w: killed", d.Argv[0], err)
+			return nil, nil, fmt.Errorf("start %s: %w: killed before it ran", d.Argv[0], err)
 		}
+		if note != "" {
+			warnings = append(warnings, note)
+		}
+	} else {
+		warnings = append(warnings, "its seccomp filters forbid holding it at its exec: the binary it runs is checked after its start only")
 	}
 	res := &spawnResult{NsPid: pid, Warnings: warnings, StageCaps: caps}
 	if pidfd < 0 {

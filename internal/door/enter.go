@@ -278,21 +278,25 @@ func WriteSelfProc(name, value string) error {
 	return nil
 }
 
-// procHere opens name below the procfs mounted at /proc in the calling
-// thread's root (a container's): /proc must be a procfs reached with no
-// symlink, and name is resolved beneath it with no symlink to outside,
-// no magic link and no mount crossed (a file mounted over a /proc file
-// is refused), and must be on a procfs. A child born in the container's
-// pid namespace finds its own threads there; the container decides
-// nothing of what it reads or writes but which procfs it is.
+// procHere opens name below a procfs of the calling process's pid
+// namespace: our own (OwnPidNSProc), else the one mounted at /proc in the
+// calling thread's root (a container's), which must be a procfs reached
+// with no symlink. name is resolved beneath it with no symlink to
+// outside, no magic link and no mount crossed (a file mounted over a
+// /proc file is refused), and must be on a procfs. A child born in the
+// container's pid namespace finds its own threads there.
 func procHere(name string, flags int) (*os.File, error) {
-	proc, err := unix.Openat2(unix.AT_FDCWD, "/proc", &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	proc, err := OwnPidNSProc()
 	if err != nil {
-		return nil, fmt.Errorf("open the container's /proc: %w", err)
-	}
-	defer unix.Close(proc)
-	if err := onProcfs(proc); err != nil {
-		return nil, fmt.Errorf("the container's /proc: %w", err)
+		p, err := unix.Openat2(unix.AT_FDCWD, "/proc", &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return nil, fmt.Errorf("open the container's /proc: %w", err)
+		}
+		defer unix.Close(p)
+		if err := onProcfs(p); err != nil {
+			return nil, fmt.Errorf("the container's /proc: %w", err)
+		}
+		proc = p
 	}
 	fd, err := unix.Openat2(proc, name, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS})
 	if err != nil {
@@ -303,6 +307,44 @@ func procHere(name string, flags int) (*os.File, error) {
 		return nil, fmt.Errorf("/proc/%s in the container: %w", name, err)
 	}
 	return os.NewFile(uintptr(fd), "/proc/"+name), nil
+}
+
+var (
+	ownProcOnce sync.Once
+	ownProcFD   int
+	ownProcErr  error
+)
+
+// OwnPidNSProc is a directory fd on a procfs of the calling process's
+// pid namespace that this process mounted itself and attached nowhere
+// (fsopen, fsmount): no process of a container can mount anything on it
+// or put anything in its place. It shows the pid directories only
+// (subset=pid, Linux 5.8): nothing of /proc/sys or of the host. Creating
+// it needs CAP_SYS_ADMIN over the pid namespace. Made once.
+func OwnPidNSProc() (int, error) {
+	ownProcOnce.Do(func() {
+		fs, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			ownProcErr = fmt.Errorf("a procfs of our own: fsopen: %w", err)
+			return
+		}
+		defer unix.Close(fs)
+		if err := unix.FsconfigSetString(fs, "subset", "pid"); err != nil {
+			ownProcErr = fmt.Errorf("a procfs of our own: subset=pid: %w", err)
+			return
+		}
+		if err := unix.FsconfigCreate(fs); err != nil {
+			ownProcErr = fmt.Errorf("a procfs of our own: create: %w", err)
+			return
+		}
+		m, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
+		if err != nil {
+			ownProcErr = fmt.Errorf("a procfs of our own: fsmount: %w", err)
+			return
+		}
+		ownProcFD = m
+	})
+	return ownProcFD, ownProcErr
 }
 
 func onProcfs(fd int) error {

@@ -16,3 +16,6 @@ func Err(name string) error { return nil }
 
 // Delay does nothing: this build slows no step.
 func Delay(name string, d time.Duration, logf func(string)) {}
+
+// Handshake does nothing: this build holds no step.
+func Handshake(name, path string, logf func(string)) {}

@@ -43,3 +43,22 @@ func Delay(name string, d time.Duration, logf func(string)) {
 	logf("failpoint " + name + ": delayed " + d.String())
 	time.Sleep(d)
 }
+
+// Handshake holds a step for a test that acts at that very point: when
+// Env selects name, it creates the file path (in the calling thread's
+// root) and waits until the test removes it, one minute at most.
+func Handshake(name, path string, logf func(string)) {
+	if os.Getenv(Env) != name {
+		return
+	}
+	if err := os.WriteFile(path, []byte(name+"\n"), 0o600); err != nil {
+		logf("failpoint " + name + ": " + err.Error())
+		return
+	}
+	logf("failpoint " + name + ": waiting for the removal of " + path)
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Lstat(path); err != nil {
+			return
+		}
+	}
+}

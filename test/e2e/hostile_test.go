@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
@@ -290,4 +292,74 @@ setpriv --bounding-set=-sys_module,-sys_rawio setsid /usr/sbin/automount -f -d -
 	}
 	mustWork(t, c, "stat", "/srv/direct1/")
 	stageHadNoMoreThanTheDaemon(t, c, out)
+}
+
+// The daemon's binary swapped for a script of the container's between
+// the spawner's check of the path and the exec (a failpoints build holds
+// the container stage right there until the test has swapped it):
+// nothing of the script runs. The new daemon is held at its exec, before
+// its first instruction, the program the kernel loaded is compared with
+// the binary that was checked, and it is killed; the fix fails and says
+// why. With the binary back (the same inode), the next fix starts the
+// daemon from the record and every path works. Before, the stage exec'd
+// whatever the path named then, and the script ran as the daemon.
+func TestDaemonBinarySwappedBeforeTheExec(tt *testing.T) {
+	t := lab.Record(tt)
+	lab.Require(t)
+	bin, fp := hookBinary(t), failpointBinary(t)
+	c, pid := restoredWithoutHook(t, "swap-exec", lab.Automount)
+	if out, timedOut, err := c.Exec(10*time.Second, "ln", "/usr/sbin/automount", "/usr/sbin/automount.real"); err != nil || timedOut {
+		t.Fatalf("keep the binary (timed out %v): %v %s", timedOut, err, out)
+	}
+	p := strconv.Itoa(pid)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(3*time.Minute))
+	defer cancel()
+	cmd := exec.CommandContext(ctx, fp, "fix", "--pid", p, "--no-syslog", "--timeout", "60s")
+	cmd.Env = append(os.Environ(), failpoint.Env+"=swap-before-exec")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := fmt.Sprintf("/proc/%d/root/run/arh-failpoint-swap-before-exec", pid)
+	for end := time.Now().Add(testenv.Scale(90 * time.Second)); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(held); err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			cancel()
+			cmd.Wait()
+			t.Fatalf("the container stage never reached the point after its check of the binary:\n%s", out.String())
+		}
+	}
+	swap := `printf '#!/bin/sh\necho "$0 $*" >/run/swapped-ran\nexec sleep 600\n' >/usr/sbin/automount.swap &&
+chmod 0755 /usr/sbin/automount.swap && mv /usr/sbin/automount.swap /usr/sbin/automount`
+	if o, timedOut, err := c.Exec(10*time.Second, "sh", "-c", swap); err != nil || timedOut {
+		t.Fatalf("swap the binary (timed out %v): %v %s", timedOut, err, o)
+	}
+	if err := os.Remove(held); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	t.Logf("fix with the binary swapped after the check (err %v):\n%s", err, out.String())
+	if ctx.Err() != nil {
+		t.Fatal("the fix did not end")
+	}
+	if err == nil || !strings.Contains(out.String(), "is not the daemon's binary that was checked") {
+		t.Errorf("the fix did not refuse the swapped program (err %v)", err)
+	}
+	time.Sleep(testenv.Scale(time.Second))
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/run/swapped-ran", pid)); err == nil {
+		t.Fatalf("the container's script ran in the daemon's place: %s", b)
+	}
+	if o, timedOut, err := c.Exec(10*time.Second, "mv", "/usr/sbin/automount.real", "/usr/sbin/automount"); err != nil || timedOut {
+		t.Fatalf("put the binary back (timed out %v): %v %s", timedOut, err, o)
+	}
+	o, err := runHook(t, bin, 90*time.Second, "fix", "--pid", p, "--no-syslog", "--timeout", "60s")
+	if err != nil {
+		t.Fatalf("fix with the binary back: %v\n%s", err, o)
+	}
+	t.Logf("fix with the binary back: %s", lastLineOf(o))
+	mustWork(t, c, "stat", "/srv/direct1/")
+	mustWork(t, c, "stat", "/ind/multi/sub/")
 }
