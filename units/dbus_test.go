@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -228,5 +229,34 @@ func TestReplyBudgetIsCapped(t *testing.T) {
 		if got := replyBudget(tt.units); got != tt.want {
 			t.Errorf("replyBudget(%d) = %d, want %d", tt.units, got, tt.want)
 		}
+	}
+}
+
+// 1,000 units without a new mount at the deadline: each result names its
+// own unit, and what the worker answers grows linearly with the units.
+// One error naming every pending unit was once copied into each result:
+// 1,000 units gave an answer over the door's 16 MiB bound, which then
+// hid the cause ("a line of the child's is over 16 MiB").
+func TestNoNewMountIsLinear(t *testing.T) {
+	const n = 1000
+	results := make([]RestartResult, n)
+	pending := map[int]bool{}
+	for i := range results {
+		results[i] = RestartResult{Where: fmt.Sprintf("/srv/unit-with-a-long-name-%04d", i), Unit: fmt.Sprintf("srv-unit\\x2dwith\\x2da\\x2dlong\\x2dname\\x2d%04d.automount", i)}
+		pending[i] = true
+	}
+	err := noNewMount(results, pending)
+	if err == nil || len(err.Error()) > 100 {
+		t.Errorf("the error for all: %q", err)
+	}
+	total := 0
+	for i, r := range results {
+		if !strings.Contains(r.Error, r.Unit) || strings.Contains(r.Error, results[(i+1)%n].Unit) {
+			t.Fatalf("result %d: %q: not its own unit's error", i, r.Error)
+		}
+		total += len(r.Error)
+	}
+	if total > n*200 {
+		t.Errorf("the results hold %d bytes of errors for %d units", total, n)
 	}
 }

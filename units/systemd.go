@@ -227,6 +227,18 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	return results, nil
 }
 
+// noNewMount gives each pending unit's result its own error and returns
+// a short one for all: each result names its unit only. (One error that
+// named every pending unit, copied into each of their results, grew with
+// the square of their number: 1,000 units made the worker's answer
+// larger than the door's 16 MiB bound, which then hid the cause.)
+func noNewMount(results []RestartResult, pending map[int]bool) error {
+	for i := range pending {
+		results[i].Error = fmt.Sprintf("restart %s: no new autofs mount before the deadline", results[i].Unit)
+	}
+	return fmt.Errorf("%d units: no new autofs mount before the deadline", len(pending))
+}
+
 // restartAll resets and restarts the units of the targets idx in one
 // batch of pipelined calls, then waits until each is active with a new
 // autofs mount at its Where.
@@ -309,11 +321,7 @@ func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, i
 			break
 		}
 		if s.ctx.Err() != nil {
-			var names []string
-			for i := range pending {
-				names = append(names, results[i].Unit)
-			}
-			return fmt.Errorf("restart %s: no new autofs mount before the deadline", strings.Join(names, ", "))
+			return noNewMount(results, pending)
 		}
 		// The open table goes on showing the mount namespace of a
 		// container that exited (and keeps it alive): its end is looked
