@@ -178,7 +178,7 @@ func TestTenThousandStackedMountsRefusedWithinBounds(t *testing.T) {
 // container's processes): one run respawns at most maxDaemons of them and
 // ends by its deadline however many there are, the daemons it had no
 // time for untouched. Without the run's deadline each respawn waited its
-// whole timeout, one after the other: sixteen times 6 s here.
+// whole timeout, one after the other: sixteen times 4 s here.
 func TestManyFakeDaemonsEndByTheDeadline(t *testing.T) {
 	if ok, why := autofstest.Available(); !ok {
 		testenv.Skip(t, "INTEGRATION (%s): real autofs tests need root and /dev/autofs (make test runs them in the test VM)", why)
@@ -202,7 +202,7 @@ func TestManyFakeDaemonsEndByTheDeadline(t *testing.T) {
 		t.Fatalf("reset the peak resident size: %v", err)
 	}
 	rss := testenv.SelfStatusKiB(t, "VmRSS")
-	const step = 6 * time.Second
+	const step = 4 * time.Second
 	start := time.Now()
 	deadline := start.Add(2 * step)
 	err = fixPid(m.Pid, []Phase{PreResume, PostResume}, Options{Config: Config{Timeout: step, AssumeRestored: true}, Log: log, Wiring: WiringCLI, Deadline: deadline})
@@ -224,7 +224,7 @@ func TestManyFakeDaemonsEndByTheDeadline(t *testing.T) {
 	}
 	// A respawn that runs at the deadline still gets a bound of its
 	// own for the kill and the check of what it started.
-	if late := time.Since(deadline); late > testenv.Scale(15*time.Second) {
+	if late := time.Since(deadline); late > testenv.Scale(10*time.Second) {
 		t.Errorf("the run ended %v after its deadline", late.Round(time.Millisecond))
 	}
 	if grew > 64<<10 {

@@ -558,16 +558,19 @@ func TestSystemdNotAnsweringHitsDeadline(tt *testing.T) {
 }
 
 // The automount binary is missing, or was replaced since the daemon
-// started: the hook refuses before it kills anything, and says why.
+// started: the hook refuses before it kills anything, and says why. Then,
+// with the binary back, it is swapped between the spawner's check and
+// the exec (swappedBeforeTheExec), in the same container.
 func TestAutomountBinaryReplacedIsRefused(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
 	bin := hookBinary(t)
 	c, pid := restoredWithoutHook(t, "hook-replaced", lab.Automount)
 	before := automountDaemons(t, c)
-	// Missing first: removed (a copy kept aside, a new inode), then the
-	// copy put in its place: replaced.
-	mustWork(t, c, "sh", "-c", "cp -p /usr/sbin/automount /usr/sbin/automount.keep && rm /usr/sbin/automount")
+	// Missing first: removed (a copy kept aside, a new inode; the binary
+	// itself kept as automount.real, a hard link), then the copy put in
+	// its place: replaced.
+	mustWork(t, c, "sh", "-c", "ln /usr/sbin/automount /usr/sbin/automount.real && cp -p /usr/sbin/automount /usr/sbin/automount.keep && rm /usr/sbin/automount")
 	out, err := exec.Command(bin, "fix", "--pid", strconv.Itoa(pid), "--no-syslog").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "/usr/sbin/automount is gone from the container") {
 		t.Fatalf("fix with the binary missing: err %v, output:\n%s", err, out)
@@ -586,6 +589,8 @@ func TestAutomountBinaryReplacedIsRefused(tt *testing.T) {
 		t.Fatalf("the daemon was touched: before %d, after %d", len(before), len(after))
 	}
 	t.Logf("refused: %s", lastLineOf(string(out)))
+	mustWork(t, c, "ln", "-f", "/usr/sbin/automount.real", "/usr/sbin/automount")
+	swappedBeforeTheExec(t, c, pid)
 }
 
 // Killing the daemon leaves every mount it serves masterless, the

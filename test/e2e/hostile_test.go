@@ -294,23 +294,19 @@ setpriv --bounding-set=-sys_module,-sys_rawio setsid /usr/sbin/automount -f -d -
 	stageHadNoMoreThanTheDaemon(t, c, out)
 }
 
-// The daemon's binary swapped for a script of the container's between
-// the spawner's check of the path and the exec (a failpoints build holds
-// the container stage right there until the test has swapped it):
-// nothing of the script runs. The new daemon is held at its exec, before
-// its first instruction, the program the kernel loaded is compared with
-// the binary that was checked, and it is killed; the fix fails and says
-// why. With the binary back (the same inode), the next fix starts the
+// swappedBeforeTheExec swaps the daemon's binary for a script of the
+// container's between the spawner's check of the path and the exec (a
+// failpoints build holds the container stage right there until the
+// swap): nothing of the script runs. The new daemon is held at its exec,
+// before its first instruction, the program the kernel loaded is
+// compared with the binary that was checked, and it is killed; the fix
+// fails and says why. With the binary back (the same inode, kept as
+// /usr/sbin/automount.real by the caller), the next fix starts the
 // daemon from the record and every path works. Before, the stage exec'd
 // whatever the path named then, and the script ran as the daemon.
-func TestDaemonBinarySwappedBeforeTheExec(tt *testing.T) {
-	t := lab.Record(tt)
-	lab.Require(t)
+func swappedBeforeTheExec(t testing.TB, c *lab.Container, pid int) {
+	t.Helper()
 	bin, fp := hookBinary(t), failpointBinary(t)
-	c, pid := restoredWithoutHook(t, "swap-exec", lab.Automount)
-	if out, timedOut, err := c.Exec(10*time.Second, "ln", "/usr/sbin/automount", "/usr/sbin/automount.real"); err != nil || timedOut {
-		t.Fatalf("keep the binary (timed out %v): %v %s", timedOut, err, out)
-	}
 	p := strconv.Itoa(pid)
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(3*time.Minute))
 	defer cancel()
