@@ -11,6 +11,7 @@ package units
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -33,54 +34,54 @@ func lateLimits(d *Daemon) map[int]unix.Rlimit {
 	return out
 }
 
+// heldCall is a system call of the hold at the exec, as the daemon's
+// seccomp filters judge it.
+type heldCall struct {
+	name string
+	nr   uint32
+	args [6]uint64
+}
+
+// The hold itself: ptrace(PTRACE_TRACEME) in the daemon, wait4 and
+// ptrace(PTRACE_DETACH) on the stage's thread; the late limits add
+// prlimit64.
+var (
+	holdCalls = []heldCall{
+		{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_TRACEME}},
+		{"wait4", unix.SYS_WAIT4, [6]uint64{1}},
+		{"ptrace(PTRACE_DETACH)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_DETACH, 1}},
+	}
+	limitCalls = []heldCall{
+		{"prlimit64", unix.SYS_PRLIMIT64, [6]uint64{1, unix.RLIMIT_AS}},
+		{"prlimit64", unix.SYS_PRLIMIT64, [6]uint64{1, unix.RLIMIT_DATA}},
+	}
+)
+
 // lateLimitsAllowed says why the syscalls of the late limits would not
 // run under the daemon's seccomp filters, which the stage's thread (the
 // tracer) and the new daemon (ptrace(PTRACE_TRACEME)) run under by then,
 // or returns nil. Judged before the kill.
 func lateLimitsAllowed(d *Daemon) error {
-	if len(lateLimits(d)) == 0 || len(d.SeccompFilters) == 0 {
+	if len(lateLimits(d)) == 0 {
 		return nil
 	}
-	if auditArchNative == 0 {
-		return errors.New("its filters cannot be judged on this architecture")
-	}
-	for _, call := range []struct {
-		name string
-		nr   uint32
-		args [6]uint64
-	}{
-		{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_TRACEME}},
-		{"wait4", unix.SYS_WAIT4, [6]uint64{1}},
-		{"prlimit64", unix.SYS_PRLIMIT64, [6]uint64{1, unix.RLIMIT_AS}},
-		{"prlimit64", unix.SYS_PRLIMIT64, [6]uint64{1, unix.RLIMIT_DATA}},
-		{"ptrace(PTRACE_DETACH)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_DETACH, 1}},
-	} {
-		if err := seccompAllows(d.SeccompFilters, seccompData{Nr: call.nr, Arch: auditArchNative, Args: call.args}); err != nil {
-			return fmt.Errorf("%s: %w", call.name, err)
-		}
-	}
-	return nil
+	return filtersAllow(d, append(slices.Clip(holdCalls), limitCalls...))
 }
 
 // traceAllowed says why the new daemon could not be held at its exec
-// under its seccomp filters (ptrace(PTRACE_TRACEME) in the daemon, wait4
-// and ptrace(PTRACE_DETACH) on the stage's thread), or returns nil.
-func traceAllowed(d *Daemon) error {
+// under its seccomp filters, or returns nil.
+func traceAllowed(d *Daemon) error { return filtersAllow(d, holdCalls) }
+
+// filtersAllow says which of calls the daemon's seccomp filters would
+// not let run, or returns nil.
+func filtersAllow(d *Daemon, calls []heldCall) error {
 	if len(d.SeccompFilters) == 0 {
 		return nil
 	}
 	if auditArchNative == 0 {
 		return errors.New("its filters cannot be judged on this architecture")
 	}
-	for _, call := range []struct {
-		name string
-		nr   uint32
-		args [6]uint64
-	}{
-		{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_TRACEME}},
-		{"wait4", unix.SYS_WAIT4, [6]uint64{1}},
-		{"ptrace(PTRACE_DETACH)", unix.SYS_PTRACE, [6]uint64{unix.PTRACE_DETACH, 1}},
-	} {
+	for _, call := range calls {
 		if err := seccompAllows(d.SeccompFilters, seccompData{Nr: call.nr, Arch: auditArchNative, Args: call.args}); err != nil {
 			return fmt.Errorf("%s: %w", call.name, err)
 		}

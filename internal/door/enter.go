@@ -212,43 +212,31 @@ func Caps(lastCap int) string {
 
 // ReadHostProc reads the small file name below the host's /proc (the fd
 // Begin took), whatever the calling thread's root is now.
-func ReadHostProc(name string) (string, error) {
-	f, err := openHostProc(name, unix.O_RDONLY)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b := make([]byte, 8192)
-	n, err := f.Read(b)
-	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("read /proc/%s: %w", name, err)
-	}
-	return string(b[:n]), nil
-}
+func ReadHostProc(name string) (string, error) { return readProc(openHostProc, name) }
 
 // WriteHostProc writes value to the file name below the host's /proc in
 // one write, as the attribute files there want.
-func WriteHostProc(name, value string) error {
-	f, err := openHostProc(name, unix.O_WRONLY)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := f.Write([]byte(value)); err != nil {
-		return fmt.Errorf("write /proc/%s: %w", name, err)
-	}
-	return nil
-}
+func WriteHostProc(name, value string) error { return writeProc(openHostProc, name, value) }
 
 // ReadSelfProc reads the small file name of the calling thread's own
 // /proc files ("thread-self/..."): through the host's /proc (ReadHostProc),
 // or in a child born in its container (Entered), which holds nothing of
-// the host's, through the container's procfs (procHere).
-func ReadSelfProc(name string) (string, error) {
-	if entered, _ := Entered(); !entered {
-		return ReadHostProc(name)
+// the host's, through a procfs of its pid namespace (procHere).
+func ReadSelfProc(name string) (string, error) { return readProc(openSelfProc, name) }
+
+// WriteSelfProc writes value to the calling thread's own /proc file name
+// ("thread-self/..."), in one write, as ReadSelfProc finds it.
+func WriteSelfProc(name, value string) error { return writeProc(openSelfProc, name, value) }
+
+func openSelfProc(name string, flags int) (*os.File, error) {
+	if entered, _ := Entered(); entered {
+		return procHere(name, flags)
 	}
-	f, err := procHere(name, unix.O_RDONLY)
+	return openHostProc(name, flags)
+}
+
+func readProc(open func(string, int) (*os.File, error), name string) (string, error) {
+	f, err := open(name, unix.O_RDONLY)
 	if err != nil {
 		return "", err
 	}
@@ -261,13 +249,8 @@ func ReadSelfProc(name string) (string, error) {
 	return string(b[:n]), nil
 }
 
-// WriteSelfProc writes value to the calling thread's own /proc file name
-// ("thread-self/..."), in one write, as ReadSelfProc finds it.
-func WriteSelfProc(name, value string) error {
-	if entered, _ := Entered(); !entered {
-		return WriteHostProc(name, value)
-	}
-	f, err := procHere(name, unix.O_WRONLY)
+func writeProc(open func(string, int) (*os.File, error), name, value string) error {
+	f, err := open(name, unix.O_WRONLY)
 	if err != nil {
 		return err
 	}
