@@ -47,7 +47,11 @@ type WorkerEnv struct {
 	// on the host, and the host's cap_last_cap, read before the worker
 	// entered the container: DialInContainer starts its child from them.
 	pidNS, netNS, mntNS, root *os.File
-	lastCap                   int
+	// Its ipc, uts and cgroup namespaces: the connect child joins them
+	// too, so that it is no window onto the host's for a process of the
+	// container that could trace it.
+	otherNS []nsFile
+	lastCap int
 
 	back []*os.File
 	// record sends an event to the parent and waits until it is kept
@@ -98,6 +102,12 @@ const connectBounding = ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CH
 // gets its own set from that.
 const WorkerCaps = 1 << unix.CAP_SYS_ADMIN
 
+// nsFile is a namespace of the container, opened on the host.
+type nsFile struct {
+	f    *os.File
+	kind int
+}
+
 // DialInContainer connects to the unix socket at path (a path of the
 // container) from a short-lived child in the container's pid and network
 // namespaces, and returns the connection. Servers that check their peer
@@ -130,6 +140,11 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 		Deadline:      time.Now().Add(timeout),
 		IntoContainer: true,
 		Prepare: func() error {
+			for _, ns := range e.otherNS {
+				if err := unix.Setns(int(ns.f.Fd()), ns.kind); err != nil {
+					return fmt.Errorf("join the container's %s: %w", ns.f.Name(), err)
+				}
+			}
 			if err := unix.Setns(int(e.netNS.Fd()), unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("join network namespace: %w", err)
 			}
@@ -265,7 +280,8 @@ func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration
 	for _, o := range []struct {
 		path  string
 		flags int
-	}{{"ns/mnt", os.O_RDONLY}, {"root", unix.O_PATH | unix.O_DIRECTORY}, {"", unix.O_PATH | unix.O_DIRECTORY}, {"/dev/autofs", os.O_RDONLY}, {"ns/pid", os.O_RDONLY}, {"ns/net", os.O_RDONLY}} {
+	}{{"ns/mnt", os.O_RDONLY}, {"root", unix.O_PATH | unix.O_DIRECTORY}, {"", unix.O_PATH | unix.O_DIRECTORY}, {"/dev/autofs", os.O_RDONLY}, {"ns/pid", os.O_RDONLY}, {"ns/net", os.O_RDONLY},
+		{"ns/ipc", os.O_RDONLY}, {"ns/uts", os.O_RDONLY}, {"ns/cgroup", os.O_RDONLY}} {
 		path := dir + o.path
 		if o.path != "" && o.path[0] == '/' {
 			path = o.path
@@ -398,6 +414,7 @@ func runWorker(args []string) int {
 		env.Proc = os.NewFile(5, "proc")
 		env.Ctl = &ControlDevice{f: os.NewFile(6, "/dev/autofs")}
 		env.pidNS, env.netNS = os.NewFile(7, "pidns"), os.NewFile(8, "netns")
+		env.otherNS = []nsFile{{os.NewFile(9, "ipcns"), unix.CLONE_NEWIPC}, {os.NewFile(10, "utsns"), unix.CLONE_NEWUTS}, {os.NewFile(11, "cgroupns"), unix.CLONE_NEWCGROUP}}
 		env.mntNS, env.root = os.NewFile(uintptr(mntNS), "mntns"), os.NewFile(uintptr(root), "root")
 	}
 	res, err := task(env, req, r.Log)

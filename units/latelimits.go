@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 
 	"golang.org/x/sys/unix"
 )
@@ -93,9 +95,10 @@ func filtersAllow(d *Daemon, calls []heldCall) error {
 // the calling thread, at the stop of its exec, before its first
 // instruction: it checks that the program the kernel loaded is the
 // daemon's binary, the file exe (the path was checked against it before
-// the exec, and can have been swapped since), sets the late limits, and
-// lets it go. The note says when the program could not be checked.
-func atExec(pid int, late map[int]unix.Rlimit, exe int) (note string, err error) {
+// the exec, and can have been swapped since), run with argv (a script
+// whose interpreter is that binary has other arguments), sets the late
+// limits, and lets it go.
+func atExec(pid int, late map[int]unix.Rlimit, exe int, argv []string) (note string, err error) {
 	var ws unix.WaitStatus
 	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
 		return "", fmt.Errorf("wait for the new daemon's exec: %w", err)
@@ -103,9 +106,7 @@ func atExec(pid int, late map[int]unix.Rlimit, exe int) (note string, err error)
 	if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP {
 		return "", fmt.Errorf("the new daemon did not stop at its exec (status %#x)", uint32(ws))
 	}
-	if err := sameExecutable(pid, exe); errors.Is(err, errNotChecked) {
-		note = err.Error()
-	} else if err != nil {
+	if err := sameProgram(pid, exe, argv); err != nil {
 		return "", err
 	}
 	for r, l := range late {
@@ -116,18 +117,17 @@ func atExec(pid int, late map[int]unix.Rlimit, exe int) (note string, err error)
 	if err := unix.PtraceDetach(pid); err != nil {
 		return "", fmt.Errorf("let the new daemon go: %w", err)
 	}
-	return note, nil
+	return "", nil
 }
 
-var errNotChecked = errors.New("the program it runs was not checked at its exec")
-
-// sameExecutable checks that process pid (of our pid namespace) runs
-// the file exe, through a procfs of our own that nothing of the
-// container's can cover (door.OwnPidNSProc).
-func sameExecutable(pid, exe int) error {
+// sameProgram checks that process pid (of our pid namespace) runs the
+// file exe with the command line argv, through the procfs of our own
+// that nothing of the container's can cover (door.OwnPidNSProc, made at
+// the stage's start).
+func sameProgram(pid int, exe int, argv []string) error {
 	proc, err := door.OwnPidNSProc()
 	if err != nil {
-		return fmt.Errorf("%w (%v)", errNotChecked, err)
+		return err
 	}
 	var want, got unix.Stat_t
 	if err := unix.Fstat(exe, &want); err != nil {
@@ -138,6 +138,27 @@ func sameExecutable(pid, exe int) error {
 	}
 	if got.Dev != want.Dev || got.Ino != want.Ino {
 		return fmt.Errorf("the program its exec loaded (device %d, inode %d) is not the daemon's binary that was checked (device %d, inode %d): the path was replaced between the check and the exec", got.Dev, got.Ino, want.Dev, want.Ino)
+	}
+	fd, err := unix.Openat(proc, strconv.Itoa(pid)+"/cmdline", unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("the new daemon's command line: %w", err)
+	}
+	defer unix.Close(fd)
+	wantLine := strings.Join(argv, "\x00") + "\x00"
+	buf := make([]byte, len(wantLine)+1)
+	n := 0
+	for n < len(buf) {
+		k, err := unix.Read(fd, buf[n:])
+		if err != nil {
+			return fmt.Errorf("the new daemon's command line: %w", err)
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	if string(buf[:n]) != wantLine {
+		return fmt.Errorf("the new daemon runs with another command line than the daemon's (%s): the path was replaced by a script between the check and the exec", mounts.Escape(strings.ReplaceAll(string(buf[:n]), "\x00", " ")))
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -36,6 +37,11 @@ type spawnRequest struct {
 	// look for automount's flag file (flagMounts of the container's
 	// table, read by the host).
 	FlagMounts []uint64 `json:"flag_mounts,omitempty"`
+	// NoHold, when set, says why the host lets no process be held at its
+	// exec (kernel.yama.ptrace_scope 2 or 3 refuses PTRACE_TRACEME to a
+	// tracer without CAP_SYS_PTRACE, or to all): the new daemon is then
+	// checked after its start only.
+	NoHold string `json:"no_hold,omitempty"`
 }
 
 // spawnResult is the last line a spawner stage prints.
@@ -54,7 +60,7 @@ type spawnResult struct {
 // and is killed itself by spawnGrace later.
 func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (*mounts.Process, string, error) {
 	var r spawnResult
-	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano()}
+	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano(), NoHold: noHold()}
 	if t, err := mounts.ReadTable(c.Pid); err == nil {
 		req.FlagMounts = flagMounts(t)
 	}
@@ -114,3 +120,16 @@ func lastOf(s []int) []int {
 // spawnGrace is how long past the deadline stage host has to report that
 // it killed the container stage, or that the stage was left behind.
 const spawnGrace = 2*door.ExitGrace + time.Second
+
+// noHold says why the host refuses the hold at the exec (Yama's
+// ptrace_scope, read from the host's /proc), or "".
+func noHold() string {
+	b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	if err != nil {
+		return "" // no Yama
+	}
+	if v := strings.TrimSpace(string(b)); v != "0" && v != "1" {
+		return "kernel.yama.ptrace_scope is " + mounts.Escape(v)
+	}
+	return ""
+}

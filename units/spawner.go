@@ -154,6 +154,13 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if entered, err := door.Entered(); err != nil || !entered {
 		return nil, nil, fmt.Errorf("the container stage is not in the container (%v): refused", err)
 	}
+	// The procfs the new daemon is checked through at its exec, made
+	// now, while the stage has its full power (none of the daemon's
+	// limits, credentials or filters yet, which the container chose):
+	// without it the daemon is not started.
+	if _, err := door.OwnPidNSProc(); err != nil {
+		return nil, nil, fmt.Errorf("the new daemon could not be checked at its exec: %w: not started", err)
+	}
 	if err := unix.Fchdir(fdCwdC); err != nil {
 		return nil, nil, fmt.Errorf("enter the daemon's working directory: %w", err)
 	}
@@ -244,7 +251,13 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// No Credential: the fork takes this thread's, set above.
 	// Held at its exec where its filters let it be traced (they must
 	// when there are late limits: lateLimitsAllowed, before the kill).
-	held := len(late) > 0 || traceAllowed(d) == nil
+	why := req.NoHold
+	if why == "" {
+		if err := traceAllowed(d); err != nil {
+			why = "its seccomp filters forbid it: " + err.Error()
+		}
+	}
+	held := len(late) > 0 || why == ""
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid: true,
 		PidFD:  &pidfd,
@@ -256,7 +269,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
 	if held {
-		note, err := atExec(pid, late, fdExeC)
+		note, err := atExec(pid, late, fdExeC, d.Argv)
 		if err != nil {
 			unix.Kill(pid, unix.SIGKILL)
 			if pidfd >= 0 {
@@ -268,7 +281,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 			warnings = append(warnings, note)
 		}
 	} else {
-		warnings = append(warnings, "its seccomp filters forbid holding it at its exec: the binary it runs is checked after its start only")
+		warnings = append(warnings, "not held at its exec ("+why+"): the program it runs is checked after its start only")
 	}
 	res := &spawnResult{NsPid: pid, Warnings: warnings, StageCaps: caps}
 	if pidfd < 0 {

@@ -234,9 +234,9 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 // larger than the door's 16 MiB bound, which then hid the cause.)
 func noNewMount(results []RestartResult, pending map[int]bool) error {
 	for i := range pending {
-		results[i].Error = fmt.Sprintf("restart %s: no new autofs mount before the deadline", results[i].Unit)
+		results[i].Error = fmt.Sprintf("restart %s: no new autofs mount, or the unit not active, before the deadline", results[i].Unit)
 	}
-	return fmt.Errorf("%d units: no new autofs mount before the deadline", len(pending))
+	return fmt.Errorf("%d units: no new autofs mount, or not active, before the deadline", len(pending))
 }
 
 // restartAll resets and restarts the units of the targets idx in one

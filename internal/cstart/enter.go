@@ -12,8 +12,8 @@ package cstart
 //  2. Enter the container (door.Spec.Enter; only when door.EnvEnter is
 //     set): die with the thread that started us, not dumpable, join the
 //     container's cgroups, its mount namespace and root, then its pid
-//     namespace, and fork. The child goes on to the Go runtime and the
-//     role; the parent stays outside the container's pid namespace and
+//     namespace, and fork. The child, in a session of its own, goes on to
+//     the Go runtime and the role; the parent stays outside the container's pid namespace and
 //     only waits for it, and exits as it did. So no process of ours is
 //     ever seen in the container's pid namespace with the host's root,
 //     mount namespace or an fd of the host's /proc: the child is born
@@ -135,13 +135,19 @@ static void arh_enter(void) {
 		if (arh_parent_gone(alive[0]))
 			_exit(122);
 		close(alive[0]);
+		// A session of its own: no controlling terminal of the host's.
+		if (setsid() < 0)
+			arh_fail("setsid");
 		memcpy(v, "done", 5);
 		return;
 	}
 	// The parent: nothing of the child's is ours to hold.
-	if (alive[1] > 0)
-		syscall(SYS_close_range, 0, alive[1] - 1, 0);
-	syscall(SYS_close_range, alive[1] + 1, ~0U, 0);
+	if ((alive[1] > 0 && syscall(SYS_close_range, 0, alive[1] - 1, 0) != 0) ||
+	    syscall(SYS_close_range, alive[1] + 1, ~0U, 0) != 0) {
+		for (int fd = 0; fd < 1024; fd++)
+			if (fd != alive[1])
+				close(fd);
+	}
 	int st;
 	for (;;) {
 		pid_t r = waitpid(child, &st, 0);
@@ -152,6 +158,9 @@ static void arh_enter(void) {
 	}
 	if (WIFEXITED(st))
 		_exit(WEXITSTATUS(st));
+	// Killed: so is this one, by the same signal, as the parent sees it.
+	signal(WTERMSIG(st), SIG_DFL);
+	kill(getpid(), WTERMSIG(st));
 	_exit(128 + WTERMSIG(st));
 }
 

@@ -142,6 +142,22 @@ func Call(s Spec, result any) ([]*os.File, error) {
 				runtime.UnlockOSThread()
 			}
 		}()
+		files := append([]*os.File{}, s.Files...)
+		if s.Enter != nil {
+			// Opened first, in the host's mount and cgroup namespaces
+			// (Prepare may join the container's) and with our DAC
+			// capabilities (a delegated cgroup's cgroup.procs is owned by
+			// its user): the cgroup files; ours to close once the child
+			// has them.
+			efiles, env, err := entryFiles(s.Enter, 3+len(files))
+			if err != nil {
+				started <- err
+				return
+			}
+			defer closeAll(efiles[3:])
+			files = append(files, efiles...)
+			cmd.Env = append(cmd.Env, env)
+		}
 		if s.Prepare != nil {
 			if err := s.Prepare(); err != nil {
 				started <- err
@@ -166,19 +182,6 @@ func Call(s Spec, result any) ([]*os.File, error) {
 		if caps, err = withoutDAC(); err != nil {
 			started <- err
 			return
-		}
-		files := append([]*os.File{}, s.Files...)
-		if s.Enter != nil {
-			// Opened here, in the host's mount namespace: the cgroup
-			// files; ours to close once the child has them.
-			efiles, env, err := entryFiles(s.Enter, 3+len(files))
-			if err != nil {
-				started <- err
-				return
-			}
-			defer closeAll(efiles[3:])
-			files = append(files, efiles...)
-			cmd.Env = append(cmd.Env, env)
 		}
 		cmd.ExtraFiles = append(files, self)
 		cmd.Path = "/proc/self/fd/" + strconv.Itoa(3+len(files))
@@ -206,11 +209,16 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	// A child that entered a container runs the role in the process its
 	// constructor forked, which waits for it: both are killed, and that
 	// one is the one that may be left behind.
-	var inner []int
+	var inners []inner
+	defer func() { closeInner(inners) }()
 	kill := func() {
 		if s.Enter != nil {
-			inner = append(inner, childrenOf(pid)...)
-			killAll(inner)
+			if inners == nil {
+				inners = innerOf(pid)
+			}
+			for _, p := range inners {
+				p.kill()
+			}
 		}
 		cmd.Process.Kill()
 	}
@@ -242,9 +250,9 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	}
 	// The killed process the constructor forked: the one that may be
 	// blocked where no signal reaches.
-	for _, p := range inner {
-		if left == "" && !goneWithin(p, ExitGrace) {
-			left = fmt.Sprintf("%s (pid %d, in the container) does not exit after SIGKILL: left behind (%s)", name, p, ThreadStates(p))
+	for _, p := range inners {
+		if left == "" && !p.goneWithin(ExitGrace) {
+			left = fmt.Sprintf("%s (pid %d, in the container) does not exit after SIGKILL: left behind (%s)", name, p.pid, ThreadStates(p.pid))
 		}
 	}
 	if left != "" {

@@ -360,7 +360,7 @@ func TestChildNotTraceableBeforeItsFirstStep(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Skip(t, "(not root): joins a pid namespace")
 	}
-	cmd := exec.Command("unshare", "-p", "--fork", "sleep", "600")
+	cmd := exec.Command("unshare", "-p", "--fork", "--kill-child", "sleep", "600")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +578,7 @@ func TestChildBornInItsContainer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Skip(t, "(not root): joins pid and mount namespaces")
 	}
-	cmd := exec.Command("unshare", "-p", "-m", "--fork", "sleep", "600")
+	cmd := exec.Command("unshare", "-p", "-m", "--fork", "--kill-child", "sleep", "600")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -74,44 +74,77 @@ func entryFiles(e *Entry, first int) ([]*os.File, string, error) {
 	return files, EnvEnter + "=" + strings.Join(fds, ","), nil
 }
 
-// childrenOf lists the children of pid (host numbering), read from the
-// host's /proc: the process an entering child's constructor forked.
-func childrenOf(pid int) []int {
-	s, err := ReadHostProc(fmt.Sprintf("%d/task/%d/children", pid, pid))
+// inner is a process an entering child's constructor forked, pinned by
+// a pidfd from the moment it is found: signals and the wait for its end
+// reach it and no process that got its pid later.
+type inner struct {
+	pid, fd int
+}
+
+// innerOf finds and pins the children of outer (host numbering): those
+// whose parent is still outer once pinned.
+func innerOf(outer int) []inner {
+	s, err := ReadHostProc(fmt.Sprintf("%d/task/%d/children", outer, outer))
 	if err != nil {
 		return nil
 	}
-	var out []int
+	var out []inner
 	for _, f := range strings.Fields(s) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
 		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		if ppid(pid) != outer {
+			unix.Close(fd)
+			continue
+		}
+		out = append(out, inner{pid, fd})
 	}
 	return out
 }
 
-// goneWithin waits until pid has exited (gone, or a zombie: the
-// container's init reaps it, or not), for d at most.
-func goneWithin(pid int, d time.Duration) bool {
+// ppid is the parent of pid, read from the host's /proc (0 if unknown).
+func ppid(pid int) int {
+	st, err := ReadHostProc(fmt.Sprintf("%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(st, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(st[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// kill sends SIGKILL to p through its pidfd.
+func (p inner) kill() { unix.PidfdSendSignal(p.fd, unix.SIGKILL, nil, 0) }
+
+// goneWithin waits until p has exited, for d at most.
+func (p inner) goneWithin(d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
 	end := time.Now().Add(d)
 	for {
-		st, err := ReadHostProc(fmt.Sprintf("%d/stat", pid))
-		if err != nil {
+		n, err := unix.Poll(fds, int(max(time.Until(end), 0).Milliseconds()))
+		if n > 0 {
 			return true
 		}
-		if i := strings.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && (st[i+2] == 'Z' || st[i+2] == 'X') {
-			return true
-		}
-		if time.Now().After(end) {
+		if err != unix.EINTR || !time.Now().Before(end) {
 			return false
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// killAll sends SIGKILL to each of pids.
-func killAll(pids []int) {
-	for _, p := range pids {
-		unix.Kill(p, unix.SIGKILL)
+func closeInner(ps []inner) {
+	for _, p := range ps {
+		unix.Close(p.fd)
 	}
 }
