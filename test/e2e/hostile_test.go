@@ -297,7 +297,8 @@ setpriv --bounding-set=-sys_module,-sys_rawio setsid /usr/sbin/automount -f -d -
 // swappedBeforeTheExec swaps the daemon's binary for a script of the
 // container's between the spawner's check of the path and the exec (a
 // failpoints build holds the container stage right there until the
-// swap): nothing of the script runs. The new daemon is held at its exec,
+// swap), twice: a script of its own, then one whose interpreter is the
+// checked binary itself. Nothing of either runs. The new daemon is held at its exec,
 // before its first instruction, the program the kernel loaded is
 // compared with the binary that was checked, and it is killed; the fix
 // fails and says why. With the binary back (the same inode, kept as
@@ -308,48 +309,63 @@ func swappedBeforeTheExec(t testing.TB, c *lab.Container, pid int) {
 	t.Helper()
 	bin, fp := hookBinary(t), failpointBinary(t)
 	p := strconv.Itoa(pid)
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(3*time.Minute))
-	defer cancel()
-	cmd := exec.CommandContext(ctx, fp, "fix", "--pid", p, "--no-syslog", "--timeout", "60s")
-	cmd.Env = append(os.Environ(), failpoint.Env+"=swap-before-exec")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	held := fmt.Sprintf("/proc/%d/root/run/arh-failpoint-swap-before-exec", pid)
-	for end := time.Now().Add(testenv.Scale(90 * time.Second)); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(held); err == nil {
-			break
+	for _, swap := range []struct {
+		name, script, refused string
+	}{
+		// A program of the container's own.
+		{"a script", `#!/bin/sh\necho "$0 $*" >/run/swapped-ran\nexec sleep 600\n`, "is not the daemon's binary that was checked"},
+		// The checked binary itself as the interpreter of a script: the
+		// same program, other arguments (the script's path as its
+		// master map).
+		{"a script run by the daemon's binary", `#!/usr/sbin/automount.real -f\n`, "runs with another command line than the daemon's"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(3*time.Minute))
+		defer cancel()
+		cmd := exec.CommandContext(ctx, fp, "fix", "--pid", p, "--no-syslog", "--timeout", "60s")
+		cmd.Env = append(os.Environ(), failpoint.Env+"=swap-before-exec")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(end) {
-			cancel()
-			cmd.Wait()
-			t.Fatalf("the container stage never reached the point after its check of the binary:\n%s", out.String())
+		held := fmt.Sprintf("/proc/%d/root/run/arh-failpoint-swap-before-exec", pid)
+		for end := time.Now().Add(testenv.Scale(90 * time.Second)); ; time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(held); err == nil {
+				break
+			}
+			if time.Now().After(end) {
+				cancel()
+				cmd.Wait()
+				t.Fatalf("%s: the container stage never reached the point after its check of the binary:\n%s", swap.name, out.String())
+			}
 		}
-	}
-	swap := `printf '#!/bin/sh\necho "$0 $*" >/run/swapped-ran\nexec sleep 600\n' >/usr/sbin/automount.swap &&
-chmod 0755 /usr/sbin/automount.swap && mv /usr/sbin/automount.swap /usr/sbin/automount`
-	if o, timedOut, err := c.Exec(10*time.Second, "sh", "-c", swap); err != nil || timedOut {
-		t.Fatalf("swap the binary (timed out %v): %v %s", timedOut, err, o)
-	}
-	if err := os.Remove(held); err != nil {
-		t.Fatal(err)
-	}
-	err := cmd.Wait()
-	t.Logf("fix with the binary swapped after the check (err %v):\n%s", err, out.String())
-	if ctx.Err() != nil {
-		t.Fatal("the fix did not end")
-	}
-	if err == nil || !strings.Contains(out.String(), "is not the daemon's binary that was checked") {
-		t.Errorf("the fix did not refuse the swapped program (err %v)", err)
-	}
-	time.Sleep(testenv.Scale(time.Second))
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/run/swapped-ran", pid)); err == nil {
-		t.Fatalf("the container's script ran in the daemon's place: %s", b)
-	}
-	if o, timedOut, err := c.Exec(10*time.Second, "mv", "/usr/sbin/automount.real", "/usr/sbin/automount"); err != nil || timedOut {
-		t.Fatalf("put the binary back (timed out %v): %v %s", timedOut, err, o)
+		sh := `printf '` + swap.script + `' >/usr/sbin/automount.swap && chmod 0755 /usr/sbin/automount.swap && mv /usr/sbin/automount.swap /usr/sbin/automount`
+		if o, timedOut, err := c.Exec(10*time.Second, "sh", "-c", sh); err != nil || timedOut {
+			t.Fatalf("%s: swap the binary (timed out %v): %v %s", swap.name, timedOut, err, o)
+		}
+		if err := os.Remove(held); err != nil {
+			t.Fatal(err)
+		}
+		err := cmd.Wait()
+		t.Logf("%s: fix with the binary swapped after the check (err %v):\n%s", swap.name, err, out.String())
+		if ctx.Err() != nil {
+			t.Fatalf("%s: the fix did not end", swap.name)
+		}
+		if err == nil || !strings.Contains(out.String(), swap.refused) {
+			t.Errorf("%s: the fix did not refuse the swapped program (err %v)", swap.name, err)
+		}
+		time.Sleep(testenv.Scale(time.Second))
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/run/swapped-ran", pid)); err == nil {
+			t.Fatalf("%s: the container's script ran in the daemon's place: %s", swap.name, b)
+		}
+		for _, d := range automountDaemons(t, c) {
+			if !strings.HasPrefix(d.status["State"], "Z") {
+				t.Fatalf("%s: an automount runs after the refusal: pid %d (%s)", swap.name, d.pid, d.status["State"])
+			}
+		}
+		if o, timedOut, err := c.Exec(10*time.Second, "ln", "-f", "/usr/sbin/automount.real", "/usr/sbin/automount"); err != nil || timedOut {
+			t.Fatalf("put the binary back (timed out %v): %v %s", timedOut, err, o)
+		}
 	}
 	o, err := runHook(t, bin, 90*time.Second, "fix", "--pid", p, "--no-syslog", "--timeout", "60s")
 	if err != nil {
