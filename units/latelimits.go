@@ -98,26 +98,26 @@ func filtersAllow(d *Daemon, calls []heldCall) error {
 // the exec, and can have been swapped since), run with argv (a script
 // whose interpreter is that binary has other arguments), sets the late
 // limits, and lets it go.
-func atExec(pid int, late map[int]unix.Rlimit, exe int, argv []string) (note string, err error) {
+func atExec(pid int, late map[int]unix.Rlimit, exe int, argv []string) error {
 	var ws unix.WaitStatus
 	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
-		return "", fmt.Errorf("wait for the new daemon's exec: %w", err)
+		return fmt.Errorf("wait for the new daemon's exec: %w", err)
 	}
 	if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP {
-		return "", fmt.Errorf("the new daemon did not stop at its exec (status %#x)", uint32(ws))
+		return fmt.Errorf("the new daemon did not stop at its exec (status %#x)", uint32(ws))
 	}
 	if err := sameProgram(pid, exe, argv); err != nil {
-		return "", err
+		return err
 	}
 	for r, l := range late {
 		if err := unix.Prlimit(pid, r, &l, nil); err != nil {
-			return "", fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], l.Cur, l.Max, err)
+			return fmt.Errorf("set limit %s to %d/%d: %w", limitNames[r], l.Cur, l.Max, err)
 		}
 	}
 	if err := unix.PtraceDetach(pid); err != nil {
-		return "", fmt.Errorf("let the new daemon go: %w", err)
+		return fmt.Errorf("let the new daemon go: %w", err)
 	}
-	return "", nil
+	return nil
 }
 
 // sameProgram checks that process pid (of our pid namespace) runs the

@@ -269,16 +269,12 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
 	if held {
-		note, err := atExec(pid, late, fdExeC, d.Argv)
-		if err != nil {
+		if err := atExec(pid, late, fdExeC, d.Argv); err != nil {
 			unix.Kill(pid, unix.SIGKILL)
 			if pidfd >= 0 {
 				unix.Close(pidfd)
 			}
 			return nil, nil, fmt.Errorf("start %s: %w: killed before it ran", d.Argv[0], err)
-		}
-		if note != "" {
-			warnings = append(warnings, note)
 		}
 	} else {
 		warnings = append(warnings, "not held at its exec ("+why+"): the program it runs is checked after its start only")

@@ -142,6 +142,12 @@ func Call(s Spec, result any) ([]*os.File, error) {
 				runtime.UnlockOSThread()
 			}
 		}()
+		// Before anything is read through it (the host's mount table
+		// for Enter's cgroup files) or started by it.
+		if err := HostProcOK(); err != nil {
+			started <- err
+			return
+		}
 		files := append([]*os.File{}, s.Files...)
 		if s.Enter != nil {
 			// Opened first, in the host's mount and cgroup namespaces
@@ -163,10 +169,6 @@ func Call(s Spec, result any) ([]*os.File, error) {
 				started <- err
 				return
 			}
-		}
-		if err := HostProcOK(); err != nil {
-			started <- err
-			return
 		}
 		if s.IntoContainer || s.Enter != nil {
 			if err := suidDumpableOK(); err != nil {
