@@ -15,7 +15,7 @@ PLUGIN   := bin/autofs-restore-hook.so
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install uninstall deb clean
+.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall deb clean
 
 all: build
 
@@ -93,8 +93,18 @@ bench: build
 # missing only logs a line per restore, but no restore should see that).
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/autofs-restore-hook
-	install -D -m 0644 hooks.d/autofs-restore-hook.json $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json
+	$(MAKE) --no-print-directory install-json
 	install -D -m 0644 $(PLUGIN) $(DESTDIR)$(CRIU_PLUGIN_DIR)/autofs-restore-hook.so
+
+# The hooks.d JSON, naming the binary where this install puts it (BINDIR:
+# /usr/local/libexec/... with PREFIX=/usr/local).
+install-json:
+	@mkdir -p $(DESTDIR)$(HOOKSDIR)
+	sed 's|"/usr/libexec/oci/hooks.d/autofs-restore-hook"|"$(BINDIR)/autofs-restore-hook"|' \
+		hooks.d/autofs-restore-hook.json > $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json.tmp
+	grep -q '"$(BINDIR)/autofs-restore-hook"' $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json.tmp
+	chmod 0644 $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json.tmp
+	mv $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json.tmp $(DESTDIR)$(HOOKSDIR)/autofs-restore-hook.json
 
 # The JSON and the plugin first, for the same reasons.
 uninstall:

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 )
 
@@ -54,21 +55,20 @@ func LoadConfig(cmd string, args []string, getenv func(string) string) (Invocati
 	inv := Invocation{Cmd: cmd, Config: Config{Logging: logConfigFromEnv(getenv), RestoreTimeout: defaultRestoreTimeout}}
 	c := &inv.Config
 	nested := getenv(EnvNested)
-	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.Logging.File, "log-file", c.Logging.File, "")
-	fs.StringVar(&c.Logging.Level, "log-level", c.Logging.Level, "")
-	fs.BoolVar(&c.Logging.NoSyslog, "no-syslog", c.Logging.NoSyslog, "")
-	fs.StringVar(&inv.Pid, "pid", "", "")
-	fs.BoolVar(&inv.JSON, "json", false, "")
-	fs.BoolVar(&c.DryRun, "dry-run", false, "")
-	fs.BoolVar(&c.Force, "force", false, "")
-	fs.StringVar(&nested, "nested", nested, "")
-	fs.DurationVar(&c.RestoreTimeout, "restore-timeout", c.RestoreTimeout, "")
-	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "")
-	fs.BoolVar(&c.AssumeRestored, "assume-restored", false, "")
+	envErr := error(nil)
+	if v := getenv(EnvNoSyslog); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			envErr = fmt.Errorf("%s=%q: want a boolean (1, true, 0, false)", EnvNoSyslog, v)
+		}
+		c.Logging.NoSyslog = b
+	}
+	fs := newFlagSet(cmd, &inv, &nested)
 	if err := fs.Parse(args); err != nil {
 		return inv, err
+	}
+	if envErr != nil {
+		return inv, envErr
 	}
 	if fs.NArg() > 0 {
 		return inv, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -83,7 +83,28 @@ func LoadConfig(cmd string, args []string, getenv func(string) string) (Invocati
 	timeoutGiven := false
 	fs.Visit(func(f *flag.Flag) { timeoutGiven = timeoutGiven || f.Name == "timeout" })
 	if timeoutGiven && c.Timeout <= 0 || c.RestoreTimeout <= 0 {
+		c.Timeout, c.RestoreTimeout = 0, defaultRestoreTimeout
 		return inv, errors.New("--timeout and --restore-timeout must be positive")
 	}
 	return inv, nil
+}
+
+// newFlagSet registers every flag of the options table (options.go) on
+// inv's Config and nested.
+func newFlagSet(cmd string, inv *Invocation, nested *string) *flag.FlagSet {
+	c := &inv.Config
+	fs := flag.NewFlagSet("autofs-restore-hook "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Logging.File, "log-file", c.Logging.File, "")
+	fs.StringVar(&c.Logging.Level, "log-level", c.Logging.Level, "")
+	fs.BoolVar(&c.Logging.NoSyslog, "no-syslog", c.Logging.NoSyslog, "")
+	fs.StringVar(&inv.Pid, "pid", "", "")
+	fs.BoolVar(&inv.JSON, "json", false, "")
+	fs.BoolVar(&c.DryRun, "dry-run", false, "")
+	fs.BoolVar(&c.Force, "force", false, "")
+	fs.StringVar(nested, "nested", *nested, "")
+	fs.DurationVar(&c.RestoreTimeout, "restore-timeout", c.RestoreTimeout, "")
+	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "")
+	fs.BoolVar(&c.AssumeRestored, "assume-restored", false, "")
+	return fs
 }

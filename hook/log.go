@@ -39,11 +39,12 @@ const (
 	EnvNoSyslog = "AUTOFS_RESTORE_HOOK_NO_SYSLOG"
 )
 
+// logConfigFromEnv reads the log settings from the environment, but for
+// EnvNoSyslog, a boolean that LoadConfig parses.
 func logConfigFromEnv(getenv func(string) string) LogConfig {
 	return LogConfig{
-		File:     getenv(EnvLogFile),
-		Level:    getenv(EnvLogLevel),
-		NoSyslog: getenv(EnvNoSyslog) != "",
+		File:  getenv(EnvLogFile),
+		Level: getenv(EnvLogLevel),
 	}
 }
 

@@ -40,27 +40,32 @@ const (
 	EnvNested = "AUTOFS_RESTORE_HOOK_NESTED"
 )
 
-const usage = `autofs-restore-hook: make autofs mounts work again after a CRIU restore
+// usageHead is --help before the options.
+const usageHead = `autofs-restore-hook: make autofs mounts work again after a CRIU restore
 
 Usage:
   autofs-restore-hook status --pid PID [--json]
-  autofs-restore-hook fix --pid PID [--dry-run] [--nested=fix|skip] [--force]
-                           [--assume-restored] [--timeout D]
+  autofs-restore-hook fix --pid PID [--dry-run] [--force] [--assume-restored]
+                          [--timeout D] [--nested fix|skip]
   autofs-restore-hook version
   autofs-restore-hook man                      the manual page, autofs-restore-hook(8), in roff
-  autofs-restore-hook [--restore-timeout D]   OCI hook: state JSON on stdin
-  (CRTOOLS_SCRIPT_ACTION set)                  CRIU action script
+  autofs-restore-hook [--restore-timeout D]    OCI hook: runtime-spec state JSON on stdin
+  (CRTOOLS_SCRIPT_ACTION set)                  CRIU action script (no arguments: the
+                                               environment variables below apply)
 
-Common flags (also as environment, since CRIU passes no arguments):
-  --log-file FILE   append log lines to FILE   (AUTOFS_RESTORE_HOOK_LOG_FILE)
-  --log-level LVL   error|warning|info|debug   (AUTOFS_RESTORE_HOOK_LOG_LEVEL)
-  --no-syslog       do not log to syslog        (AUTOFS_RESTORE_HOOK_NO_SYSLOG=1)
-  --nested fix|skip mounts with copies in nested mount namespaces
-                                                (AUTOFS_RESTORE_HOOK_NESTED)
-
-Exit codes: 0 done or nothing to do, 1 a fix step failed, 2 bad usage or
-input (nothing touched), 3 refused (not a container the hook may act on).
+Options (a flag wins over its environment variable):
 `
+
+// exitHelp is --help after the options.
+const exitHelp = `
+Exit status: 0 done or nothing to do, 1 a fix step failed, 2 bad usage or
+input (nothing touched), 3 refused (not a container the hook may act on).
+As a CRIU action script and as an OCI hook for a container that is not its
+business, always 0.
+`
+
+// usage is the whole of --help.
+var usage = usageHead + optionsHelp() + exitHelp
 
 // Main runs the binary and returns its exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -98,6 +103,13 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return ExitOK
 	}
+	cfgErr := error(nil)
+	if err != nil && cmd == "" {
+		// The OCI hook runs for every container of the node: a setting
+		// of its hooks.d file that is invalid must not fail them all. It
+		// goes on with the default in its place, and says so.
+		cfgErr, err = err, nil
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v (see --help)\n", err)
 		return ExitUsage
@@ -105,13 +117,12 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
 	if err != nil && cmd == "" {
 		// The OCI hook runs for every container of the node: a log file
-		// it cannot open (a rootless runtime's user, say) must not fail
-		// them. It logs to syslog and stderr instead, and says so.
-		noFile := inv.Config.Logging
-		noFile.File = ""
+		// it cannot open (a rootless runtime's user, say) or a log level
+		// it does not know must not fail them. It logs to syslog and
+		// stderr at the default level instead, and says so.
 		fileErr := err
-		if log, closeLog, err = newLogger(noFile, stderr); err == nil {
-			log.Warnf("oci hook: %v: logging to syslog and stderr only", fileErr)
+		if log, closeLog, err = newLogger(LogConfig{NoSyslog: inv.Config.Logging.NoSyslog}, stderr); err == nil {
+			log.Warnf("oci hook: %v: logging to syslog and stderr only, at level info", fileErr)
 		}
 	}
 	if err != nil {
@@ -119,6 +130,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	defer closeLog()
+	if cfgErr != nil {
+		log.Errorf("oci hook: %v: using the default in its place (see --help)", cfgErr)
+	}
 	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI}
 	if cmd == "" {
 		opts.Wiring = WiringOCI

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,6 +70,11 @@ func TestMainUsage(t *testing.T) {
 		{"oci running, pid gone", nil, `{"id":"c","status":"running","pid":2147483000}`, nil, ExitOK, "not fixed"},
 		{"oci running without pid", nil, `{"id":"c","status":"running","pid":0}`, nil, ExitOK, "no pid"},
 		{"oci log file it cannot open", map[string]string{EnvLogFile: "/nonexistent-dir/hook.log"}, `{"id":"c","status":"creating","pid":0}`, nil, ExitOK, "logging to syslog and stderr only"},
+		{"oci invalid setting in its environment", map[string]string{EnvNested: "sometimes"}, `{"id":"c","status":"creating","pid":0}`, nil, ExitOK, "using the default in its place"},
+		{"oci invalid boolean in its environment", map[string]string{EnvNoSyslog: "yes"}, `{"id":"c","status":"creating","pid":0}`, nil, ExitOK, "want a boolean"},
+		{"oci invalid flag in its args", nil, `{"id":"c","status":"creating","pid":0}`, []string{"--timeout", "-3s"}, ExitOK, "using the default in its place"},
+		{"oci invalid log level", map[string]string{EnvLogLevel: "loud"}, `{"id":"c","status":"creating","pid":0}`, nil, ExitOK, "at level info"},
+		{"fix invalid boolean in its environment", map[string]string{EnvNoSyslog: "yes"}, "", []string{"fix", "--pid", "1"}, ExitUsage, "want a boolean"},
 		{"criu ignored action", map[string]string{EnvCRIUAction: "pre-dump", EnvCRIUInitPid: "1"}, "", nil, ExitOK, ""},
 		{"criu bad pid", map[string]string{EnvCRIUAction: "post-resume", EnvCRIUInitPid: "abc"}, "", nil, ExitOK, `CRTOOLS_INIT_PID="abc" is not a process id`},
 		{"criu host pid", map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: strconv.Itoa(os.Getpid())}, "", nil, ExitOK, "shares the host's"},
@@ -229,6 +235,77 @@ func TestCRIUModeLogsItsWiring(t *testing.T) {
 		file, _ := os.ReadFile(logPath)
 		if code != ExitOK || !strings.Contains(stderr, c.want) || !strings.Contains(string(file), c.want) {
 			t.Errorf("%s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvWiring, c.env, code, stderr, file, c.want)
+		}
+	}
+}
+
+// The boolean variables are booleans: AUTOFS_RESTORE_HOOK_NO_SYSLOG=0
+// keeps syslog on (any value turned it off before).
+func TestNoSyslogVariableIsABoolean(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "0": false, "false": false, "1": true, "true": true, "TRUE": true} {
+		inv, err := LoadConfig("fix", nil, func(k string) string {
+			if k == EnvNoSyslog {
+				return v
+			}
+			return ""
+		})
+		if err != nil || inv.Config.Logging.NoSyslog != want {
+			t.Errorf("%s=%q: no-syslog %v, err %v; want %v", EnvNoSyslog, v, inv.Config.Logging.NoSyslog, err, want)
+		}
+	}
+	inv, err := LoadConfig("", nil, func(k string) string {
+		if k == EnvNoSyslog {
+			return "yes"
+		}
+		return ""
+	})
+	if err == nil || inv.Config.Logging.NoSyslog {
+		t.Errorf("%s=yes: err %v, no-syslog %v; want an error and syslog on (the default)", EnvNoSyslog, err, inv.Config.Logging.NoSyslog)
+	}
+}
+
+// The options table is the parser's: every flag LoadConfig takes is in
+// it, and every entry is a flag; --help and the manual page show each
+// with its default and its variable.
+func TestOptionsTableIsTheParser(t *testing.T) {
+	var inv Invocation
+	nested := ""
+	parsed := registered(newFlagSet("", &inv, &nested))
+	var table []string
+	for _, o := range options {
+		table = append(table, o.Name)
+	}
+	slices.Sort(parsed)
+	slices.Sort(table)
+	if !slices.Equal(parsed, table) {
+		t.Errorf("flags parsed %q, flags in the options table %q", parsed, table)
+	}
+	var page strings.Builder
+	if err := WriteManPage(&page); err != nil {
+		t.Fatal(err)
+	}
+	help := strings.Join(strings.Fields(usage), " ") // as read, whatever the wrapping
+	for _, o := range options {
+		if o.Default == "" || o.Doc == "" || o.Where == "" {
+			t.Errorf("--%s: no default, text or commands in the table", o.Name)
+		}
+		for _, want := range []string{o.flagUsage(), "default: " + o.Default, o.Doc} {
+			if !strings.Contains(help, want) {
+				t.Errorf("--help lacks %q", want)
+			}
+		}
+		for _, want := range []string{roffEscape(o.flagUsage()), roffEscape("Default: " + o.Default + ".")} {
+			if !strings.Contains(page.String(), want) {
+				t.Errorf("the manual page lacks %q", want)
+			}
+		}
+		if o.Env != "" && (!strings.Contains(help, o.Env) || !strings.Contains(page.String(), roffEscape(o.Env))) {
+			t.Errorf("--%s: its variable %s is not in --help and the manual page", o.Name, o.Env)
+		}
+	}
+	for _, section := range []string{".SH OPTIONS", ".SH EXIT STATUS", ".SH FILES", ".SH EXAMPLES", ".SH SEE ALSO"} {
+		if !strings.Contains(page.String(), section+"\n") {
+			t.Errorf("the manual page has no %s", section)
 		}
 	}
 }

@@ -3,6 +3,8 @@ package hook
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -129,6 +131,32 @@ func TestShippedDaemonSet(t *testing.T) {
 	for _, m := range ds.Spec.Template.Spec.InitContainers[0].VolumeMounts {
 		if "/host"+hostPaths[m.Name] != m.MountPath {
 			t.Errorf("volume %s: host %s mounted at %s", m.Name, hostPaths[m.Name], m.MountPath)
+		}
+	}
+}
+
+// `make install PREFIX=/usr/local` installs a hooks.d JSON that names the
+// binary where that install put it, not the /usr path of the package.
+func TestInstallRewritesTheJSONForItsPrefix(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatal("make is not installed: the project's build needs it")
+	}
+	for _, prefix := range []string{"/usr", "/usr/local", "/opt/arh"} {
+		dest := t.TempDir()
+		out, err := exec.Command("make", "-C", "..", "--no-print-directory", "install-json", "DESTDIR="+dest, "PREFIX="+prefix).CombinedOutput()
+		if err != nil {
+			t.Fatalf("make install-json PREFIX=%s: %v\n%s", prefix, err, out)
+		}
+		b, err := os.ReadFile(filepath.Join(dest, prefix, "share/containers/oci/hooks.d/autofs-restore-hook.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h hooksdJSON
+		if err := json.Unmarshal(b, &h); err != nil {
+			t.Fatalf("PREFIX=%s: %v\n%s", prefix, err, b)
+		}
+		if want := prefix + "/libexec/oci/hooks.d/autofs-restore-hook"; h.Hook.Path != want {
+			t.Errorf("PREFIX=%s: the installed JSON names %q, want %q", prefix, h.Hook.Path, want)
 		}
 	}
 }
