@@ -12,12 +12,14 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // criuMain is the CRIU action-script mode. It acts at pre-resume and
-// post-resume only, and always returns 0: pre-resume "must not fail",
+// post-resume, and at post-setup-namespaces (prepareCgroups), and always
+// returns 0: pre-resume "must not fail",
 // and a failure elsewhere must never abort a restore. Errors go to the
 // log (syslog, the log file and CRIU's own log through stderr).
 func criuMain(action, initPid string, stderr io.Writer) int {
@@ -27,6 +29,15 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		phases = []Phase{PreResume}
 	case "post-resume":
 		phases = []Phase{PostResume}
+	case "post-setup-namespaces":
+		// Before CRIU opens the container's files: its cgroups, which
+		// a cgroup v2 restore of systemd needs (prepareCgroups), on a
+		// host whose /sys/fs/cgroup is the unified hierarchy only (as
+		// internal/cstart decides before the runtime starts).
+		var st unix.Statfs_t
+		if unix.Statfs("/sys/fs/cgroup", &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+			return ExitOK
+		}
 	default:
 		return ExitOK
 	}
@@ -46,6 +57,15 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	if cfgErr != nil {
 		// A restore must go on: the defaults stand in for what is invalid.
 		log.Errorf("%s: %v; using the default", action, cfgErr)
+	}
+	if len(phases) == 0 {
+		l := log.WithFields(logrus.Fields{"pid": pid, "action": action})
+		if err := prepareCgroups(pid, os.Getenv(EnvCRIUImageDir), l); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				l.Errorf("%s: %s", action, line)
+			}
+		}
+		return ExitOK
 	}
 	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log, Wiring: wiring})
 	if err != nil {

@@ -37,7 +37,7 @@ var manSections = []struct {
 	}},
 	{"ENVIRONMENT", []string{
 		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the options of the same meaning (see OPTIONS), for callers that pass no arguments (CRIU). A flag wins over its variable.",
-		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID: set by CRIU for an action script, and by the CRIU plugin.",
+		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID, CRTOOLS_IMAGE_DIR: set by CRIU for an action script, and (but the last) by the CRIU plugin. The action script acts at pre-resume, post-resume and, on a cgroup v2 host, post-setup-namespaces, where it makes the cgroups a systemd container watched (read from the checkpoint in CRTOOLS_IMAGE_DIR) so that CRIU can restore it.",
 		"AUTOFS_RESTORE_HOOK_WIRING: criu-plugin when the CRIU plugin runs the binary; logged as the field wiring (action-script when unset).",
 	}},
 	{"FILES", []string{

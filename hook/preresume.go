@@ -49,6 +49,9 @@ func planPreResume(ms []*Mount, opts Options, log *logrus.Entry) []*Mount {
 }
 
 func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) error {
+	if !opts.DryRun {
+		rearmPressure(c, log)
+	}
 	picked := planPreResume(c.Mounts, opts, log)
 	if len(picked) == 0 {
 		return nil

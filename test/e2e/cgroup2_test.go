@@ -5,12 +5,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/cgtree"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/criuimg"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
@@ -240,15 +244,19 @@ func TestCgroup2PodmanAutomount(tt *testing.T) {
 }
 
 // A Debian 13 container with systemd 257 as PID 1 cannot be restored on
-// cgroup v2, by runc 1.1.5 with CRIU 4.1.1 nor by crun 1.28 with CRIU
-// 4.2.1, wired with the hook as each allows: the checkpoint works, and the
-// restore fails inside CRIU before the tasks are resumed, so before the
-// hook has anything to fix. systemd keeps inotify watches on cgroup files of its
-// units (init.scope/memory.events, system.slice/srv-a.mount/cgroup.events),
-// and CRIU recreates only the cgroups that hold tasks, without the
-// controllers systemd enabled in their parents. The test pins that row of
-// the README's matrix: if the restore starts to work, it fails and says
-// so, and the row must become a real check of the fix.
+// cgroup v2 by runc 1.1.5 with CRIU 4.1.1 wired with the OCI hook alone,
+// nor by crun 1.28 with CRIU 4.2.1 and the action script. The checkpoint
+// works. With runc the restore fails inside CRIU before the tasks are
+// resumed, so before the hook has anything to fix: systemd keeps inotify
+// watches on cgroup files of its units (init.scope/memory.events,
+// system.slice/srv-a.mount/cgroup.events), and CRIU recreates only the
+// cgroups that hold tasks, without the controllers systemd enabled in
+// their parents (the action script's post-setup-namespaces step makes
+// them: TestCgroup2SystemdDebian12RestoredAndFixed; the OCI hook runs too
+// early for it). With crun, the action script makes them and CRIU's
+// restore ends, then crun itself fails (see below). The test pins those
+// rows of the README's matrix: if a restore starts to work, it fails and
+// says so, and the row must become a real check of the fix.
 func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 	t := lab.Record(tt)
 	requireCgroup2(t)
@@ -279,6 +287,23 @@ func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 			if err == nil {
 				t.Fatalf("the restore of systemd 257 on cgroup v2 worked with %s: the README's matrix is wrong; make this test check the fix", rt)
 			}
+			if rt == "crun-forky" {
+				// The action script made the cgroups (issue 32) and
+				// CRIU restored the container; then crun 1.28 writes the
+				// restored init into the container's cgroup, which now
+				// has memory enabled for its children: EBUSY, and crun
+				// fails the restore (src/libcrun/container.c,
+				// libcrun_container_restore, then enter_cgroup_v2).
+				runLog, _ := os.ReadFile(filepath.Join(c.Bundle, "log", "restore.log"))
+				if !strings.Contains(string(restoreLog), "Restore finished successfully") || !strings.Contains(string(runLog), "cgroup.procs`: Device or resource busy") {
+					t.Fatalf("crun's restore failed (%v), but not as documented (CRIU done, then crun's EBUSY):\n%s\n%s", err, tail(string(restoreLog), 10), runLog)
+				}
+				if !strings.Contains(log(), "cgroups prepared for") {
+					t.Errorf("the hook did not prepare the cgroups at post-setup-namespaces:\n%s", log())
+				}
+				t.Logf("as documented: %s", strings.TrimSpace(string(runLog)))
+				return
+			}
 			if !strings.Contains(string(restoreLog), "fsnotify: Unable to open /sys/fs/cgroup/") {
 				t.Fatalf("the restore failed (%v), but not at a cgroup file's inotify watch:\n%s", err, tail(string(restoreLog), 25))
 			}
@@ -297,6 +322,81 @@ func TestCgroup2SystemdRestoreFailsInCRIU(tt *testing.T) {
 					t.Errorf("the OCI hook's follower did not report the failed restore:\n%s", log())
 				}
 			}
+		})
+	}
+}
+
+// Issue 32: Debian 12 and Debian 13 systemd containers (systemd 252 and
+// 257) on a cgroup v2 host, runc 1.1.5 and CRIU 4.1.1, with the action
+// script. At CRIU's post-setup-namespaces action the hook makes the
+// cgroups systemd watched (the empty srv-a.mount, memory enabled where
+// memory.events is watched, CRIU moved out of the container's cgroup
+// first), so that CRIU's restore of the watches does not fail (without
+// it: TestCgroup2SystemdRestoreFailsInCRIU/runc). At pre-resume it writes
+// again the memory pressure triggers of systemd 257 (PID 1 and journald),
+// which CRIU reopens without them and on which PID 1 then spins. Then it
+// fixes the automount units as on cgroup v1, and every path works.
+func TestCgroup2SystemdRestoredAndFixed(tt *testing.T) {
+	t := lab.Record(tt)
+	requireCgroup2(t)
+	lab.Require(t)
+	bin := hookBinary(t)
+	for _, tc := range []struct{ rootfs, systemd string }{{"bookworm", "systemd 252"}, {"trixie", "systemd 257"}} {
+		tt.Run(tc.rootfs, func(tt *testing.T) {
+			t := lab.Record(tt)
+			log := logFile(t)
+			c := lab.Up(t, "v2-sd-"+tc.rootfs, lab.Systemd, lab.Options{Rootfs: tc.rootfs, ActionScript: bin})
+			if v := mustWork(t, c, "systemctl", "--version"); !strings.Contains(v, tc.systemd) {
+				t.Fatalf("the container's systemd is not %s: %q", tc.systemd, firstLine(v))
+			}
+			before := allOK(t, c, 3)
+			if err := c.Checkpoint(); err != nil {
+				t.Fatalf("checkpoint: %v", err)
+			}
+			if err := c.Restore(); err != nil {
+				restoreLog, _ := os.ReadFile(filepath.Join(c.Bundle, "work", "restore.log"))
+				t.Fatalf("restore: %v\n%s\nhook log:\n%s", err, tail(string(restoreLog), 25), log())
+			}
+			l := log()
+			if !strings.Contains(l, "cgroups prepared for") || !strings.Contains(l, "srv-a.mount") || !strings.Contains(l, "+memory in") {
+				t.Errorf("the hook's log does not say it made srv-a.mount's cgroup and enabled memory:\n%s", l)
+			}
+			if tc.rootfs == "trixie" && !strings.Contains(l, "memory pressure triggers written again") {
+				t.Errorf("the hook's log does not say it wrote systemd 257's memory pressure triggers again:\n%s", l)
+			}
+			systemdWorks(t, c)
+			allOK(t, c, len(before))
+			if s, _, _ := c.Exec(okWait, "systemctl", "is-system-running"); strings.TrimSpace(s) != "running" {
+				failed, _, _ := c.Exec(okWait, "systemctl", "--failed", "--no-pager")
+				t.Errorf("systemd is %q after the restore:\n%s", strings.TrimSpace(s), failed)
+			}
+			// PID 1 idles: it does not spin on a pressure file without
+			// its trigger (a whole CPU before the triggers were written).
+			pid, err := c.Pid()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cpu := func() time.Duration {
+				st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+				u, _ := strconv.Atoi(f[11])
+				s, _ := strconv.Atoi(f[12])
+				return time.Duration(u+s) * time.Second / 100
+			}
+			c0, w0 := cpu(), time.Now()
+			time.Sleep(5 * time.Second)
+			if used, wall := cpu()-c0, time.Since(w0); used > wall/2 {
+				t.Errorf("the container's PID 1 used %s of CPU in %s after the restore: it spins", used, wall.Round(time.Millisecond))
+			}
+			// systemd's view of its units' cgroups is whole again: a
+			// service restarted after the restore gets its cgroup (the
+			// lab's containers have no D-Bus: systemctl talks to PID 1
+			// on its private socket).
+			mustWork(t, c, "systemctl", "restart", "systemd-journald.service")
+			if s := mustWork(t, c, "systemctl", "is-active", "systemd-journald.service"); strings.TrimSpace(s) != "active" {
+				t.Errorf("journald restarted after the restore is %q", strings.TrimSpace(s))
+			}
+			t.Logf("hook log:\n%s", l)
 		})
 	}
 }
@@ -331,4 +431,92 @@ func TestCgroup2Debian12CrunCannotCheckpoint(tt *testing.T) {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// cgtree.Prepare on the host's real cgroup v2 hierarchy, as the action
+// script runs it at post-setup-namespaces: it creates the missing
+// cgroups and enables memory in the container's cgroup after moving the
+// processes there that are not the container's (runc's CRIU); a process
+// it may not move is left, and nothing is enabled; a cgroup path outside
+// the hierarchy's root is refused.
+func TestCgroup2PrepareStaysInTheContainersCgroup(tt *testing.T) {
+	t := lab.Record(tt)
+	requireCgroup2(t)
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root")
+	}
+	hostRoot, err := unix.Open("/sys/fs/cgroup", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(hostRoot)
+	for _, mayMove := range []bool{true, false} {
+		name := fmt.Sprintf("arh-cgtree-%d-%t", os.Getpid(), mayMove)
+		dir := filepath.Join("/sys/fs/cgroup", name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// The container's root task in init.scope, "CRIU" in the
+		// container's cgroup itself.
+		if err := os.Mkdir(filepath.Join(dir, "init.scope"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		task, criu := exec.Command("sleep", "600"), exec.Command("sleep", "600")
+		for _, c := range []*exec.Cmd{task, criu} {
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Cleanup(func() {
+			for _, c := range []*exec.Cmd{task, criu} {
+				os.WriteFile("/sys/fs/cgroup/cgroup.procs", []byte(fmt.Sprint(c.Process.Pid)), 0)
+				c.Process.Kill()
+				c.Wait()
+			}
+			for _, d := range []string{"system.slice/srv-a.mount", "system.slice", "init.scope", ""} {
+				os.Remove(filepath.Join(dir, d))
+			}
+		})
+		must := func(err error) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(os.WriteFile(filepath.Join(dir, "init.scope", "cgroup.procs"), []byte(fmt.Sprint(task.Process.Pid)), 0))
+		must(os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(criu.Process.Pid)), 0))
+		needs, err := cgtree.Plan([]criuimg.Watch{
+			{Path: "/sys/fs/cgroup/init.scope/memory.events"},
+			{Path: "/sys/fs/cgroup/init.scope/cgroup.events"},
+			{Path: "/sys/fs/cgroup/system.slice/srv-a.mount/cgroup.events"},
+		}, []cgtree.Mount{{Mountpoint: "/sys/fs/cgroup", Root: "/" + name}}, nil)
+		must(err)
+		done, err := cgtree.Prepare(hostRoot, needs, func(pid int) bool { return mayMove && pid == criu.Process.Pid }, hostRoot)
+		_, memErr := os.Stat(filepath.Join(dir, "init.scope", "memory.events"))
+		_, unitErr := os.Stat(filepath.Join(dir, "system.slice", "srv-a.mount", "cgroup.events"))
+		procs, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		t.Logf("may move %t: done %+v, err %v", mayMove, done, err)
+		if mayMove {
+			if err != nil || memErr != nil || unitErr != nil || strings.TrimSpace(string(procs)) != "" {
+				t.Errorf("prepared: err %v; memory.events: %v; srv-a.mount: %v; processes left in the container's cgroup: %q", err, memErr, unitErr, procs)
+			}
+			if !slices.Equal(done.Moved, []int{criu.Process.Pid}) || done.Present != 1 {
+				t.Errorf("done %+v: want CRIU's process moved and cgroup.events present", done)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "not ours to move") || memErr == nil {
+			t.Errorf("a process not ours in the container's cgroup: err %v, memory.events %v; want it refused and memory not enabled", err, memErr)
+		}
+		if strings.TrimSpace(string(procs)) != fmt.Sprint(criu.Process.Pid) {
+			t.Errorf("the process was moved: %q left in the container's cgroup", procs)
+		}
+	}
+	// A cgroup that is not below the hierarchy's root.
+	_, err = cgtree.Prepare(hostRoot, []cgtree.Need{{Root: "/../../tmp", Dirs: []string{"x"}, File: "cgroup.events"}}, func(int) bool { return true }, hostRoot)
+	if err == nil {
+		t.Error("a cgroup above the hierarchy's root was not refused")
+	}
+	if _, err := os.Stat("/tmp/x"); err == nil {
+		t.Error("/tmp/x was created")
+	}
 }

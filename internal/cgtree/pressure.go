@@ -1,0 +1,166 @@
+package cgtree
+
+// Pressure triggers: systemd 254 and later (PID 1, and every sd-event
+// daemon such as journald) open their cgroup's memory.pressure for
+// writing, write a PSI trigger on it and poll it. CRIU reopens the file
+// but cannot write the trigger again (the kernel does not show it), and a
+// pressure file without a trigger is always ready: the restored systemd
+// then spins on it, a whole CPU (seen with systemd 257 on Debian 13).
+// RearmPressure writes the trigger again on the same open file, through
+// pidfd_getfd, while CRIU still holds the tasks.
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
+)
+
+// DefaultMemoryPressureTrigger is sd-event's trigger when the process's
+// environment names none: "some", 200 ms in a 2 s window (systemd's
+// MEMORY_PRESSURE_DEFAULT_*), with the terminating NUL it writes.
+const DefaultMemoryPressureTrigger = "some 200000 2000000\x00"
+
+// MaxFDs bounds the fds of one process looked at.
+const MaxFDs = 4096
+
+// trigger is what a PSI trigger looks like: the kind, then two numbers.
+var trigger = regexp.MustCompile(`^(some|full) [0-9]{1,12} [0-9]{1,12}\x00?$`)
+
+// Rearmed is what RearmPressure did.
+type Rearmed struct {
+	Armed   []string // "pid N fd M"
+	Present int      // files that had a trigger already (EBUSY)
+}
+
+// RearmPressure writes the memory pressure trigger again on every
+// memory.pressure file that a process of pids has open for writing on
+// one of the cgroup2 mounts (their mount ids) of the container: the one
+// MEMORY_PRESSURE_WRITE of its environment names (sd-event reads it),
+// else DefaultMemoryPressureTrigger. The paths, fd tables and
+// environments are the container's: each read is bounded, and a file is
+// written only once our own dup of it shows it on one of those mounts
+// (nothing is asked of another file system, a FUSE one say).
+func RearmPressure(pids []int, cgroupMounts map[int]bool) (Rearmed, error) {
+	var r Rearmed
+	var errs []error
+	for _, pid := range pids {
+		if err := rearmProcess(pid, cgroupMounts, &r); err != nil {
+			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
+		}
+	}
+	return r, errors.Join(errs...)
+}
+
+func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
+	dir := "/proc/" + strconv.Itoa(pid) + "/"
+	f, err := os.Open(dir + "fd")
+	if err != nil {
+		return nil // gone, or not ours to look at
+	}
+	ents, _ := f.Readdirnames(MaxFDs)
+	f.Close()
+	var want []int
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e)
+		if err != nil {
+			continue
+		}
+		target, err := os.Readlink(dir + "fd/" + e)
+		if err != nil || !strings.HasSuffix(target, "/memory.pressure") {
+			continue
+		}
+		mnt, writable, err := fdInfo(dir + "fdinfo/" + e)
+		if err != nil || !writable || !cgroupMounts[mnt] {
+			continue
+		}
+		want = append(want, fd)
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	trig := []byte(DefaultMemoryPressureTrigger)
+	if env, err := procfile.Read(dir+"environ", procfile.MaxEnviron); err == nil {
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			v, ok := bytes.CutPrefix(kv, []byte("MEMORY_PRESSURE_WRITE="))
+			if !ok || len(v) > 256 {
+				continue
+			}
+			if d, err := base64.StdEncoding.DecodeString(string(v)); err == nil && trigger.Match(d) {
+				trig = d
+			}
+		}
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pidfd)
+	var errs []error
+	for _, fd := range want {
+		nfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("fd %d: get it: %w", fd, err))
+			continue
+		}
+		// Ours now: the file we write is the one our fdinfo shows.
+		mnt, writable, err := fdInfo("/proc/thread-self/fdinfo/" + strconv.Itoa(nfd))
+		switch {
+		case err != nil || !writable || !cgroupMounts[mnt]:
+			errs = append(errs, fmt.Errorf("fd %d: no longer a memory.pressure file of the container's cgroups", fd))
+		default:
+			_, werr := unix.Write(nfd, trig)
+			switch {
+			case werr == nil:
+				r.Armed = append(r.Armed, fmt.Sprintf("pid %d fd %d", pid, fd))
+			case errors.Is(werr, unix.EBUSY):
+				r.Present++
+			default:
+				errs = append(errs, fmt.Errorf("fd %d: write its trigger %q: %w", fd, strings.TrimRight(string(trig), "\x00"), werr))
+			}
+		}
+		unix.Close(nfd)
+	}
+	return errors.Join(errs...)
+}
+
+// fdInfo reads an fdinfo file: the mount id of the file and whether it
+// is open for writing.
+func fdInfo(path string) (mnt int, writable bool, err error) {
+	b, err := procfile.Read(path, 64<<10)
+	if err != nil {
+		return 0, false, err
+	}
+	mnt = -1
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch k {
+		case "mnt_id":
+			mnt, err = strconv.Atoi(v)
+		case "flags":
+			var fl uint64
+			fl, err = strconv.ParseUint(v, 8, 64)
+			acc := fl & unix.O_ACCMODE
+			writable = acc == unix.O_WRONLY || acc == unix.O_RDWR
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("%s: %s: %w", path, k, err)
+		}
+	}
+	if mnt < 0 {
+		return 0, false, fmt.Errorf("%s: no mnt_id", path)
+	}
+	return mnt, writable, nil
+}
