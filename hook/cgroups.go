@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -56,9 +55,17 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 	if err != nil {
 		return err
 	}
+	initCg, err := cgroup2Of(pid)
+	if err != nil {
+		return err
+	}
+	// Only the mounts that show the container's own cgroup or one above
+	// it within its namespace: a cgroup of the host bound into the
+	// container (a volume of /sys/fs/cgroup/x.service) is not ours to
+	// change.
 	var mnts []cgtree.Mount
 	for _, m := range t.All {
-		if m.FSType == "cgroup2" && m.Root != "/" && !strings.Contains(m.Root, "..") {
+		if m.FSType == "cgroup2" && m.Root != "/" && !strings.Contains(m.Root, "..") && within(initCg, m.Root) {
 			mnts = append(mnts, cgtree.Mount{Mountpoint: m.Mountpoint, Root: m.Root, ImageID: cgtree.ImageID(m.Mountpoint)})
 		}
 	}
@@ -66,8 +73,13 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 		log.Debug("the container has no cgroup2 mount of its own")
 		return nil
 	}
-	f, err := os.Open(filepath.Join(imageDir, "files.img"))
-	if errors.Is(err, os.ErrNotExist) {
+	dir, err := unix.Open(imageDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the checkpoint's directory: %w", err)
+	}
+	defer unix.Close(dir)
+	f, err := openImage(dir, "files.img")
+	if errors.Is(err, unix.ENOENT) {
 		log.Debug("the checkpoint has no files.img")
 		return nil
 	}
@@ -79,7 +91,7 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 	if err != nil {
 		return err
 	}
-	imageMounts, err := readImageMounts(imageDir)
+	imageMounts, err := readImageMounts(dir)
 	if err != nil {
 		log.Debugf("the checkpoint's mount points: %v", err)
 	}
@@ -92,7 +104,24 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 	if err != nil {
 		return err
 	}
+	// What may be moved out of the container's cgroup: CRIU's processes,
+	// as runc put them there. That is us, our ancestors (a script CRIU
+	// ran, CRIU), and their children (CRIU's helpers): never a task of
+	// the container, never another process.
+	ours := map[int]bool{os.Getpid(): true}
+	for p, i := os.Getppid(), 0; p > 1 && i < 8; i++ {
+		ours[p] = true
+		st, err := mounts.ReadStat(p)
+		if err != nil {
+			break
+		}
+		p = st.PPid
+	}
 	movable := func(p int) bool {
+		st, err := mounts.ReadStat(p)
+		if err != nil || !(ours[p] || ours[st.PPid]) {
+			return false
+		}
 		ns, err := mounts.Namespace(p, "pid")
 		return err == nil && ns != initNS
 	}
@@ -112,21 +141,53 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 	return errors.Join(planErr, err)
 }
 
+// within says whether cgroup path p is root or below it.
+func within(p, root string) bool {
+	return p == root || strings.HasPrefix(p, strings.TrimSuffix(root, "/")+"/")
+}
+
+// openImage opens an image file of the checkpoint's directory dir: a
+// regular file, no symlink, without blocking (a FIFO of an imported
+// archive must not hold the restore).
+func openImage(dir int, name string) (*os.File, error) {
+	fd, err := unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: not a regular file", name)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
 // readImageMounts reads the mount points of every mountpoints-N.img of
 // the checkpoint (one per mount namespace; at most 64 read).
-func readImageMounts(imageDir string) (map[uint32]string, error) {
-	names, err := filepath.Glob(filepath.Join(imageDir, "mountpoints-*.img"))
+func readImageMounts(dir int) (map[uint32]string, error) {
+	d, err := unix.Dup(dir)
 	if err != nil {
+		return nil, err
+	}
+	df := os.NewFile(uintptr(d), "checkpoint")
+	defer df.Close()
+	ents, err := df.Readdirnames(4096)
+	if err != nil && len(ents) == 0 {
 		return nil, err
 	}
 	out := map[uint32]string{}
 	var errs []error
-	for i, n := range names {
-		if i == 64 {
-			errs = append(errs, fmt.Errorf("more than 64 mountpoints images: the rest not read"))
+	n := 0
+	for _, name := range ents {
+		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		if n++; n > 64 {
+			errs = append(errs, errors.New("more than 64 mountpoints images: the rest not read"))
 			break
 		}
-		f, err := os.Open(n)
+		f, err := openImage(dir, name)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -134,7 +195,7 @@ func readImageMounts(imageDir string) (map[uint32]string, error) {
 		m, err := criuimg.Mountpoints(f)
 		f.Close()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", filepath.Base(n), err))
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue
 		}
 		for id, mp := range m {

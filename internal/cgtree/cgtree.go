@@ -88,89 +88,110 @@ func (n Need) String() string {
 }
 
 // Plan turns the watches of a checkpoint into the cgroup files they need:
-// those under a cgroup2 mount of the container, once each. A watch's
-// mount is found by its id in the checkpoint (imageMounts: the mount
-// points the dump recorded, criuimg.Mountpoints), else by its path. A
-// watch under no such mount is not ours; a path with an empty, "." or
-// ".." component or deeper than MaxDepth is an error, and so are more
-// than MaxNeeds.
+// those on a cgroup2 mount of the container, once each. A watch's mount
+// is found by its id in the checkpoint: the mount of mnts with that
+// ImageID, else the one at the mount point the dump recorded for it
+// (imageMounts, criuimg.Mountpoints); of stacked mounts, the last (the
+// one on top). Each watch costs one map lookup and its own length: the
+// plan is linear in the checkpoint. A watch on no such mount is not
+// ours; a path with an empty, "." or ".." component or deeper than
+// MaxDepth is an error, and so are more than MaxNeeds (the first
+// maxErrors errors are kept, with a count of the rest).
 func Plan(watches []criuimg.Watch, mnts []Mount, imageMounts map[uint32]string) ([]Need, error) {
+	byID, byMP := map[uint32]Mount{}, map[string]Mount{}
+	for _, m := range mnts {
+		if m.ImageID != 0 {
+			byID[m.ImageID] = m
+		} else {
+			byMP[m.Mountpoint] = m
+		}
+	}
 	var needs []Need
 	seen := map[string]bool{}
-	var errs []error
+	errs := &boundedErrors{}
 	for _, w := range watches {
-		m, rel, ok := byImageID(mnts, imageMounts, w)
-		if !ok {
-			m, rel, ok = under(mnts, w.Path)
+		mp, ok := imageMounts[w.MntID]
+		if !ok || w.MntID == 0 {
+			continue
 		}
+		m, ok := byID[w.MntID]
 		if !ok {
+			if m, ok = byMP[mp]; !ok {
+				continue
+			}
+		}
+		rel, ok := strings.CutPrefix(w.Path, strings.TrimSuffix(mp, "/")+"/")
+		if !ok {
+			continue
+		}
+		if strings.Count(rel, "/") > MaxDepth {
+			errs.add(fmt.Errorf("watched cgroup file %s: deeper than %d", short(w.Path), MaxDepth))
 			continue
 		}
 		parts := strings.Split(rel, "/")
-		if rel == "" || len(parts) > MaxDepth+1 {
-			errs = append(errs, fmt.Errorf("watched cgroup file %q: not a file below its mount, or deeper than %d", w.Path, MaxDepth))
-			continue
-		}
 		bad := slices.ContainsFunc(parts, func(p string) bool {
 			return p == "" || p == "." || p == ".." || len(p) > 255 || strings.ContainsRune(p, 0)
 		})
 		if bad {
-			errs = append(errs, fmt.Errorf("watched cgroup file %q: not a clean path", w.Path))
+			errs.add(fmt.Errorf("watched cgroup file %s: not a clean path", short(w.Path)))
 			continue
 		}
 		n := Need{Root: m.Root, Dirs: parts[:len(parts)-1], File: parts[len(parts)-1]}
-		if c, _, ok := strings.Cut(n.File, "."); ok && c != "cgroup" {
-			n.Controller = c
-		}
+		n.Controller = controllerOf(n.File)
 		if seen[n.String()] {
 			continue
 		}
 		seen[n.String()] = true
 		if len(needs) == MaxNeeds {
-			errs = append(errs, fmt.Errorf("more than %d watched cgroup files", MaxNeeds))
+			errs.add(fmt.Errorf("more than %d watched cgroup files", MaxNeeds))
 			break
 		}
 		needs = append(needs, n)
 	}
-	return needs, errors.Join(errs...)
+	return needs, errs.err()
 }
 
-// byImageID finds the mount of w by its id in the checkpoint: the mount
-// of mnts with that ImageID, or at the mount point the dump recorded;
-// and w's path below that mount point.
-func byImageID(mnts []Mount, imageMounts map[uint32]string, w criuimg.Watch) (Mount, string, bool) {
-	mp, ok := imageMounts[w.MntID]
-	if !ok || w.MntID == 0 {
-		return Mount{}, "", false
+// controllerOf is the controller a cgroup file belongs to, "" for the
+// files every cgroup has whatever its controllers: cgroup.*, the pressure
+// files and cpu.stat.
+func controllerOf(file string) string {
+	c, _, ok := strings.Cut(file, ".")
+	if !ok || c == "cgroup" || strings.HasSuffix(file, ".pressure") || file == "cpu.stat" {
+		return ""
 	}
-	rel, ok := strings.CutPrefix(w.Path, strings.TrimSuffix(mp, "/")+"/")
-	if !ok {
-		return Mount{}, "", false
-	}
-	for _, m := range mnts {
-		if m.ImageID == w.MntID || (m.ImageID == 0 && m.Mountpoint == mp) {
-			return m, rel, true
-		}
-	}
-	return Mount{}, "", false
+	return c
 }
 
-// under finds the cgroup2 mount of mnts that holds p: the one whose
-// mount point is the longest leading part of p, and p's path below it.
-func under(mnts []Mount, p string) (Mount, string, bool) {
-	for i := len(p) - 1; i > 0; i-- {
-		if p[i] != '/' {
-			continue
-		}
-		pre := p[:i]
-		for _, m := range mnts {
-			mp := strings.TrimSuffix(m.Mountpoint, "/")
-			if mp == pre {
-				return m, p[i+1:], true
-			}
-		}
+// maxErrors bounds the errors one run reports: a checkpoint can hold
+// thousands of bad watches, each with a path of up to 4 KiB.
+const maxErrors = 10
+
+type boundedErrors struct {
+	errs []error
+	more int
+}
+
+func (b *boundedErrors) add(err error) {
+	if len(b.errs) < maxErrors {
+		b.errs = append(b.errs, err)
+	} else {
+		b.more++
 	}
-	return Mount{}, "", false
+}
+
+func (b *boundedErrors) err() error {
+	if b.more > 0 {
+		b.errs = append(b.errs, fmt.Errorf("and %d more", b.more))
+	}
+	return errors.Join(b.errs...)
+}
+
+// short quotes a path of the checkpoint, cut to 256 bytes.
+func short(p string) string {
+	if len(p) > 256 {
+		return strconv.Quote(p[:256]) + "..."
+	}
+	return strconv.Quote(p)
 }
 
 // Done is what Prepare did.
@@ -192,20 +213,20 @@ type Done struct {
 // could not make (CRIU's restore will then fail on that watch).
 func Prepare(hostRoot int, needs []Need, movable func(pid int) bool, dest int) (Done, error) {
 	var d Done
-	var errs []error
+	errs := &boundedErrors{}
 	for _, n := range needs {
 		root, err := openBeneath(hostRoot, strings.TrimPrefix(n.Root, "/"))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: open the container's cgroup %s: %w", n, n.Root, err))
+			errs.add(fmt.Errorf("%s: open the container's cgroup %s: %w", short(n.String()), n.Root, err))
 			continue
 		}
 		err = prepareOne(root, n, movable, dest, &d)
 		unix.Close(root)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			errs.add(fmt.Errorf("%s: %w", short(n.String()), err))
 		}
 	}
-	return d, errors.Join(errs...)
+	return d, errs.err()
 }
 
 func prepareOne(root int, n Need, movable func(int) bool, dest int, d *Done) error {

@@ -10,12 +10,9 @@ package cgtree
 // pidfd_getfd, while CRIU still holds the tasks.
 
 import (
-	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -32,33 +29,40 @@ const DefaultMemoryPressureTrigger = "some 200000 2000000\x00"
 // MaxFDs bounds the fds of one process looked at.
 const MaxFDs = 4096
 
-// trigger is what a PSI trigger looks like: the kind, then two numbers.
-var trigger = regexp.MustCompile(`^(some|full) [0-9]{1,12} [0-9]{1,12}\x00?$`)
-
 // Rearmed is what RearmPressure did.
 type Rearmed struct {
 	Armed   []string // "pid N fd M"
 	Present int      // files that had a trigger already (EBUSY)
 }
 
-// RearmPressure writes the memory pressure trigger again on every
+// RearmPressure writes DefaultMemoryPressureTrigger again on every
 // memory.pressure file that a process of pids has open for writing on
-// one of the cgroup2 mounts (their mount ids) of the container: the one
-// MEMORY_PRESSURE_WRITE of its environment names (sd-event reads it),
-// else DefaultMemoryPressureTrigger. The paths, fd tables and
-// environments are the container's: each read is bounded, and a file is
-// written only once our own dup of it shows it on one of those mounts
-// (nothing is asked of another file system, a FUSE one say).
+// one of the cgroup2 mounts (their mount ids) of the container. A unit
+// with its own MemoryPressureThresholdSec= gets systemd's default too:
+// its environment (MEMORY_PRESSURE_WRITE) is not read, since reading it
+// reads the process's memory, which a mapping of a FUSE file can make
+// block while CRIU holds the tasks. The paths and fd tables are the
+// container's: at most MaxProcesses processes and MaxFDs fds each are
+// looked at, each read is bounded, and a file is written only once our
+// own dup of it shows it on one of those mounts (nothing is asked of
+// another file system, a FUSE one say).
 func RearmPressure(pids []int, cgroupMounts map[int]bool) (Rearmed, error) {
 	var r Rearmed
 	var errs []error
+	if len(pids) > MaxProcesses {
+		errs = append(errs, fmt.Errorf("%d processes: only the first %d looked at", len(pids), MaxProcesses))
+		pids = pids[:MaxProcesses]
+	}
 	for _, pid := range pids {
-		if err := rearmProcess(pid, cgroupMounts, &r); err != nil {
+		if err := rearmProcess(pid, cgroupMounts, &r); err != nil && len(errs) < 10 {
 			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 		}
 	}
 	return r, errors.Join(errs...)
 }
+
+// MaxProcesses bounds the processes RearmPressure looks at.
+const MaxProcesses = 4096
 
 func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 	dir := "/proc/" + strconv.Itoa(pid) + "/"
@@ -88,17 +92,6 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 		return nil
 	}
 	trig := []byte(DefaultMemoryPressureTrigger)
-	if env, err := procfile.Read(dir+"environ", procfile.MaxEnviron); err == nil {
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			v, ok := bytes.CutPrefix(kv, []byte("MEMORY_PRESSURE_WRITE="))
-			if !ok || len(v) > 256 {
-				continue
-			}
-			if d, err := base64.StdEncoding.DecodeString(string(v)); err == nil && trigger.Match(d) {
-				trig = d
-			}
-		}
-	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return err

@@ -485,10 +485,10 @@ func TestCgroup2PrepareStaysInTheContainersCgroup(tt *testing.T) {
 		must(os.WriteFile(filepath.Join(dir, "init.scope", "cgroup.procs"), []byte(fmt.Sprint(task.Process.Pid)), 0))
 		must(os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(criu.Process.Pid)), 0))
 		needs, err := cgtree.Plan([]criuimg.Watch{
-			{Path: "/sys/fs/cgroup/init.scope/memory.events"},
-			{Path: "/sys/fs/cgroup/init.scope/cgroup.events"},
-			{Path: "/sys/fs/cgroup/system.slice/srv-a.mount/cgroup.events"},
-		}, []cgtree.Mount{{Mountpoint: "/sys/fs/cgroup", Root: "/" + name}}, nil)
+			{Path: "/sys/fs/cgroup/init.scope/memory.events", MntID: 72},
+			{Path: "/sys/fs/cgroup/init.scope/cgroup.events", MntID: 72},
+			{Path: "/sys/fs/cgroup/system.slice/srv-a.mount/cgroup.events", MntID: 72},
+		}, []cgtree.Mount{{Mountpoint: "/tmp/.criu.mntns.Ab12Cd/mnt-0000000072", Root: "/" + name, ImageID: 72}}, map[uint32]string{72: "/sys/fs/cgroup"})
 		must(err)
 		done, err := cgtree.Prepare(hostRoot, needs, func(pid int) bool { return mayMove && pid == criu.Process.Pid }, hostRoot)
 		_, memErr := os.Stat(filepath.Join(dir, "init.scope", "memory.events"))
