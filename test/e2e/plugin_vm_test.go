@@ -85,6 +85,7 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	// clock), 50 ms at most after it, and touches nothing of autofs
 	// before.
 	mustWork(t, c, "systemd-run", "--unit", "gap", "sh", "-c", gapScript)
+	gapReady(t, c)
 	timed(t, "checkpoint "+c.Name, c.Checkpoint)
 	restoreStart := time.Now()
 	timed(t, "restore "+c.Name, c.Restore)
@@ -129,7 +130,8 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	if err := c.Wire(lab.Options{Hook: hookBinary(t), HookEnv: hookLogEnv(ociPath)}); err != nil {
 		t.Fatal(err)
 	}
-	mustWork(t, c, "sh", "-c", "rm -f /run/gap.log; umount /srv/c 2>/dev/null; systemd-run --unit gap2 sh -c '"+strings.ReplaceAll(gapScript, "'", `'"'"'`)+"'")
+	mustWork(t, c, "sh", "-c", "rm -f /run/gap.log /run/gap.ready; umount /srv/c 2>/dev/null; systemd-run --unit gap2 sh -c '"+strings.ReplaceAll(gapScript, "'", `'"'"'`)+"'")
+	gapReady(t, c)
 	timed(t, "checkpoint "+c.Name+" (OCI hook alone)", c.Checkpoint)
 	timed(t, "restore "+c.Name+" (OCI hook alone)", c.Restore)
 	deadline = time.Now().Add(testenv.Scale(30 * time.Second))
@@ -156,10 +158,28 @@ func TestPluginOnlySystemd(tt *testing.T) {
 // namespace keeps), then stats the never-mounted /srv/c at once and
 // writes "asked answered data|error" (wall-clock seconds) to
 // /run/gap.log.
+// gapReady waits until gapScript has read the clocks it compares: a
+// checkpoint taken before that (the unit started, its shell not yet
+// run: seen once under TCG) would leave it waiting for a jump that
+// happened before it looked.
+func gapReady(t testing.TB, c *lab.Container) {
+	t.Helper()
+	deadline := time.Now().Add(testenv.Scale(30 * time.Second))
+	for {
+		if _, _, err := c.Exec(testenv.Scale(10*time.Second), "test", "-e", "/run/gap.ready"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the gap script did not start within 30 s:\n%s", c.Describe())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 const gapScript = `d0=
 while :; do
 	d=$(( $(date +%s) - $(cut -d. -f1 /proc/uptime) ))
-	[ -n "$d0" ] || d0=$d
+	[ -n "$d0" ] || { d0=$d; : >/run/gap.ready; }
 	[ $((d - d0)) -lt 2 ] || break
 	sleep 0.05
 done
