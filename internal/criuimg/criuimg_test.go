@@ -46,9 +46,13 @@ func regEntry(path string) []byte {
 	return cat(vfield(1, 1), vfield(2, 3), bfield(3, cat(vfield(1, 3), vfield(2, 0x8002), bfield(5, []byte(path)))))
 }
 
-func image(records ...[]byte) []byte {
+// image is a files.img of records.
+func image(records ...[]byte) []byte { return imageOf(filesMagic, records...) }
+
+// imageOf is an image of the given kind (its magic) holding records.
+func imageOf(magic uint32, records ...[]byte) []byte {
 	b := binary.LittleEndian.AppendUint32(nil, commonMagic)
-	b = binary.LittleEndian.AppendUint32(b, filesMagic)
+	b = binary.LittleEndian.AppendUint32(b, magic)
 	for _, r := range records {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(r)))
 		b = append(b, r...)
@@ -137,16 +141,6 @@ func TestInotifyWatchesBounded(t *testing.T) {
 	t.Logf("%d records (%d bytes each) in %s", len(recs), len(entry), time.Since(start))
 }
 
-func mntImage(records ...[]byte) []byte {
-	b := binary.LittleEndian.AppendUint32(nil, commonMagic)
-	b = binary.LittleEndian.AppendUint32(b, mntsMagic)
-	for _, r := range records {
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(r)))
-		b = append(b, r...)
-	}
-	return b
-}
-
 // mnt is a mnt_entry with the fields CRIU writes first.
 func mnt(id uint32, root, mp string) []byte {
 	return cat(vfield(1, 31), vfield(2, uint64(id)), vfield(3, 0x1f), vfield(4, 71), vfield(5, 0x200000),
@@ -154,14 +148,14 @@ func mnt(id uint32, root, mp string) []byte {
 }
 
 func TestMountpoints(t *testing.T) {
-	got, err := Mountpoints(bytes.NewReader(mntImage(mnt(71, "/", "/"), mnt(72, "/arh-lab/c", "/sys/fs/cgroup"))))
+	got, err := Mountpoints(bytes.NewReader(imageOf(mntsMagic, mnt(71, "/", "/"), mnt(72, "/arh-lab/c", "/sys/fs/cgroup"))))
 	if err != nil || len(got) != 2 || got[71] != "/" || got[72] != "/sys/fs/cgroup" {
 		t.Errorf("mount points %v, err %v", got, err)
 	}
 	if _, err := Mountpoints(bytes.NewReader(image())); !errors.Is(err, ErrNotMounts) {
 		t.Errorf("files.img read as a mountpoints image: %v", err)
 	}
-	if _, err := Mountpoints(bytes.NewReader(mntImage(mnt(1, "/", "/"+strings.Repeat("m", MaxPath))))); err == nil {
+	if _, err := Mountpoints(bytes.NewReader(imageOf(mntsMagic, mnt(1, "/", "/"+strings.Repeat("m", MaxPath))))); err == nil {
 		t.Error("a mount point longer than PATH_MAX was read")
 	}
 }
