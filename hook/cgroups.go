@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -108,14 +109,10 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 	// as runc put them there. That is us, our ancestors (a script CRIU
 	// ran, CRIU), and their children (CRIU's helpers): never a task of
 	// the container, never another process.
+	up := ancestors()
 	ours := map[int]bool{os.Getpid(): true}
-	for p, i := os.Getppid(), 0; p > 1 && i < 8; i++ {
+	for _, p := range up {
 		ours[p] = true
-		st, err := mounts.ReadStat(p)
-		if err != nil {
-			break
-		}
-		p = st.PPid
 	}
 	movable := func(p int) bool {
 		st, err := mounts.ReadStat(p)
@@ -125,7 +122,7 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 		ns, err := mounts.Namespace(p, "pid")
 		return err == nil && ns != initNS
 	}
-	dest, destPath := moveTarget(hostRoot, mnts, log)
+	dest, destPath := moveTarget(hostRoot, up, mnts, log)
 	defer unix.Close(dest)
 	done, err := cgtree.Prepare(hostRoot, needs, movable, dest)
 	if len(done.Made)+len(done.Enabled)+len(done.Moved) > 0 {
@@ -246,42 +243,45 @@ func openHostCgroup2() (int, string, error) {
 	return -1, "", errors.New("no cgroup2 mount of the whole hierarchy")
 }
 
-// moveTarget is the cgroup that processes found in the container's
-// cgroup are moved to: the cgroup of our nearest ancestor that is not in
-// the container's cgroups (the runtime that put CRIU there: runc 1.1 runs
-// CRIU in the container's cgroup), else the hierarchy's root. We are
-// CRIU's child (or a script's that CRIU ran).
-func moveTarget(hostRoot int, mnts []cgtree.Mount, log *logrus.Entry) (int, string) {
-	inContainer := func(p string) bool {
-		for _, m := range mnts {
-			if p == m.Root || strings.HasPrefix(p, strings.TrimSuffix(m.Root, "/")+"/") {
-				return true
-			}
+// ancestors are our parent, its parent and so on, up to 8 and short of
+// init: CRIU, or a script CRIU ran and CRIU, then the runtime.
+func ancestors() []int {
+	var up []int
+	for p := os.Getppid(); p > 1 && len(up) < 8; {
+		up = append(up, p)
+		st, err := mounts.ReadStat(p)
+		if err != nil {
+			break
 		}
-		return false
+		p = st.PPid
 	}
-	for pid, i := os.Getppid(), 0; pid > 1 && i < 8; i++ {
+	return up
+}
+
+// moveTarget is the cgroup that processes found in the container's
+// cgroup are moved to: the cgroup of our nearest ancestor (up) that is
+// not in the container's cgroups (the runtime that put CRIU there: runc
+// 1.1 runs CRIU in the container's cgroup), else the hierarchy's root.
+func moveTarget(hostRoot int, up []int, mnts []cgtree.Mount, log *logrus.Entry) (int, string) {
+	inContainer := func(p string) bool {
+		return slices.ContainsFunc(mnts, func(m cgtree.Mount) bool { return within(p, m.Root) })
+	}
+	for _, pid := range up {
 		p, err := cgroup2Of(pid)
 		if err != nil {
 			break
 		}
-		if !inContainer(p) {
-			if p == "/" {
-				break
-			}
-			fd, err := unix.Openat2(hostRoot, strings.TrimPrefix(p, "/"), &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV})
+		if inContainer(p) {
+			continue
+		}
+		if p != "/" {
+			fd, err := cgtree.OpenBeneath(hostRoot, strings.TrimPrefix(p, "/"))
 			if err == nil {
 				return fd, p
 			}
 			log.Debugf("the cgroup %s of pid %d: %v", p, pid, err)
-			break
 		}
-		st, err := mounts.ReadStat(pid)
-		if err != nil {
-			break
-		}
-		pid = st.PPid
+		break
 	}
 	fd, _ := unix.Dup(hostRoot)
 	return fd, "/"

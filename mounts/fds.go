@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 )
 
@@ -25,9 +27,18 @@ type FDInfo struct {
 	MntID int
 	// Ino is its inode number (Linux 5.14 and later; 0 before).
 	Ino uint64
+	// Flags are the flags the file is open with (open(2)'s, O_ACCMODE
+	// included).
+	Flags int
 	// Link is the target of /proc/PID/fd/N: a path, or a name such as
 	// "pipe:[123]" for files that have none.
 	Link string
+}
+
+// Writable says whether the file is open for writing.
+func (a FDInfo) Writable() bool {
+	acc := a.Flags & unix.O_ACCMODE
+	return acc == unix.O_WRONLY || acc == unix.O_RDWR
 }
 
 // Same reports whether a and b are the same file opened through the same
@@ -71,6 +82,10 @@ func (p *Process) FDs() ([]FDInfo, error) {
 // OwnFD is FDInfo of one of our own fds.
 func OwnFD(fd int) (FDInfo, error) { return readFDInfo("/proc/self", fd) }
 
+// ReadFDInfo is FDInfo of fd n of process pid, read from the host's
+// /proc: for a caller that pins the process itself (a pidfd).
+func ReadFDInfo(pid, n int) (FDInfo, error) { return readFDInfo("/proc/"+strconv.Itoa(pid), n) }
+
 func readFDInfo(dir string, n int) (FDInfo, error) {
 	name := strconv.Itoa(n)
 	// Only the head: the file grows with what an epoll or inotify fd
@@ -90,7 +105,7 @@ func readFDInfo(dir string, n int) (FDInfo, error) {
 	return fi, nil
 }
 
-// ParseFDInfo reads the mnt_id and ino lines of an fdinfo file.
+// ParseFDInfo reads the mnt_id, ino and flags lines of an fdinfo file.
 func ParseFDInfo(b []byte) (FDInfo, error) {
 	var fi FDInfo
 	haveMnt := false
@@ -109,6 +124,10 @@ func ParseFDInfo(b []byte) (FDInfo, error) {
 			haveMnt = err == nil
 		case "ino":
 			fi.Ino, err = strconv.ParseUint(string(v), 10, 64)
+		case "flags":
+			var fl uint64
+			fl, err = strconv.ParseUint(string(v), 8, 32)
+			fi.Flags = int(fl)
 		}
 		if err != nil {
 			return FDInfo{}, fmt.Errorf("malformed %s %q", k, v)

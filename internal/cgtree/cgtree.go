@@ -215,7 +215,7 @@ func Prepare(hostRoot int, needs []Need, movable func(pid int) bool, dest int) (
 	var d Done
 	errs := &boundedErrors{}
 	for _, n := range needs {
-		root, err := openBeneath(hostRoot, strings.TrimPrefix(n.Root, "/"))
+		root, err := OpenBeneath(hostRoot, strings.TrimPrefix(n.Root, "/"))
 		if err != nil {
 			errs.add(fmt.Errorf("%s: open the container's cgroup %s: %w", short(n.String()), n.Root, err))
 			continue
@@ -262,7 +262,7 @@ func prepareOne(root int, n Need, movable func(int) bool, dest int, d *Done) err
 			d.enabled(n.Controller, where)
 		}
 		where = path.Join(where, name)
-		next, err := openBeneath(cur, name)
+		next, err := OpenBeneath(cur, name)
 		if errors.Is(err, unix.ENOENT) {
 			if len(d.Made) >= MaxMade {
 				return fmt.Errorf("create %s: %d cgroups created already, the most one restore makes", where, MaxMade)
@@ -271,7 +271,7 @@ func prepareOne(root int, n Need, movable func(int) bool, dest int, d *Done) err
 				return fmt.Errorf("create %s: %w", where, err)
 			}
 			d.Made = append(d.Made, where)
-			next, err = openBeneath(cur, name)
+			next, err = OpenBeneath(cur, name)
 		}
 		if err != nil {
 			return fmt.Errorf("open %s: %w", where, err)
@@ -333,8 +333,9 @@ func enable(dir int, c string, top bool, movable func(int) bool, dest int, d *Do
 // resolve: beneath the fd, no symlink, no magic link, no other mount.
 const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
 
-// openBeneath opens the directory p below dir.
-func openBeneath(dir int, p string) (int, error) {
+// OpenBeneath opens the directory p below dir (a cgroup below a cgroup
+// fd): no symlink, no magic link, no other mount, never above dir.
+func OpenBeneath(dir int, p string) (int, error) {
 	if p == "" {
 		p = "."
 	}

@@ -18,12 +18,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
-// DefaultMemoryPressureTrigger is sd-event's trigger when the process's
-// environment names none: "some", 200 ms in a 2 s window (systemd's
-// MEMORY_PRESSURE_DEFAULT_*), with the terminating NUL it writes.
+// DefaultMemoryPressureTrigger is systemd's default trigger (sd-event's
+// when the unit sets no threshold): "some", 200 ms in a 2 s window
+// (MEMORY_PRESSURE_DEFAULT_*), with the terminating NUL it writes.
 const DefaultMemoryPressureTrigger = "some 200000 2000000\x00"
 
 // MaxFDs bounds the fds of one process looked at.
@@ -82,8 +82,8 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 		if err != nil || !strings.HasSuffix(target, "/memory.pressure") {
 			continue
 		}
-		mnt, writable, err := fdInfo(dir + "fdinfo/" + e)
-		if err != nil || !writable || !cgroupMounts[mnt] {
+		fi, err := mounts.ReadFDInfo(pid, fd)
+		if err != nil || !fi.Writable() || !cgroupMounts[fi.MntID] {
 			continue
 		}
 		want = append(want, fd)
@@ -91,7 +91,6 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 	if len(want) == 0 {
 		return nil
 	}
-	trig := []byte(DefaultMemoryPressureTrigger)
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return err
@@ -105,55 +104,22 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 			continue
 		}
 		// Ours now: the file we write is the one our fdinfo shows.
-		mnt, writable, err := fdInfo("/proc/thread-self/fdinfo/" + strconv.Itoa(nfd))
+		fi, err := mounts.OwnFD(nfd)
 		switch {
-		case err != nil || !writable || !cgroupMounts[mnt]:
+		case err != nil || !fi.Writable() || !cgroupMounts[fi.MntID]:
 			errs = append(errs, fmt.Errorf("fd %d: no longer a memory.pressure file of the container's cgroups", fd))
 		default:
-			_, werr := unix.Write(nfd, trig)
+			_, werr := unix.Write(nfd, []byte(DefaultMemoryPressureTrigger))
 			switch {
 			case werr == nil:
 				r.Armed = append(r.Armed, fmt.Sprintf("pid %d fd %d", pid, fd))
 			case errors.Is(werr, unix.EBUSY):
 				r.Present++
 			default:
-				errs = append(errs, fmt.Errorf("fd %d: write its trigger %q: %w", fd, strings.TrimRight(string(trig), "\x00"), werr))
+				errs = append(errs, fmt.Errorf("fd %d: write its trigger %q: %w", fd, strings.TrimRight(DefaultMemoryPressureTrigger, "\x00"), werr))
 			}
 		}
 		unix.Close(nfd)
 	}
 	return errors.Join(errs...)
-}
-
-// fdInfo reads an fdinfo file: the mount id of the file and whether it
-// is open for writing.
-func fdInfo(path string) (mnt int, writable bool, err error) {
-	b, err := procfile.Read(path, 64<<10)
-	if err != nil {
-		return 0, false, err
-	}
-	mnt = -1
-	for _, l := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		switch k {
-		case "mnt_id":
-			mnt, err = strconv.Atoi(v)
-		case "flags":
-			var fl uint64
-			fl, err = strconv.ParseUint(v, 8, 64)
-			acc := fl & unix.O_ACCMODE
-			writable = acc == unix.O_WRONLY || acc == unix.O_RDWR
-		}
-		if err != nil {
-			return 0, false, fmt.Errorf("%s: %s: %w", path, k, err)
-		}
-	}
-	if mnt < 0 {
-		return 0, false, fmt.Errorf("%s: no mnt_id", path)
-	}
-	return mnt, writable, nil
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // ready says whether a poll for POLLPRI on fd returns at once: what a
@@ -83,10 +84,11 @@ func TestRearmPressure(t *testing.T) {
 	if !ready(t, theirs) {
 		t.Fatal("a pressure file without a trigger does not poll ready: the kernel changed, and so did the reason for this code")
 	}
-	mnt, _, err := fdInfo(fmt.Sprintf("/proc/%d/fdinfo/3", cmd.Process.Pid))
+	fi, err := mounts.ReadFDInfo(cmd.Process.Pid, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
+	mnt := fi.MntID
 	r, err := RearmPressure([]int{cmd.Process.Pid, os.Getpid()}, map[int]bool{mnt: true})
 	if err != nil || len(r.Armed) != 1 || r.Armed[0] != fmt.Sprintf("pid %d fd 3", cmd.Process.Pid) {
 		t.Fatalf("rearmed %+v, err %v; want fd 3 of pid %d only", r, err, cmd.Process.Pid)
