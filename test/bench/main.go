@@ -145,7 +145,7 @@ var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user a
 // waitFollowerDone waits until the log holds n "follow: done" lines and
 // returns the last.
 func waitFollowerDone(logPath string, n int) string {
-	lines, err := waitLogged(logPath, anyFollowerDone, n, time.Now().Add(3*time.Minute))
+	lines, err := waitLogged(logPath, anyFollowerDone, n, time.Now().Add(3*time.Minute), 100*time.Millisecond)
 	if err != nil {
 		b, _ := os.ReadFile(logPath)
 		fatal("no report %d of the follower within 3 minutes; log:\n%s\n", n, b)
@@ -155,9 +155,9 @@ func waitFollowerDone(logPath string, n int) string {
 
 var anyFollowerDone = regexp.MustCompile(`follow: done: `)
 
-// waitLogged waits, reading the log every 100 ms, until n of its lines
-// match re, and returns the matching lines.
-func waitLogged(path string, re *regexp.Regexp, n int, deadline time.Time) ([]string, error) {
+// waitLogged waits, reading the log every poll, until n of its lines
+// match re (or deadline), and returns the matching lines.
+func waitLogged(path string, re *regexp.Regexp, n int, deadline time.Time, poll time.Duration) ([]string, error) {
 	for {
 		b, _ := os.ReadFile(path)
 		var lines []string
@@ -172,7 +172,7 @@ func waitLogged(path string, re *regexp.Regexp, n int, deadline time.Time) ([]st
 		if time.Now().After(deadline) {
 			return lines, fmt.Errorf("%d of %d lines matching %q in the hook's log by the deadline", len(lines), n, re)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(poll)
 	}
 }
 

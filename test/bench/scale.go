@@ -378,7 +378,10 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 				deadline := time.Now().Add(5 * time.Minute)
 				if end := endLine(wiring, pid); end != nil {
 					deadline = time.Now().Add(10 * time.Minute)
-					if err := waitLine(hookLog, end, deadline); err != nil {
+					// Once a second: 20 goroutines reading the whole
+					// log ten times a second would cost the emulated
+					// CPUs what the fixes need.
+					if _, err := waitLogged(hookLog, end, 1, deadline, time.Second); err != nil {
 						fail("%v", err)
 						return
 					}
@@ -450,23 +453,6 @@ func endLine(wiring string, pid int) *regexp.Regexp {
 		return regexp.MustCompile(`post-resume finished in .* pid=` + strconv.Itoa(pid) + `( |$)`)
 	}
 	return nil
-}
-
-// waitLine waits until a line of the hook's log matches re, or deadline.
-// It looks once a second: 20 goroutines reading the whole log ten times
-// a second would cost the emulated CPUs what the fixes need.
-func waitLine(path string, re *regexp.Regexp, deadline time.Time) error {
-	re = regexp.MustCompile("(?m)" + re.String())
-	for {
-		b, _ := os.ReadFile(path)
-		if re.Match(b) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no line matching %q in the hook's log by the deadline", re)
-		}
-		time.Sleep(time.Second)
-	}
 }
 
 // followerDone matches the line the OCI follower of the container whose
