@@ -129,6 +129,7 @@ deb: build
 	$(BIN) man | gzip -9n > bin/deb/usr/share/man/man8/autofs-restore-hook.8.gz
 	install -m 0644 README.md RELIABILITY.md hooks.d/criu-action-script.conf hooks.d/runc-config-snippet.json \
 		hooks.d/autofs-restore-hook-annotation.json hooks.d/kubernetes-daemonset.yaml bin/deb/usr/share/doc/autofs-restore-hook/
+	install -D -m 0644 -t bin/deb/usr/share/doc/autofs-restore-hook/docs docs/*.md
 	printf '%s\n' 'Package: autofs-restore-hook' 'Version: $(DEB_VERSION)' 'Architecture: $(DEB_ARCH)' \
 		'Maintainer: autofs-restore-hook developers <autofs-restore-hook@users.noreply.github.com>' \
 		'Section: admin' 'Priority: optional' 'Recommends: criu' \

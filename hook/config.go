@@ -31,8 +31,12 @@ type Config struct {
 // the Config.
 type Invocation struct {
 	// Cmd is "status", "fix", or "" (the OCI hook).
-	Cmd    string
-	Pid    string
+	Cmd string
+	Pid string
+	// Container is --container: a name or id the runtimes know.
+	Container string
+	// All is status --all: every container of the node.
+	All    bool
 	JSON   bool
 	Config Config
 }
@@ -99,6 +103,9 @@ func newFlagSet(cmd string, inv *Invocation, nested *string) *flag.FlagSet {
 	fs.StringVar(&c.Logging.Level, "log-level", c.Logging.Level, "")
 	fs.BoolVar(&c.Logging.NoSyslog, "no-syslog", c.Logging.NoSyslog, "")
 	fs.StringVar(&inv.Pid, "pid", "", "")
+	fs.StringVar(&inv.Container, "container", "", "")
+	fs.BoolVar(&inv.All, "all", false, "")
+	fs.StringVar(&c.Logging.Format, "log-format", c.Logging.Format, "")
 	fs.BoolVar(&inv.JSON, "json", false, "")
 	fs.BoolVar(&c.DryRun, "dry-run", false, "")
 	fs.BoolVar(&c.Force, "force", false, "")

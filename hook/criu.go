@@ -49,6 +49,11 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	}
 	defer closeLog()
 	wiring := withWiring(log)
+	// The runtime above CRIU names the container (runc, crun restore ID;
+	// podman's and CRI-O's conmon -c ID -n NAME).
+	ident := identityFromAncestors()
+	setLogFields(log, logrus.Fields{"mode": "criu", "action": action})
+	setIdentity(log, ident)
 	pid, err := strconv.Atoi(strings.TrimSpace(initPid))
 	if err != nil || pid <= 0 {
 		log.Errorf("%s: %s=%q is not a process id: nothing done", action, EnvCRIUInitPid, initPid)
@@ -67,7 +72,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		}
 		return ExitOK
 	}
-	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log, Wiring: wiring})
+	err = fixPid(pid, phases, Options{Config: inv.Config, Log: log, Wiring: wiring, Identity: ident, Mode: "criu"})
 	if err != nil {
 		l := log.WithField("pid", pid)
 		if errors.Is(err, errRefused) {
@@ -84,29 +89,14 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 
 // withWiring adds wiring=criu-plugin (set by the CRIU plugin) or
 // wiring=action-script to every line log writes, so that an operator sees
-// which wiring fixed a restore. The field is set by a hook that runs
-// before the log file's and syslog's.
+// which wiring fixed a restore.
 func withWiring(log *logrus.Logger) string {
 	w := os.Getenv(EnvWiring)
 	if w == "" {
 		w = WiringScript
 	}
-	f := fieldHook{key: "wiring", value: w}
-	hooks := log.ReplaceHooks(make(logrus.LevelHooks))
-	for _, lv := range logrus.AllLevels {
-		log.Hooks[lv] = append([]logrus.Hook{f}, hooks[lv]...)
-	}
+	setLogFields(log, logrus.Fields{"wiring": w})
 	return w
-}
-
-// fieldHook sets one field of every entry.
-type fieldHook struct{ key, value string }
-
-func (fieldHook) Levels() []logrus.Level { return logrus.AllLevels }
-
-func (h fieldHook) Fire(e *logrus.Entry) error {
-	e.Data[h.key] = h.value
-	return nil
 }
 
 // fixMain is `fix --pid`: both phases back to back, for a container that

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
 // Phase is one of the two steps of the fix.
@@ -126,6 +127,11 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 		}
 		sf = &stateFile{rec: rec}
 	}
+	// Every line from here on says which container; the record keeps it
+	// for status and the runs that know less (fix --pid).
+	opts.Identity = identify(opts.Identity, p, &sf.rec)
+	setIdentity(opts.Log, opts.Identity)
+	sf.rec.Container = opts.Identity
 	// Post-resume restarts masters and waits for them: at most
 	// slotCount() at once on the node (a post-resume done already takes
 	// none), and the run's deadline moves by the wait for the slot.
@@ -188,6 +194,15 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		}
 		return nil
 	}
+	sf.out = &PhaseOutcome{Wiring: opts.Wiring, Mode: opts.Mode, Began: start}
+	for _, m := range c.Mounts {
+		switch {
+		case m.Kind == units.Unknown:
+			sf.refused(m.Mountpoint(), fmt.Sprintf("unknown master (pid %d)", m.MasterPid))
+		case opts.SkipNested && len(m.NestedPids) > 0 && m.State == StateStale:
+			sf.refused(m.Mountpoint(), "--nested=skip: copies in other mount namespaces")
+		}
+	}
 	var perr error
 	if ph == PreResume {
 		perr = preResume(c, sf, opts, log)
@@ -203,7 +218,10 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		// Not marked done: the next run (CRIU's second call, or `fix`)
 		// tries again what failed; what succeeded is recorded and skipped.
 		sf.rec.LastErrors = append(sf.rec.LastErrors, strings.Split(perr.Error(), "\n")...)
+		sf.out.Errors = strings.Split(perr.Error(), "\n")
 	}
+	sf.out.Took = Millis(time.Since(start))
+	*sf.rec.phaseOutcome(ph), sf.out = sf.out, nil
 	if err := sf.Save(); err != nil {
 		perr = errors.Join(perr, err)
 	}

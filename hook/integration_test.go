@@ -63,7 +63,7 @@ func TestStatusOddMountPoints(t *testing.T) {
 	log.SetOutput(io.Discard)
 
 	var js bytes.Buffer
-	if code := statusMain(m.Pid, true, &js, log); code != ExitOK {
+	if code := statusMain(m.Pid, Identity{}, true, &js, log); code != ExitOK {
 		t.Fatalf("status --json exited %d", code)
 	}
 	var r Report
@@ -83,7 +83,7 @@ func TestStatusOddMountPoints(t *testing.T) {
 	}
 
 	var table bytes.Buffer
-	if code := statusMain(m.Pid, false, &table, log); code != ExitOK {
+	if code := statusMain(m.Pid, Identity{}, false, &table, log); code != ExitOK {
 		t.Fatalf("status exited %d", code)
 	}
 	// Mounts the master's namespace copied from the host are listed too:
@@ -165,7 +165,7 @@ func TestTenThousandStackedMountsRefusedWithinBounds(t *testing.T) {
 	}
 	var js bytes.Buffer
 	start = time.Now()
-	code := statusMain(m.Pid, true, &js, log)
+	code := statusMain(m.Pid, Identity{}, true, &js, log)
 	t.Logf("status --json: exit %d after %v, %d bytes, peak resident size +%d KiB", code, time.Since(start).Round(time.Millisecond), js.Len(), testenv.SelfStatusKiB(t, "VmHWM")-rss)
 	if grew := testenv.SelfStatusKiB(t, "VmHWM") - rss; grew > 64<<10 {
 		t.Errorf("status: the peak resident size grew by %d MiB, want below 64 MiB", grew>>10)

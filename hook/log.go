@@ -5,15 +5,17 @@ package hook
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/syslog"
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
-	lsyslog "github.com/sirupsen/logrus/hooks/syslog"
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
@@ -29,37 +31,53 @@ type LogConfig struct {
 	Level string
 	// NoSyslog turns the syslog output off.
 	NoSyslog bool
+	// Format is "text" (the default) or "json": one JSON object per
+	// line, for node log pipelines.
+	Format string `json:"format,omitempty"`
 }
 
 // Env variables read in every mode, since a CRIU action script gets no
 // arguments.
 const (
-	EnvLogFile  = "AUTOFS_RESTORE_HOOK_LOG_FILE"
-	EnvLogLevel = "AUTOFS_RESTORE_HOOK_LOG_LEVEL"
-	EnvNoSyslog = "AUTOFS_RESTORE_HOOK_NO_SYSLOG"
+	EnvLogFile   = "AUTOFS_RESTORE_HOOK_LOG_FILE"
+	EnvLogLevel  = "AUTOFS_RESTORE_HOOK_LOG_LEVEL"
+	EnvNoSyslog  = "AUTOFS_RESTORE_HOOK_NO_SYSLOG"
+	EnvLogFormat = "AUTOFS_RESTORE_HOOK_LOG_FORMAT"
 )
 
 // logConfigFromEnv reads the log settings from the environment, but for
 // EnvNoSyslog, a boolean that LoadConfig parses.
 func logConfigFromEnv(getenv func(string) string) LogConfig {
 	return LogConfig{
-		File:  getenv(EnvLogFile),
-		Level: getenv(EnvLogLevel),
+		File:   getenv(EnvLogFile),
+		Level:  getenv(EnvLogLevel),
+		Format: getenv(EnvLogFormat),
 	}
 }
 
 // newLogger builds the logger. Errors opening the file are returned (the
-// operator asked for it); a missing syslog socket is not an error.
+// operator asked for it); a missing syslog socket is not an error. Its
+// first hook sets the run's fields (setLogFields) on every line, before
+// the log file's and syslog's hooks write it.
 func newLogger(cfg LogConfig, stderr io.Writer) (*logrus.Logger, func(), error) {
 	l := logrus.New()
 	l.SetOutput(stderr)
-	l.SetFormatter(lineFormatter{})
 	closers := []func(){}
 	done := func() {
 		for _, c := range closers {
 			c()
 		}
 	}
+	var line logrus.Formatter
+	switch strings.ToLower(cfg.Format) {
+	case "", "text":
+		line = lineFormatter{stamp: true}
+	case "json":
+		line = jsonFormatter{stamp: true}
+	default:
+		return nil, done, fmt.Errorf("log format %q: want text or json", cfg.Format)
+	}
+	l.SetFormatter(line)
 	level := logrus.InfoLevel
 	if cfg.Level != "" {
 		lv, err := logrus.ParseLevel(strings.ToLower(cfg.Level))
@@ -69,21 +87,106 @@ func newLogger(cfg LogConfig, stderr io.Writer) (*logrus.Logger, func(), error) 
 		level = lv
 	}
 	l.SetLevel(level)
+	l.AddHook(&fieldsHook{})
 	if cfg.File != "" {
 		f, err := os.OpenFile(cfg.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return nil, done, fmt.Errorf("open log file: %w", err)
 		}
 		closers = append(closers, func() { f.Close() })
-		l.AddHook(&writerHook{w: f, f: lineFormatter{}})
+		l.AddHook(&writerHook{w: f, f: line})
 	}
 	if !cfg.NoSyslog {
-		if h, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "autofs-restore-hook"); err == nil {
-			l.AddHook(h)
-			closers = append(closers, func() { h.Writer.Close() })
+		// The journal and syslog stamp each line and tag it themselves.
+		var bare logrus.Formatter = lineFormatter{}
+		if _, ok := line.(jsonFormatter); ok {
+			bare = jsonFormatter{}
+		}
+		if w, err := syslogDial(); err == nil {
+			l.AddHook(&syslogHook{w: w, f: bare})
+			closers = append(closers, func() { w.Close() })
 		}
 	}
 	return l, done, nil
+}
+
+// syslogDial connects to the local syslog (the journal's /dev/log); a
+// test points it elsewhere.
+var syslogDial = func() (*syslog.Writer, error) {
+	return syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "autofs-restore-hook")
+}
+
+// fieldsHook sets the run's fields (mode, container, name, wiring) on
+// every entry that does not carry them already.
+type fieldsHook struct {
+	mu sync.Mutex
+	f  logrus.Fields
+}
+
+func (*fieldsHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h *fieldsHook) Fire(e *logrus.Entry) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, v := range h.f {
+		if _, ok := e.Data[k]; !ok {
+			e.Data[k] = v
+		}
+	}
+	return nil
+}
+
+// setLogFields adds fields to every line l writes from now on; an empty
+// value is left out.
+func setLogFields(l *logrus.Logger, f logrus.Fields) {
+	for _, h := range l.Hooks[logrus.InfoLevel] {
+		fh, ok := h.(*fieldsHook)
+		if !ok {
+			continue
+		}
+		fh.mu.Lock()
+		if fh.f == nil {
+			fh.f = logrus.Fields{}
+		}
+		for k, v := range f {
+			if v != "" {
+				fh.f[k] = v
+			}
+		}
+		fh.mu.Unlock()
+		return
+	}
+}
+
+// setIdentity puts the container's id and name on every line.
+func setIdentity(l *logrus.Logger, id Identity) {
+	setLogFields(l, logrus.Fields{"container": id.ID, "name": id.Name})
+}
+
+// syslogHook writes every entry to syslog at its level's priority.
+type syslogHook struct {
+	w *syslog.Writer
+	f logrus.Formatter
+}
+
+func (*syslogHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h *syslogHook) Fire(e *logrus.Entry) error {
+	b, err := h.f.Format(e)
+	if err != nil {
+		return err
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	switch e.Level {
+	case logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel:
+		return h.w.Err(s)
+	case logrus.WarnLevel:
+		return h.w.Warning(s)
+	case logrus.InfoLevel:
+		return h.w.Info(s)
+	default:
+		return h.w.Debug(s)
+	}
 }
 
 // writerHook copies every entry to a second writer with its own format.
@@ -103,14 +206,17 @@ func (h *writerHook) Fire(e *logrus.Entry) error {
 	return err
 }
 
-// lineFormatter writes one plain line per entry: time, level, message,
-// then the fields sorted by name ("mount=/srv/a master=systemd ...").
-type lineFormatter struct{}
+// lineFormatter writes one plain line per entry: time and tag (if stamp),
+// level, message, then the fields sorted by name ("mount=/srv/a
+// master=systemd ...").
+type lineFormatter struct{ stamp bool }
 
-func (lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
+func (f lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	var b bytes.Buffer
-	b.WriteString(e.Time.Format("2006-01-02T15:04:05.000Z07:00"))
-	b.WriteString(" autofs-restore-hook ")
+	if f.stamp {
+		b.WriteString(e.Time.Format("2006-01-02T15:04:05.000Z07:00"))
+		b.WriteString(" autofs-restore-hook ")
+	}
 	b.WriteString(e.Level.String())
 	b.WriteString(": ")
 	b.WriteString(controlEscaped(strings.ReplaceAll(e.Message, "\n", " ")))
@@ -132,3 +238,24 @@ func (lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 // source or an error) as \ooo, so that a log line stays one line and a
 // terminal shows what it got.
 func controlEscaped(s string) string { return mounts.EscapeText(s) }
+
+// jsonFormatter writes one JSON object per entry: "time" (if stamp),
+// "level", "msg", and the fields, as strings.
+type jsonFormatter struct{ stamp bool }
+
+func (f jsonFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	m := make(map[string]string, len(e.Data)+3)
+	for k, v := range e.Data {
+		m[k] = fmt.Sprint(v)
+	}
+	if f.stamp {
+		m["time"] = e.Time.Format(time.RFC3339Nano)
+	}
+	m["level"] = e.Level.String()
+	m["msg"] = e.Message
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}

@@ -44,8 +44,9 @@ const (
 const usageHead = `autofs-restore-hook: make autofs mounts work again after a CRIU restore
 
 Usage:
-  autofs-restore-hook status --pid PID [--json]
-  autofs-restore-hook fix --pid PID [--dry-run] [--force] [--assume-restored]
+  autofs-restore-hook status --pid PID | --container NAME|ID [--json]
+  autofs-restore-hook status --all [--json]
+  autofs-restore-hook fix --pid PID | --container NAME|ID [--dry-run] [--force] [--assume-restored]
                           [--timeout D] [--nested fix|skip]
   autofs-restore-hook version
   autofs-restore-hook man                      the manual page, autofs-restore-hook(8), in roff
@@ -133,25 +134,47 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if cfgErr != nil {
 		log.Errorf("oci hook: %v: using the default in its place (see --help)", cfgErr)
 	}
-	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI}
+	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI, Mode: cmd}
 	if cmd == "" {
-		opts.Wiring = WiringOCI
+		opts.Wiring, opts.Mode = WiringOCI, "oci"
+	}
+	setLogFields(log, logrus.Fields{"mode": opts.Mode})
+	if cmd == "" {
 		return ociMain(stdin, opts)
 	}
-	pid, err := parsePid(inv.Pid)
-	if err != nil {
+	if inv.All {
+		if cmd != "status" || inv.Pid != "" || inv.Container != "" {
+			fmt.Fprintf(stderr, "autofs-restore-hook %s: --all is for status, without --pid or --container\n", cmd)
+			return ExitUsage
+		}
+		return statusAllMain(inv.JSON, stdout, log)
+	}
+	var pid int
+	if inv.Container != "" {
+		if inv.Pid != "" {
+			fmt.Fprintf(stderr, "autofs-restore-hook %s: give --pid or --container, not both\n", cmd)
+			return ExitUsage
+		}
+		f, err := lookupContainer(inv.Container)
+		if err != nil {
+			log.Errorf("%s: %v", cmd, err)
+			return ExitRefused
+		}
+		pid, opts.Identity = f.Pid, f.ID
+		setIdentity(log, f.ID)
+	} else if pid, err = parsePid(inv.Pid); err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook %s: %v\n", cmd, err)
 		return ExitUsage
 	}
 	if cmd == "status" {
-		return statusMain(pid, inv.JSON, stdout, log)
+		return statusMain(pid, opts.Identity, inv.JSON, stdout, log)
 	}
 	return fixMain(pid, opts)
 }
 
 func parsePid(s string) (int, error) {
 	if s == "" {
-		return 0, errors.New("--pid is required")
+		return 0, errors.New("--pid or --container is required")
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n <= 0 {
@@ -171,4 +194,10 @@ type Options struct {
 	// Wiring is what runs the fix (WiringPlugin, WiringScript, WiringOCI,
 	// WiringCLI): the state file's phase marks record it.
 	Wiring string
+	// Identity is the container as the run knows it (the OCI state, the
+	// runtime's command line, --container); fixPid completes it from the
+	// state file and the runtime's state, and logs it on every line.
+	Identity Identity
+	// Mode is the run mode (criu, oci, follow, fix), for the outcome.
+	Mode string
 }

@@ -40,7 +40,7 @@ func TestMainUsage(t *testing.T) {
 		{"version", nil, "", []string{"version"}, ExitOK, ""},
 		{"help", nil, "", []string{"--help"}, ExitOK, ""},
 		{"unknown command", nil, "", []string{"frobnicate"}, ExitUsage, `unknown command "frobnicate"`},
-		{"fix without pid", nil, "", []string{"fix"}, ExitUsage, "--pid is required"},
+		{"fix without pid", nil, "", []string{"fix"}, ExitUsage, "--pid or --container is required"},
 		{"fix garbage pid", nil, "", []string{"fix", "--pid", "12x"}, ExitUsage, `--pid "12x": want a positive process id`},
 		{"fix negative pid", nil, "", []string{"fix", "--pid=-3"}, ExitUsage, "want a positive process id"},
 		{"status zero pid", nil, "", []string{"status", "--pid", "0"}, ExitUsage, "want a positive process id"},
@@ -102,7 +102,7 @@ func TestMainUsage(t *testing.T) {
 // nothing from the environment but PATH.
 func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	opts := Options{Config: Config{SkipNested: true, AssumeRestored: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second,
-		Logging: LogConfig{File: "/var/log/x.log", Level: "debug", NoSyslog: true}}}
+		Logging: LogConfig{File: "/var/log/x.log", Level: "debug", Format: "json", NoSyslog: true}}, Identity: Identity{ID: "abc", Name: "web"}}
 	cmd, err := followerCommand("/x/autofs-restore-hook", 42, 4242, opts, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +114,7 @@ func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	if err := json.Unmarshal([]byte(cmd.Args[2]), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := followerConfig{Pid: 42, StartTime: 4242, Config: opts.Config}
+	want := followerConfig{Pid: 42, StartTime: 4242, Config: opts.Config, Identity: opts.Identity}
 	if got != want {
 		t.Errorf("follower configuration %+v, want %+v", got, want)
 	}
@@ -156,12 +156,12 @@ func TestFollowerPollInterval(t *testing.T) {
 // CRIU action script (environment only) and the OCI hook (and through it
 // the detached worker, TestFollowerCommandCarriesEveryOption) run with.
 func TestEveryOptionReachesEveryRole(t *testing.T) {
-	env := map[string]string{EnvLogFile: "/var/log/env.log", EnvLogLevel: "debug", EnvNoSyslog: "1", EnvNested: "skip"}
+	env := map[string]string{EnvLogFile: "/var/log/env.log", EnvLogLevel: "debug", EnvLogFormat: "json", EnvNoSyslog: "1", EnvNested: "skip"}
 	getenv := func(k string) string { return env[k] }
 	none := func(string) string { return "" }
-	fromEnv := Config{Logging: LogConfig{File: "/var/log/env.log", Level: "debug", NoSyslog: true}, SkipNested: true, RestoreTimeout: defaultRestoreTimeout}
-	flags := []string{"--log-file", "/var/log/f.log", "--log-level", "warning", "--no-syslog", "--nested", "skip", "--timeout", "7s", "--restore-timeout", "9s", "--assume-restored", "--force", "--dry-run"}
-	fromFlags := Config{Logging: LogConfig{File: "/var/log/f.log", Level: "warning", NoSyslog: true}, SkipNested: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second, AssumeRestored: true, Force: true, DryRun: true}
+	fromEnv := Config{Logging: LogConfig{File: "/var/log/env.log", Level: "debug", Format: "json", NoSyslog: true}, SkipNested: true, RestoreTimeout: defaultRestoreTimeout}
+	flags := []string{"--log-file", "/var/log/f.log", "--log-level", "warning", "--log-format", "text", "--no-syslog", "--nested", "skip", "--timeout", "7s", "--restore-timeout", "9s", "--assume-restored", "--force", "--dry-run"}
+	fromFlags := Config{Logging: LogConfig{File: "/var/log/f.log", Level: "warning", Format: "text", NoSyslog: true}, SkipNested: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second, AssumeRestored: true, Force: true, DryRun: true}
 	for _, tc := range []struct {
 		role   string
 		cmd    string

@@ -36,7 +36,7 @@ var manSections = []struct {
 		"It runs as a CRIU action script (CRTOOLS_SCRIPT_ACTION and CRTOOLS_INIT_PID set by CRIU; the precise path), as an OCI runtime hook reading the runtime-spec state on standard input (stage createRuntime; on a restore it leaves a detached worker that follows the restore), or by hand: status shows every autofs mount of a container and its master, fix repairs a container after the fact.",
 	}},
 	{"ENVIRONMENT", []string{
-		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the options of the same meaning (see OPTIONS), for callers that pass no arguments (CRIU). A flag wins over its variable.",
+		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_LOG_FORMAT, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the options of the same meaning (see OPTIONS), for callers that pass no arguments (CRIU). A flag wins over its variable.",
 		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID, CRTOOLS_IMAGE_DIR: set by CRIU for an action script, and (but the last) by the CRIU plugin. The action script acts at pre-resume, post-resume and, on a cgroup v2 host, post-setup-namespaces, where it makes the cgroups a systemd container watched (read from the checkpoint in CRTOOLS_IMAGE_DIR) so that CRIU can restore it.",
 		"AUTOFS_RESTORE_HOOK_WIRING: criu-plugin when the CRIU plugin runs the binary; logged as the field wiring (action-script when unset).",
 	}},
@@ -54,7 +54,7 @@ var manSections = []struct {
 		"The log lines of one container: journalctl -t autofs-restore-hook | grep PID, or the file of --log-file.",
 	}},
 	{"SEE ALSO", []string{
-		"criu(8), runc(8), podman-container-restore(1), oci-hooks(5), automount(8), systemd.automount(5). /usr/share/doc/autofs-restore-hook/README.md and RELIABILITY.md: what is fixed, how, and what was tested.",
+		"criu(8), runc(8), podman-container-restore(1), oci-hooks(5), automount(8), systemd.automount(5). /usr/share/doc/autofs-restore-hook/README.md (install, verify, diagnose), docs/how-it-works.md, docs/runtimes.md and RELIABILITY.md: what is fixed, how, with which runtimes, and what was tested.",
 	}},
 }
 

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -45,7 +46,12 @@ func ociMain(stdin io.Reader, opts Options) int {
 		opts.Log.Errorf("oci hook: %v", err)
 		return ExitUsage
 	}
-	log := opts.Log.WithFields(map[string]any{"container": st.ID, "status": st.Status, "pid": st.Pid})
+	opts.Identity = Identity{ID: st.ID}
+	if !validID(st.ID) {
+		opts.Identity.ID = mounts.Escape(st.ID)
+	}
+	setIdentity(opts.Log, opts.Identity)
+	log := opts.Log.WithFields(map[string]any{"status": st.Status, "pid": st.Pid})
 	v, err := Decide(st, func() (Evidence, error) {
 		if err := mayFix(st.Pid); err != nil {
 			return Evidence{}, err
@@ -62,6 +68,12 @@ func ociMain(stdin io.Reader, opts Options) int {
 	case Ignore:
 		log.Debug("oci hook: no restore: nothing to do")
 		return ExitOK
+	}
+	// Not a fresh start: the name, where the runtime gives one, joins the
+	// id on every line.
+	opts.Identity = opts.Identity.merge(Identity{Name: annotatedName(st.Annotations)}).merge(identityFromAncestors())
+	setIdentity(opts.Log, opts.Identity)
+	switch v {
 	case FixNow:
 		if code := fixMain(st.Pid, opts); code != ExitOK {
 			log.Warnf("oci hook: the fix ended with exit %d (the log says why): the container goes on; run `autofs-restore-hook fix --pid %d` to retry", code, st.Pid)
@@ -105,9 +117,21 @@ func mayFix(pid int) error {
 // every option of the OCI hook (flags, or the hooks.d JSON's env) reaches
 // it as the hook parsed it.
 type followerConfig struct {
-	Pid       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"`
-	Config    Config `json:"config"`
+	Pid       int      `json:"pid"`
+	StartTime uint64   `json:"start_time"`
+	Config    Config   `json:"config"`
+	Identity  Identity `json:"container"`
+}
+
+// annotatedName is the container's name in the annotations CRI-O gives
+// its containers, if any.
+func annotatedName(a map[string]string) string {
+	for _, k := range []string{"io.kubernetes.cri-o.Name", "io.kubernetes.container.name"} {
+		if validName(a[k]) {
+			return a[k]
+		}
+	}
+	return ""
 }
 
 // followerEnv is the whole environment of the detached worker.
@@ -117,7 +141,7 @@ var followerEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 // pid (started at start): a new session, stdio on null, the minimal
 // environment, and opts in its argument.
 func followerCommand(exe string, pid int, start uint64, opts Options, null *os.File) (*exec.Cmd, error) {
-	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Config: opts.Config})
+	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Config: opts.Config, Identity: opts.Identity})
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +213,8 @@ func followerMain(args []string) int {
 		log.Errorf("follow: %v: logging to syslog only", err)
 	}
 	defer closeLog()
+	setLogFields(log, logrus.Fields{"mode": "follow", "wiring": WiringOCI})
+	setIdentity(log, cfg.Identity)
 	if cfgErr != nil || cfg.Pid <= 0 || cfg.Config.RestoreTimeout <= 0 {
 		log.Errorf("follow: bad configuration %q: %v", args, cfgErr)
 		return ExitUsage
@@ -212,7 +238,7 @@ func followerMain(args []string) int {
 		return ExitOK
 	}
 	defer p.Close()
-	opts := Options{Config: cfg.Config, Log: log, Wiring: WiringOCI}
+	opts := Options{Config: cfg.Config, Log: log, Wiring: WiringOCI, Identity: cfg.Identity, Mode: "follow"}
 	deadline := time.Now().Add(timeout)
 	preDone := false
 	var polls, inspections int
@@ -220,6 +246,7 @@ func followerMain(args []string) int {
 	var namedAt time.Time
 	var preCPU, followed time.Duration // pre-resume's CPU; all CPU when the tasks ran
 	window := "missed (pre-resume ran after the tasks were resumed)"
+	windowWord, ended := "missed", "gone"
 	// What following the restore cost, apart from the fix itself:
 	// operators and the benchmarks (make bench) read it in the log.
 	defer func() {
@@ -231,8 +258,10 @@ func followerMain(args []string) int {
 		if !named {
 			slow = "the init's name never changed"
 		}
-		l.Infof("follow: done: %s CPU in all (user and system, its children included): %s following the restore (%d polls, %d mount-table reads; %s), %s pre-resume, %s post-resume; pre-resume window %s",
+		l.WithField("ended", ended).Infof("follow: done: %s CPU in all (user and system, its children included): %s following the restore (%d polls, %d mount-table reads; %s), %s pre-resume, %s post-resume; pre-resume window %s",
 			all, followed-preCPU, polls, inspections, slow, preCPU, all-followed, window)
+		saveFollowerReport(p, &FollowerReport{CPU: Millis(all), Following: Millis(followed - preCPU), PreResume: Millis(preCPU), PostResume: Millis(all - followed),
+			Polls: polls, Inspections: inspections, NamedPolls: namedPolls, Window: windowWord, Ended: ended}, l)
 	}()
 	// One open status file of the pinned init: one system call a poll,
 	// at the interval pollInterval gives.
@@ -247,6 +276,7 @@ func followerMain(args []string) int {
 	for {
 		if time.Now().After(deadline) {
 			l.Errorf("follow: the restore did not finish within %s (--restore-timeout): giving up; run `autofs-restore-hook fix --pid %d` once it runs", timeout, pid)
+			ended = "timeout"
 			return ExitFailed
 		}
 		polls++
@@ -266,6 +296,7 @@ func followerMain(args []string) int {
 			criu := isCRIU(tracer)
 			if criu && pluginLoaded(tracer) {
 				l.Infof("follow: the restoring CRIU (pid %d) has the CRIU plugin (%s): it fixes this restore; the follower stops", tracer, PluginFile)
+				ended = "plugin"
 				return ExitOK
 			}
 			l.Debugf("follow: traced by pid %d (CRIU: %t), no CRIU plugin", tracer, criu)
@@ -288,8 +319,9 @@ func followerMain(args []string) int {
 				}
 				took, ranAfter := stop()
 				preCPU = cpuUsed() - before
-				window = "caught"
+				window, windowWord = "caught", "caught"
 				if ranAfter >= 0 {
+					windowWord = "entered"
 					window = fmt.Sprintf("entered (pre-resume began while CRIU held the tasks; they ran %s after it began, it took %s)", ranAfter.Round(time.Millisecond), took.Round(time.Millisecond))
 				}
 			}
@@ -301,8 +333,10 @@ func followerMain(args []string) int {
 	followed = cpuUsed()
 	if err := fixPid(pid, []Phase{PreResume, PostResume}, opts); err != nil {
 		logLines(l.Errorf, "follow: ", err)
+		ended = "failed"
 		return ExitFailed
 	}
+	ended = "fixed"
 	return ExitOK
 }
 
@@ -487,4 +521,25 @@ func openFDs() []string {
 		fds = append(fds, e.Name()+"="+l)
 	}
 	return fds
+}
+
+// saveFollowerReport writes the follower's report into the container's
+// state file (status --json shows it), unless the container is gone.
+func saveFollowerReport(p *mounts.Process, r *FollowerReport, log *logrus.Entry) {
+	if p.Check() != nil || !hasState(p) {
+		return // gone, or nothing was ever recorded (no autofs mounts)
+	}
+	sf, err := lockState(p, lockTimeout)
+	if err != nil {
+		log.Warnf("follow: record the report: %v", err)
+		return
+	}
+	defer sf.Unlock()
+	if sf.rec.LastFix == nil {
+		sf.rec.LastFix = &Outcome{}
+	}
+	sf.rec.LastFix.Follower = r
+	if err := sf.Save(); err != nil {
+		log.Warnf("follow: record the report: %v", err)
+	}
 }

@@ -27,6 +27,10 @@ type option struct {
 var options = []option{
 	{"pid", "PID", "", "none: required", "status, fix",
 		"The container: any process of it, on the host (its init is used: podman inspect -f '{{.State.Pid}}' NAME, runc state ID, crictl inspect ID)."},
+	{"container", "NAME|ID", "", "none", "status, fix",
+		"The container by the name or id its runtime knows: runc and crun (their state under /run/runc, /run/crun), podman (podman container inspect), CRI-O (crictl inspect). Instead of --pid."},
+	{"all", "", "", "off", "status",
+		"Report every container of the node that has autofs mounts, one line each: id, name, init pid, mounts, health, last fix."},
 	{"json", "", "", "off", "status",
 		"Print the report as JSON: every autofs mount, its state and its master."},
 	{"dry-run", "", "", "off", "fix",
@@ -45,6 +49,8 @@ var options = []option{
 		"Also append log lines to FILE (runtimes drop a hook's standard error)."},
 	{"log-level", "LEVEL", EnvLogLevel, "info", "every mode",
 		"error, warning, info or debug."},
+	{"log-format", "text|json", EnvLogFormat, "text", "every mode",
+		"text: one line per entry, the fields as key=value; json: one JSON object per line (time, level, msg and the fields), for node log pipelines. Every line carries mode= and, once known, container= and name=."},
 	{"no-syslog", "", EnvNoSyslog, "off (logs go to syslog, the journal)", "every mode",
 		"Do not log to syslog. The variable takes a boolean (1, true, 0, false)."},
 }

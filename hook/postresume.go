@@ -123,12 +123,18 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 	if err := mounts.RunInMountNSEvents(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), sf.recordStaging, &res); err != nil {
 		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
 	}
-	took := time.Since(start).Round(time.Microsecond)
 	var errs []error
+	defer func() {
+		// One worker restarted them all: its time is the batch's.
+		log.WithFields(logrus.Fields{"master": "systemd", "units": len(res), "failed": len(errs), "took": time.Since(start).Round(time.Microsecond)}).Info("restart batch done")
+	}()
 	for _, r := range res {
-		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(r.Where), "master": "systemd", "unit": r.Unit, "took": took})
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(r.Where), "master": "systemd", "unit": r.Unit})
 		if r.Error != "" {
 			ml.Errorf("restart: %s", r.Error)
+			if r.Where != "" {
+				sf.left(r.Where, "restart "+r.Unit+": "+r.Error)
+			}
 			if r.Unit == "" {
 				errs = append(errs, fmt.Errorf("post-resume: %s", r.Error))
 			} else {
@@ -142,6 +148,7 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		}
 		ml.WithField("dev", devString(r.NewDev)).Info(what)
 		sf.rec.Fixed = append(sf.rec.Fixed, r.NewDev)
+		sf.fixed(r.Where)
 	}
 	return errors.Join(errs...)
 }
@@ -179,7 +186,13 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	}
 	if err != nil {
 		dl.Errorf("respawn: %v", err)
+		for _, t := range targets {
+			sf.left(t.Where, fmt.Sprintf("respawn automount %d: %v", pid, err))
+		}
 		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid, res))
+	}
+	for _, t := range targets {
+		sf.fixed(t.Where)
 	}
 	sf.dropRespawn(pid)
 	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms) + len(also), "took": time.Since(start).Round(time.Microsecond), "stage_caps": res.StageCaps}).Info("automount killed and started again; every mount reconnected")
@@ -253,7 +266,13 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 		if err != nil {
 			dl.Errorf("start again: %v", err)
 			errs = append(errs, fmt.Errorf("post-resume: start automount %d again: %w", p.OldPid, err))
+			for _, t := range p.Targets {
+				sf.left(t.Where, fmt.Sprintf("start automount %d again: %v", p.OldPid, err))
+			}
 			continue
+		}
+		for _, t := range p.Targets {
+			sf.fixed(t.Where)
 		}
 		sf.dropRespawn(p.OldPid)
 		dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(p.Targets), "took": time.Since(start).Round(time.Microsecond), "stage_caps": res.StageCaps}).Info("automount started again from the record of the earlier run; every mount reconnected")

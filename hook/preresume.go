@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
@@ -72,22 +73,35 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 	if err != nil {
 		return fmt.Errorf("pre-resume: make stale mounts catatonic: %w", err)
 	}
-	took := time.Since(start).Round(time.Microsecond)
 	var errs []error
 	for i, r := range res {
 		m := picked[i]
-		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind), "took": took})
+		ml := log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)})
 		if r.Error != "" {
 			ml.Errorf("make catatonic: %s", r.Error)
 			errs = append(errs, fmt.Errorf("pre-resume %s: %s", mounts.Escape(m.Mountpoint()), r.Error))
+			sf.left(m.Mountpoint(), "make catatonic: "+r.Error)
 			continue
 		}
 		ml.Info("made catatonic: accesses fail fast until post-resume restarts its master")
+		sf.fixed(m.Mountpoint())
 		sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: m.Mountpoint(), Dev: m.Dev(), Kind: string(m.Kind), MasterPid: m.MasterPid, Unit: m.Unit})
 	}
+	// One worker made them all catatonic: its time is the batch's.
+	log.WithFields(logrus.Fields{"mounts": len(res), "failed": len(errs), "took": time.Since(start).Round(time.Microsecond)}).Info("catatonic batch done")
 	return errors.Join(errs...)
 }
 
-func workerLog(log *logrus.Entry) func(string) {
-	return func(s string) { log.Info(s) }
+// workerLog logs a child's lines at the level the child gave them.
+func workerLog(log *logrus.Entry) door.Logf {
+	return func(level door.Level, s string) {
+		switch level {
+		case door.LevelWarn:
+			log.Warn(s)
+		case door.LevelError:
+			log.Error(s)
+		default:
+			log.Info(s)
+		}
+	}
 }

@@ -55,6 +55,96 @@ type record struct {
 	// holds, recorded before each move into it: a later run recovers
 	// from it only what this says (see mounts.RecoverStaged).
 	Staging *mounts.StagingRecord `json:"staging,omitempty"`
+	// Container is the container's id and name, as the runs knew them.
+	Container Identity `json:"container,omitzero"`
+	// LastFix is the outcome of the last run of each phase: what
+	// operators (status --json), the tests and the benchmarks read.
+	LastFix *Outcome `json:"last_fix,omitempty"`
+}
+
+// Outcome is what the hook did to a container: each phase's last run,
+// and the OCI hook's follower's cost.
+type Outcome struct {
+	PreResume  *PhaseOutcome `json:"pre_resume,omitempty"`
+	PostResume *PhaseOutcome `json:"post_resume,omitempty"`
+	// Follower is the report of the OCI hook's detached worker, written
+	// when it ends.
+	Follower *FollowerReport `json:"follower,omitempty"`
+}
+
+// PhaseOutcome is one run of one phase.
+type PhaseOutcome struct {
+	Wiring string    `json:"wiring"`
+	Mode   string    `json:"mode,omitempty"`
+	Began  time.Time `json:"began"`
+	Took   Millis    `json:"took_ms"`
+	// Fixed are the mount points the phase fixed: made catatonic
+	// (pre-resume), served by a restarted master again (post-resume).
+	Fixed []string `json:"fixed,omitempty"`
+	// Refused are the mount points it left alone on purpose, and why.
+	Refused []MountNote `json:"refused,omitempty"`
+	// Left are the mount points it tried and failed to fix, and why: the
+	// next run (`fix`) tries them again.
+	Left   []MountNote `json:"left,omitempty"`
+	Errors []string    `json:"errors,omitempty"`
+}
+
+// MountNote is a mount point and a reason.
+type MountNote struct {
+	Mountpoint string `json:"mountpoint"`
+	Why        string `json:"why"`
+}
+
+// FollowerReport is what following a restore cost the OCI hook's
+// detached worker (BENCHMARKS.md reads it).
+type FollowerReport struct {
+	// CPU is all the worker's CPU, its children included; Following the
+	// part spent polling the restore; PreResume and PostResume the
+	// phases'.
+	CPU        Millis `json:"cpu_ms"`
+	Following  Millis `json:"following_cpu_ms"`
+	PreResume  Millis `json:"pre_resume_cpu_ms"`
+	PostResume Millis `json:"post_resume_cpu_ms"`
+	Polls      int    `json:"polls"`
+	// Inspections are the mount-table reads while following.
+	Inspections int `json:"inspections"`
+	// NamedPolls is the poll at which the init had its own name again
+	// (0: it never changed).
+	NamedPolls int `json:"named_polls,omitempty"`
+	// Window is "caught", "entered" (pre-resume began while CRIU held
+	// the tasks, which ran before it ended) or "missed".
+	Window string `json:"window"`
+	// Ended says how the follow ended: "fixed", "failed", "gone" (the
+	// restore failed or the container exited), "plugin" (the CRIU
+	// plugin fixes it), "timeout".
+	Ended string `json:"ended"`
+}
+
+// Millis is a duration written in milliseconds, with three decimals.
+type Millis time.Duration
+
+func (m Millis) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.FormatFloat(float64(m)/float64(time.Millisecond), 'f', 3, 64)), nil
+}
+
+func (m *Millis) UnmarshalJSON(b []byte) error {
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return err
+	}
+	*m = Millis(f * float64(time.Millisecond))
+	return nil
+}
+
+// phaseOutcome is the outcome of phase ph in the record, made if absent.
+func (r *record) phaseOutcome(ph Phase) **PhaseOutcome {
+	if r.LastFix == nil {
+		r.LastFix = &Outcome{}
+	}
+	if ph == PostResume {
+		return &r.LastFix.PostResume
+	}
+	return &r.LastFix.PreResume
 }
 
 type preparedMount struct {
@@ -87,6 +177,28 @@ type stateFile struct {
 	path string
 	lock *os.File
 	rec  record
+	// out collects the outcome of the phase running now (runPhase).
+	out *PhaseOutcome
+}
+
+// fixed, refused and left note a mount point in the running phase's
+// outcome.
+func (s *stateFile) fixed(where string) {
+	if s.out != nil {
+		s.out.Fixed = append(s.out.Fixed, where)
+	}
+}
+
+func (s *stateFile) refused(where, why string) {
+	if s.out != nil {
+		s.out.Refused = append(s.out.Refused, MountNote{where, why})
+	}
+}
+
+func (s *stateFile) left(where, why string) {
+	if s.out != nil {
+		s.out.Left = append(s.out.Left, MountNote{where, why})
+	}
 }
 
 func ensureStateDir() error {
@@ -255,4 +367,30 @@ func (s *stateFile) recordStaging(raw json.RawMessage) error {
 		return fmt.Errorf("record the staging area: %w", err)
 	}
 	return nil
+}
+
+// ReadOutcome is the outcome the state file of the container whose init
+// is pid records (nil if none yet), with the container's identity: for
+// the tests and benchmarks, which read it instead of log lines.
+func ReadOutcome(pid int) (*Outcome, Identity, error) {
+	p, err := mounts.OpenProcess(pid)
+	if err != nil {
+		return nil, Identity{}, err
+	}
+	defer p.Close()
+	rec, err := loadState(p)
+	return rec.LastFix, rec.Container, err
+}
+
+// FixEnded tells whether the outcome o shows the end of the fix of the
+// wiring that runs it: the OCI hook's follower's report, or a
+// post-resume by the other wirings.
+func (o *Outcome) FixEnded(wiring string) bool {
+	switch {
+	case o == nil:
+		return false
+	case wiring == WiringOCI:
+		return o.Follower != nil
+	}
+	return o.PostResume != nil && o.PostResume.Wiring == wiring
 }

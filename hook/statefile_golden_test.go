@@ -37,6 +37,15 @@ func fullRecord() record {
 			NS: map[string]uint64{"mnt": 4026531840}, Root: units.FileID{Dev: 1, Ino: 2}, Cwd: units.FileID{Dev: 1, Ino: 2}, Exe: units.FileID{Dev: 1, Ino: 3}}},
 		Staging: &mounts.StagingRecord{MountID: 1234, MountIDUnique: 0x100000000abc, Base: "/run/.autofs-restore-hook", CreatedBase: true,
 			Entries: []mounts.StagedEntry{{Dir: "1", Where: "/srv/a"}}},
+		Container: Identity{ID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Name: "web"},
+		LastFix: &Outcome{
+			PreResume: &PhaseOutcome{Wiring: WiringOCI, Mode: "follow", Began: at, Took: Millis(1500 * time.Microsecond),
+				Fixed: []string{"/srv/a"}, Refused: []MountNote{{"/srv/x", "unknown master (pid 9)"}}, Left: []MountNote{{"/srv/b", "make catatonic: EBUSY"}}, Errors: []string{"pre-resume /srv/b: EBUSY"}},
+			PostResume: &PhaseOutcome{Wiring: WiringOCI, Mode: "follow", Began: at.Add(time.Second), Took: Millis(2 * time.Second), Fixed: []string{"/srv/a"},
+				Refused: []MountNote{{"/srv/x", "unknown master (pid 9)"}}, Left: []MountNote{{"/srv/b", "restart srv-b.automount: timeout"}}, Errors: []string{"post-resume /srv/b (srv-b.automount): timeout"}},
+			Follower: &FollowerReport{CPU: Millis(120 * time.Millisecond), Following: Millis(20 * time.Millisecond), PreResume: Millis(10 * time.Millisecond), PostResume: Millis(90 * time.Millisecond),
+				Polls: 300, Inspections: 2, NamedPolls: 250, Window: "caught", Ended: "fixed"},
+		},
 	}
 }
 

@@ -39,10 +39,12 @@ type MountStatus struct {
 
 // Report is the output of `status --json`.
 type Report struct {
-	Pid      int           `json:"pid"`
-	Restored bool          `json:"restored"`
-	Evidence []string      `json:"restore_evidence,omitempty"`
-	Mounts   []MountStatus `json:"mounts"`
+	Pid int `json:"pid"`
+	// Container is the container's id and name, as far as they are known.
+	Container Identity      `json:"container,omitzero"`
+	Restored  bool          `json:"restored"`
+	Evidence  []string      `json:"restore_evidence,omitempty"`
+	Mounts    []MountStatus `json:"mounts"`
 	// Blocked are the container's processes (host pids) sleeping in
 	// autofs_wait: waiting on an autofs request.
 	Blocked []int `json:"blocked,omitempty"`
@@ -55,6 +57,9 @@ type Report struct {
 	// Phases are the phases the hook finished on this container, with
 	// when and by which wiring (from its state file).
 	Phases []PhaseDone `json:"phases,omitempty"`
+	// LastFix is the outcome of the hook's last run of each phase on
+	// this container (from its state file).
+	LastFix *Outcome `json:"last_fix,omitempty"`
 }
 
 // PhaseDone is a phase of the fix the state file marks done.
@@ -114,7 +119,7 @@ func (c *Container) Blocked() []int {
 	return pids
 }
 
-func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
+func statusMain(pid int, known Identity, asJSON bool, out io.Writer, log *logrus.Logger) int {
 	p, err := mounts.OpenProcess(pid)
 	if err != nil {
 		log.Errorf("status: %v", err)
@@ -137,6 +142,9 @@ func statusMain(pid int, asJSON bool, out io.Writer, log *logrus.Logger) int {
 	c.confirmUnits(log)
 	r := c.report()
 	r.LastErrors = rec.LastErrors
+	r.LastFix = rec.LastFix
+	r.Container = identify(known, p, &rec)
+	setIdentity(log, r.Container)
 	for _, ph := range []struct {
 		phase Phase
 		mark  *phaseMark
@@ -173,7 +181,14 @@ func writeTable(out io.Writer, r Report) {
 	if r.Restored {
 		restored = "yes (" + strings.Join(r.Evidence, ", ") + ")"
 	}
-	fmt.Fprintf(out, "container pid %d, restored: %s, %d autofs mount(s)\n", r.Pid, restored, len(r.Mounts))
+	who := ""
+	if r.Container.ID != "" {
+		who = " " + mounts.Escape(r.Container.ID)
+	}
+	if r.Container.Name != "" {
+		who += " (" + mounts.Escape(r.Container.Name) + ")"
+	}
+	fmt.Fprintf(out, "container%s, init pid %d, restored: %s, %d autofs mount(s)\n", who, r.Pid, restored, len(r.Mounts))
 	if len(r.Mounts) > 0 {
 		writeMounts(out, r.Mounts)
 	}
@@ -189,6 +204,9 @@ func writeTable(out io.Writer, r Report) {
 	}
 	for _, p := range r.Phases {
 		fmt.Fprintf(out, "%s done%s at %s\n", p.Phase, byWiring(p.Wiring), p.At.Format(time.RFC3339))
+	}
+	if r.LastFix != nil {
+		fmt.Fprintf(out, "last fix: %s\n", lastFixSummary(r.LastFix))
 	}
 	for _, e := range r.LastErrors {
 		fmt.Fprintf(out, "last run failed: %s\n", controlEscaped(e))

@@ -31,7 +31,7 @@ type dialArgs struct {
 func init() {
 	// Dials path from the container (DialInContainer) and returns the
 	// first line the server says.
-	mounts.RegisterTask("test-dial", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	mounts.RegisterTask("test-dial", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 		var a dialArgs
 		if err := json.Unmarshal(args, &a); err != nil {
 			return nil, err
@@ -193,7 +193,7 @@ func TestDialInContainerChildHasNoMorePower(t *testing.T) {
 	done := make(chan dialed, 1)
 	go func() {
 		var line string
-		err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(s string) { t.Log(s) }, &line)
+		err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(_ door.Level, s string) { t.Log(s) }, &line)
 		done <- dialed{line, err}
 	}()
 	child := waitConnecting(t, sock, done)
@@ -306,7 +306,7 @@ func TestDialInContainerEndsByItsDeadline(t *testing.T) {
 	c := aContainer(t) // after the mount: its mount namespace has a copy
 	const dial = 2 * time.Second
 	start := time.Now()
-	err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(s string) { t.Log(s) }, nil)
+	err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(_ door.Level, s string) { t.Log(s) }, nil)
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil {

@@ -1,6 +1,7 @@
 package mounts_test
 
 import (
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
 	"strconv"
 	"strings"
@@ -64,7 +65,7 @@ func TestCatatonicThroughFDsNeverTouchesFUSE(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		r, err := mounts.CatatonicThroughFDs(holder, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(s string) { t.Log(s) })
+		r, err := mounts.CatatonicThroughFDs(holder, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
 		done <- result{r, err}
 	}()
 	select {
@@ -110,7 +111,7 @@ func TestCatatonicFDsRefusesSwappedFD(t *testing.T) {
 	}
 	defer holder.Close()
 	start := time.Now()
-	err = mounts.RunOnHost(mounts.CatatonicFDsTask, mounts.CatatonicFDsRequest(pid, holder.StartTime, 3, a.Info.ID, points[0]), 5*time.Second, func(s string) { t.Log(s) }, nil)
+	err = mounts.RunOnHost(mounts.CatatonicFDsTask, mounts.CatatonicFDsRequest(pid, holder.StartTime, 3, a.Info.ID, points[0]), 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, nil)
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil || !strings.Contains(err.Error(), "no longer on") {

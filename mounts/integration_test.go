@@ -44,7 +44,7 @@ func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *m
 func init() {
 	// A task for the move test: stage what is on top of the mount, check
 	// it is gone from the mount point, move it back, read it again.
-	mounts.RegisterTask("test-move", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	mounts.RegisterTask("test-move", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 		t, st, staged, err := stageTarget(env, args)
 		if err != nil {
 			return nil, err
@@ -76,17 +76,17 @@ func init() {
 
 func init() {
 	// A run killed between move aside and move back: stage only.
-	mounts.RegisterTask("test-stage-only", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	mounts.RegisterTask("test-stage-only", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 		_, _, staged, err := stageTarget(env, args)
 		return staged, err
 	})
-	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 		var rec *mounts.StagingRecord
 		if err := json.Unmarshal(args, &rec); err != nil {
 			return nil, err
 		}
 		var lines []string
-		_, _, err := mounts.RecoverStaged(env, rec, nil, func(s string) { lines = append(lines, s) })
+		_, _, err := mounts.RecoverStaged(env, rec, nil, func(_ door.Level, s string) { lines = append(lines, s) })
 		return lines, err
 	})
 }
@@ -162,7 +162,7 @@ func TestStaleMountHangsAndIsReleased(t *testing.T) {
 	// worker reports an error within its deadline, and does not hang.
 	var res []mounts.TargetResult
 	start := time.Now()
-	err = mounts.RunInMountNS(p, mounts.TaskCatatonic, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(s string) { t.Log(s) }, &res)
+	err = mounts.RunInMountNS(p, mounts.TaskCatatonic, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, &res)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestStaleMountHangsAndIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
-	got, err := mounts.CatatonicThroughFDs(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(s string) { t.Log(s) })
+	got, err := mounts.CatatonicThroughFDs(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
 	if err != nil || len(got) != 1 {
 		t.Fatalf("released %v (%v), want %s", got, err, points[0])
 	}
@@ -241,7 +241,7 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 		targets = append(targets, mounts.Target{Where: pt, Dev: autofsAt(t, m.Pid, pt).Dev()})
 	}
 	var res []mounts.TargetResult
-	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 5*time.Second, func(s string) { t.Log(s) }, &res); err != nil {
+	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, &res); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range res {
@@ -278,7 +278,7 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 	}
 	var out []string
 	var rec stagingRecorder
-	if err := mounts.RunInMountNSEvents(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(s string) { t.Log(s) }, rec.event, &out); err != nil {
+	if err := mounts.RunInMountNSEvents(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, rec.event, &out); err != nil {
 		t.Fatal(err)
 	}
 	if rec.rec != nil {

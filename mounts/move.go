@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"path"
 	"slices"
 	"strconv"
@@ -564,7 +565,7 @@ func (d *ControlDevice) CatatonicAt(where string, dev uint64) error {
 // which it also uses for what it stages itself and closes. With nothing
 // held and nothing left, the staging tmpfs is removed and nil returned.
 // It runs in the worker.
-func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) bool, logf func(string)) (*Staging, map[string]string, error) {
+func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) bool, logf door.Logf) (*Staging, map[string]string, error) {
 	if rec == nil {
 		return nil, nil, nil
 	}
@@ -577,7 +578,7 @@ func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) b
 		return nil, nil, err
 	}
 	if st == nil {
-		logf(fmt.Sprintf("the staging tmpfs an earlier run recorded (mount %d at %s) is gone: nothing to put back (%d recorded), record dropped", rec.MountID, Escape(rec.Base), len(rec.Entries)))
+		logf.Info(fmt.Sprintf("the staging tmpfs an earlier run recorded (mount %d at %s) is gone: nothing to put back (%d recorded), record dropped", rec.MountID, Escape(rec.Base), len(rec.Entries)))
 		return nil, nil, nil
 	}
 	held := map[string]string{}
@@ -604,7 +605,7 @@ func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) b
 			errs = append(errs, fmt.Errorf("recover %s left at %s by an earlier run: %w", Escape(e.Where), st.Path(e.Dir), err))
 			continue
 		}
-		logf(fmt.Sprintf("%s: put back the filesystem an earlier, interrupted run had moved aside", Escape(e.Where)))
+		logf.Info(fmt.Sprintf("%s: put back the filesystem an earlier, interrupted run had moved aside", Escape(e.Where)))
 	}
 	if len(errs) == 0 && len(held) == 0 {
 		return nil, nil, st.Close()

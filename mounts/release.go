@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
 	"time"
 
@@ -43,7 +44,7 @@ type catatonicFDsRequest struct {
 // (pidfd_getfd), and that in a child (RunOnHost), because the process
 // may swap an fd for a file whose close never returns (a FUSE file whose
 // server does not answer the FLUSH) between the choice and the copy.
-func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, logf func(string)) ([]string, error) {
+func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, logf door.Logf) ([]string, error) {
 	t, err := ReadTable(p.Pid)
 	if err != nil {
 		return nil, err
@@ -85,7 +86,7 @@ func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, lo
 // no file system), makes that mount catatonic. A copy that is not is
 // never closed by us: its close might never return. The task ends
 // then, and its exit closes it, in a process that can be left behind.
-func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 	var req catatonicFDsRequest
 	if err := json.Unmarshal(args, &req); err != nil {
 		return nil, fmt.Errorf("catatonic-fds: bad request: %w", err)
@@ -126,7 +127,7 @@ func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (
 		return nil, errors.Join(errs...)
 	}
 	for _, err := range errs {
-		logf(err.Error())
+		logf.Warn(err.Error())
 	}
 	return released, nil
 }

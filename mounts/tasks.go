@@ -3,6 +3,7 @@ package mounts
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 )
 
 // TaskCatatonic is the worker task that makes autofs mounts catatonic.
@@ -29,7 +30,7 @@ type TargetResult struct {
 // container's mount namespace and root, so the mount point is resolved as
 // the container sees it, and from the host's pid namespace, so the walk
 // never waits on the container's autofs mounts.
-func catatonicTask(env *WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+func catatonicTask(env *WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 	var targets []Target
 	if err := json.Unmarshal(args, &targets); err != nil {
 		return nil, fmt.Errorf("catatonic: bad request: %w", err)

@@ -30,7 +30,7 @@ const WorkerArg = "__autofs-restore-hook-worker"
 // container process's root, on a thread that stays locked; or, for a host
 // task, on the host. It gets the JSON arguments the parent sent and
 // reports progress through log.
-type Task func(env *WorkerEnv, args json.RawMessage, log func(string)) (any, error)
+type Task func(env *WorkerEnv, args json.RawMessage, log door.Logf) (any, error)
 
 // WorkerEnv is what a task gets from the host side: the container
 // process's /proc directory (to read its mount table without walking the
@@ -264,7 +264,7 @@ func register(name string, task Task, host bool) {
 // a path walk across a broken autofs mount of the container fails instead
 // of waiting; it is killed all the same when timeout passes, and never
 // outlives the caller. Lines the task logs are passed to logf.
-func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf func(string), result any) error {
+func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf door.Logf, result any) error {
 	return RunInMountNSEvents(p, name, args, timeout, logf, nil, result)
 }
 
@@ -272,7 +272,7 @@ func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf
 // (WorkerEnv.Record): each goes to event, and the task goes on once
 // event returned nil (its step fails if event returned an error). A nil
 // event refuses every record.
-func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration, logf func(string), event func(json.RawMessage) error, result any) error {
+func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error, result any) error {
 	deadline := time.Now().Add(timeout)
 	dir := "/proc/" + strconv.Itoa(p.Pid) + "/"
 	var files []*os.File
@@ -307,7 +307,7 @@ func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration
 
 // RunOnHost runs the host task called name (see RegisterHostTask) in a
 // child process, as RunInMountNS does; the child gets /dev/autofs only.
-func RunOnHost(name string, args any, timeout time.Duration, logf func(string), result any) error {
+func RunOnHost(name string, args any, timeout time.Duration, logf door.Logf, result any) error {
 	ctl, err := os.OpenFile("/dev/autofs", os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("worker %s: open /dev/autofs: %w", name, err)
@@ -321,11 +321,11 @@ func RunOnHost(name string, args any, timeout time.Duration, logf func(string), 
 // RunOnHostFiles runs the host task called name with files handed to it
 // (its env.Files; no /dev/autofs) and returns the files it passes back
 // (env.PassBack), which the caller closes.
-func RunOnHostFiles(name string, args any, files []*os.File, timeout time.Duration, logf func(string), result any) ([]*os.File, error) {
+func RunOnHostFiles(name string, args any, files []*os.File, timeout time.Duration, logf door.Logf, result any) ([]*os.File, error) {
 	return runOnHost(name, args, false, files, timeout, logf, result)
 }
 
-func runOnHost(name string, args any, ctl bool, files []*os.File, timeout time.Duration, logf func(string), result any) ([]*os.File, error) {
+func runOnHost(name string, args any, ctl bool, files []*os.File, timeout time.Duration, logf door.Logf, result any) ([]*os.File, error) {
 	back, err := door.Call(door.Spec{Role: WorkerArg, Args: []string{name, strconv.Itoa(len(files)), strconv.FormatBool(ctl)}, Request: rawArgs(args),
 		Files: files, Deadline: time.Now().Add(timeout), Log: logf}, result)
 	if err != nil {
@@ -417,7 +417,7 @@ func runWorker(args []string) int {
 		env.otherNS = []nsFile{{os.NewFile(9, "ipcns"), unix.CLONE_NEWIPC}, {os.NewFile(10, "utsns"), unix.CLONE_NEWUTS}, {os.NewFile(11, "cgroupns"), unix.CLONE_NEWCGROUP}}
 		env.mntNS, env.root = os.NewFile(uintptr(mntNS), "mntns"), os.NewFile(uintptr(root), "root")
 	}
-	res, err := task(env, req, r.Log)
+	res, err := task(env, req, r.Logf)
 	if err != nil {
 		return r.Done(nil, err)
 	}

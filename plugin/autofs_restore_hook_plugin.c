@@ -29,8 +29,8 @@
  *                                          one compiled in (ARH_BINARY)
  *   AUTOFS_RESTORE_HOOK_PLUGIN_TIMEOUT_MS  the pre-resume deadline in ms
  *                                          (1..600000; default 60000)
- *   AUTOFS_RESTORE_HOOK_LOG_FILE, _LOG_LEVEL, _NO_SYSLOG, _NESTED are passed
- *   on to the binary; nothing else of CRIU's environment is.
+ *   AUTOFS_RESTORE_HOOK_LOG_FILE, _LOG_LEVEL, _LOG_FORMAT, _NO_SYSLOG, _NESTED
+ *   are passed on to the binary; nothing else of CRIU's environment is.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -79,6 +79,7 @@ struct arh_plugin_desc {
 static const char *const passed_env[] = {
 	"AUTOFS_RESTORE_HOOK_LOG_FILE",
 	"AUTOFS_RESTORE_HOOK_LOG_LEVEL",
+	"AUTOFS_RESTORE_HOOK_LOG_FORMAT",
 	"AUTOFS_RESTORE_HOOK_NO_SYSLOG",
 	"AUTOFS_RESTORE_HOOK_NESTED",
 };

@@ -6,6 +6,7 @@ package units
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
 	"time"
 
@@ -42,7 +43,7 @@ func checkBinary(d *mounts.Process, exe *os.File, path string, timeout time.Dura
 	return nil
 }
 
-func automountBinaryTask(_ *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+func automountBinaryTask(_ *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
 	var c binaryCheck
 	if err := json.Unmarshal(args, &c); err != nil {
 		return nil, fmt.Errorf("%s: bad request: %w", taskAutomountBinary, err)

@@ -55,7 +55,7 @@ var errContainerGone = errors.New("the container exited during the fix")
 // after a restore, systemd (seen with 252) may leave the first connection
 // unanswered until something else wakes it, while a new one is served.
 // It gives up when ctx ends or when the container's process is gone.
-func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf func(string)) (*systemd, error) {
+func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf door.Logf) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
@@ -72,7 +72,7 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf fun
 		}
 		last = err
 		if logf != nil {
-			logf(fmt.Sprintf("systemd: attempt %d after %s: %v", attempt, time.Since(began).Round(time.Microsecond), err))
+			logf.Info(fmt.Sprintf("systemd: attempt %d after %s: %v", attempt, time.Since(began).Round(time.Microsecond), err))
 		}
 		if env.Gone() {
 			return nil, fmt.Errorf("%w (last attempt to reach its systemd: %v)", errContainerGone, last)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"runtime"
 	"time"
 
@@ -70,8 +71,8 @@ func readHeld(p *mounts.Process, timeout time.Duration) (*heldState, error) {
 	return &out, nil
 }
 
-func heldTask(_ *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
-	failpoint.Delay("slow-held", 8*time.Second, logf)
+func heldTask(_ *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
+	failpoint.Delay("slow-held", 8*time.Second, logf.Info)
 	var req heldRequest
 	if err := json.Unmarshal(args, &req); err != nil {
 		return nil, fmt.Errorf("held: bad request: %w", err)

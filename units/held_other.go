@@ -11,7 +11,7 @@ import (
 // injectGetSecurebits is written for x86-64 only: the syscall
 // instruction, the registers and the restart of an interrupted syscall
 // differ by architecture. Elsewhere the securebits are not read (nor
-// copied): README, "Known limits".
+// copied): RELIABILITY.md and docs/how-it-works.md, "Files and limits".
 func injectGetSecurebits(pid int, filters []SeccompFilter, ws *unix.WaitStatus) (uint32, error) {
 	return 0, errSecurebitsArch
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
 	"strconv"
 	"strings"
@@ -225,7 +226,7 @@ func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.Fil
 	return files, nil
 }
 
-func openInRootTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+func openInRootTask(env *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
 	var paths []string
 	if err := json.Unmarshal(args, &paths); err != nil {
 		return nil, fmt.Errorf("open-in-root: bad request: %w", err)

@@ -6,6 +6,7 @@ package units
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
 	"slices"
 	"strconv"
@@ -24,7 +25,7 @@ type RespawnOptions struct {
 	// Deadline, when set, is the end of the whole run (one fix of one
 	// container): the respawn ends by it too, whatever Timeout says.
 	Deadline time.Time
-	Log      func(string)
+	Log      door.Logf
 	// BeforeKill, when set, gets the record of the daemon right before it
 	// is killed; an error stops the respawn with the daemon untouched.
 	// A caller keeps the record so that RetryRespawn can start the daemon
@@ -97,8 +98,8 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 		info.Securebits = &h.Securebits
 	case securebitsReadable:
 		return nil, fmt.Errorf("respawn automount %d: its securebits were not read (%s): refused rather than respawn it without them", pid, mounts.Escape(h.SecurebitsWhy))
-	case o.Log != nil:
-		o.Log(fmt.Sprintf("respawn automount %d: its securebits are not read on this architecture: the new daemon starts with none", pid))
+	default:
+		o.Log.Warn(fmt.Sprintf("respawn automount %d: its securebits are not read on this architecture: the new daemon starts with none", pid))
 	}
 	if err := info.Reproducible(); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
@@ -124,14 +125,14 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 	if err := inTime(pid, beforeKill, "the checks before the kill"); err != nil {
 		return nil, err
 	}
-	if err := releaseThroughDaemon(d, targets, share(beforeKill), o.Log); err != nil && o.Log != nil {
-		o.Log(err.Error())
+	if err := releaseThroughDaemon(d, targets, share(beforeKill), o.Log); err != nil {
+		o.Log.Warn(err.Error())
 	}
 	if err := inTime(pid, beforeKill, "releasing its mounts"); err != nil {
 		return nil, err
 	}
 	if o.Log != nil {
-		failpoint.Delay("slow-before-kill", 6*time.Second, o.Log)
+		failpoint.Delay("slow-before-kill", 6*time.Second, o.Log.Info)
 	}
 	if err := inTime(pid, beforeKill, "the steps before the kill"); err != nil {
 		return nil, err
@@ -196,7 +197,7 @@ func inPidNamespaceOf(pid, initPid int) error {
 
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
-func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf func(string)) (*Respawned, error) {
+func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf door.Logf) (*Respawned, error) {
 	// Opened before the start: the daemon's first mounts end the first
 	// wait at once.
 	watch, err := mounts.WatchTable(c.Pid)
@@ -391,11 +392,11 @@ func closeAll(files []*os.File) {
 
 // releaseThroughDaemon makes the targets catatonic with the ioctl fds the
 // daemon holds on them (see mounts.CatatonicThroughFDs).
-func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, timeout time.Duration, logf func(string)) error {
+func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, timeout time.Duration, logf door.Logf) error {
 	released, err := mounts.CatatonicThroughFDs(d, targets, timeout, logf)
 	for _, where := range released {
 		if logf != nil {
-			logf(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
+			logf.Info(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
 		}
 	}
 	return err

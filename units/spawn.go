@@ -58,7 +58,7 @@ type spawnResult struct {
 // the capabilities that stage had (spawnResult.StageCaps). The
 // chain ends by the deadline: stage host kills the container stage then,
 // and is killed itself by spawnGrace later.
-func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf func(string)) (*mounts.Process, string, error) {
+func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf door.Logf) (*mounts.Process, string, error) {
 	var r spawnResult
 	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano(), NoHold: noHold()}
 	if t, err := mounts.ReadTable(c.Pid); err == nil {
@@ -75,7 +75,7 @@ func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, l
 	defer closeAll(back)
 	for _, w := range r.Warnings {
 		if logf != nil {
-			logf("start automount again: " + w)
+			logf.Info("start automount again: " + w)
 		}
 	}
 	if err != nil {

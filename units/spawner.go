@@ -119,7 +119,7 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 		Env:           []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
 		Deadline:      time.Unix(0, req.Deadline),
 		IntoContainer: true,
-		Log:           func(s string) { warnings = append(warnings, mounts.Escape(s)) },
+		Log:           func(_ door.Level, s string) { warnings = append(warnings, mounts.Escape(s)) },
 		Prepare: func() error {
 			for _, ns := range []struct {
 				fd   int

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"strings"
 	"time"
 
@@ -71,7 +72,7 @@ type RestartResult struct {
 }
 
 // systemdUnitsTask answers which unit serves which mount point.
-func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string)) (any, error) {
+func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
 	var req UnitsRequest
 	if err := json.Unmarshal(args, &req); err != nil {
 		return nil, fmt.Errorf("%s: bad request: %w", TaskSystemdUnits, err)
@@ -101,7 +102,7 @@ func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ func(string
 // puts the preserved filesystems back on top. The staging area and each
 // filesystem staged are recorded with the hook (env.Record) before the
 // move: the parent must run it with RunInMountNSEvents.
-func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(string)) (any, error) {
+func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
 	var req RestartRequest
 	if err := json.Unmarshal(args, &req); err != nil {
 		return nil, fmt.Errorf("systemd-restart: bad request: %w", err)
@@ -154,7 +155,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 			// RecoverStaged returned): it goes back after the restart,
 			// like what is staged now.
 			staged[i] = dir
-			logf(fmt.Sprintf("%s: the filesystem an earlier, interrupted run moved aside goes back after the restart", mounts.Escape(t.Where)))
+			logf.Info(fmt.Sprintf("%s: the filesystem an earlier, interrupted run moved aside goes back after the restart", mounts.Escape(t.Where)))
 		}
 		if a := table.Find(t.Where); a != nil && a.Dev() == t.Dev {
 			if _, ok := staged[i]; !ok && a.OnTop != nil {
@@ -170,14 +171,14 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 					continue
 				}
 				staged[i] = dst
-				logf(fmt.Sprintf("%s: moved %s on top aside", mounts.Escape(t.Where), a.OnTop.FSType))
+				logf.Info(fmt.Sprintf("%s: moved %s on top aside", mounts.Escape(t.Where), a.OnTop.FSType))
 			}
 			if !a.Options.Catatonic() {
 				if err := env.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
 					// A request already pending makes the mount point
 					// unreachable from here: restart all the same, and
 					// report what may stay blocked.
-					logf(fmt.Sprintf("%s: could not make the old mount catatonic (%v); processes already waiting on it stay blocked", mounts.Escape(t.Where), err))
+					logf.Warn(fmt.Sprintf("%s: could not make the old mount catatonic (%v); processes already waiting on it stay blocked", mounts.Escape(t.Where), err))
 				}
 			}
 		}
@@ -185,7 +186,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	}
 	// Filesystems on top are staged and the old mounts released: a run
 	// killed from here on leaves the next run something to recover.
-	failpoint.Pause("staged", logf)
+	failpoint.Pause("staged", logf.Info)
 	if len(restart) > 0 {
 		if err := s.restartAll(req.Targets, results, restart, units, logf); err != nil {
 			for _, i := range restart {
@@ -198,7 +199,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 	for i, dst := range staged {
 		if err := staging.MoveBack(env, dst, req.Targets[i].Where); err != nil {
 			results[i].Error = strings.TrimPrefix(results[i].Error+"; ", "; ") + err.Error()
-			logf(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), staging.Path(dst), err))
+			logf.Warn(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), staging.Path(dst), err))
 			continue
 		}
 		results[i].MovedBack = true
@@ -215,7 +216,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf func(s
 		}
 		if allBack {
 			if err := staging.Close(); err != nil {
-				logf(err.Error())
+				logf.Warn(err.Error())
 			}
 		}
 	}
@@ -242,7 +243,7 @@ func noNewMount(results []RestartResult, pending map[int]bool) error {
 // restartAll resets and restarts the units of the targets idx in one
 // batch of pipelined calls, then waits until each is active with a new
 // autofs mount at its Where.
-func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, idx []int, units map[string]unitRef, logf func(string)) error {
+func (s *systemd) restartAll(targets []RestartTarget, results []RestartResult, idx []int, units map[string]unitRef, logf door.Logf) error {
 	// Opened before the restarts: a new mount made while the calls are
 	// answered ends the first wait at once.
 	watch, err := s.env.WatchTable()

@@ -37,8 +37,8 @@ type Spec struct {
 	Env []string
 	// Deadline: the child is killed then. Zero is an error.
 	Deadline time.Time
-	// Log gets the child's log lines.
-	Log func(string)
+	// Log gets the child's log lines, with their levels.
+	Log Logf
 	// Event gets the child's events (Reply.Event), one at a time; the
 	// child goes on once it returned, and fails its step if it returned
 	// an error. Nil: every event is refused.
@@ -266,9 +266,7 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			return nil, &leftBehindError{left + said}
 		}
 		// It answered: the answer stands, the rest is reported.
-		if s.Log != nil {
-			s.Log(left)
-		}
+		s.Log.Warn(left)
 	}
 	mu.Lock()
 	step := lastLog

@@ -31,6 +31,7 @@ func TestMain(m *testing.M) {
 			return r.Done(nil, err)
 		}
 		r.Log("got " + s)
+		r.Logf(LevelWarn, "careful")
 		f, err := os.OpenFile("/dev/null", unix.O_PATH, 0)
 		if err != nil {
 			return r.Done(nil, err)
@@ -206,12 +207,13 @@ func TestMain(m *testing.M) {
 func TestCallPassesFilesBack(t *testing.T) {
 	var logs []string
 	var res string
-	files, err := Call(Spec{Role: "__door-test-echo", Request: "hi", Deadline: time.Now().Add(10 * time.Second), Log: func(s string) { logs = append(logs, s) }}, &res)
+	files, err := Call(Spec{Role: "__door-test-echo", Request: "hi", Deadline: time.Now().Add(10 * time.Second), Log: func(l Level, s string) { logs = append(logs, string(l)+":"+s) }}, &res)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeAll(files)
-	if res != "hi!" || len(logs) != 1 || logs[0] != "got hi" {
+	// A child's warning reaches the parent as a warning.
+	if res != "hi!" || len(logs) != 2 || logs[0] != ":got hi" || logs[1] != "warning:careful" {
 		t.Fatalf("result %q, logs %q", res, logs)
 	}
 	if len(files) != 1 {
@@ -509,7 +511,7 @@ func TestEventAckedAfterTheCallback(t *testing.T) {
 	path = t.TempDir() + "/after"
 	var logs []string
 	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second),
-		Log:   func(s string) { logs = append(logs, s) },
+		Log:   func(_ Level, s string) { logs = append(logs, s) },
 		Event: func(json.RawMessage) error { return errors.New("disk full") }}, nil)
 	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
 		t.Fatalf("err = %v, want the child's Event to fail", err)
@@ -550,7 +552,7 @@ func TestCallLeftBehindIsTyped(t *testing.T) {
 	t.Cleanup(func() { srv.Close(); unix.Unmount(file, unix.MNT_DETACH) })
 	start := time.Now()
 	_, err = Call(Spec{Role: "__door-test-hold", Request: file, Deadline: time.Now().Add(testenv.Scale(2 * time.Second)),
-		Log: func(s string) {
+		Log: func(_ Level, s string) {
 			if strings.HasPrefix(s, "holding") {
 				f.Turn()
 			}

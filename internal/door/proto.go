@@ -19,7 +19,9 @@ import (
 
 // Msg is one line of the protocol, from a child to its parent.
 type Msg struct {
-	Log    string          `json:"log,omitempty"`
+	Log string `json:"log,omitempty"`
+	// Level is the log line's level: LevelInfo when empty.
+	Level  Level           `json:"level,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
 	Done   bool            `json:"done,omitempty"`
@@ -145,6 +147,44 @@ func writeAll(b []byte) error {
 // Log sends one log line to the parent.
 func (r *Reply) Log(s string) { r.send(Msg{Log: s}, nil) }
 
+// Logf sends a log line at its level: the child's Logf.
+func (r *Reply) Logf(level Level, s string) { r.send(Msg{Log: s, Level: level}, nil) }
+
+// Level is the level of a child's log line, which the parent logs at the
+// same level.
+type Level string
+
+const (
+	LevelInfo  Level = ""
+	LevelWarn  Level = "warning"
+	LevelError Level = "error"
+)
+
+// Logf takes a child's log line with its level: the parent's logger, or
+// the child's Reply.Logf. A nil Logf drops the line.
+type Logf func(level Level, msg string)
+
+// Info logs msg at info level.
+func (f Logf) Info(msg string) {
+	if f != nil {
+		f(LevelInfo, msg)
+	}
+}
+
+// Warn logs msg at warning level.
+func (f Logf) Warn(msg string) {
+	if f != nil {
+		f(LevelWarn, msg)
+	}
+}
+
+// Error logs msg at error level.
+func (f Logf) Error(msg string) {
+	if f != nil {
+		f(LevelError, msg)
+	}
+}
+
 // Done sends the final line: the result, or err, with files (only with a
 // result). It returns the exit code the role returns.
 func (r *Reply) Done(res any, err error, files ...*os.File) int {
@@ -198,7 +238,7 @@ type final struct {
 // them, and the kernel drops any a child sends without installing them:
 // a file we never asked for is never ours to close (closing a FUSE file
 // waits for its server through SIGKILL).
-func readMsgs(conn *net.UnixConn, logf func(string), last func(string), event func(json.RawMessage) error) *final {
+func readMsgs(conn *net.UnixConn, logf Logf, last func(string), event func(json.RawMessage) error) *final {
 	buf := make([]byte, 64<<10)
 	var line []byte
 	fail := func(format string, args ...any) *final {
@@ -220,7 +260,12 @@ func readMsgs(conn *net.UnixConn, logf func(string), last func(string), event fu
 			}
 			if m.Log != "" {
 				if logf != nil {
-					logf(m.Log)
+					switch m.Level {
+					case LevelWarn, LevelError:
+						logf(m.Level, m.Log)
+					default:
+						logf(LevelInfo, m.Log)
+					}
 				}
 				last(m.Log)
 			}
@@ -271,10 +316,8 @@ func readMsgs(conn *net.UnixConn, logf func(string), last func(string), event fu
 	}
 }
 
-func logEventErr(logf func(string), err error) {
-	if logf != nil {
-		logf("event of the child not kept: " + err.Error())
-	}
+func logEventErr(logf Logf, err error) {
+	logf.Error("event of the child not kept: " + err.Error())
 }
 
 // receiveFiles asks for the n fds announced by a final line and reads

@@ -110,23 +110,15 @@ func followerTable() {
 			pid, err := strconv.Atoi(lastLine(out2))
 			check(err)
 			c.fixed = append(c.fixed, pid)
-			line := waitFollowerDone(logPath, r+1)
-			m := followerReport.FindStringSubmatch(line)
-			if m == nil {
-				fatal("the follower's report %q does not match %s\n", line, followerReport)
-			}
-			cpu, err := time.ParseDuration(m[2])
-			check(err)
-			all, err := time.ParseDuration(m[1])
-			check(err)
-			p, _ := strconv.Atoi(m[3])
-			reads, _ := strconv.Atoi(m[4])
-			slow, err := strconv.Atoi(m[5])
-			if err != nil {
+			rep := waitFollowerReport(pid)
+			cpu, all := time.Duration(rep.Following), time.Duration(rep.CPU)
+			p, reads := rep.Polls, rep.Inspections
+			slow := rep.NamedPolls
+			if slow == 0 {
 				slow = p // the init's name never changed: every poll was slow
 			}
 			slowPolls = append(slowPolls, slow)
-			win := m[6]
+			win := rep.Window
 			allCPU = append(allCPU, all)
 			followCPU, polls, tableReads = append(followCPU, cpu), append(polls, p), append(tableReads, reads)
 			windows[win]++
@@ -139,21 +131,21 @@ func followerTable() {
 	fmt.Printf("\nMedians of %d restores of one checkpoint each. The follower's CPU is its own report (getrusage of itself and its children): following is what it spent watching the restore, apart from the two fixes it runs (which `fix` also costs). The pre-resume window is caught when pre-resume ended while CRIU still held the tasks, entered when it began then but the tasks ran before it ended (CRIU does not wait for the follower), missed when the tasks ran before it began.\n", *runs)
 }
 
-// followerReport is the follower's last log line (hook/oci.go).
-var followerReport = regexp.MustCompile(`follow: done: (\S+) CPU in all \(user and system, its children included\): (\S+) following the restore \((\d+) polls, (\d+) mount-table reads; (?:(\d+) polls before the init had its own name|the init's name never changed)\), \S+ pre-resume, \S+ post-resume; pre-resume window (\w+)`)
-
-// waitFollowerDone waits until the log holds n "follow: done" lines and
-// returns the last.
-func waitFollowerDone(logPath string, n int) string {
-	lines, err := waitLogged(logPath, anyFollowerDone, n, time.Now().Add(3*time.Minute), 100*time.Millisecond)
-	if err != nil {
-		b, _ := os.ReadFile(logPath)
-		fatal("no report %d of the follower within 3 minutes; log:\n%s\n", n, b)
+// waitFollowerReport waits until the state file of the container whose
+// init is pid holds its follower's report (hook.FollowerReport).
+func waitFollowerReport(pid int) *hook.FollowerReport {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		o, _, err := hook.ReadOutcome(pid)
+		if err == nil && o.FixEnded(hook.WiringOCI) {
+			return o.Follower
+		}
+		if time.Now().After(deadline) {
+			fatal("no report of the follower of pid %d in its state file within 3 minutes (%v)\n", pid, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return lines[n-1]
 }
-
-var anyFollowerDone = regexp.MustCompile(`follow: done: `)
 
 // waitLogged waits, reading the log every poll, until n of its lines
 // match re (or deadline), and returns the matching lines.

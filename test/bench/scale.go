@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,8 +87,9 @@ type hookUsage struct {
 	invoked int
 }
 
-// readUsage sums the wrapper's lines and the followers' own reports.
-func readUsage(wrapLog, hookLog string, sampled map[int]int64) hookUsage {
+// readUsage sums the wrapper's lines and the followers' own reports (in
+// the state files of the containers whose inits are restored).
+func readUsage(wrapLog string, restored []int, sampled map[int]int64) hookUsage {
 	var u hookUsage
 	peaks := map[int]int64{}
 	for pid, kb := range sampled {
@@ -108,12 +108,9 @@ func readUsage(wrapLog, hookLog string, sampled map[int]int64) hookUsage {
 		}
 		f.Close()
 	}
-	b, _ := os.ReadFile(hookLog)
-	for _, l := range strings.Split(string(b), "\n") {
-		if m := followerReport.FindStringSubmatch(l); m != nil {
-			if d, err := time.ParseDuration(m[1]); err == nil {
-				u.cpu += d
-			}
+	for _, pid := range restored {
+		if o, _, err := hook.ReadOutcome(pid); err == nil && o != nil && o.Follower != nil {
+			u.cpu += time.Duration(o.Follower.CPU)
 		}
 	}
 	for _, kb := range peaks {
@@ -326,6 +323,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 	var mu sync.Mutex
 	var lastRestore, lastFixed time.Duration
 	var failures []string
+	var restored []int // the inits of the restored containers
 	for i, c := range cs {
 		wg.Add(1)
 		go func() {
@@ -348,6 +346,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 			pid, _ := strconv.Atoi(lastLine(out))
 			mu.Lock()
 			lastRestore = max(lastRestore, done)
+			restored = append(restored, pid)
 			if wiring != "none" && wiring != "shell" {
 				c.fixed = append(c.fixed, pid)
 			}
@@ -376,12 +375,12 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 				// A post-resume may wait for a node slot (5 minutes at
 				// most) before its own budget: the end is awaited 10.
 				deadline := time.Now().Add(5 * time.Minute)
-				if end := endLine(wiring, pid); end != nil {
+				if w := outcomeWiring(wiring); w != "" {
 					deadline = time.Now().Add(10 * time.Minute)
-					// Once a second: 20 goroutines reading the whole
-					// log ten times a second would cost the emulated
-					// CPUs what the fixes need.
-					if _, err := waitLogged(hookLog, end, 1, deadline, time.Second); err != nil {
+					// Once a second: 20 goroutines reading state files
+					// ten times a second would cost the emulated CPUs
+					// what the fixes need.
+					if err := waitFixEnded(pid, w, deadline); err != nil {
 						fail("%v", err)
 						return
 					}
@@ -413,8 +412,12 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 		waitInvocations(wrapLog, 2*len(cs), time.Now().Add(2*time.Minute))
 	}
 	if wiring == "oci-hook" && len(failures) == 0 {
-		// The followers report when they end; their CPU is in that line.
-		waitFollowerDone(hookLog, len(cs))
+		// The followers report when they end, in the state files.
+		for _, pid := range restored {
+			if err := waitFixEnded(pid, hook.WiringOCI, time.Now().Add(3*time.Minute)); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			}
+		}
 	}
 	close(stop)
 	peaks := <-sampled
@@ -436,29 +439,37 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 		return r
 	}
 	if wiring == "action-script" || wiring == "oci-hook" || wiring == "plugin" {
-		r.usage = readUsage(wrapLog, hookLog, peaks)
+		r.usage = readUsage(wrapLog, restored, peaks)
 	}
 	return r
 }
 
-// endLine matches the line that ends the fix of the container whose
-// init is pid, for the wirings whose fix outlives the restore: the OCI
-// hook's follower and the CRIU plugin's detached post-resume. Nil for
-// the others.
-func endLine(wiring string, pid int) *regexp.Regexp {
+// outcomeWiring is the wiring, as the state file names it, whose fix
+// outlives the restore: the OCI hook's follower and the CRIU plugin's
+// detached post-resume. "" for the others.
+func outcomeWiring(wiring string) string {
 	switch wiring {
 	case "oci-hook":
-		return followerDone(pid)
+		return hook.WiringOCI
 	case "plugin":
-		return regexp.MustCompile(`post-resume finished in .* pid=` + strconv.Itoa(pid) + `( |$)`)
+		return hook.WiringPlugin
 	}
-	return nil
+	return ""
 }
 
-// followerDone matches the line the OCI follower of the container whose
-// init is pid logs at its end.
-func followerDone(pid int) *regexp.Regexp {
-	return regexp.MustCompile(`follow: done:.* pid=` + strconv.Itoa(pid) + `( |$)`)
+// waitFixEnded waits, reading the container's state file once a second,
+// until it records the end of the fix by wiring (hook.Outcome.FixEnded).
+func waitFixEnded(pid int, wiring string, deadline time.Time) error {
+	for {
+		o, _, err := hook.ReadOutcome(pid)
+		if err == nil && o.FixEnded(wiring) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the state file of pid %d records no end of the fix by %s by the deadline (%v)", pid, wiring, err)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 func lastLines(s string, n int) string {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/cgtree"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/criuimg"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
@@ -44,9 +45,7 @@ func restartedInItsCgroup(t testing.TB, c *lab.Container, what string, orig daem
 	t.Helper()
 	allOK(t, c, 5)
 	d := automountWorksAgain(t, c, what, &orig)
-	if !strings.Contains(log(), "automount killed and started again") {
-		t.Errorf("%s: the hook's log does not say it started automount again:\n%s", what, log())
-	}
+	fixedPerStateFile(t, c, what)
 	samePrivileges(t, d, orig)
 	if d.cgroup != orig.cgroup {
 		t.Errorf("%s: the new daemon's cgroup is %q, the original's %q", what, d.cgroup, orig.cgroup)
@@ -144,7 +143,7 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitPluginPostResume(t, log)
+		waitPluginPostResume(t, pid, log)
 		restartedInItsCgroup(t, c, "crun, the CRIU plugin", orig, log)
 		preResumeByPlugin(t, c, log(), pid)
 	})
@@ -159,8 +158,10 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 			// file is machine-wide.
 			criuConfig(t, conf, "action-script "+bin+"\n")
 			checkpointRestore(t, c)
-			if !strings.Contains(log(), "pre-resume finished") {
-				t.Errorf("the hook's log has no pre-resume run: was %s read?\n%s", conf, log())
+			if pid, err := c.Pid(); err != nil {
+				t.Fatal(err)
+			} else if o, _, err := hook.ReadOutcome(pid); err != nil || o == nil || o.PreResume == nil || o.PreResume.Wiring != hook.WiringScript {
+				t.Errorf("the state file records no pre-resume by the action script (%v, %+v): was %s read?\n%s", err, o, conf, log())
 			}
 			restartedInItsCgroup(t, c, "crun, "+conf, orig, log)
 		})

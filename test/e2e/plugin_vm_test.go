@@ -32,12 +32,16 @@ func pluginOnly(t testing.TB) func() string {
 
 // waitPluginPostResume waits until the post-resume that the plugin
 // started detached (CRIU does not wait for it) has finished.
-func waitPluginPostResume(t testing.TB, log func() string) {
+func waitPluginPostResume(t testing.TB, pid int, log func() string) {
 	t.Helper()
 	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
-	for !strings.Contains(log(), "post-resume finished") {
+	for {
+		o, _, err := hook.ReadOutcome(pid)
+		if err == nil && o.FixEnded(hook.WiringPlugin) {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the plugin's post-resume did not finish within 90 s; log:\n%s", log())
+			t.Fatalf("the plugin's post-resume did not finish within 90 s (state file: %+v, %v); log:\n%s", o, err, log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -93,7 +97,7 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitPluginPostResume(t, log)
+	waitPluginPostResume(t, pid, log)
 	var gap string
 	deadline := time.Now().Add(testenv.Scale(30 * time.Second))
 	for {
@@ -194,10 +198,12 @@ func TestPluginOnlyAutomount(tt *testing.T) {
 	lab.Require(t)
 	log := pluginOnly(t)
 	c, pid := restoredWithoutHook(t, "plugin-am", lab.Automount)
-	waitPluginPostResume(t, log)
+	waitPluginPostResume(t, pid, log)
 	automountWorksAgain(t, c, "after a restore with only the plugin", nil)
 	noWaiters(t, c)
 	preResumeByPlugin(t, c, log(), pid)
+	// runc's restore names the container: every line of the fix says it.
+	everyLineNames(t, log(), c.Name, "")
 }
 
 // podman with the package installed and nothing else: podman reads the
@@ -216,6 +222,7 @@ func TestPluginFromPackagePodman(tt *testing.T) {
 	}
 	ociLog := logInstalledHook(t)
 	c := lab.PodmanUp(t, "plugin-pod", lab.Automount, lab.Options{SystemHooks: true})
+	syslog := syslogListener(t)
 	checkpointRestore(t, c)
 	// The plugin's post-resume runs detached: wait until status shows
 	// every mount served again and post-resume done.
@@ -265,4 +272,8 @@ func TestPluginFromPackagePodman(tt *testing.T) {
 	if !strings.Contains(out, "post-resume done by the "+hook.WiringPlugin) {
 		t.Errorf("status does not say the plugin did post-resume")
 	}
+	// The operator's view: by name, for the node, in the journal; and
+	// the OCI hook's lines name the container too.
+	checkOperatorView(t, debBinary, c.Name, hook.WiringPlugin, syslog)
+	everyLineNames(t, l, podmanID(t, c.Name), "")
 }

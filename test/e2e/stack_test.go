@@ -23,7 +23,7 @@ func TestDebian12StockCRIU(tt *testing.T) {
 		checkpointRestore(t, c)
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
-		windowEntered(t, log(), 1)
+		windowEntered(t, c)
 		// The same container, checkpointed again and restored by the
 		// same CRIU 3.17.1 with the CRIU plugin as the only wiring: its
 		// plugin interface has RESUME_DEVICES_LATE, which it calls before
@@ -37,7 +37,7 @@ func TestDebian12StockCRIU(tt *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitPluginPostResume(t, plog)
+		waitPluginPostResume(t, pid, plog)
 		systemdWorks(t, c)
 		preResumeByPlugin(t, c, plog(), pid)
 		if n := strings.Count(log(), "oci hook: restore in progress"); n != 1 {
@@ -109,6 +109,6 @@ func TestPodmanMigration(tt *testing.T) {
 		timed(t, "restore --import "+c.Name, func() error { return c.RestoreImport(archive) })
 		t.Logf("TIMING fixed after restore returned: %v", waitFixed(t, c, 3, log).Round(time.Millisecond))
 		systemdWorks(t, c)
-		windowEntered(t, log(), 1)
+		windowEntered(t, c)
 	})
 }

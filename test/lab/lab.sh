@@ -441,32 +441,20 @@ JSON
 
 # ----------------------------------------------------------- rootfs content
 populate_systemd() { # populate_systemd ROOTFS
-	local r=$1 names=(a b c) i n
+	local r=$1 names=(a b c) i n links=()
 	for ((i = 1; i <= COUNT; i++)); do names+=("u$i"); done
 	mkdir -p "$r/etc/systemd/system/multi-user.target.wants"
+	# Builtins only in the loop (printf, no cat per file, one ln for all
+	# the links): with --count 1000 a process per file took 150 s under
+	# TCG.
 	for n in "${names[@]}"; do
-		cat >"$r/etc/systemd/system/srv-$n.mount" <<UNIT
-[Unit]
-Description=arh-lab tmpfs /srv/$n
-
-[Mount]
-What=tmpfs
-Where=/srv/$n
-Type=tmpfs
-Options=size=4m,mode=0755
-UNIT
-		cat >"$r/etc/systemd/system/srv-$n.automount" <<UNIT
-[Unit]
-Description=arh-lab automount /srv/$n
-
-[Automount]
-Where=/srv/$n
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-		ln -sfn ../srv-$n.automount "$r/etc/systemd/system/multi-user.target.wants/srv-$n.automount"
+		printf '[Unit]\nDescription=arh-lab tmpfs /srv/%s\n\n[Mount]\nWhat=tmpfs\nWhere=/srv/%s\nType=tmpfs\nOptions=size=4m,mode=0755\n' "$n" "$n" \
+			>"$r/etc/systemd/system/srv-$n.mount"
+		printf '[Unit]\nDescription=arh-lab automount /srv/%s\n\n[Automount]\nWhere=/srv/%s\n\n[Install]\nWantedBy=multi-user.target\n' "$n" "$n" \
+			>"$r/etc/systemd/system/srv-$n.automount"
+		links+=("../srv-$n.automount")
 	done
+	ln -sfn -t "$r/etc/systemd/system/multi-user.target.wants" "${links[@]}"
 	printf '%s\n' "${names[@]}" >"$r/lab/automounts"
 }
 
