@@ -1,11 +1,11 @@
 package hook
 
-// The CRIU action-script mode: which actions act (pre-resume,
-// post-resume), and the fix run they share with the fix command.
+// The CRIU mode (the action script, and the binary the CRIU plugin
+// runs): which actions act (pre-resume, post-resume, and the cgroups at
+// post-setup-namespaces), and the wiring it logs.
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -13,8 +13,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // criuMain is the CRIU action-script mode. It acts at pre-resume and
@@ -42,17 +40,13 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		return ExitOK
 	}
 	inv, cfgErr := LoadConfig("", nil, os.Getenv)
-	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "autofs-restore-hook: %v; logging to stderr only\n", err)
-		log, closeLog, _ = newLogger(LogConfig{NoSyslog: true}, stderr)
-	}
+	// A restore goes on whatever the settings (lenient).
+	log, closeLog, _ := openLog(inv.Config.Logging, stderr, logrus.Fields{"mode": "criu", "action": action}, true)
 	defer closeLog()
 	wiring := withWiring(log)
 	// The runtime above CRIU names the container (runc, crun restore ID;
 	// podman's and CRI-O's conmon -c ID -n NAME).
 	ident := identityFromAncestors()
-	setLogFields(log, logrus.Fields{"mode": "criu", "action": action})
 	setIdentity(log, ident)
 	pid, err := strconv.Atoi(strings.TrimSpace(initPid))
 	if err != nil || pid <= 0 {
@@ -97,34 +91,4 @@ func withWiring(log *logrus.Logger) string {
 	}
 	setLogFields(log, logrus.Fields{"wiring": w})
 	return w
-}
-
-// fixMain is `fix --pid`: both phases back to back, for a container that
-// already runs.
-func fixMain(pid int, opts Options) int {
-	// One state file and lock per container, whatever pid was given.
-	if init, err := mounts.InitOf(pid); err == nil && init != pid && refuseHost(pid) == nil {
-		opts.Log.Infof("fix: pid %d is not the init of its pid namespace: acting on its init, pid %d", pid, init)
-		pid = init
-	}
-	if !opts.Force && !opts.AssumeRestored {
-		// A fix restarts masters: only for restored containers, unless the
-		// operator insists.
-		ev, err := evidenceOf(pid)
-		if err == nil && !ev.Restored() {
-			opts.Log.Warnf("fix: pid %d shows no sign of a restore (same time namespace as the host): only mounts found catatonic or orphaned are reported; use --assume-restored to fix stale mounts anyway", pid)
-		}
-	}
-	err := fixPid(pid, []Phase{PreResume, PostResume}, opts)
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.Is(err, errRefused):
-		opts.Log.Errorf("fix: %v", err)
-		return ExitRefused
-	}
-	for _, line := range strings.Split(err.Error(), "\n") {
-		opts.Log.Errorf("fix: %s", line)
-	}
-	return ExitFailed
 }

@@ -82,19 +82,7 @@ func inspect(p *mounts.Process, good func(dev uint64) bool) (*Container, error) 
 	byDev := map[uint64]*Mount{}
 	for _, a := range t.Autofs {
 		m := &Mount{Autofs: a, Fixed: good != nil && good(a.Dev())}
-		m.MasterPid = c.Procs.MasterOf(a.Options)
-		nsPid := 0
-		comm := ""
-		if m.MasterPid > 0 {
-			if st, err := mounts.ReadStatus(m.MasterPid); err == nil {
-				if ns := st.NSpid(); len(ns) > 0 {
-					nsPid = ns[len(ns)-1]
-				}
-			}
-			s, _ := c.Procs.Stat(m.MasterPid)
-			comm = s.Comm
-		}
-		m.Kind = units.Classify(m.MasterPid, nsPid, comm)
+		m.MasterPid, m.Kind = masterOf(c.Procs, a.Options)
 		if m.Kind == units.Systemd {
 			m.Unit = units.PathUnitName(a.Mountpoint(), "automount")
 		}
@@ -104,6 +92,25 @@ func inspect(p *mounts.Process, good func(dev uint64) bool) (*Container, error) 
 	}
 	c.findNested(byDev)
 	return c, nil
+}
+
+// masterOf finds the master of the autofs mount of options o among procs
+// (0 if none) and says what it is: the one classification of inspect and
+// of the follower's restoredEnough.
+func masterOf(procs *mounts.Procs, o mounts.Options) (int, units.Kind) {
+	pid := procs.MasterOf(o)
+	nsPid := 0
+	comm := ""
+	if pid > 0 {
+		if st, err := mounts.ReadStatus(pid); err == nil {
+			if ns := st.NSpid(); len(ns) > 0 {
+				nsPid = ns[len(ns)-1]
+			}
+		}
+		s, _ := procs.Stat(pid)
+		comm = s.Comm
+	}
+	return pid, units.Classify(pid, nsPid, comm)
 }
 
 // stateOf classifies one mount (the status column).

@@ -116,6 +116,29 @@ var syslogDial = func() (*syslog.Writer, error) {
 	return syslog.New(syslog.LOG_DAEMON|syslog.LOG_INFO, "autofs-restore-hook")
 }
 
+// openLog is how every process of the hook builds its logger from its
+// Config's LogConfig, with the run's fields (mode, ...) on every line.
+// An invalid setting (a log file it cannot open, an unknown level or
+// format) is an error, unless lenient: the modes that run for every
+// container of a node or inside a restore (CRIU, the OCI hook and its
+// follower) must go on, so they log to syslog and stderr at the defaults
+// instead, and say why on their first line.
+func openLog(cfg LogConfig, stderr io.Writer, fields logrus.Fields, lenient bool) (*logrus.Logger, func(), error) {
+	l, done, err := newLogger(cfg, stderr)
+	if err != nil {
+		if !lenient {
+			return nil, done, err
+		}
+		// No file, level or format: this one cannot fail.
+		l, done, _ = newLogger(LogConfig{NoSyslog: cfg.NoSyslog}, stderr)
+		setLogFields(l, fields)
+		l.Warnf("%v: logging to syslog and stderr only, at level info, as text", err)
+		return l, done, nil
+	}
+	setLogFields(l, fields)
+	return l, done, nil
+}
+
 // fieldsHook sets the run's fields (mode, container, name, wiring) on
 // every entry that does not carry them already.
 type fieldsHook struct {

@@ -115,17 +115,14 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v (see --help)\n", err)
 		return ExitUsage
 	}
-	log, closeLog, err := newLogger(inv.Config.Logging, stderr)
-	if err != nil && cmd == "" {
-		// The OCI hook runs for every container of the node: a log file
-		// it cannot open (a rootless runtime's user, say) or a log level
-		// it does not know must not fail them. It logs to syslog and
-		// stderr at the default level instead, and says so.
-		fileErr := err
-		if log, closeLog, err = newLogger(LogConfig{NoSyslog: inv.Config.Logging.NoSyslog}, stderr); err == nil {
-			log.Warnf("oci hook: %v: logging to syslog and stderr only, at level info", fileErr)
-		}
+	mode := cmd
+	if cmd == "" {
+		mode = "oci"
 	}
+	// The OCI hook runs for every container of the node: a log file it
+	// cannot open (a rootless runtime's user, say) or a log level it does
+	// not know must not fail them (lenient).
+	log, closeLog, err := openLog(inv.Config.Logging, stderr, logrus.Fields{"mode": mode}, cmd == "")
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook: %v\n", err)
 		return ExitUsage
@@ -134,12 +131,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if cfgErr != nil {
 		log.Errorf("oci hook: %v: using the default in its place (see --help)", cfgErr)
 	}
-	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI, Mode: cmd}
+	opts := Options{Config: inv.Config, Log: log, Wiring: WiringCLI, Mode: mode}
 	if cmd == "" {
-		opts.Wiring, opts.Mode = WiringOCI, "oci"
-	}
-	setLogFields(log, logrus.Fields{"mode": opts.Mode})
-	if cmd == "" {
+		opts.Wiring = WiringOCI
 		return ociMain(stdin, opts)
 	}
 	if inv.All {

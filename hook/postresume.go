@@ -115,12 +115,12 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		return errors.New("post-resume: the run's deadline has passed: systemd automount units not restarted (run fix again)")
 	}
 	req := units.RestartRequest{Targets: targets, Deadline: time.Now().Add(timeout), Staged: sf.rec.Staging}
-	var res []units.RestartResult
 	// The worker records its staging area and each filesystem it stages
 	// here, saved before it goes on: a run killed at any point leaves a
 	// record of what may be staged, and nothing in the container's tree
 	// is needed to find it again.
-	if err := mounts.RunInMountNSEvents(c.Proc, units.TaskSystemdRestart, req, timeout+2*time.Second, workerLog(log), sf.recordStaging, &res); err != nil {
+	res, err := units.SystemdRestart.RunEvents(c.Proc, req, timeout+2*time.Second, workerLog(log), sf.recordStaging)
+	if err != nil {
 		return fmt.Errorf("post-resume: restart systemd automount units: %w", err)
 	}
 	var errs []error

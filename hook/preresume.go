@@ -68,8 +68,7 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 		return nil
 	}
 	start := time.Now()
-	var res []mounts.TargetResult
-	err := mounts.RunInMountNS(c.Proc, mounts.TaskCatatonic, targets, workerTimeout, workerLog(log), &res)
+	res, err := mounts.Catatonic.Run(c.Proc, targets, workerTimeout, workerLog(log))
 	if err != nil {
 		return fmt.Errorf("pre-resume: make stale mounts catatonic: %w", err)
 	}

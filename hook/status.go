@@ -224,14 +224,14 @@ func (c *Container) confirmUnits(log *logrus.Logger) {
 	if !need {
 		return
 	}
-	var byWhere map[string]string
 	req := units.UnitsRequest{Deadline: time.Now().Add(5 * time.Second)}
 	for _, m := range c.Mounts {
 		if m.Kind == units.Systemd {
 			req.Wheres = append(req.Wheres, m.Mountpoint())
 		}
 	}
-	if err := mounts.RunInMountNS(c.Proc, units.TaskSystemdUnits, req, 6*time.Second, nil, &byWhere); err != nil {
+	byWhere, err := units.SystemdUnits.Run(c.Proc, req, 6*time.Second, nil)
+	if err != nil {
 		log.Warnf("status: could not ask the container's systemd for its units (%v): unit names are derived from the paths", err)
 		return
 	}

@@ -81,7 +81,7 @@ func (d *ControlDevice) call(cmd uintptr, fd int, a1, a2 uint32, path string) (d
 // OpenMount returns an ioctl fd for the autofs mount of device dev whose
 // mount point is path (as the calling thread resolves it). The path walk
 // crosses the mount point: run it only where a pending request cannot
-// block the caller for good (a worker, RunInMountNS).
+// block the caller for good (a worker, TaskOf.Run).
 func (d *ControlDevice) OpenMount(path string, dev uint64) (*os.File, error) {
 	r, err := d.call(cmdOpenMount, -1, uint32(EncodeDev(dev)), 0, path)
 	if err != nil {

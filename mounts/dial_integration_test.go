@@ -2,7 +2,6 @@ package mounts_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -28,24 +27,18 @@ type dialArgs struct {
 	Timeout time.Duration `json:"timeout"`
 }
 
-func init() {
-	// Dials path from the container (DialInContainer) and returns the
-	// first line the server says.
-	mounts.RegisterTask("test-dial", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-		var a dialArgs
-		if err := json.Unmarshal(args, &a); err != nil {
-			return nil, err
-		}
-		conn, err := env.DialInContainer(a.Path, a.Timeout)
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Close()
-		conn.SetReadDeadline(time.Now().Add(a.Timeout))
-		line, err := bufio.NewReader(conn).ReadString('\n')
-		return strings.TrimSpace(line), err
-	})
-}
+// Dials path from the container (DialInContainer) and returns the first
+// line the server says.
+var testDial = mounts.NewTask("test-dial", func(env *mounts.WorkerEnv, a dialArgs, logf door.Logf) (string, error) {
+	conn, err := env.DialInContainer(a.Path, a.Timeout)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(a.Timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line), err
+})
 
 // aContainer starts a stand-in container init with pid, mount and network
 // namespaces of its own (no autofs needed) and returns it pinned.
@@ -160,7 +153,7 @@ func seizeWithout(pid int) error {
 // cgroups. It once ran with every capability, dumpable, in the host's
 // network namespace and cgroups.
 func TestDialInContainerChildHasNoMorePower(t *testing.T) {
-	requireAutofs(t) // RunInMountNS hands the worker /dev/autofs
+	requireAutofs(t) // a task's Run hands the worker /dev/autofs
 	c := aContainer(t)
 	inOwnCgroups(t, c.Pid)
 	containerCgroup, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Pid) + "/cgroup")
@@ -192,8 +185,7 @@ func TestDialInContainerChildHasNoMorePower(t *testing.T) {
 	}
 	done := make(chan dialed, 1)
 	go func() {
-		var line string
-		err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(_ door.Level, s string) { t.Log(s) }, &line)
+		line, err := testDial.Run(c, dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(_ door.Level, s string) { t.Log(s) })
 		done <- dialed{line, err}
 	}()
 	child := waitConnecting(t, sock, done)
@@ -306,7 +298,7 @@ func TestDialInContainerEndsByItsDeadline(t *testing.T) {
 	c := aContainer(t) // after the mount: its mount namespace has a copy
 	const dial = 2 * time.Second
 	start := time.Now()
-	err := mounts.RunInMountNS(c, "test-dial", dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(_ door.Level, s string) { t.Log(s) }, nil)
+	_, err := testDial.Run(c, dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(_ door.Level, s string) { t.Log(s) })
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil {

@@ -8,6 +8,6 @@
 // Nothing in this package walks a path below a possibly broken autofs mount
 // from the calling process, nor touches a file of the container's (an fd
 // on a FUSE file system the container serves can block its user forever):
-// such work runs in a child process with a deadline (RunInMountNS,
-// RunOnHost).
+// such work runs in a child process with a deadline (a typed task,
+// NewTask and NewHostTask, run by TaskOf.Run and TaskOf.RunOnHost).
 package mounts

@@ -1,9 +1,15 @@
 package mounts
 
-// CatatonicFDsTask and CatatonicFDsRequest let the integration tests give
-// the copying child a choice that the process has made stale.
-const CatatonicFDsTask = taskCatatonicFDs
+import (
+	"time"
 
-func CatatonicFDsRequest(pid int, start uint64, n, mntID int, where string) any {
-	return catatonicFDsRequest{Pid: pid, StartTime: start, FDs: []daemonFD{{N: n, MntID: mntID, Where: where}}}
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+)
+
+// CatatonicFDsChosen runs the copying child on a choice the test made
+// (fd n of pid, on the mount mntID at where), which the process may have
+// made stale since.
+func CatatonicFDsChosen(pid int, start uint64, n, mntID int, where string, timeout time.Duration, logf door.Logf) error {
+	_, err := catatonicFDs.RunOnHost(catatonicFDsRequest{Pid: pid, StartTime: start, FDs: []daemonFD{{N: n, MntID: mntID, Where: where}}}, timeout, logf)
+	return err
 }

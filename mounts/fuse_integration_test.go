@@ -111,7 +111,7 @@ func TestCatatonicFDsRefusesSwappedFD(t *testing.T) {
 	}
 	defer holder.Close()
 	start := time.Now()
-	err = mounts.RunOnHost(mounts.CatatonicFDsTask, mounts.CatatonicFDsRequest(pid, holder.StartTime, 3, a.Info.ID, points[0]), 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, nil)
+	err = mounts.CatatonicFDsChosen(pid, holder.StartTime, 3, a.Info.ID, points[0], 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil || !strings.Contains(err.Error(), "no longer on") {

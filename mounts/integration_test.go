@@ -28,11 +28,7 @@ func TestMain(m *testing.M) {
 
 // stageTarget decodes a Target and moves what covers it into the staging
 // tmpfs, as the systemd worker does.
-func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *mounts.Staging, string, error) {
-	var t mounts.Target
-	if err := json.Unmarshal(args, &t); err != nil {
-		return t, nil, "", err
-	}
+func stageTarget(env *mounts.WorkerEnv, t mounts.Target) (mounts.Target, *mounts.Staging, string, error) {
 	st, err := mounts.OpenStaging(env)
 	if err != nil {
 		return t, nil, "", err
@@ -41,55 +37,49 @@ func stageTarget(env *mounts.WorkerEnv, args json.RawMessage) (mounts.Target, *m
 	return t, st, staged, err
 }
 
-func init() {
-	// A task for the move test: stage what is on top of the mount, check
-	// it is gone from the mount point, move it back, read it again.
-	mounts.RegisterTask("test-move", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-		t, st, staged, err := stageTarget(env, args)
-		if err != nil {
-			return nil, err
-		}
-		aside, err := os.ReadFile(filepath.Join(st.Path(staged), "hello"))
-		if err != nil {
-			return nil, fmt.Errorf("read staged file: %w", err)
-		}
-		tab, err := env.ReadTable()
-		if err != nil {
-			return nil, err
-		}
-		if a := tab.Find(t.Where); a == nil || a.OnTop != nil {
-			return nil, errors.New("after MoveAside the autofs mount is missing or still covered")
-		}
-		if err := st.MoveBack(env, staged, t.Where); err != nil {
-			return nil, err
-		}
-		back, err := os.ReadFile(filepath.Join(t.Where, "hello"))
-		if err != nil {
-			return nil, fmt.Errorf("read file after move back: %w", err)
-		}
-		if err := st.Close(); err != nil {
-			return nil, err
-		}
-		return []string{string(aside), string(back)}, nil
-	})
-}
+// A task for the move test: stage what is on top of the mount, check it
+// is gone from the mount point, move it back, read it again.
+var testMove = mounts.NewTask("test-move", func(env *mounts.WorkerEnv, args mounts.Target, logf door.Logf) ([]string, error) {
+	t, st, staged, err := stageTarget(env, args)
+	if err != nil {
+		return nil, err
+	}
+	aside, err := os.ReadFile(filepath.Join(st.Path(staged), "hello"))
+	if err != nil {
+		return nil, fmt.Errorf("read staged file: %w", err)
+	}
+	tab, err := env.ReadTable()
+	if err != nil {
+		return nil, err
+	}
+	if a := tab.Find(t.Where); a == nil || a.OnTop != nil {
+		return nil, errors.New("after MoveAside the autofs mount is missing or still covered")
+	}
+	if err := st.MoveBack(env, staged, t.Where); err != nil {
+		return nil, err
+	}
+	back, err := os.ReadFile(filepath.Join(t.Where, "hello"))
+	if err != nil {
+		return nil, fmt.Errorf("read file after move back: %w", err)
+	}
+	if err := st.Close(); err != nil {
+		return nil, err
+	}
+	return []string{string(aside), string(back)}, nil
+})
 
-func init() {
+var (
 	// A run killed between move aside and move back: stage only.
-	mounts.RegisterTask("test-stage-only", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
+	testStageOnly = mounts.NewTask("test-stage-only", func(env *mounts.WorkerEnv, args mounts.Target, logf door.Logf) (string, error) {
 		_, _, staged, err := stageTarget(env, args)
 		return staged, err
 	})
-	mounts.RegisterTask("test-recover", func(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-		var rec *mounts.StagingRecord
-		if err := json.Unmarshal(args, &rec); err != nil {
-			return nil, err
-		}
+	testRecover = mounts.NewTask("test-recover", func(env *mounts.WorkerEnv, rec *mounts.StagingRecord, logf door.Logf) ([]string, error) {
 		var lines []string
 		_, _, err := mounts.RecoverStaged(env, rec, nil, func(_ door.Level, s string) { lines = append(lines, s) })
 		return lines, err
 	})
-}
+)
 
 // stagingRecorder keeps the staging events of a worker as the hook does.
 type stagingRecorder struct{ rec *mounts.StagingRecord }
@@ -160,9 +150,8 @@ func TestStaleMountHangsAndIsReleased(t *testing.T) {
 	}
 	// A walk from the host pid namespace fails instead of waiting: the
 	// worker reports an error within its deadline, and does not hang.
-	var res []mounts.TargetResult
 	start := time.Now()
-	err = mounts.RunInMountNS(p, mounts.TaskCatatonic, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, &res)
+	res, err := mounts.Catatonic.Run(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,8 +229,8 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 	for _, pt := range points {
 		targets = append(targets, mounts.Target{Where: pt, Dev: autofsAt(t, m.Pid, pt).Dev()})
 	}
-	var res []mounts.TargetResult
-	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, &res); err != nil {
+	res, err := mounts.Catatonic.Run(p, targets, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range res {
@@ -276,9 +265,9 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 	if a.OnTop == nil || a.OnTop.FSType != "tmpfs" {
 		t.Fatalf("the master did not mount a tmpfs on %s: %+v", points[0], a.OnTop)
 	}
-	var out []string
 	var rec stagingRecorder
-	if err := mounts.RunInMountNSEvents(p, "test-move", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, rec.event, &out); err != nil {
+	out, err := testMove.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, rec.event)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if rec.rec != nil {
@@ -334,10 +323,10 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 	if a.OnTop == nil {
 		t.Fatal("nothing mounted on top")
 	}
-	var staged string
 	var rec stagingRecorder
-	if err := mounts.RunInMountNSEvents(p, "test-stage-only", mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, rec.event, &staged); err != nil {
-		t.Fatal(err)
+	staged, err := testStageOnly.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, rec.event)
+	if err != nil || staged == "" {
+		t.Fatalf("staged %q: %v", staged, err)
 	}
 	if rec.rec == nil || len(rec.rec.Entries) != 1 || rec.rec.Entries[0].Where != points[0] {
 		t.Fatalf("recorded %+v, want the staging and %s", rec.rec, points[0])
@@ -346,8 +335,8 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 	if !mounts.StagingMounted(tab) || tab.Find(points[0]).OnTop != nil {
 		t.Fatalf("after the interrupted run: staging mounted %v, on top %v", mounts.StagingMounted(tab), tab.Find(points[0]).OnTop)
 	}
-	var lines []string
-	if err := mounts.RunInMountNSEvents(p, "test-recover", rec.rec, 5*time.Second, nil, rec.event, &lines); err != nil {
+	lines, err := testRecover.RunEvents(p, rec.rec, 5*time.Second, nil, rec.event)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(lines) != 1 || !strings.Contains(lines[0], "put back") {
@@ -406,8 +395,8 @@ func TestOddMountPoints(t *testing.T) {
 // on any error.
 func makeCatatonic(t *testing.T, p *mounts.Process, targets []mounts.Target, timeout time.Duration) {
 	t.Helper()
-	var res []mounts.TargetResult
-	if err := mounts.RunInMountNS(p, mounts.TaskCatatonic, targets, timeout, nil, &res); err != nil {
+	res, err := mounts.Catatonic.Run(p, targets, timeout, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range res {

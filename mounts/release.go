@@ -4,7 +4,6 @@ package mounts
 // them, copied in a child.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -14,10 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// taskCatatonicFDs is the host task that copies the daemon's ioctl fds.
-const taskCatatonicFDs = "catatonic-fds"
-
-func init() { RegisterHostTask(taskCatatonicFDs, catatonicFDsTask) }
+// catatonicFDs is the host task that copies the daemon's ioctl fds.
+var catatonicFDs = NewHostTask("catatonic-fds", catatonicFDsTask)
 
 // daemonFD is one fd of the daemon on a target, as FDs saw it.
 type daemonFD struct {
@@ -74,8 +71,8 @@ func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, lo
 	if len(req.FDs) == 0 {
 		return nil, nil
 	}
-	var released []string
-	if err := RunOnHost(taskCatatonicFDs, req, timeout, logf, &released); err != nil {
+	released, err := catatonicFDs.RunOnHost(req, timeout, logf)
+	if err != nil {
 		return nil, fmt.Errorf("make catatonic through the daemon's fds: %w", err)
 	}
 	return released, nil
@@ -86,11 +83,7 @@ func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, lo
 // no file system), makes that mount catatonic. A copy that is not is
 // never closed by us: its close might never return. The task ends
 // then, and its exit closes it, in a process that can be left behind.
-func catatonicFDsTask(env *WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-	var req catatonicFDsRequest
-	if err := json.Unmarshal(args, &req); err != nil {
-		return nil, fmt.Errorf("catatonic-fds: bad request: %w", err)
-	}
+func catatonicFDsTask(env *WorkerEnv, req catatonicFDsRequest, logf door.Logf) ([]string, error) {
 	p, err := OpenProcess(req.Pid)
 	if err != nil {
 		return nil, err

@@ -1,18 +1,11 @@
 package mounts
 
 import (
-	"encoding/json"
-	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 )
 
-// TaskCatatonic is the worker task that makes autofs mounts catatonic.
-const TaskCatatonic = "catatonic"
-
-func init() {
-	RegisterTask(TaskCatatonic, catatonicTask)
-
-}
+// Catatonic is the worker task that makes autofs mounts catatonic.
+var Catatonic = NewTask("catatonic", catatonicTask)
 
 // Target names one autofs mount by mount point and device.
 type Target struct {
@@ -30,11 +23,7 @@ type TargetResult struct {
 // container's mount namespace and root, so the mount point is resolved as
 // the container sees it, and from the host's pid namespace, so the walk
 // never waits on the container's autofs mounts.
-func catatonicTask(env *WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-	var targets []Target
-	if err := json.Unmarshal(args, &targets); err != nil {
-		return nil, fmt.Errorf("catatonic: bad request: %w", err)
-	}
+func catatonicTask(env *WorkerEnv, targets []Target, logf door.Logf) ([]TargetResult, error) {
 	out := make([]TargetResult, len(targets))
 	for i, t := range targets {
 		out[i].Where = t.Where

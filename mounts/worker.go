@@ -26,11 +26,12 @@ import (
 // mount-namespace worker. It is not a user command.
 const WorkerArg = "__autofs-restore-hook-worker"
 
-// A Task runs inside a container's mount namespace, chrooted to the
+// A task runs inside a container's mount namespace, chrooted to the
 // container process's root, on a thread that stays locked; or, for a host
 // task, on the host. It gets the JSON arguments the parent sent and
-// reports progress through log.
-type Task func(env *WorkerEnv, args json.RawMessage, log door.Logf) (any, error)
+// reports progress through log. Tasks are declared typed (NewTask,
+// NewHostTask): this is how the worker's table holds them.
+type task func(env *WorkerEnv, args json.RawMessage, log door.Logf) (any, error)
 
 // WorkerEnv is what a task gets from the host side: the container
 // process's /proc directory (to read its mount table without walking the
@@ -63,7 +64,7 @@ type WorkerEnv struct {
 // file on the host, and returns once it is kept: a task calls it before
 // a step that a run killed afterwards must know of, and does not take the
 // step when it fails. The parent must have asked for events
-// (RunInMountNSEvents); otherwise every record is refused.
+// (TaskOf.RunEvents); otherwise every record is refused.
 func (e *WorkerEnv) Record(ev any) error {
 	if e.record == nil {
 		return errors.New("no record can be kept: not a worker")
@@ -234,45 +235,31 @@ func (e *WorkerEnv) ReadTable() (*Table, error) {
 
 var (
 	tasksMu   sync.Mutex
-	tasks     = map[string]Task{}
+	tasks     = map[string]task{}
 	hostTasks = map[string]bool{}
 )
 
-// RegisterTask makes task runnable under name by RunInMountNS. Register
-// from init functions, so that the re-executed worker knows every task.
-func RegisterTask(name string, task Task) { register(name, task, false) }
-
-// RegisterHostTask makes task runnable under name by RunOnHost: in a
-// child that joins no namespace of any container, for work the hook's own
-// process must not do because it can block (a file of the container
-// copied with pidfd_getfd, a path walked inside a container's root).
-func RegisterHostTask(name string, task Task) { register(name, task, true) }
-
-func register(name string, task Task, host bool) {
+// register puts a task in the worker's table (NewTask, NewHostTask).
+func register(name string, run task, host bool) {
 	tasksMu.Lock()
 	defer tasksMu.Unlock()
 	if _, dup := tasks[name]; dup {
 		panic("mounts: task registered twice: " + name)
 	}
-	tasks[name] = task
+	tasks[name] = run
 	hostTasks[name] = host
 }
 
-// RunInMountNS runs the task called name in a child process that joined
+// runInMountNS runs the task called name in a child process that joined
 // the mount namespace and root of p, with args as its input, and decodes
 // its result into result. The child runs in the caller's pid namespace, so
 // a path walk across a broken autofs mount of the container fails instead
 // of waiting; it is killed all the same when timeout passes, and never
-// outlives the caller. Lines the task logs are passed to logf.
-func RunInMountNS(p *Process, name string, args any, timeout time.Duration, logf door.Logf, result any) error {
-	return RunInMountNSEvents(p, name, args, timeout, logf, nil, result)
-}
-
-// RunInMountNSEvents is RunInMountNS for a task that records events
-// (WorkerEnv.Record): each goes to event, and the task goes on once
-// event returned nil (its step fails if event returned an error). A nil
-// event refuses every record.
-func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error, result any) error {
+// outlives the caller. Lines the task logs are passed to logf; the
+// events it records (WorkerEnv.Record) to event, and the task goes on
+// once event returned nil (its step fails if event returned an error). A
+// nil event refuses every record.
+func runInMountNS(p *Process, name string, args any, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error, result any) error {
 	deadline := time.Now().Add(timeout)
 	dir := "/proc/" + strconv.Itoa(p.Pid) + "/"
 	var files []*os.File
@@ -305,9 +292,9 @@ func RunInMountNSEvents(p *Process, name string, args any, timeout time.Duration
 	return nil
 }
 
-// RunOnHost runs the host task called name (see RegisterHostTask) in a
-// child process, as RunInMountNS does; the child gets /dev/autofs only.
-func RunOnHost(name string, args any, timeout time.Duration, logf door.Logf, result any) error {
+// runOnHostCtl runs the host task called name in a child process, as
+// runInMountNS does; the child gets /dev/autofs only.
+func runOnHostCtl(name string, args any, timeout time.Duration, logf door.Logf, result any) error {
 	ctl, err := os.OpenFile("/dev/autofs", os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("worker %s: open /dev/autofs: %w", name, err)
@@ -316,13 +303,6 @@ func RunOnHost(name string, args any, timeout time.Duration, logf door.Logf, res
 	back, err := runOnHost(name, args, true, []*os.File{ctl}, timeout, logf, result)
 	closeFiles(back)
 	return err
-}
-
-// RunOnHostFiles runs the host task called name with files handed to it
-// (its env.Files; no /dev/autofs) and returns the files it passes back
-// (env.PassBack), which the caller closes.
-func RunOnHostFiles(name string, args any, files []*os.File, timeout time.Duration, logf door.Logf, result any) ([]*os.File, error) {
-	return runOnHost(name, args, false, files, timeout, logf, result)
 }
 
 func runOnHost(name string, args any, ctl bool, files []*os.File, timeout time.Duration, logf door.Logf, result any) ([]*os.File, error) {

@@ -4,7 +4,6 @@ package units
 // the file it runs, made by a worker inside the container.
 
 import (
-	"encoding/json"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"os"
@@ -15,10 +14,8 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
-// taskAutomountBinary is the worker task that checks the daemon's binary.
-const taskAutomountBinary = "automount-binary"
-
-func init() { mounts.RegisterTask(taskAutomountBinary, automountBinaryTask) }
+// automountBinary is the worker task that checks the daemon's binary.
+var automountBinary = mounts.NewTask("automount-binary", automountBinaryTask)
 
 type binaryCheck struct {
 	Path string `json:"path"`
@@ -37,23 +34,19 @@ func checkBinary(d *mounts.Process, exe *os.File, path string, timeout time.Dura
 	if err != nil {
 		return fmt.Errorf("the daemon's executable: %w", err)
 	}
-	if err := mounts.RunInMountNS(d, taskAutomountBinary, binaryCheck{Path: path, Dev: id.Dev, Ino: id.Ino}, timeout, nil, nil); err != nil {
+	if _, err := automountBinary.Run(d, binaryCheck{Path: path, Dev: id.Dev, Ino: id.Ino}, timeout, nil); err != nil {
 		return fmt.Errorf("check %s in the container: %w: refused", mounts.Escape(path), err)
 	}
 	return nil
 }
 
-func automountBinaryTask(_ *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
-	var c binaryCheck
-	if err := json.Unmarshal(args, &c); err != nil {
-		return nil, fmt.Errorf("%s: bad request: %w", taskAutomountBinary, err)
-	}
+func automountBinaryTask(_ *mounts.WorkerEnv, c binaryCheck, _ door.Logf) (struct{}, error) {
 	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return struct{}{}, err
 	}
 	defer unix.Close(root)
-	return nil, sameBinary(root, c.Path, c.Dev, c.Ino)
+	return struct{}{}, sameBinary(root, c.Path, c.Dev, c.Ino)
 }
 
 // sameBinary checks that path, resolved inside root (openat2

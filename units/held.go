@@ -8,7 +8,6 @@ package units
 // back as they were.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -33,10 +32,8 @@ const (
 // a KEEP_CAPS the old one set after its own start is not compared.
 const securebitsExecKept = ^uint32(secbitKeepCaps)
 
-// taskHeld is the host task of readHeld.
-const taskHeld = "held"
-
-func init() { mounts.RegisterHostTask(taskHeld, heldTask) }
+// held is the host task of readHeld.
+var held = mounts.NewHostTask("held", heldTask)
 
 type heldRequest struct {
 	Pid       int    `json:"pid"`
@@ -63,20 +60,19 @@ type heldState struct {
 // return to user space, which a process blocked on a file system may
 // never do).
 func readHeld(p *mounts.Process, timeout time.Duration) (*heldState, error) {
-	var out heldState
 	req := heldRequest{Pid: p.Pid, StartTime: p.StartTime, Deadline: time.Now().Add(timeout * 3 / 4).UnixNano()}
-	if _, err := mounts.RunOnHostFiles(taskHeld, req, nil, timeout, nil, &out); err != nil {
+	out, _, err := held.RunOnHostFiles(req, nil, timeout, nil)
+	if err == nil && out == nil {
+		err = errors.New("no answer")
+	}
+	if err != nil {
 		return nil, fmt.Errorf("read the seccomp filters and securebits of %d: %w", p.Pid, err)
 	}
-	return &out, nil
+	return out, nil
 }
 
-func heldTask(_ *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
+func heldTask(_ *mounts.WorkerEnv, req heldRequest, logf door.Logf) (*heldState, error) {
 	failpoint.Delay("slow-held", 8*time.Second, logf.Info)
-	var req heldRequest
-	if err := json.Unmarshal(args, &req); err != nil {
-		return nil, fmt.Errorf("held: bad request: %w", err)
-	}
 	p, err := mounts.OpenProcess(req.Pid)
 	if err != nil {
 		return nil, err

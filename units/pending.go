@@ -4,7 +4,6 @@ package units
 // again from that record (RetryRespawn).
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -204,18 +203,16 @@ func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err
 	return files, nil
 }
 
-// taskOpenInRoot is the host task of openInRoot.
-const taskOpenInRoot = "open-in-root"
-
-func init() { mounts.RegisterHostTask(taskOpenInRoot, openInRootTask) }
+// openInRootTaskOf is the host task of openInRoot.
+var openInRootTaskOf = mounts.NewHostTask("open-in-root", openInRootTask)
 
 // openInRoot opens each of paths inside root (an O_PATH fd) as O_PATH,
 // without following any symlink out of it or through /proc magic links.
-// The walk runs in a child with a deadline (mounts.RunOnHostFiles), never
+// The walk runs in a child with a deadline (RunOnHostFiles), never
 // in the hook's process: a path of the container may cross a FUSE mount
 // whose server never answers, or an autofs mount whose daemon is gone.
 func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.File, error) {
-	files, err := mounts.RunOnHostFiles(taskOpenInRoot, paths, []*os.File{root}, timeout, nil, nil)
+	_, files, err := openInRootTaskOf.RunOnHostFiles(paths, []*os.File{root}, timeout, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open %s in the container: %w", mounts.Escape(strings.Join(paths, ", ")), err)
 	}
@@ -226,19 +223,15 @@ func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.Fil
 	return files, nil
 }
 
-func openInRootTask(env *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
-	var paths []string
-	if err := json.Unmarshal(args, &paths); err != nil {
-		return nil, fmt.Errorf("open-in-root: bad request: %w", err)
-	}
+func openInRootTask(env *mounts.WorkerEnv, paths []string, _ door.Logf) (int, error) {
 	if len(env.Files) != 1 {
-		return nil, fmt.Errorf("open-in-root: %d files handed over, want the root", len(env.Files))
+		return 0, fmt.Errorf("open-in-root: %d files handed over, want the root", len(env.Files))
 	}
 	root := int(env.Files[0].Fd())
 	for _, p := range paths {
 		fd, err := unix.Openat2(root, p, &unix.OpenHow{Flags: uint64(unix.O_PATH | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", mounts.Escape(p), err)
+			return 0, fmt.Errorf("%s: %w", mounts.Escape(p), err)
 		}
 		env.PassBack(os.NewFile(uintptr(fd), p))
 	}

@@ -5,7 +5,6 @@ package units
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
@@ -23,17 +22,14 @@ import (
 // often have none).
 const SystemdSocket = "/run/systemd/private"
 
-// TaskSystemdRestart and TaskSystemdUnits are the worker tasks of this
-// file (see mounts.RunInMountNS).
-const (
-	TaskSystemdRestart = "systemd-restart"
-	TaskSystemdUnits   = "systemd-units"
+// The worker tasks of this file, run in a container's mount namespace:
+// SystemdRestart restarts automount units (systemdRestartTask), with
+// RunEvents; SystemdUnits asks which unit serves which mount point
+// (systemdUnitsTask).
+var (
+	SystemdRestart = mounts.NewTask("systemd-restart", systemdRestartTask)
+	SystemdUnits   = mounts.NewTask("systemd-units", systemdUnitsTask)
 )
-
-func init() {
-	mounts.RegisterTask(TaskSystemdRestart, systemdRestartTask)
-	mounts.RegisterTask(TaskSystemdUnits, systemdUnitsTask)
-}
 
 // RestartTarget is one systemd automount to make work again.
 type RestartTarget struct {
@@ -72,11 +68,7 @@ type RestartResult struct {
 }
 
 // systemdUnitsTask answers which unit serves which mount point.
-func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) (any, error) {
-	var req UnitsRequest
-	if err := json.Unmarshal(args, &req); err != nil {
-		return nil, fmt.Errorf("%s: bad request: %w", TaskSystemdUnits, err)
-	}
+func systemdUnitsTask(env *mounts.WorkerEnv, req UnitsRequest, _ door.Logf) (map[string]string, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
 	s, err := dialSystemd(ctx, env, len(req.Wheres), nil)
@@ -101,12 +93,8 @@ func systemdUnitsTask(env *mounts.WorkerEnv, args json.RawMessage, _ door.Logf) 
 // restarts all the units in one go, waits for their new autofs mounts and
 // puts the preserved filesystems back on top. The staging area and each
 // filesystem staged are recorded with the hook (env.Record) before the
-// move: the parent must run it with RunInMountNSEvents.
-func systemdRestartTask(env *mounts.WorkerEnv, args json.RawMessage, logf door.Logf) (any, error) {
-	var req RestartRequest
-	if err := json.Unmarshal(args, &req); err != nil {
-		return nil, fmt.Errorf("systemd-restart: bad request: %w", err)
-	}
+// move: the parent must run it with RunEvents.
+func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Logf) ([]RestartResult, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
 	// What a killed earlier run left staged goes back now, except on the

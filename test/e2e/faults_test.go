@@ -393,12 +393,12 @@ func workerConfined(t testing.TB, bin string, pid int) {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), mounts.WorkerArg+"\x00"+units.TaskSystemdRestart+"\x00") {
+		if err == nil && strings.Contains(string(cmd), mounts.WorkerArg+"\x00"+units.SystemdRestart.Name()+"\x00") {
 			worker, _ = strconv.Atoi(e.Name())
 		}
 	}
 	if worker == 0 {
-		t.Fatalf("no worker running %s (the hook's processes: %q)", units.TaskSystemdRestart, hookProcs(bin))
+		t.Fatalf("no worker running %s (the hook's processes: %q)", units.SystemdRestart.Name(), hookProcs(bin))
 	}
 	st, err := mounts.ReadStatus(worker)
 	if err != nil {
