@@ -78,6 +78,15 @@ func lookupContainer(ref string) (found, error) {
 			}
 		}
 	}
+	// What a CLI said is checked as the runtimes' state is: the pid must
+	// be the init of a pid namespace of its own.
+	hits = slices.DeleteFunc(hits, func(h found) bool {
+		if !nsInit(h.Pid) {
+			errs = append(errs, fmt.Sprintf("%s: pid %d is not the init of a container", h.Runtime, h.Pid))
+			return true
+		}
+		return false
+	})
 	switch len(hits) {
 	case 1:
 		return hits[0], nil
@@ -101,7 +110,7 @@ func stateDirLookup(dir, file, ref string) (found, error) {
 	if !validID(ref) {
 		return found{}, errUnknown
 	}
-	pid, ok := runtimeStatePid(filepath.Join(dir, ref, file))
+	pid, ok := runtimeStateInit(filepath.Join(dir, ref, file))
 	if !ok {
 		return found{}, errUnknown
 	}
@@ -221,33 +230,51 @@ func containerInits() []int {
 	return inits
 }
 
+// nodeStatusTimeout bounds status --all: containers not reached by then
+// are listed as not inspected.
+const nodeStatusTimeout = 2 * time.Minute
+
 // nodeStatus inspects every container of the node that has autofs
-// mounts (or a state file of the hook).
+// mounts (or a state file of the hook). Processes no runtime names (a
+// user's sandbox with a pid namespace of its own) are listed without an
+// id.
 func nodeStatus(log *logrus.Logger) []NodeRow {
 	rows := []NodeRow{}
+	deadline := time.Now().Add(nodeStatusTimeout)
+	idx := runtimeStateIndex() // read once for every row
 	for _, pid := range containerInits() {
 		p, err := mounts.OpenProcess(pid)
 		if err != nil {
 			continue
 		}
 		t, err := mounts.ReadTable(pid)
-		if err == nil && len(t.Autofs) == 0 && !hasState(p) {
+		if err == nil && len(t.Autofs) == 0 && !hasState(p) || p.Check() != nil {
 			p.Close()
 			continue
 		}
 		row := NodeRow{Pid: pid}
 		rec, rerr := loadState(p)
-		row.Container = identify(Identity{}, p, &rec)
+		row.Container = identifyIn(Identity{}, p, &rec, idx)
 		row.LastFix = rec.LastFix
-		if rerr != nil {
-			row.Error = rerr.Error()
-		}
-		c, err := inspect(p, rec.knownGood)
-		p.Close()
-		if err != nil {
-			row.Health, row.Error = "unknown", err.Error()
+		if time.Now().After(deadline) {
+			p.Close()
+			row.Health, row.Error = "unknown", fmt.Sprintf("not inspected: status --all ran out of its %s", nodeStatusTimeout)
 			rows = append(rows, row)
 			continue
+		}
+		c, err := inspect(p, rec.knownGood)
+		gone := p.Check() != nil
+		p.Close()
+		if gone {
+			continue // it exited while we looked
+		}
+		if err != nil {
+			row.Health, row.Error = "unknown", errors.Join(rerr, err).Error()
+			rows = append(rows, row)
+			continue
+		}
+		if rerr != nil {
+			row.Error = rerr.Error()
 		}
 		row.Mounts, row.Health, row.States = len(c.Mounts), "ok", map[string]int{}
 		for _, m := range c.Mounts {
@@ -319,9 +346,9 @@ func lastFixSummary(o *Outcome) string {
 	if ph == nil {
 		return "-"
 	}
-	s := fmt.Sprintf("%s by %s at %s, %d fixed", name, ph.Wiring, ph.Began.Format(time.RFC3339), len(ph.Fixed))
-	if len(ph.Left) > 0 {
-		s += fmt.Sprintf(", %d left", len(ph.Left))
+	s := fmt.Sprintf("%s by %s at %s, %d fixed", name, ph.Wiring, ph.Began.Format(time.RFC3339), len(ph.Fixed)+ph.FixedMore)
+	if n := len(ph.Left) + ph.LeftMore; n > 0 {
+		s += fmt.Sprintf(", %d left", n)
 	}
 	if len(ph.Errors) > 0 {
 		s += ", failed"

@@ -54,24 +54,43 @@ const maxAncestors = 8
 // plugin, the runtime that runs CRIU or the OCI hook, the conmon that runs
 // the runtime). The runtime's `restore` names the container's id; conmon
 // (podman's, CRI-O's) names its id and name with -c and -n.
+//
+// Only host processes count: each must share the hook's pid and mount
+// namespaces and be older than the one below it, so that a pid freed by
+// an ancestor that exited (the plugin's post-resume is detached) and
+// taken by a process of a restored container is not read.
 func identityFromAncestors() Identity {
 	var id Identity
-	pid := os.Getppid()
+	self, err := mounts.ReadStat(os.Getpid())
+	if err != nil {
+		return id
+	}
+	below := self.StartTime
+	pid := self.PPid
 	for i := 0; i < maxAncestors && pid > 1; i++ {
+		st, err := mounts.ReadStat(pid)
+		if err != nil || st.StartTime > below || !onTheHost(pid) {
+			break
+		}
 		argv := cmdlineOf(pid)
+		if st2, err := mounts.ReadStat(pid); err != nil || st2.StartTime != st.StartTime {
+			break // gone, or another process by now
+		}
 		if len(argv) > 0 {
 			id = id.merge(identityFromArgv(argv))
 		}
 		if id.ID != "" && id.Name != "" {
 			break
 		}
-		st, err := mounts.ReadStat(pid)
-		if err != nil {
-			break
-		}
-		pid = st.PPid
+		below, pid = st.StartTime, st.PPid
 	}
 	return id
+}
+
+// onTheHost tells whether pid shares the hook's pid and mount namespaces.
+func onTheHost(pid int) bool {
+	same, err := mounts.SameNamespaces(pid, "mnt", "pid")
+	return err == nil && same["mnt"] && same["pid"]
 }
 
 // cmdlineOf is a host process's command line, bounded.
@@ -139,9 +158,10 @@ var runtimeStateDirs = []struct{ dir, file string }{
 // maxStateEntries bounds the scan of a runtime's state directory.
 const maxStateEntries = 10000
 
-// identityFromRuntimeState finds the container whose init is p in the
-// runtimes' own state (host files only root writes).
-func identityFromRuntimeState(p *mounts.Process) Identity {
+// runtimeStateIndex maps the inits of the containers runc and crun know
+// to their ids: those whose recorded init still runs (runtimeStateInit).
+func runtimeStateIndex() map[int]Identity {
+	idx := map[int]Identity{}
 	for _, d := range runtimeStateDirs {
 		f, err := os.Open(d.dir)
 		if err != nil {
@@ -153,40 +173,63 @@ func identityFromRuntimeState(p *mounts.Process) Identity {
 			if !validID(n) {
 				continue
 			}
-			if pid, ok := runtimeStatePid(filepath.Join(d.dir, n, d.file)); ok && pid == p.Pid {
-				return Identity{ID: n}
+			if pid, ok := runtimeStateInit(filepath.Join(d.dir, n, d.file)); ok {
+				idx[pid] = Identity{ID: n}
 			}
 		}
 	}
-	return Identity{}
+	return idx
 }
 
-// runtimeStatePid reads the init's pid from runc's state.json
-// (init_process_pid) or crun's status (pid).
-func runtimeStatePid(path string) (int, bool) {
+// runtimeStateInit reads the init's pid and start time from runc's
+// state.json (init_process_pid, init_process_start) or crun's status
+// (pid, process-start-time), and returns the pid only if that process
+// still runs, started then, and is the init of its pid namespace: runc
+// keeps the state of a stopped container, whose old pid may name any
+// process by now.
+func runtimeStateInit(path string) (int, bool) {
 	b, err := procfile.Read(path, 1<<20)
 	if err != nil {
 		return 0, false
 	}
 	var s struct {
-		InitPid int `json:"init_process_pid"`
-		Pid     int `json:"pid"`
+		InitPid   int    `json:"init_process_pid"`
+		InitStart uint64 `json:"init_process_start"`
+		Pid       int    `json:"pid"`
+		Start     uint64 `json:"process-start-time"`
 	}
 	if json.Unmarshal(b, &s) != nil {
 		return 0, false
 	}
-	if s.InitPid > 0 {
-		return s.InitPid, true
+	pid, start := s.InitPid, s.InitStart
+	if pid <= 0 {
+		pid, start = s.Pid, s.Start
 	}
-	return s.Pid, s.Pid > 0
+	if pid <= 0 || start == 0 {
+		return 0, false
+	}
+	return pid, isInit(pid, start)
 }
 
-// longID is a container id as podman, CRI-O and containerd make them.
-var longID = regexp.MustCompile(`[0-9a-f]{64}`)
+// isInit tells whether pid runs, started at start (clock ticks after
+// boot), and is pid 1 of its pid namespace.
+func isInit(pid int, start uint64) bool {
+	st, err := mounts.ReadStat(pid)
+	if err != nil || st.StartTime != start || st.Exited() {
+		return false
+	}
+	return nsInit(pid)
+}
 
-// identityFromCgroup takes the outermost 64-hex-digit id in the
-// init's cgroup paths (libpod-ID.scope, crio-ID.scope, ID): the
-// runtime's component, above anything the container could create.
+// scopeID is a cgroup a runtime makes for a container, named by its id:
+// podman's libpod-ID (systemd's .scope or cgroupfs), CRI-O's crio-ID,
+// containerd's cri-containerd-ID, docker's docker-ID.
+var scopeID = regexp.MustCompile(`^(?:libpod|crio|cri-containerd|docker)-([0-9a-f]{64})(?:\.scope)?$`)
+
+// identityFromCgroup takes the outermost runtime-named cgroup (scopeID)
+// of the init's cgroup paths: the runtime's, above anything the container
+// could create. Below a delegated subtree (a user's systemd,
+// user@UID.service) names are the user's to choose: none is taken.
 func identityFromCgroup(pid int) Identity {
 	b, err := procfile.Read("/proc/"+strconv.Itoa(pid)+"/cgroup", procfile.MaxCgroup)
 	if err != nil {
@@ -204,8 +247,13 @@ func outermostID(b []byte) string {
 			continue
 		}
 		for i, comp := range strings.Split(parts[2], "/") {
-			if m := longID.FindString(comp); m != "" && (depth < 0 || i < depth) {
-				best, depth = m, i
+			if strings.HasPrefix(comp, "user@") {
+				break // a delegated subtree: its names are the user's
+			}
+			if m := scopeID.FindStringSubmatch(comp); m != nil {
+				if depth < 0 || i < depth {
+					best, depth = m[1], i
+				}
 				break
 			}
 		}
@@ -217,15 +265,34 @@ func outermostID(b []byte) string {
 // (the OCI state, --container, a record of an earlier run), then the
 // runtime's state, then the cgroup hint.
 func identify(known Identity, p *mounts.Process, rec *record) Identity {
+	return identifyIn(known, p, rec, nil)
+}
+
+// identifyIn is identify with the runtimes' state read already (idx), for
+// status --all; nil reads it.
+func identifyIn(known Identity, p *mounts.Process, rec *record, idx map[int]Identity) Identity {
 	id := known
 	if rec != nil {
 		id = id.merge(rec.Container)
 	}
 	if id.ID == "" {
-		id = id.merge(identityFromRuntimeState(p))
+		if idx == nil {
+			idx = runtimeStateIndex()
+		}
+		id = id.merge(idx[p.Pid])
 	}
 	if id.ID == "" {
 		id = id.merge(identityFromCgroup(p.Pid))
 	}
 	return id
+}
+
+// nsInit tells whether pid is pid 1 of a pid namespace below the host's.
+func nsInit(pid int) bool {
+	s, err := mounts.ReadStatus(pid)
+	if err != nil {
+		return false
+	}
+	ns := s.NSpid()
+	return len(ns) > 1 && ns[len(ns)-1] == 1
 }

@@ -8,6 +8,7 @@ import (
 	"log/syslog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -46,15 +48,20 @@ func TestIdentityFromArgv(t *testing.T) {
 	}
 }
 
-// The cgroup hint takes the outermost id-looking component: the
-// runtime's scope, never one a container created below its own.
+// The cgroup hint takes the outermost cgroup a runtime named for a
+// container, never one a container created below its own, nor any below
+// a delegated subtree (a user's systemd), nor a bare id.
 func TestIdentityFromCgroupIsTheOutermost(t *testing.T) {
 	own, fake := strings.Repeat("1", 64), strings.Repeat("2", 64)
 	for _, tc := range []struct{ file, want string }{
 		{"0::/machine.slice/libpod-" + own + ".scope/init.scope\n", own},
-		{"0::/machine.slice/libpod-" + own + ".scope/" + fake + "\n", own},
+		{"0::/machine.slice/libpod-" + own + ".scope/libpod-" + fake + ".scope\n", own},
 		{"0::/kubepods/pod1/crio-" + own + ".scope\n", own},
-		{"12:pids:/a/" + fake + "\n11:memory:/" + own + "\n", own},
+		{"0::/system.slice/cri-containerd-" + own + ".scope\n", own},
+		{"12:pids:/a/libpod-" + fake + "\n11:memory:/libpod-" + own + "\n", own},
+		{"0::/user.slice/user-1000.slice/user@1000.service/app.slice/libpod-" + fake + ".scope\n", ""},
+		{"0::/system.slice/runc-web.scope/" + fake + "\n", ""},
+		{"0::/system.slice/runc-web.scope/libpod-" + fake + ".scope.x\n", ""},
 		{"0::/arh-lab/x\n", ""},
 		{"garbage", ""},
 	} {
@@ -64,8 +71,28 @@ func TestIdentityFromCgroupIsTheOutermost(t *testing.T) {
 	}
 }
 
-// runc's and crun's own state name the container whose init a pid is.
+// anInit starts a process that is pid 1 of a pid namespace of its own,
+// and returns its host pid.
+func anInit(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("unshare", "-p", "--fork", "sleep", "600")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return testenv.WaitChild(t, cmd.Process.Pid)
+}
+
+// runc's and crun's own state name the container whose init a pid is,
+// only while that init runs: runc keeps the state of a stopped
+// container, whose pid may name any process by now (a wrong start time),
+// and a pid that is no init of a pid namespace is no container's.
 func TestIdentityFromRuntimeState(t *testing.T) {
+	init := anInit(t)
+	st, err := mounts.ReadStat(init)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	old := runtimeStateDirs
 	t.Cleanup(func() { runtimeStateDirs = old })
@@ -76,20 +103,23 @@ func TestIdentityFromRuntimeState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	self := os.Getpid()
-	write(filepath.Join(dir, "runc", "other", "state.json"), `{"init_process_pid": 1}`)
-	write(filepath.Join(dir, "runc", "bad name", "state.json"), `{"init_process_pid": `+strconv.Itoa(self)+`}`)
-	write(filepath.Join(dir, "crun", "mine", "status"), `{"pid": `+strconv.Itoa(self)+`}`)
-	p, err := mounts.OpenProcess(self)
-	if err != nil {
-		t.Fatal(err)
+	pid, start := strconv.Itoa(init), strconv.FormatUint(st.StartTime, 10)
+	write(filepath.Join(dir, "runc", "stopped", "state.json"), `{"init_process_pid": `+pid+`, "init_process_start": `+strconv.FormatUint(st.StartTime+1, 10)+`}`)
+	write(filepath.Join(dir, "runc", "not-an-init", "state.json"), `{"init_process_pid": `+strconv.Itoa(os.Getpid())+`, "init_process_start": 1}`)
+	write(filepath.Join(dir, "runc", "no-start", "state.json"), `{"init_process_pid": `+pid+`}`)
+	write(filepath.Join(dir, "runc", "bad name", "state.json"), `{"init_process_pid": `+pid+`, "init_process_start": `+start+`}`)
+	if got := runtimeStateIndex(); len(got) != 0 {
+		t.Errorf("stale, foreign or unnamed state taken: %+v", got)
 	}
-	defer p.Close()
-	if got := identityFromRuntimeState(p); got != (Identity{ID: "mine"}) {
-		t.Errorf("identity %+v, want crun's mine", got)
+	write(filepath.Join(dir, "crun", "mine", "status"), `{"pid": `+pid+`, "process-start-time": `+start+`}`)
+	if got := runtimeStateIndex(); len(got) != 1 || got[init] != (Identity{ID: "mine"}) {
+		t.Errorf("index %+v, want crun's mine for pid %d", got, init)
 	}
-	if f, err := stateDirLookup(runtimeStateDirs[1].dir, "status", "mine"); err != nil || f.Pid != self {
+	if f, err := stateDirLookup(runtimeStateDirs[1].dir, "status", "mine"); err != nil || f.Pid != init {
 		t.Errorf("lookup of mine: %+v, %v", f, err)
+	}
+	if _, err := stateDirLookup(runtimeStateDirs[0].dir, "state.json", "stopped"); !errors.Is(err, errUnknown) {
+		t.Errorf("a stopped container (its pid reused) found: %v", err)
 	}
 	if _, err := stateDirLookup(runtimeStateDirs[0].dir, "state.json", "../crun/mine"); !errors.Is(err, errUnknown) {
 		t.Errorf("a path as a container id: %v, want unknown", err)
@@ -115,11 +145,17 @@ func TestLookupContainer(t *testing.T) {
 			}{"rt" + strconv.Itoa(i), f})
 		}
 	}
-	set(unknown, knows(10, Identity{ID: "abc"}), knows(10, Identity{ID: "abc", Name: "web"}))
-	if f, err := lookupContainer("web"); err != nil || f.Pid != 10 || f.ID != (Identity{ID: "abc", Name: "web"}) {
+	a, b := anInit(t), anInit(t)
+	set(unknown, knows(a, Identity{ID: "abc"}), knows(a, Identity{ID: "abc", Name: "web"}))
+	if f, err := lookupContainer("web"); err != nil || f.Pid != a || f.ID != (Identity{ID: "abc", Name: "web"}) {
 		t.Errorf("one container known twice: %+v, %v", f, err)
 	}
-	set(knows(10, Identity{ID: "a"}), knows(11, Identity{ID: "b"}))
+	// A runtime's answer that is no container's init (a stale pid).
+	set(knows(os.Getpid(), Identity{ID: "abc"}))
+	if f, err := lookupContainer("web"); err == nil {
+		t.Errorf("a pid that is no init taken as the container's: %+v", f)
+	}
+	set(knows(a, Identity{ID: "a"}), knows(b, Identity{ID: "b"}))
 	if _, err := lookupContainer("web"); err == nil || !strings.Contains(err.Error(), "--pid") {
 		t.Errorf("two containers by one name: %v, want an error naming --pid", err)
 	}
@@ -211,5 +247,47 @@ func TestEveryLineCarriesTheRunsFields(t *testing.T) {
 	}
 	if _, _, err := newLogger(LogConfig{Format: "xml", NoSyslog: true}, io.Discard); err == nil {
 		t.Errorf("log format xml accepted")
+	}
+}
+
+// Text a container chose cannot make a text line name another
+// container: grepping for container=ID finds only that container's lines.
+func TestLogLinesCannotBeMadeToNameAnotherContainer(t *testing.T) {
+	l, done, err := newLogger(LogConfig{NoSyslog: true}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	var buf bytes.Buffer
+	l.SetOutput(&buf)
+	setLogFields(l, logrus.Fields{"mode": "criu"})
+	setIdentity(l, Identity{ID: "attacker", Name: "evil"})
+	forged := "/a container=victim name=prod-db mode=fix"
+	l.WithField("cgroup_root", forged).Info("cgroups prepared: created " + forged)
+	out := buf.String()
+	if strings.Contains(out, "container=victim") || strings.Contains(out, "name=prod-db") || strings.Contains(out, "mode=fix") {
+		t.Errorf("a line names another container: %q", out)
+	}
+	if !strings.Contains(out, " container=attacker") || !strings.Contains(out, " name=evil") || !strings.Contains(out, `container\075victim`) {
+		t.Errorf("the line lost its own identity or the forged text: %q", out)
+	}
+}
+
+// CRI-O's name annotation names the container only with CRI-O's id
+// annotation for the same container: a podman user's annotations do not.
+func TestAnnotatedName(t *testing.T) {
+	for _, tc := range []struct {
+		a    map[string]string
+		want string
+	}{
+		{map[string]string{"io.kubernetes.cri-o.ContainerID": "c1", "io.kubernetes.cri-o.Name": "k8s_web_pod_ns_uid_0"}, "k8s_web_pod_ns_uid_0"},
+		{map[string]string{"io.kubernetes.cri-o.Name": "prod-db"}, ""},
+		{map[string]string{"io.kubernetes.cri-o.ContainerID": "c2", "io.kubernetes.cri-o.Name": "prod-db"}, ""},
+		{map[string]string{"io.kubernetes.container.name": "prod-db"}, ""},
+		{map[string]string{"io.kubernetes.cri-o.ContainerID": "c1", "io.kubernetes.cri-o.Name": "a b"}, ""},
+	} {
+		if got := annotatedName("c1", tc.a); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.a, got, tc.want)
+		}
 	}
 }

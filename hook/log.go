@@ -242,17 +242,41 @@ func (f lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	}
 	b.WriteString(e.Level.String())
 	b.WriteString(": ")
-	b.WriteString(controlEscaped(strings.ReplaceAll(e.Message, "\n", " ")))
+	b.WriteString(unforgeable(controlEscaped(strings.ReplaceAll(e.Message, "\n", " "))))
 	keys := make([]string, 0, len(e.Data))
 	for k := range e.Data {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, " %s=%s", controlEscaped(k), controlEscaped(fmt.Sprint(e.Data[k])))
+		v := controlEscaped(fmt.Sprint(e.Data[k]))
+		if !identityKeys[k] {
+			v = unforgeable(v)
+		}
+		fmt.Fprintf(&b, " %s=%s", controlEscaped(k), v)
 	}
 	b.WriteByte('\n')
 	return b.Bytes(), nil
+}
+
+// identityKeys are the fields that say which container and run a line is
+// about: what operators grep for (container=ID, name=NAME).
+var identityKeys = map[string]bool{"container": true, "name": true, "mode": true}
+
+// unforgeable writes "container=", "name=" and "mode=" in text a
+// container may have chosen (a message with a cgroup or unit name, a
+// child's line, a field's value) as "container\075" and so on: only the
+// identity fields themselves, whose values are checked ids and names,
+// can spell them, so that grepping for container=ID finds only the lines
+// of that container.
+func unforgeable(s string) string {
+	if !strings.Contains(s, "=") {
+		return s
+	}
+	for k := range identityKeys {
+		s = strings.ReplaceAll(s, k+"=", k+`\075`)
+	}
+	return s
 }
 
 // controlEscaped writes what is not printable text in s (mounts.NotText:
@@ -263,13 +287,19 @@ func (f lineFormatter) Format(e *logrus.Entry) ([]byte, error) {
 func controlEscaped(s string) string { return mounts.EscapeText(s) }
 
 // jsonFormatter writes one JSON object per entry: "time" (if stamp),
-// "level", "msg", and the fields, as strings.
+// "level", "msg", and the fields: numbers and booleans as such, anything
+// else as its text. The built-in keys win over fields of the same name.
 type jsonFormatter struct{ stamp bool }
 
 func (f jsonFormatter) Format(e *logrus.Entry) ([]byte, error) {
-	m := make(map[string]string, len(e.Data)+3)
+	m := make(map[string]any, len(e.Data)+3)
 	for k, v := range e.Data {
-		m[k] = fmt.Sprint(v)
+		switch v.(type) {
+		case int, int64, uint64, uint32, bool:
+			m[k] = v
+		default:
+			m[k] = fmt.Sprint(v)
+		}
 	}
 	if f.stamp {
 		m["time"] = e.Time.Format(time.RFC3339Nano)

@@ -59,7 +59,9 @@ func ociMain(stdin io.Reader, opts Options) int {
 	}
 	// Not a fresh start: the name, where the runtime gives one, joins the
 	// id on every line.
-	opts.Identity = opts.Identity.merge(Identity{Name: annotatedName(st.Annotations)}).merge(identityFromAncestors())
+	// conmon's -n first: the annotations of a podman container are its
+	// user's to choose.
+	opts.Identity = opts.Identity.merge(identityFromAncestors()).merge(Identity{ID: st.ID, Name: annotatedName(st.ID, st.Annotations)})
 	setIdentity(opts.Log, opts.Identity)
 	switch v {
 	case FixNow:
@@ -112,12 +114,11 @@ type followerConfig struct {
 }
 
 // annotatedName is the container's name in the annotations CRI-O gives
-// its containers, if any.
-func annotatedName(a map[string]string) string {
-	for _, k := range []string{"io.kubernetes.cri-o.Name", "io.kubernetes.container.name"} {
-		if validName(a[k]) {
-			return a[k]
-		}
+// its containers, if any: only where they name the container by the id
+// of the state (io.kubernetes.cri-o.ContainerID).
+func annotatedName(id string, a map[string]string) string {
+	if n := a["io.kubernetes.cri-o.Name"]; a["io.kubernetes.cri-o.ContainerID"] == id && validName(n) {
+		return n
 	}
 	return ""
 }

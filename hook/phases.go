@@ -220,6 +220,9 @@ func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *log
 		// tries again what failed; what succeeded is recorded and skipped.
 		sf.rec.LastErrors = append(sf.rec.LastErrors, strings.Split(perr.Error(), "\n")...)
 		sf.out.Errors = strings.Split(perr.Error(), "\n")
+		if len(sf.out.Errors) > maxOutcomeMounts {
+			sf.out.Errors = append(sf.out.Errors[:maxOutcomeMounts], fmt.Sprintf("and %d more", len(sf.out.Errors)-maxOutcomeMounts))
+		}
 	}
 	sf.out.Took = Millis(time.Since(start))
 	*sf.rec.phaseOutcome(ph), sf.out = sf.out, nil

@@ -87,6 +87,11 @@ type PhaseOutcome struct {
 	// next run (`fix`) tries them again.
 	Left   []MountNote `json:"left,omitempty"`
 	Errors []string    `json:"errors,omitempty"`
+	// FixedMore, RefusedMore and LeftMore count the mount points beyond
+	// the first maxOutcomeMounts of each list.
+	FixedMore   int `json:"fixed_more,omitempty"`
+	RefusedMore int `json:"refused_more,omitempty"`
+	LeftMore    int `json:"left_more,omitempty"`
 }
 
 // MountNote is a mount point and a reason.
@@ -128,6 +133,10 @@ func (m Millis) MarshalJSON() ([]byte, error) {
 }
 
 func (m *Millis) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*m = 0
+		return nil
+	}
 	f, err := strconv.ParseFloat(string(b), 64)
 	if err != nil {
 		return err
@@ -181,23 +190,40 @@ type stateFile struct {
 	out *PhaseOutcome
 }
 
+// maxOutcomeMounts bounds each list of a phase's outcome: a container
+// with thousands of mounts (of paths up to 4 KiB) must not make its state
+// file too large to read back. What is beyond is counted (*More).
+const maxOutcomeMounts = 64
+
 // fixed, refused and left note a mount point in the running phase's
 // outcome.
 func (s *stateFile) fixed(where string) {
-	if s.out != nil {
-		s.out.Fixed = append(s.out.Fixed, where)
+	if o := s.out; o != nil {
+		if len(o.Fixed) < maxOutcomeMounts {
+			o.Fixed = append(o.Fixed, where)
+		} else {
+			o.FixedMore++
+		}
 	}
 }
 
 func (s *stateFile) refused(where, why string) {
-	if s.out != nil {
-		s.out.Refused = append(s.out.Refused, MountNote{where, why})
+	if o := s.out; o != nil {
+		if len(o.Refused) < maxOutcomeMounts {
+			o.Refused = append(o.Refused, MountNote{where, why})
+		} else {
+			o.RefusedMore++
+		}
 	}
 }
 
 func (s *stateFile) left(where, why string) {
-	if s.out != nil {
-		s.out.Left = append(s.out.Left, MountNote{where, why})
+	if o := s.out; o != nil {
+		if len(o.Left) < maxOutcomeMounts {
+			o.Left = append(o.Left, MountNote{where, why})
+		} else {
+			o.LeftMore++
+		}
 	}
 }
 

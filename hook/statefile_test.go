@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -194,5 +195,38 @@ func TestStagingEventsSaved(t *testing.T) {
 	}
 	if r := saved(); r != nil {
 		t.Fatalf("after gone: %+v", r)
+	}
+}
+
+// A duration of the outcome written as null (by hand, or an older
+// writer) reads as zero: the record is not "damaged" for it.
+func TestMillisNull(t *testing.T) {
+	var o PhaseOutcome
+	if err := json.Unmarshal([]byte(`{"took_ms": null}`), &o); err != nil || o.Took != 0 {
+		t.Errorf("null took_ms: %v, %v", o.Took, err)
+	}
+	if err := json.Unmarshal([]byte(`{"took_ms": 1.5}`), &o); err != nil || time.Duration(o.Took) != 1500*time.Microsecond {
+		t.Errorf("1.5 ms: %v, %v", time.Duration(o.Took), err)
+	}
+}
+
+// A phase's outcome keeps the first maxOutcomeMounts mount points of each
+// list and counts the rest: thousands of long mount points do not make
+// the state file too large to read back.
+func TestOutcomeListsBounded(t *testing.T) {
+	sf := &stateFile{out: &PhaseOutcome{}}
+	long := "/" + strings.Repeat("x", 4000)
+	for i := 0; i < 4096; i++ {
+		sf.fixed(long)
+		sf.refused(long, "unknown master")
+		sf.left(long, "timeout")
+	}
+	o := sf.out
+	if len(o.Fixed) != maxOutcomeMounts || len(o.Refused) != maxOutcomeMounts || len(o.Left) != maxOutcomeMounts ||
+		o.FixedMore != 4096-maxOutcomeMounts || o.RefusedMore != 4096-maxOutcomeMounts || o.LeftMore != 4096-maxOutcomeMounts {
+		t.Errorf("lists %d, %d, %d, more %d, %d, %d", len(o.Fixed), len(o.Refused), len(o.Left), o.FixedMore, o.RefusedMore, o.LeftMore)
+	}
+	if b, _ := json.Marshal(o); len(b) > 1<<20 {
+		t.Errorf("the outcome is %d bytes", len(b))
 	}
 }
