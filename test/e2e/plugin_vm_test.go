@@ -204,6 +204,12 @@ func TestPluginOnlyAutomount(tt *testing.T) {
 	preResumeByPlugin(t, c, log(), pid)
 	// runc's restore names the container: every line of the fix says it.
 	everyLineNames(t, log(), c.Name, "")
+	// runc's own state finds it by its id (runc state: its init and
+	// start time).
+	out, err := runHook(t, hookBinary(t), time.Minute, "status", "--container", c.Name, "--no-syslog")
+	if err != nil || !strings.Contains(out, "container "+c.Name+", init pid "+strconv.Itoa(pid)+",") {
+		t.Errorf("status --container %s (runc): %v\n%s", c.Name, err, out)
+	}
 }
 
 // podman with the package installed and nothing else: podman reads the
