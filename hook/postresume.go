@@ -145,6 +145,9 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 		what := "restarted"
 		if r.MovedBack {
 			what += ", filesystem on top preserved"
+			if len(sf.out.Preserved) < maxOutcomeMounts {
+				sf.out.Preserved = append(sf.out.Preserved, r.Where)
+			}
 		}
 		ml.WithField("dev", devString(r.NewDev)).Info(what)
 		sf.rec.Fixed = append(sf.rec.Fixed, r.NewDev)

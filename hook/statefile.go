@@ -87,6 +87,9 @@ type PhaseOutcome struct {
 	// next run (`fix`) tries them again.
 	Left   []MountNote `json:"left,omitempty"`
 	Errors []string    `json:"errors,omitempty"`
+	// Preserved are the mount points whose filesystem on top was moved
+	// aside for the restart and put back on the new mount.
+	Preserved []string `json:"preserved,omitempty"`
 	// FixedMore, RefusedMore and LeftMore count the mount points beyond
 	// the first maxOutcomeMounts of each list.
 	FixedMore   int `json:"fixed_more,omitempty"`

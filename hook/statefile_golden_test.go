@@ -41,10 +41,10 @@ func fullRecord() record {
 		LastFix: &Outcome{
 			PreResume: &PhaseOutcome{Wiring: WiringOCI, Mode: "follow", Began: at, Took: Millis(1500 * time.Microsecond),
 				Fixed: []string{"/srv/a"}, Refused: []MountNote{{"/srv/x", "unknown master (pid 9)"}}, Left: []MountNote{{"/srv/b", "make catatonic: EBUSY"}}, Errors: []string{"pre-resume /srv/b: EBUSY"},
-				FixedMore: 1, RefusedMore: 2, LeftMore: 3},
+				FixedMore: 1, RefusedMore: 2, LeftMore: 3, Preserved: []string{"/srv/a"}},
 			PostResume: &PhaseOutcome{Wiring: WiringOCI, Mode: "follow", Began: at.Add(time.Second), Took: Millis(2 * time.Second), Fixed: []string{"/srv/a"},
 				Refused: []MountNote{{"/srv/x", "unknown master (pid 9)"}}, Left: []MountNote{{"/srv/b", "restart srv-b.automount: timeout"}}, Errors: []string{"post-resume /srv/b (srv-b.automount): timeout"},
-				FixedMore: 4, RefusedMore: 5, LeftMore: 6},
+				FixedMore: 4, RefusedMore: 5, LeftMore: 6, Preserved: []string{"/srv/a"}},
 			Follower: &FollowerReport{CPU: Millis(120 * time.Millisecond), Following: Millis(20 * time.Millisecond), PreResume: Millis(10 * time.Millisecond), PostResume: Millis(90 * time.Millisecond),
 				Polls: 300, Inspections: 2, NamedPolls: 250, Window: "caught", Ended: "fixed"},
 		},

@@ -281,8 +281,12 @@ func TestPodmanHooksDir(tt *testing.T) {
 	if out := sh(15*time.Second, "exec", name, "--timeout", "5", "--", "cat", "/srv/a/state"); !strings.Contains(out, "state-before-checkpoint") {
 		t.Fatalf("/srv/a/state after podman restore: %q", out)
 	}
-	if l := log(); !strings.Contains(l, "unit=srv-b.automount") {
-		t.Fatalf("the shipped hooks.d JSON did not fix the container; hook log:\n%s", l)
+	pid, err := strconv.Atoi(lastLineOf(sh(15*time.Second, "pid", name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _, err := hook.ReadOutcome(pid); err != nil || o == nil || o.PostResume == nil || !slices.Contains(o.PostResume.Fixed, "/srv/b") {
+		t.Fatalf("the shipped hooks.d JSON did not fix the container (state file: %+v, %v); hook log:\n%s", o, err, log())
 	}
 	t.Logf("hook log:\n%s", log())
 }
