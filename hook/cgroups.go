@@ -7,6 +7,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"slices"
 	"strconv"
@@ -44,7 +45,7 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 		return nil
 	}
 	defer unix.Close(hostRoot)
-	if same, err := mounts.SameNamespaces(pid, "cgroup"); err != nil {
+	if same, err := proc.SameNamespaces(pid, "cgroup"); err != nil {
 		return err
 	} else if same["cgroup"] {
 		// Its cgroup2 mounts would show the host's cgroups: not ours to
@@ -101,7 +102,7 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 		log.Debugf("none of the checkpoint's %d inotify watches is on the container's cgroup2 mounts %+v", len(watches), mnts)
 		return planErr
 	}
-	initNS, err := mounts.Namespace(pid, "pid")
+	initNS, err := proc.Namespace(pid, "pid")
 	if err != nil {
 		return err
 	}
@@ -115,11 +116,11 @@ func prepareCgroups(pid int, imageDir string, log *logrus.Entry) error {
 		ours[p] = true
 	}
 	movable := func(p int) bool {
-		st, err := mounts.ReadStat(p)
+		st, err := proc.ReadStat(p)
 		if err != nil || !(ours[p] || ours[st.PPid]) {
 			return false
 		}
-		ns, err := mounts.Namespace(p, "pid")
+		ns, err := proc.Namespace(p, "pid")
 		return err == nil && ns != initNS
 	}
 	dest, destPath := moveTarget(hostRoot, up, mnts, log)
@@ -249,7 +250,7 @@ func ancestors() []int {
 	var up []int
 	for p := os.Getppid(); p > 1 && len(up) < 8; {
 		up = append(up, p)
-		st, err := mounts.ReadStat(p)
+		st, err := proc.ReadStat(p)
 		if err != nil {
 			break
 		}

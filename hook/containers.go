@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -211,7 +212,7 @@ func containerInits() []int {
 		if err != nil {
 			continue
 		}
-		st, err := mounts.ReadStatus(pid)
+		st, err := proc.ReadStatus(pid)
 		if err != nil {
 			continue
 		}
@@ -243,7 +244,7 @@ func nodeStatus(log *logrus.Logger) []NodeRow {
 	deadline := time.Now().Add(nodeStatusTimeout)
 	idx := runtimeStateIndex() // read once for every row
 	for _, pid := range containerInits() {
-		p, err := mounts.OpenProcess(pid)
+		p, err := proc.OpenProcess(pid)
 		if err != nil {
 			continue
 		}

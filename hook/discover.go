@@ -5,6 +5,7 @@ package hook
 
 import (
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -54,7 +55,7 @@ type Mount struct {
 
 // Container is what the hook knows about one container.
 type Container struct {
-	Proc     *mounts.Process
+	Proc     *proc.Process
 	Evidence Evidence
 	Table    *mounts.Table
 	Procs    *mounts.Procs
@@ -62,12 +63,12 @@ type Container struct {
 }
 
 // inspect reads the container's mounts and processes from the host side.
-func inspect(p *mounts.Process, good func(dev uint64) bool) (*Container, error) {
+func inspect(p *proc.Process, good func(dev uint64) bool) (*Container, error) {
 	t, err := mounts.ReadTable(p.Pid)
 	if err != nil {
 		return nil, err
 	}
-	pids, err := mounts.PidNamespaceMembers(p.Pid)
+	pids, err := proc.PidNamespaceMembers(p.Pid)
 	if err != nil {
 		return nil, fmt.Errorf("list processes of pid %d: %w", p.Pid, err)
 	}
@@ -102,7 +103,7 @@ func masterOf(procs *mounts.Procs, o mounts.Options) (int, units.Kind) {
 	nsPid := 0
 	comm := ""
 	if pid > 0 {
-		if st, err := mounts.ReadStatus(pid); err == nil {
+		if st, err := proc.ReadStatus(pid); err == nil {
 			if ns := st.NSpid(); len(ns) > 0 {
 				nsPid = ns[len(ns)-1]
 			}
@@ -132,13 +133,13 @@ func (c *Container) findNested(byDev map[uint64]*Mount) {
 	if len(byDev) == 0 {
 		return
 	}
-	own, err := mounts.Namespace(c.Proc.Pid, "mnt")
+	own, err := proc.Namespace(c.Proc.Pid, "mnt")
 	if err != nil {
 		return
 	}
 	seen := map[uint64]bool{own: true}
 	for _, pid := range c.Procs.Pids {
-		ns, err := mounts.Namespace(pid, "mnt")
+		ns, err := proc.Namespace(pid, "mnt")
 		if err != nil || seen[ns] {
 			continue
 		}
@@ -158,13 +159,13 @@ func (c *Container) findNested(byDev map[uint64]*Mount) {
 // evidenceOf gathers the signs of a restore for pid.
 func evidenceOf(pid int) (Evidence, error) {
 	var ev Evidence
-	st, err := mounts.ReadStatus(pid)
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return ev, err
 	}
 	ev.Traced = isCRIU(st.TracerPid())
-	theirs, err1 := mounts.Namespace(pid, "time")
-	ours, err2 := mounts.Namespace(os.Getpid(), "time")
+	theirs, err1 := proc.Namespace(pid, "time")
+	ours, err2 := proc.Namespace(os.Getpid(), "time")
 	if err1 == nil && err2 == nil {
 		ev.OwnTimeNS = theirs != ours
 	}
@@ -180,7 +181,7 @@ func isCRIU(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	same, err := mounts.SameNamespaces(pid, "pid")
+	same, err := proc.SameNamespaces(pid, "pid")
 	if err != nil || !same["pid"] {
 		return false
 	}
@@ -228,7 +229,7 @@ func loadedProgram(args []string) string {
 // namespace: it is not a container, and acting on it would act on the
 // host.
 func refuseHost(pid int) error {
-	same, err := mounts.SameNamespaces(pid, "mnt", "pid")
+	same, err := proc.SameNamespaces(pid, "mnt", "pid")
 	if err != nil {
 		return err
 	}

@@ -5,16 +5,15 @@ package hook
 
 import (
 	"errors"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"strings"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // fixMain is `fix --pid`: both phases back to back, for a container that
 // already runs.
 func fixMain(pid int, opts Options) int {
 	// One state file and lock per container, whatever pid was given.
-	if init, err := mounts.InitOf(pid); err == nil && init != pid && refuseHost(pid) == nil {
+	if init, err := proc.InitOf(pid); err == nil && init != pid && refuseHost(pid) == nil {
 		opts.Log.Infof("fix: pid %d is not the init of its pid namespace: acting on its init, pid %d", pid, init)
 		pid = init
 	}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"slices"
@@ -70,7 +71,7 @@ func followerMain(args []string) int {
 		closeLog()
 		os.Exit(ExitFailed)
 	})
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil || p.StartTime != start {
 		l.Info("follow: the container's process is gone: the restore failed or ended; nothing to do")
 		return ExitOK
@@ -223,7 +224,7 @@ func pollInterval(elapsed, sinceNamed time.Duration, named bool) time.Duration {
 // script): stop ends the watch and says how long pre-resume took and how
 // long after its start the init had no tracer any more, or -1 if it
 // still has one (pre-resume ended inside the window).
-func watchResume(p *mounts.Process) (stop func() (took, ranAfter time.Duration)) {
+func watchResume(p *proc.Process) (stop func() (took, ranAfter time.Duration)) {
 	start := time.Now()
 	done := make(chan struct{})
 	ran := make(chan time.Duration, 1)
@@ -266,7 +267,7 @@ func watchResume(p *mounts.Process) (stop func() (took, ranAfter time.Duration))
 // name the init inherited when CRIU forked it), or a copy of the init's
 // own name now if the tracer's cannot be read.
 func tracerName(tracer int, initName []byte) []byte {
-	if st, err := mounts.ReadStatus(tracer); err == nil && st["Name"] != "" {
+	if st, err := proc.ReadStatus(tracer); err == nil && st["Name"] != "" {
 		return []byte(st["Name"])
 	}
 	return bytes.Clone(initName)
@@ -295,12 +296,12 @@ func cpuUsed() time.Duration {
 // leaders the mounts name, not every process of the container as
 // inspect does (which cost the follower about as much CPU as the restore
 // itself; BENCHMARKS.md).
-func restoredEnough(p *mounts.Process) bool {
+func restoredEnough(p *proc.Process) bool {
 	t, err := mounts.ReadTable(p.Pid)
 	if err != nil || len(t.Autofs) == 0 {
 		return false
 	}
-	initNS, err := mounts.Namespace(p.Pid, "pid")
+	initNS, err := proc.Namespace(p.Pid, "pid")
 	if err != nil {
 		return false
 	}
@@ -311,7 +312,7 @@ func restoredEnough(p *mounts.Process) bool {
 			return false
 		}
 		if !slices.Contains(leaders, g) {
-			if ns, err := mounts.Namespace(g, "pid"); err != nil || ns != initNS {
+			if ns, err := proc.Namespace(g, "pid"); err != nil || ns != initNS {
 				return false
 			}
 			leaders = append(leaders, g)
@@ -355,7 +356,7 @@ func openFDs() []string {
 
 // saveFollowerReport writes the follower's report into the container's
 // state file (status --json shows it), unless the container is gone.
-func saveFollowerReport(p *mounts.Process, r *FollowerReport, log *logrus.Entry) {
+func saveFollowerReport(p *proc.Process, r *FollowerReport, log *logrus.Entry) {
 	if p.Check() != nil || !hasState(p) {
 		return // gone, or nothing was ever recorded (no autofs mounts)
 	}

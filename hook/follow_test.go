@@ -1,14 +1,13 @@
 package hook
 
 import (
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os/exec"
 	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // watchResume says whether the init still had a tracer when pre-resume
@@ -22,7 +21,7 @@ func TestWatchResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	p, err := mounts.OpenProcess(cmd.Process.Pid)
+	p, err := proc.OpenProcess(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ package hook
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,7 +20,6 @@ import (
 	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // Identity names a container. Either field may be empty when nothing
@@ -61,19 +61,19 @@ const maxAncestors = 8
 // taken by a process of a restored container is not read.
 func identityFromAncestors() Identity {
 	var id Identity
-	self, err := mounts.ReadStat(os.Getpid())
+	self, err := proc.ReadStat(os.Getpid())
 	if err != nil {
 		return id
 	}
 	below := self.StartTime
 	pid := self.PPid
 	for i := 0; i < maxAncestors && pid > 1; i++ {
-		st, err := mounts.ReadStat(pid)
+		st, err := proc.ReadStat(pid)
 		if err != nil || st.StartTime > below || !onTheHost(pid) {
 			break
 		}
 		argv := cmdlineOf(pid)
-		if st2, err := mounts.ReadStat(pid); err != nil || st2.StartTime != st.StartTime {
+		if st2, err := proc.ReadStat(pid); err != nil || st2.StartTime != st.StartTime {
 			break // gone, or another process by now
 		}
 		if len(argv) > 0 {
@@ -89,7 +89,7 @@ func identityFromAncestors() Identity {
 
 // onTheHost tells whether pid shares the hook's pid and mount namespaces.
 func onTheHost(pid int) bool {
-	same, err := mounts.SameNamespaces(pid, "mnt", "pid")
+	same, err := proc.SameNamespaces(pid, "mnt", "pid")
 	return err == nil && same["mnt"] && same["pid"]
 }
 
@@ -214,7 +214,7 @@ func runtimeStateInit(path string) (int, bool) {
 // isInit tells whether pid runs, started at start (clock ticks after
 // boot), and is pid 1 of its pid namespace.
 func isInit(pid int, start uint64) bool {
-	st, err := mounts.ReadStat(pid)
+	st, err := proc.ReadStat(pid)
 	if err != nil || st.StartTime != start || st.Exited() {
 		return false
 	}
@@ -264,13 +264,13 @@ func outermostID(b []byte) string {
 // identify names the container whose init is p: what is known already
 // (the OCI state, --container, a record of an earlier run), then the
 // runtime's state, then the cgroup hint.
-func identify(known Identity, p *mounts.Process, rec *record) Identity {
+func identify(known Identity, p *proc.Process, rec *record) Identity {
 	return identifyIn(known, p, rec, nil)
 }
 
 // identifyIn is identify with the runtimes' state read already (idx), for
 // status --all; nil reads it.
-func identifyIn(known Identity, p *mounts.Process, rec *record, idx map[int]Identity) Identity {
+func identifyIn(known Identity, p *proc.Process, rec *record, idx map[int]Identity) Identity {
 	id := known
 	if rec != nil {
 		id = id.merge(rec.Container)
@@ -289,7 +289,7 @@ func identifyIn(known Identity, p *mounts.Process, rec *record, idx map[int]Iden
 
 // nsInit tells whether pid is pid 1 of a pid namespace below the host's.
 func nsInit(pid int) bool {
-	s, err := mounts.ReadStatus(pid)
+	s, err := proc.ReadStatus(pid)
 	if err != nil {
 		return false
 	}

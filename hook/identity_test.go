@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"log/syslog"
 	"net"
@@ -18,7 +19,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // The command lines above the hook name the container: the runtime's
@@ -89,7 +89,7 @@ func anInit(t *testing.T) int {
 // and a pid that is no init of a pid namespace is no container's.
 func TestIdentityFromRuntimeState(t *testing.T) {
 	init := anInit(t)
-	st, err := mounts.ReadStat(init)
+	st, err := proc.ReadStat(init)
 	if err != nil {
 		t.Fatal(err)
 	}

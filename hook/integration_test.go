@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"path/filepath"
@@ -233,7 +234,7 @@ func TestManyFakeDaemonsEndByTheDeadline(t *testing.T) {
 	// Those it had no time for, and those beyond the cap, run on.
 	alive := 0
 	for _, pid := range fakes {
-		if _, err := mounts.ReadStat(pid); err == nil {
+		if _, err := proc.ReadStat(pid); err == nil {
 			alive++
 		}
 	}

@@ -7,6 +7,7 @@ package hook
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -147,7 +148,7 @@ func followerCommand(exe string, pid int, start uint64, opts Options, null *os.F
 // other fd (every fd the hook inherited from the runtime is made
 // close-on-exec first), the minimal environment, the options as JSON.
 func startFollower(pid int, opts Options) error {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		return err
 	}

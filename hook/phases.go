@@ -7,6 +7,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"slices"
 	"strings"
 	"time"
@@ -86,7 +87,7 @@ var errRefused = errors.New("refused")
 
 // fixPid runs the given phases for the container whose init is pid.
 func fixPid(pid int, phases []Phase, opts Options) error {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errRefused, err)
 	}
@@ -162,7 +163,7 @@ func fixPid(pid int, phases []Phase, opts Options) error {
 	return errors.Join(errs...)
 }
 
-func runPhase(p *mounts.Process, ph Phase, sf *stateFile, opts Options, log *logrus.Entry) error {
+func runPhase(p *proc.Process, ph Phase, sf *stateFile, opts Options, log *logrus.Entry) error {
 	start := time.Now()
 	mark := &sf.rec.PreResume
 	if ph == PostResume {

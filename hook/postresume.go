@@ -7,6 +7,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"slices"
 	"sort"
 	"strings"
@@ -218,7 +219,7 @@ func alsoServedBy(c *Container, pid int, skip map[uint64]bool) []mounts.Target {
 // retryHint tells the operator what a rerun does after a failed respawn.
 func retryHint(sf *stateFile, pid int, res *units.Respawned) string {
 	if res != nil && res.Pid > 0 {
-		if st, err := mounts.ReadStat(res.Pid); err == nil && !st.Exited() {
+		if st, err := proc.ReadStat(res.Pid); err == nil && !st.Exited() {
 			return fmt.Sprintf(" (automount %d runs but does not serve them: are they still in the container's master map?)", res.Pid)
 		}
 	}

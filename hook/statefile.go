@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"path/filepath"
@@ -244,13 +245,13 @@ func ensureStateDir() error {
 	return nil
 }
 
-func statePath(p *mounts.Process) string {
+func statePath(p *proc.Process) string {
 	return filepath.Join(StateDir, strconv.Itoa(p.Pid)+"-"+strconv.FormatUint(p.StartTime, 10))
 }
 
 // lockState takes the container's lock, waiting up to d for another run
 // to finish, and loads its record.
-func lockState(p *mounts.Process, d time.Duration) (*stateFile, error) {
+func lockState(p *proc.Process, d time.Duration) (*stateFile, error) {
 	if err := ensureStateDir(); err != nil {
 		return nil, err
 	}
@@ -290,7 +291,7 @@ func lockState(p *mounts.Process, d time.Duration) (*stateFile, error) {
 }
 
 // hasState tells whether a state file exists for the container.
-func hasState(p *mounts.Process) bool {
+func hasState(p *proc.Process) bool {
 	_, err := os.Lstat(statePath(p) + ".json")
 	return err == nil
 }
@@ -314,7 +315,7 @@ func removeStale() {
 		if !ok || err1 != nil || err2 != nil {
 			continue
 		}
-		if st, err := mounts.ReadStat(pid); err == nil && st.StartTime == start && !st.Exited() {
+		if st, err := proc.ReadStat(pid); err == nil && st.StartTime == start && !st.Exited() {
 			continue
 		}
 		os.Remove(filepath.Join(StateDir, name))
@@ -323,7 +324,7 @@ func removeStale() {
 
 // loadState reads a container's record without locking (for status and
 // dry runs). A missing file is an empty record; a damaged one is an error.
-func loadState(p *mounts.Process) (record, error) {
+func loadState(p *proc.Process) (record, error) {
 	var r record
 	b, err := readNoFollow(statePath(p) + ".json")
 	if errors.Is(err, os.ErrNotExist) {
@@ -402,7 +403,7 @@ func (s *stateFile) recordStaging(raw json.RawMessage) error {
 // is pid records (nil if none yet), with the container's identity: for
 // the tests and benchmarks, which read it instead of log lines.
 func ReadOutcome(pid int) (*Outcome, Identity, error) {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		return nil, Identity{}, err
 	}

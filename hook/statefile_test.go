@@ -3,6 +3,7 @@ package hook
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,9 +22,9 @@ func withStateDir(t *testing.T, dir string) {
 	t.Cleanup(func() { StateDir = old })
 }
 
-func self(t *testing.T) *mounts.Process {
+func self(t *testing.T) *proc.Process {
 	t.Helper()
-	p, err := mounts.OpenProcess(os.Getpid())
+	p, err := proc.OpenProcess(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func TestRemoveStaleStateFiles(t *testing.T) {
 	// A container init that has exited but that its parent has not reaped
 	// yet (seen right after a checkpoint) is gone too.
 	z := zombie(t)
-	zst, err := mounts.ReadStat(z)
+	zst, err := proc.ReadStat(z)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func zombie(t *testing.T) int {
 	t.Cleanup(func() { cmd.Wait() })
 	pid := cmd.Process.Pid
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		if st, err := mounts.ReadStat(pid); err == nil && st.State == 'Z' {
+		if st, err := proc.ReadStat(pid); err == nil && st.State == 'Z' {
 			return pid
 		}
 		if time.Now().After(deadline) {

@@ -6,6 +6,7 @@ package hook
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"strconv"
 	"strings"
@@ -112,7 +113,7 @@ func (c *Container) report() Report {
 func (c *Container) Blocked() []int {
 	var pids []int
 	for _, pid := range c.Procs.Pids {
-		if mounts.Wchan(pid) == "autofs_wait" {
+		if proc.Wchan(pid) == "autofs_wait" {
 			pids = append(pids, pid)
 		}
 	}
@@ -120,7 +121,7 @@ func (c *Container) Blocked() []int {
 }
 
 func statusMain(pid int, known Identity, asJSON bool, out io.Writer, log *logrus.Logger) int {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		log.Errorf("status: %v", err)
 		return ExitRefused

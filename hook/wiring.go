@@ -7,13 +7,13 @@ package hook
 
 import (
 	"bytes"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // The wirings, as the log's wiring field and the state file's phase marks
@@ -47,7 +47,7 @@ const maxMaps = 4 << 20
 // with CRIU's --restore-sibling: the restored init is CRIU's sibling, and
 // the OCI hook runs before CRIU traces it).
 func restoringCRIU(pid int) int {
-	st, err := mounts.ReadStatus(pid)
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return 0
 	}

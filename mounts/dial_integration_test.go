@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,14 +43,14 @@ var testDial = mounts.NewTask("test-dial", func(env *mounts.WorkerEnv, a dialArg
 
 // aContainer starts a stand-in container init with pid, mount and network
 // namespaces of its own (no autofs needed) and returns it pinned.
-func aContainer(t *testing.T) *mounts.Process {
+func aContainer(t *testing.T) *proc.Process {
 	t.Helper()
 	cmd := exec.Command("unshare", "-p", "-m", "-n", "--fork", "--mount-proc", "sleep", "600")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	p, err := mounts.OpenProcess(testenv.WaitChild(t, cmd.Process.Pid))
+	p, err := proc.OpenProcess(testenv.WaitChild(t, cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}

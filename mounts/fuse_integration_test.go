@@ -2,6 +2,7 @@ package mounts_test
 
 import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
@@ -16,7 +17,7 @@ import (
 
 // autofsFDOf copies (pidfd_getfd) the test master's fd on the autofs mount
 // a: safe, the file is the kernel's autofs.
-func autofsFDOf(t *testing.T, p *mounts.Process, a *mounts.Autofs) *os.File {
+func autofsFDOf(t *testing.T, p *proc.Process, a *mounts.Autofs) *os.File {
 	t.Helper()
 	fds, err := p.FDs()
 	if err != nil {
@@ -54,7 +55,7 @@ func TestCatatonicThroughFDsNeverTouchesFUSE(t *testing.T) {
 	af := autofsFDOf(t, p, a)
 	pid, srv := fusetest.HeldIn(t, m.Pid, af)
 	af.Close()
-	holder, err := mounts.OpenProcess(pid)
+	holder, err := proc.OpenProcess(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestCatatonicFDsRefusesSwappedFD(t *testing.T) {
 	m, _, points := startMaster(t, "a")
 	a := autofsAt(t, m.Pid, points[0])
 	pid, srv := fusetest.Held(t) // fd 3 is the FUSE file
-	holder, err := mounts.OpenProcess(pid)
+	holder, err := proc.OpenProcess(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +150,7 @@ func workersOfOurs(t *testing.T) []int {
 		if err != nil {
 			continue
 		}
-		st, err := mounts.ReadStat(pid)
+		st, err := proc.ReadStat(pid)
 		if err != nil || st.PPid != os.Getpid() {
 			continue
 		}

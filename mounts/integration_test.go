@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,7 +100,7 @@ func requireAutofs(t *testing.T) {
 	}
 }
 
-func startMaster(t *testing.T, names ...string) (*autofstest.Master, *mounts.Process, []string) {
+func startMaster(t *testing.T, names ...string) (*autofstest.Master, *proc.Process, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	var points []string
@@ -111,7 +112,7 @@ func startMaster(t *testing.T, names ...string) (*autofstest.Master, *mounts.Pro
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Stop)
-	p, err := mounts.OpenProcess(m.Pid)
+	p, err := proc.OpenProcess(m.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +394,7 @@ func TestOddMountPoints(t *testing.T) {
 
 // makeCatatonic runs the catatonic worker on targets and fails the test
 // on any error.
-func makeCatatonic(t *testing.T, p *mounts.Process, targets []mounts.Target, timeout time.Duration) {
+func makeCatatonic(t *testing.T, p *proc.Process, targets []mounts.Target, timeout time.Duration) {
 	t.Helper()
 	res, err := mounts.Catatonic.Run(p, targets, timeout, nil)
 	if err != nil {

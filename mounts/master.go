@@ -1,6 +1,7 @@
 package mounts
 
 import (
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
@@ -11,16 +12,16 @@ import (
 // its fd table only when asked.
 type Procs struct {
 	Pids  []int
-	stats map[int]Stat
+	stats map[int]proc.Stat
 	pipes map[int]map[uint64]bool
 }
 
 // SnapshotProcs reads the stat of every pid in pids (host numbering).
 // Processes that vanished meanwhile are left out.
 func SnapshotProcs(pids []int) *Procs {
-	p := &Procs{stats: make(map[int]Stat, len(pids)), pipes: map[int]map[uint64]bool{}}
+	p := &Procs{stats: make(map[int]proc.Stat, len(pids)), pipes: map[int]map[uint64]bool{}}
 	for _, pid := range pids {
-		st, err := ReadStat(pid)
+		st, err := proc.ReadStat(pid)
 		if err != nil {
 			continue
 		}
@@ -31,7 +32,7 @@ func SnapshotProcs(pids []int) *Procs {
 }
 
 // Stat returns the snapshot of pid.
-func (p *Procs) Stat(pid int) (Stat, bool) { s, ok := p.stats[pid]; return s, ok }
+func (p *Procs) Stat(pid int) (proc.Stat, bool) { s, ok := p.stats[pid]; return s, ok }
 
 // pipesOf lists the pipe inodes pid holds open, read once per pid.
 func (p *Procs) pipesOf(pid int) map[uint64]bool {

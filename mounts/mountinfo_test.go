@@ -94,21 +94,6 @@ func TestEscape(t *testing.T) {
 	}
 }
 
-func TestParseStat(t *testing.T) {
-	s, err := ParseStat([]byte("42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Comm != "a (weird) name" || s.State != 'S' || s.PPid != 1 || s.PGrp != 42 || s.Session != 42 || s.StartTime != 123456 {
-		t.Fatalf("got %+v", s)
-	}
-	for _, bad := range []string{"", "42 noparen", "42 (x) S 1"} {
-		if _, err := ParseStat([]byte(bad)); err == nil {
-			t.Errorf("ParseStat(%q) accepted", bad)
-		}
-	}
-}
-
 func BenchmarkParseTable(b *testing.B) {
 	for _, n := range []struct{ total, autofs int }{{10, 1}, {1000, 100}, {10000, 1000}} {
 		data := syntheticMountinfo(n.total, n.autofs)

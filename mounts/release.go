@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"time"
 
@@ -41,7 +42,7 @@ type catatonicFDsRequest struct {
 // (pidfd_getfd), and that in a child (RunOnHost), because the process
 // may swap an fd for a file whose close never returns (a FUSE file whose
 // server does not answer the FLUSH) between the choice and the copy.
-func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, logf door.Logf) ([]string, error) {
+func CatatonicThroughFDs(p *proc.Process, targets []Target, timeout time.Duration, logf door.Logf) ([]string, error) {
 	t, err := ReadTable(p.Pid)
 	if err != nil {
 		return nil, err
@@ -84,18 +85,18 @@ func CatatonicThroughFDs(p *Process, targets []Target, timeout time.Duration, lo
 // never closed by us: its close might never return. The task ends
 // then, and its exit closes it, in a process that can be left behind.
 func catatonicFDsTask(env *WorkerEnv, req catatonicFDsRequest, logf door.Logf) ([]string, error) {
-	p, err := OpenProcess(req.Pid)
+	p, err := proc.OpenProcess(req.Pid)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
 	if p.StartTime != req.StartTime {
-		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, ErrGone)
+		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, proc.ErrGone)
 	}
 	var released []string
 	var errs []error
 	for _, d := range req.FDs {
-		fd, err := unix.PidfdGetfd(p.pidfd, d.N, 0)
+		fd, err := p.GetFD(d.N)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("copy fd %d of %d: %w", d.N, req.Pid, err))
 			continue
@@ -103,7 +104,7 @@ func catatonicFDsTask(env *WorkerEnv, req catatonicFDsRequest, logf door.Logf) (
 		unix.CloseOnExec(fd)
 		// The same mount and inode: mount ids are reused, a swap for a
 		// file of a new mount that got the old id would pass on the id.
-		if got, err := OwnFD(fd); err != nil || got.MntID != d.MntID || (d.Ino != 0 && got.Ino != d.Ino) {
+		if got, err := proc.OwnFD(fd); err != nil || got.MntID != d.MntID || (d.Ino != 0 && got.Ino != d.Ino) {
 			return released, fmt.Errorf("fd %d of %d is no longer on %s (the process swapped it): stopped, the copy left open", d.N, req.Pid, Escape(d.Where))
 		}
 		f := os.NewFile(uintptr(fd), "fd "+fmt.Sprint(d.N))

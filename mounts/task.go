@@ -8,6 +8,7 @@ package mounts
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"time"
 
@@ -50,7 +51,7 @@ func (t TaskOf[Req, Res]) Name() string { return t.name }
 
 // Run runs the task in a worker that joined p's mount namespace and
 // root (runInMountNS), killed at timeout; its log lines go to logf.
-func (t TaskOf[Req, Res]) Run(p *Process, req Req, timeout time.Duration, logf door.Logf) (Res, error) {
+func (t TaskOf[Req, Res]) Run(p *proc.Process, req Req, timeout time.Duration, logf door.Logf) (Res, error) {
 	var res Res
 	err := runInMountNS(p, t.name, req, timeout, logf, nil, &res)
 	return res, err
@@ -58,7 +59,7 @@ func (t TaskOf[Req, Res]) Run(p *Process, req Req, timeout time.Duration, logf d
 
 // RunEvents is Run for a task that records events (WorkerEnv.Record):
 // each goes to event, and the task goes on once event returned nil.
-func (t TaskOf[Req, Res]) RunEvents(p *Process, req Req, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error) (Res, error) {
+func (t TaskOf[Req, Res]) RunEvents(p *proc.Process, req Req, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error) (Res, error) {
 	var res Res
 	err := runInMountNS(p, t.name, req, timeout, logf, event, &res)
 	return res, err

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"net"
 	"os"
 	"runtime"
@@ -218,7 +219,7 @@ func (e *WorkerEnv) Gone() bool {
 	if err != nil {
 		return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)
 	}
-	st, err := ParseStat(b[:n])
+	st, err := proc.ParseStat(b[:n])
 	return err == nil && st.Exited()
 }
 
@@ -259,7 +260,7 @@ func register(name string, run task, host bool) {
 // events it records (WorkerEnv.Record) to event, and the task goes on
 // once event returned nil (its step fails if event returned an error). A
 // nil event refuses every record.
-func runInMountNS(p *Process, name string, args any, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error, result any) error {
+func runInMountNS(p *proc.Process, name string, args any, timeout time.Duration, logf door.Logf, event func(json.RawMessage) error, result any) error {
 	deadline := time.Now().Add(timeout)
 	dir := "/proc/" + strconv.Itoa(p.Pid) + "/"
 	var files []*os.File

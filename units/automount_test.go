@@ -1,6 +1,7 @@
 package units
 
 import (
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -180,12 +180,12 @@ func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
-	c, err := mounts.OpenProcess(init)
+	c, err := proc.OpenProcess(init)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	st, err := mounts.ReadStat(host.Process.Pid)
+	st, err := proc.ReadStat(host.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 	if err := unix.Kill(host.Process.Pid, 0); err != nil {
 		t.Fatalf("the host process was touched: %v", err)
 	}
-	if st, err := mounts.ReadStat(host.Process.Pid); err != nil || st.Exited() {
+	if st, err := proc.ReadStat(host.Process.Pid); err != nil || st.Exited() {
 		t.Fatalf("the host process is gone: %v", err)
 	}
 }
@@ -209,12 +209,12 @@ func TestRespawnRefusesReusedPid(t *testing.T) {
 	testenv.RequireRoot(t, "a stand-in container in its own pid namespace")
 	init := testenv.InOwnPidNamespace(t, "sh", "-c", "sleep 300 & wait")
 	other := testenv.WaitChild(t, init)
-	c, err := mounts.OpenProcess(init)
+	c, err := proc.OpenProcess(init)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	st, err := mounts.ReadStat(other)
+	st, err := proc.ReadStat(other)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestRespawnRefusesReusedPid(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "pid reused") {
 		t.Fatalf("respawn of a reused pid: err = %v, want a refusal", err)
 	}
-	if st, err := mounts.ReadStat(other); err != nil || st.Exited() {
+	if st, err := proc.ReadStat(other); err != nil || st.Exited() {
 		t.Fatalf("the process that reused the pid is gone: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ package units
 import (
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"time"
 
@@ -29,7 +30,7 @@ type binaryCheck struct {
 // namespace and root, with a deadline, never by the hook's own process
 // (a FUSE file system of the container mounted over it would answer the
 // stat never).
-func checkBinary(d *mounts.Process, exe *os.File, path string, timeout time.Duration) error {
+func checkBinary(d *proc.Process, exe *os.File, path string, timeout time.Duration) error {
 	id, err := fileID(exe)
 	if err != nil {
 		return fmt.Errorf("the daemon's executable: %w", err)

@@ -8,12 +8,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,7 +80,7 @@ func CaptureDaemon(pid int) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read environment of %d: %w", pid, err)
 	}
-	st, err := mounts.ReadStatus(pid)
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"runtime"
 	"time"
 
@@ -59,7 +60,7 @@ type heldState struct {
 // deadline: the child stops p with ptrace (an interrupt waits for p to
 // return to user space, which a process blocked on a file system may
 // never do).
-func readHeld(p *mounts.Process, timeout time.Duration) (*heldState, error) {
+func readHeld(p *proc.Process, timeout time.Duration) (*heldState, error) {
 	req := heldRequest{Pid: p.Pid, StartTime: p.StartTime, Deadline: time.Now().Add(timeout * 3 / 4).UnixNano()}
 	out, _, err := held.RunOnHostFiles(req, nil, timeout, nil)
 	if err == nil && out == nil {
@@ -73,13 +74,13 @@ func readHeld(p *mounts.Process, timeout time.Duration) (*heldState, error) {
 
 func heldTask(_ *mounts.WorkerEnv, req heldRequest, logf door.Logf) (*heldState, error) {
 	failpoint.Delay("slow-held", 8*time.Second, logf.Info)
-	p, err := mounts.OpenProcess(req.Pid)
+	p, err := proc.OpenProcess(req.Pid)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
 	if p.StartTime != req.StartTime {
-		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, mounts.ErrGone)
+		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, proc.ErrGone)
 	}
 	// ptrace requests come from the tracing thread; this process ends
 	// after the task, and a trace with it.
@@ -102,13 +103,13 @@ func heldTask(_ *mounts.WorkerEnv, req heldRequest, logf door.Logf) (*heldState,
 		unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(pid), 0, uintptr(deliverable(ws)), 0, 0)
 	}()
 	if !ws.Stopped() {
-		return nil, fmt.Errorf("pid %d: %w", pid, mounts.ErrGone)
+		return nil, fmt.Errorf("pid %d: %w", pid, proc.ErrGone)
 	}
 	// Still the process that was asked about, now that it is held.
 	if err := p.Check(); err != nil {
 		return nil, err
 	}
-	st, err := mounts.ReadStatus(pid)
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +124,7 @@ func heldTask(_ *mounts.WorkerEnv, req heldRequest, logf door.Logf) (*heldState,
 		return nil, fmt.Errorf("ptrace options of %d: %w", pid, err)
 	}
 	bits, err := securebitsOfHeld(pid, &ws, mode, out.Filters, time.Unix(0, req.Deadline))
-	if errors.Is(err, mounts.ErrGone) {
+	if errors.Is(err, proc.ErrGone) {
 		return nil, err
 	}
 	if err != nil {
@@ -168,7 +169,7 @@ func securebitsOfHeld(pid int, ws *unix.WaitStatus, mode string, filters []Secco
 	for try := 1; ; try++ {
 		switch {
 		case !ws.Stopped():
-			return 0, fmt.Errorf("pid %d: %w", pid, mounts.ErrGone)
+			return 0, fmt.Errorf("pid %d: %w", pid, proc.ErrGone)
 		case stopEvent(*ws) == unix.PTRACE_EVENT_STOP && ws.StopSignal() != unix.SIGTRAP:
 			return 0, fmt.Errorf("it is stopped (%v): not run", ws.StopSignal())
 		case stopEvent(*ws) == unix.PTRACE_EVENT_STOP:
@@ -213,7 +214,7 @@ func runInjected(pid int, ws *unix.WaitStatus) (withheld []unix.Signal, err erro
 		}
 		switch {
 		case !ws.Stopped():
-			return withheld, fmt.Errorf("pid %d: %w", pid, mounts.ErrGone)
+			return withheld, fmt.Errorf("pid %d: %w", pid, proc.ErrGone)
 		case ws.StopSignal() == syscallStop:
 			stops++
 		case deliverable(*ws) != 0:
@@ -241,7 +242,7 @@ func raiseAgain(pid int, sigs []unix.Signal) error {
 // for diagnosis and tests: pid is held with ptrace for the time of one
 // prctl.
 func Securebits(pid int, timeout time.Duration) (uint32, error) {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		return 0, err
 	}

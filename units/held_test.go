@@ -2,6 +2,7 @@ package units
 
 import (
 	"bufio"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os/exec"
 	"runtime"
@@ -12,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // setprivBits are the securebits of setpriv's "+no_setuid_fixup,
@@ -24,7 +24,7 @@ const (
 
 // started runs args under setpriv's securebits, with a pipe as stdin,
 // and returns it pinned, the pipe's writing end and its output.
-func started(t *testing.T, args ...string) (*mounts.Process, io.WriteCloser, *bufio.Reader, *exec.Cmd) {
+func started(t *testing.T, args ...string) (*proc.Process, io.WriteCloser, *bufio.Reader, *exec.Cmd) {
 	t.Helper()
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		testenv.Skip(t, "no setpriv: %v", err)
@@ -38,7 +38,7 @@ func started(t *testing.T, args ...string) (*mounts.Process, io.WriteCloser, *bu
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// setpriv has exec'd args[0] once its comm is that.
 	for deadline := time.Now().Add(testenv.Scale(5 * time.Second)); ; time.Sleep(5 * time.Millisecond) {
-		st, err := mounts.ReadStat(cmd.Process.Pid)
+		st, err := proc.ReadStat(cmd.Process.Pid)
 		if err == nil && st.Comm == args[0] && st.State == 'S' {
 			break
 		}
@@ -46,7 +46,7 @@ func started(t *testing.T, args ...string) (*mounts.Process, io.WriteCloser, *bu
 			t.Fatalf("%v did not start sleeping: %+v, %v", args, st, err)
 		}
 	}
-	p, err := mounts.OpenProcess(cmd.Process.Pid)
+	p, err := proc.OpenProcess(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
@@ -74,7 +75,7 @@ func newPending(pid int, info *Daemon, targets []mounts.Target, files []*os.File
 			p.NS[n[len("ns/"):]] = id.Ino
 		}
 	}
-	user, err := mounts.Namespace(pid, "user")
+	user, err := proc.Namespace(pid, "user")
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +90,7 @@ func newPending(pid int, info *Daemon, targets []mounts.Target, files []*os.File
 // it) and must be the very files the old daemon had. It refuses rather
 // than start the daemon anywhere else, then checks the new daemon as
 // RespawnAutomount does.
-func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, error) {
+func RetryRespawn(c *proc.Process, p *Pending, o RespawnOptions) (*Respawned, error) {
 	if p == nil || p.Daemon == nil {
 		return nil, errors.New("retry respawn: empty record")
 	}
@@ -115,8 +116,8 @@ func RetryRespawn(c *mounts.Process, p *Pending, o RespawnOptions) (*Respawned, 
 
 // filesLike opens, in daemonFileNames order, files of the container
 // identical to those the daemon of p had.
-func filesLike(c *mounts.Process, p *Pending, timeout time.Duration) ([]*os.File, error) {
-	pids, err := mounts.PidNamespaceMembers(c.Pid)
+func filesLike(c *proc.Process, p *Pending, timeout time.Duration) ([]*os.File, error) {
+	pids, err := proc.PidNamespaceMembers(c.Pid)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +143,7 @@ var errMismatch = errors.New("not the daemon's")
 
 func sharesNamespaces(pid int, ns map[string]uint64) bool {
 	for kind, ino := range ns {
-		got, err := mounts.Namespace(pid, kind)
+		got, err := proc.Namespace(pid, kind)
 		if err != nil || got != ino {
 			return false
 		}

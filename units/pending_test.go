@@ -1,6 +1,7 @@
 package units
 
 import (
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strings"
 	"testing"
@@ -9,7 +10,6 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // The record of a process (this test's own) leads back to files with the
@@ -104,7 +104,7 @@ func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
 // ownPending is the record of this test process as if it were a daemon
 // about to be killed, the process pinned, and the files the record was
 // made from (closed when the test ends).
-func ownPending(t *testing.T) (*Pending, *mounts.Process, []*os.File) {
+func ownPending(t *testing.T) (*Pending, *proc.Process, []*os.File) {
 	t.Helper()
 	self := os.Getpid()
 	info, err := CaptureDaemon(self)
@@ -120,7 +120,7 @@ func ownPending(t *testing.T) (*Pending, *mounts.Process, []*os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proc, err := mounts.OpenProcess(self)
+	proc, err := proc.OpenProcess(self)
 	if err != nil {
 		t.Fatal(err)
 	}

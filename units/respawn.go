@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"slices"
 	"strconv"
@@ -62,7 +63,7 @@ type Respawned struct {
 // a pid that names another process by now (the daemon exited while the
 // container's systemd was being answered, and the pid was reused) is
 // refused, never killed.
-func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
+func RespawnAutomount(c *proc.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
 	deadline := o.deadline()
 	// The checks before the kill share half of the time, together: the
 	// kill, the start and the wait for the new daemon keep the other half.
@@ -70,7 +71,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 	if !time.Now().Before(beforeKill) {
 		return nil, fmt.Errorf("respawn automount %d: the run's deadline has passed: not touched", pid)
 	}
-	d, err := mounts.OpenProcess(pid)
+	d, err := proc.OpenProcess(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +105,7 @@ func RespawnAutomount(c *mounts.Process, pid int, startTime uint64, targets []mo
 	if err := info.Reproducible(); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
-	if same, err := mounts.SameNamespaces(pid, "user"); err != nil || !same["user"] {
+	if same, err := proc.SameNamespaces(pid, "user"); err != nil || !same["user"] {
 		return nil, fmt.Errorf("respawn automount %d: it runs in another user namespace: refused", pid)
 	}
 	files, err := openDaemonFiles(pid)
@@ -181,11 +182,11 @@ func inTime(pid int, beforeKill time.Time, what string) error {
 // inPidNamespaceOf refuses a pid that is not in the pid namespace of the
 // container whose init is initPid.
 func inPidNamespaceOf(pid, initPid int) error {
-	want, err := mounts.Namespace(initPid, "pid")
+	want, err := proc.Namespace(initPid, "pid")
 	if err != nil {
 		return err
 	}
-	got, err := mounts.Namespace(pid, "pid")
+	got, err := proc.Namespace(pid, "pid")
 	if err != nil {
 		return err
 	}
@@ -197,7 +198,7 @@ func inPidNamespaceOf(pid, initPid int) error {
 
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
-func startAgain(c *mounts.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf door.Logf) (*Respawned, error) {
+func startAgain(c *proc.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf door.Logf) (*Respawned, error) {
 	// Opened before the start: the daemon's first mounts end the first
 	// wait at once.
 	watch, err := mounts.WatchTable(c.Pid)
@@ -264,7 +265,7 @@ func share(beforeKill time.Time) time.Duration {
 
 // verified checks the new daemon: the credentials, limits and seccomp
 // filters of the old one (info), and no fd of ours among its files.
-func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.Time) error {
+func verified(nd *proc.Process, info *Daemon, files []*os.File, deadline time.Time) error {
 	newPid := nd.Pid
 	if err := verifySame(newPid, info); err != nil {
 		return err
@@ -324,14 +325,14 @@ func verified(nd *mounts.Process, info *Daemon, files []*os.File, deadline time.
 // no file of the daemon is copied or touched, so one on a FUSE file
 // system whose server never answers costs nothing.
 func leakedFDs(pid int, ours []*os.File) ([]int, error) {
-	p, err := mounts.OpenProcess(pid)
+	p, err := proc.OpenProcess(pid)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	var mine []mounts.FDInfo
+	var mine []proc.FDInfo
 	for _, f := range ours {
-		fi, err := mounts.OwnFD(int(f.Fd()))
+		fi, err := proc.OwnFD(int(f.Fd()))
 		if err != nil {
 			return nil, fmt.Errorf("fdinfo of our %s: %w", f.Name(), err)
 		}
@@ -342,7 +343,7 @@ func leakedFDs(pid int, ours []*os.File) ([]int, error) {
 		return nil, err
 	}
 	defer exe.Close()
-	fi, err := mounts.OwnFD(int(exe.Fd()))
+	fi, err := proc.OwnFD(int(exe.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("fdinfo of our executable: %w", err)
 	}
@@ -392,7 +393,7 @@ func closeAll(files []*os.File) {
 
 // releaseThroughDaemon makes the targets catatonic with the ioctl fds the
 // daemon holds on them (see mounts.CatatonicThroughFDs).
-func releaseThroughDaemon(d *mounts.Process, targets []mounts.Target, timeout time.Duration, logf door.Logf) error {
+func releaseThroughDaemon(d *proc.Process, targets []mounts.Target, timeout time.Duration, logf door.Logf) error {
 	released, err := mounts.CatatonicThroughFDs(d, targets, timeout, logf)
 	for _, where := range released {
 		if logf != nil {
@@ -407,12 +408,12 @@ var errNotRunning = errors.New("exited at once")
 
 // hostPid maps a pid of the container's pid namespace to the host's.
 func hostPid(initPid, nsPid int) (int, error) {
-	pids, err := mounts.PidNamespaceMembers(initPid)
+	pids, err := proc.PidNamespaceMembers(initPid)
 	if err != nil {
 		return 0, err
 	}
 	for _, p := range pids {
-		st, err := mounts.ReadStatus(p)
+		st, err := proc.ReadStatus(p)
 		if err != nil {
 			continue
 		}
@@ -432,7 +433,7 @@ func hostPid(initPid, nsPid int) (int, error) {
 // the devices of the targets served by then with its error. It ends soon
 // after the container's init c is gone: the open table would go on
 // showing its mount namespace, and keep it alive.
-func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
+func waitServed(c *proc.Process, watch *mounts.TableWatch, newPid int, targets []mounts.Target, deadline time.Time) ([]uint64, error) {
 	// The bound grows with the time nothing changed (a daemon starting on
 	// a loaded node can take a minute, and a look every 10 ms for that
 	// minute takes the CPU it needs) and starts again at a change.
@@ -465,7 +466,7 @@ func waitServed(c *mounts.Process, watch *mounts.TableWatch, newPid int, targets
 		if err := c.Check(); err != nil {
 			return nil, fmt.Errorf("the container exited while the new automount (pid %d) started: %w", newPid, err)
 		}
-		if st, err := mounts.ReadStat(newPid); err != nil || st.Exited() {
+		if st, err := proc.ReadStat(newPid); err != nil || st.Exited() {
 			return nil, fmt.Errorf("the new automount (pid %d) exited before it served %s: see its log in the container", newPid, strings.Join(missing, ", "))
 		}
 		if time.Now().After(deadline) {

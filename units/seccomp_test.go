@@ -3,6 +3,7 @@ package units
 import (
 	"bufio"
 	"encoding/json"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"slices"
@@ -13,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // envSeccompHolder makes the test binary a process that installs the
@@ -45,7 +45,7 @@ func init() {
 }
 
 // seccompHolder starts a process under filters and returns it pinned.
-func seccompHolder(t *testing.T, filters []SeccompFilter) *mounts.Process {
+func seccompHolder(t *testing.T, filters []SeccompFilter) *proc.Process {
 	t.Helper()
 	path := t.TempDir() + "/filters.json"
 	b, _ := json.Marshal(filters)
@@ -64,7 +64,7 @@ func seccompHolder(t *testing.T, filters []SeccompFilter) *mounts.Process {
 	if strings.TrimSpace(line) != "ready" {
 		t.Fatalf("the holder did not install its filters: %q", line)
 	}
-	p, err := mounts.OpenProcess(cmd.Process.Pid)
+	p, err := proc.OpenProcess(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestSeccompFiltersCopied(t *testing.T) {
 	allow := SeccompFilter{Insns: [][4]uint32{{unix.BPF_RET | unix.BPF_K, 0, 0, unix.SECCOMP_RET_ALLOW}}, Log: true}
 	want := []SeccompFilter{getppid, allow}
 	a := seccompHolder(t, want)
-	st, err := mounts.ReadStatus(a.Pid)
+	st, err := proc.ReadStatus(a.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ package units
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"slices"
 	"strings"
@@ -58,7 +59,7 @@ type spawnResult struct {
 // the capabilities that stage had (spawnResult.StageCaps). The
 // chain ends by the deadline: stage host kills the container stage then,
 // and is killed itself by spawnGrace later.
-func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, logf door.Logf) (*mounts.Process, string, error) {
+func spawn(c *proc.Process, d *Daemon, files []*os.File, deadline time.Time, logf door.Logf) (*proc.Process, string, error) {
 	var r spawnResult
 	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano(), NoHold: noHold()}
 	if t, err := mounts.ReadTable(c.Pid); err == nil {
@@ -90,20 +91,20 @@ func spawn(c *mounts.Process, d *Daemon, files []*os.File, deadline time.Time, l
 		if err != nil {
 			return nil, "", err
 		}
-		p, err := mounts.OpenProcess(pid)
-		if errors.Is(err, mounts.ErrGone) {
+		p, err := proc.OpenProcess(pid)
+		if errors.Is(err, proc.ErrGone) {
 			return nil, "", fmt.Errorf("(pid %d in the container) %w", r.NsPid, errNotRunning)
 		}
 		return p, r.StageCaps, err
 	}
-	p, err := mounts.PinnedBy(back[0])
-	if errors.Is(err, mounts.ErrGone) {
+	p, err := proc.PinnedBy(back[0])
+	if errors.Is(err, proc.ErrGone) {
 		return nil, "", fmt.Errorf("(pid %d in the container) %w", r.NsPid, errNotRunning)
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("spawner: the new daemon's pidfd: %w", err)
 	}
-	if st, err := mounts.ReadStatus(p.Pid); err != nil || !slices.Equal(lastOf(st.NSpid()), []int{r.NsPid}) {
+	if st, err := proc.ReadStatus(p.Pid); err != nil || !slices.Equal(lastOf(st.NSpid()), []int{r.NsPid}) {
 		p.Close()
 		return nil, "", fmt.Errorf("spawner: the pidfd names pid %d, which is not pid %d in the container", p.Pid, r.NsPid)
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -296,10 +297,10 @@ func runFake(point string) error {
 // Wchan returns the kernel function pid sleeps in ("autofs_wait" for a
 // process blocked on an autofs request), or "" once it has exited.
 func Wchan(pid int) string {
-	if st, err := mounts.ReadStat(pid); err != nil || st.Exited() {
+	if st, err := proc.ReadStat(pid); err != nil || st.Exited() {
 		return ""
 	}
-	return mounts.Wchan(pid)
+	return proc.Wchan(pid)
 }
 
 // WaitWchan waits up to d until Wchan(pid) is want, and returns the last

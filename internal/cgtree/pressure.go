@@ -12,13 +12,12 @@ package cgtree
 import (
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // DefaultMemoryPressureTrigger is systemd's default trigger (sd-event's
@@ -82,7 +81,7 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 		if err != nil || !strings.HasSuffix(target, "/memory.pressure") {
 			continue
 		}
-		fi, err := mounts.ReadFDInfo(pid, fd)
+		fi, err := proc.ReadFDInfo(pid, fd)
 		if err != nil || !fi.Writable() || !cgroupMounts[fi.MntID] {
 			continue
 		}
@@ -104,7 +103,7 @@ func rearmProcess(pid int, cgroupMounts map[int]bool, r *Rearmed) error {
 			continue
 		}
 		// Ours now: the file we write is the one our fdinfo shows.
-		fi, err := mounts.OwnFD(nfd)
+		fi, err := proc.OwnFD(nfd)
 		switch {
 		case err != nil || !fi.Writable() || !cgroupMounts[fi.MntID]:
 			errs = append(errs, fmt.Errorf("fd %d: no longer a memory.pressure file of the container's cgroups", fd))

@@ -2,6 +2,7 @@ package cgtree
 
 import (
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // ready says whether a poll for POLLPRI on fd returns at once: what a
@@ -84,7 +84,7 @@ func TestRearmPressure(t *testing.T) {
 	if !ready(t, theirs) {
 		t.Fatal("a pressure file without a trigger does not poll ready: the kernel changed, and so did the reason for this code")
 	}
-	fi, err := mounts.ReadFDInfo(cmd.Process.Pid, 3)
+	fi, err := proc.ReadFDInfo(cmd.Process.Pid, 3)
 	if err != nil {
 		t.Fatal(err)
 	}

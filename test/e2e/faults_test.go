@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -400,7 +401,7 @@ func workerConfined(t testing.TB, bin string, pid int) {
 	if worker == 0 {
 		t.Fatalf("no worker running %s (the hook's processes: %q)", units.SystemdRestart.Name(), hookProcs(bin))
 	}
-	st, err := mounts.ReadStatus(worker)
+	st, err := proc.ReadStatus(worker)
 	if err != nil {
 		t.Fatal(err)
 	}

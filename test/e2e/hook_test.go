@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -264,11 +264,11 @@ func automountDaemons(t testing.TB, c *lab.Container) []daemonInfo {
 		if strings.TrimSpace(string(comm)) != "automount" {
 			continue
 		}
-		st, err := mounts.ReadStat(p)
+		st, err := proc.ReadStat(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		status, err := mounts.ReadStatus(p)
+		status, err := proc.ReadStatus(p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -449,7 +449,7 @@ func TestFollowerExitsWhenRestoreFails(tt *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := mounts.ReadStat(cmd.Process.Pid)
+	st, err := proc.ReadStat(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

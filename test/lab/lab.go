@@ -32,6 +32,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,7 +46,6 @@ import (
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // Kind is the kind of lab container.
@@ -474,7 +474,7 @@ func (c *Container) Pids() ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	pids, err := mounts.PidNamespaceMembers(init)
+	pids, err := proc.PidNamespaceMembers(init)
 	if err != nil {
 		return nil, err
 	}
@@ -491,7 +491,7 @@ func (c *Container) AutofsWaiters() ([]int, error) {
 	}
 	var w []int
 	for _, p := range pids {
-		if mounts.Wchan(p) == "autofs_wait" {
+		if proc.Wchan(p) == "autofs_wait" {
 			w = append(w, p)
 		}
 	}
@@ -633,7 +633,7 @@ func DescribeProcesses() string {
 		if len(line) > 240 {
 			line = line[:240] + "..."
 		}
-		fmt.Fprintf(&b, "%7d %7s %s %-24s %s\n", pid, ppid, state, mounts.Wchan(pid), line)
+		fmt.Fprintf(&b, "%7d %7s %s %-24s %s\n", pid, ppid, state, proc.Wchan(pid), line)
 		name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0])
 		switch {
 		case state == "D", strings.Contains(name, "podman"), name == "conmon", name == "runc", name == "crun",

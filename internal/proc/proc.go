@@ -1,7 +1,7 @@
-package mounts
-
-// Processes pinned by pidfds, and what the hook reads of them from the
-// host's /proc (stat, status, namespaces).
+// Package proc holds the processes the hook acts on: pinned by pidfds,
+// and what it reads of them from the host's /proc (stat, status,
+// namespaces, open files' fdinfo), every read bounded.
+package proc
 
 import (
 	"bytes"
@@ -395,3 +395,7 @@ func Wchan(pid int) string {
 	b, _ := procfile.Read("/proc/"+strconv.Itoa(pid)+"/wchan", procfile.MaxSmall)
 	return string(b)
 }
+
+// GetFD copies the process's fd n into ours (pidfd_getfd), close-on-exec
+// unset: the caller marks and closes it.
+func (p *Process) GetFD(n int) (int, error) { return unix.PidfdGetfd(p.pidfd, n, 0) }
