@@ -158,6 +158,9 @@ func waitOutcome(t testing.TB, pid int, wiring string) *hook.Outcome {
 	for {
 		o, _, err := hook.ReadOutcome(pid)
 		if err == nil && o.FixEnded(wiring) {
+			if o.PostResume != nil {
+				t.Logf("TIMING post-resume by %s took %v, began %v after the wait began", o.PostResume.Wiring, time.Duration(o.PostResume.Took).Round(time.Millisecond), o.PostResume.Began.Sub(deadline.Add(-testenv.Scale(90*time.Second))).Round(time.Millisecond))
+			}
 			return o
 		}
 		if time.Now().After(deadline) {
