@@ -49,9 +49,10 @@ var manSections = []struct {
 		"Logs go to syslog (the journal) and, with --log-file, to a file: runtimes drop a hook's standard error.",
 	}},
 	{"EXAMPLES", []string{
-		"After podman container restore NAME: autofs-restore-hook status --pid $(podman inspect -f '{{.State.Pid}}' NAME) shows every autofs mount of the container and its state (ok, stale, catatonic, orphaned).",
-		"A restore the hook could not fix (its log says so): autofs-restore-hook fix --pid PID finishes it; --dry-run first says what it would do.",
-		"The log lines of one container: journalctl -t autofs-restore-hook | grep PID, or the file of --log-file.",
+		"After podman container restore NAME: autofs-restore-hook status --container NAME shows every autofs mount of the container and its state (ok, stale, catatonic, orphaned), and its last fix. --pid $(podman inspect -f '{{.State.Pid}}' NAME) does the same.",
+		"Every container of the node that has autofs mounts, with its health: autofs-restore-hook status --all (--json for scripts).",
+		"A restore the hook could not fix (its log says so): autofs-restore-hook fix --container NAME finishes it; --dry-run first says what it would do.",
+		"The log lines of one container: journalctl -t autofs-restore-hook | grep 'container=ID' (or 'name=NAME'), or the file of --log-file.",
 	}},
 	{"SEE ALSO", []string{
 		"criu(8), runc(8), podman-container-restore(1), oci-hooks(5), automount(8), systemd.automount(5). /usr/share/doc/autofs-restore-hook/README.md (install, verify, diagnose), docs/how-it-works.md, docs/runtimes.md and RELIABILITY.md: what is fixed, how, with which runtimes, and what was tested.",
