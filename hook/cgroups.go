@@ -7,7 +7,6 @@ package hook
 import (
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/cgtree"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/criuimg"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )

@@ -5,8 +5,9 @@ package hook
 
 import (
 	"errors"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"strings"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // fixMain is `fix --pid`: both phases back to back, for a container that

@@ -1,13 +1,14 @@
 package hook
 
 import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os/exec"
 	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // watchResume says whether the init still had a tracer when pre-resume

@@ -12,13 +12,13 @@ package hook
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 )
 

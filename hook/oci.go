@@ -7,7 +7,6 @@ package hook
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 

@@ -7,13 +7,13 @@ package hook
 import (
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )

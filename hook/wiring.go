@@ -7,12 +7,12 @@ package hook
 
 import (
 	"bytes"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 )
 

@@ -1,8 +1,6 @@
 package mounts_test
 
 import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
@@ -13,6 +11,9 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // autofsFDOf copies (pidfd_getfd) the test master's fd on the autofs mount

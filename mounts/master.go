@@ -1,10 +1,11 @@
 package mounts
 
 import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // Procs is a snapshot of the processes of one pid namespace, used to find

@@ -8,11 +8,11 @@ package mounts
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // TaskOf is a task of the worker taking a Req and answering a Res.

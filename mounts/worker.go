@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"net"
 	"os"
 	"runtime"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // WorkerArg is the hidden first argument that makes the binary run as a

@@ -1,7 +1,6 @@
 package units
 
 import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 func TestDaemonReproducible(t *testing.T) {

@@ -5,13 +5,13 @@ package units
 
 import (
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 

@@ -8,13 +8,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/procfile"
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // Daemon is what is captured of an automount daemon before it is killed:

@@ -10,14 +10,14 @@ package units
 import (
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 

@@ -2,7 +2,6 @@ package units
 
 import (
 	"bufio"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os/exec"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 

@@ -1,7 +1,6 @@
 package units
 
 import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 )
 

@@ -6,8 +6,6 @@ package units
 import (
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"slices"
 	"strconv"
@@ -16,7 +14,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 

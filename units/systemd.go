@@ -7,12 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"strings"
 	"time"
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )

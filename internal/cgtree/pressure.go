@@ -12,12 +12,13 @@ package cgtree
 import (
 	"errors"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"os"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // DefaultMemoryPressureTrigger is systemd's default trigger (sd-event's

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
