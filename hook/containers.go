@@ -36,16 +36,28 @@ type found struct {
 	Runtime string
 }
 
-// runtimeLookups are the ways to find a container by name or id, each
-// for one runtime; a runtime that is not installed finds nothing.
-var runtimeLookups = []struct {
+// runtimeLookup is one way to find a container by name or id.
+type runtimeLookup struct {
 	name string
 	find func(ref string) (found, error)
-}{
-	{"runc", func(ref string) (found, error) { return stateDirLookup("/run/runc", "state.json", ref) }},
-	{"crun", func(ref string) (found, error) { return stateDirLookup("/run/crun", "status", ref) }},
+}
+
+// cliLookups ask the runtimes that keep no state directory of the
+// kind runtimeStateDirs lists; a runtime that is not installed finds
+// nothing.
+var cliLookups = []runtimeLookup{
 	{"podman", podmanLookup},
 	{"crictl", crictlLookup},
+}
+
+// runtimeLookups are every way to find a container: the runtimes' state
+// directories (runtimeStateDirs), then their CLIs (cliLookups).
+func runtimeLookups() []runtimeLookup {
+	var ls []runtimeLookup
+	for _, d := range runtimeStateDirs {
+		ls = append(ls, runtimeLookup{d.name, func(ref string) (found, error) { return stateDirLookup(d, ref) }})
+	}
+	return append(ls, cliLookups...)
 }
 
 // errUnknown is a runtime not knowing the container (or not installed).
@@ -60,7 +72,7 @@ func lookupContainer(ref string) (found, error) {
 	}
 	var hits []found
 	var errs []string
-	for _, l := range runtimeLookups {
+	for _, l := range runtimeLookups() {
 		f, err := l.find(ref)
 		switch {
 		case errors.Is(err, errUnknown):
@@ -68,14 +80,11 @@ func lookupContainer(ref string) (found, error) {
 			errs = append(errs, l.name+": "+err.Error())
 		default:
 			f.Runtime = l.name
-			if !slices.ContainsFunc(hits, func(h found) bool { return h.Pid == f.Pid }) {
-				hits = append(hits, f)
+			// Two runtimes that know one init: one container.
+			if i := slices.IndexFunc(hits, func(h found) bool { return h.Pid == f.Pid }); i >= 0 {
+				hits[i].ID = hits[i].ID.merge(f.ID)
 			} else {
-				for i := range hits {
-					if hits[i].Pid == f.Pid {
-						hits[i].ID = hits[i].ID.merge(f.ID)
-					}
-				}
+				hits = append(hits, f)
 			}
 		}
 	}
@@ -105,13 +114,13 @@ func lookupContainer(ref string) (found, error) {
 	return found{}, fmt.Errorf("%q names more than one container (%s): give --pid", ref, strings.Join(which, ", "))
 }
 
-// stateDirLookup reads the runtime's state of container id ref under dir
+// stateDirLookup reads the runtime's state of container id ref in d
 // (runc and crun, run as root, keep one directory per container).
-func stateDirLookup(dir, file, ref string) (found, error) {
+func stateDirLookup(d stateDir, ref string) (found, error) {
 	if !validID(ref) {
 		return found{}, errUnknown
 	}
-	pid, ok := runtimeStateInit(filepath.Join(dir, ref, file))
+	pid, ok := runtimeStateInit(filepath.Join(d.dir, ref, d.file))
 	if !ok {
 		return found{}, errUnknown
 	}

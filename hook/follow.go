@@ -366,10 +366,7 @@ func saveFollowerReport(p *proc.Process, r *FollowerReport, log *logrus.Entry) {
 		return
 	}
 	defer sf.Unlock()
-	if sf.rec.LastFix == nil {
-		sf.rec.LastFix = &Outcome{}
-	}
-	sf.rec.LastFix.Follower = r
+	sf.rec.lastFix().Follower = r
 	if err := sf.Save(); err != nil {
 		log.Warnf("follow: record the report: %v", err)
 	}

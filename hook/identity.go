@@ -150,10 +150,14 @@ func validName(s string) bool { return namePattern.MatchString(s) }
 // runtimeStateDirs are where runc and crun keep one directory per
 // container, named by its id, when run as root (podman and CRI-O use the
 // same roots by default).
-var runtimeStateDirs = []struct{ dir, file string }{
-	{"/run/runc", "state.json"},
-	{"/run/crun", "status"},
+var runtimeStateDirs = []stateDir{
+	{"runc", "/run/runc", "state.json"},
+	{"crun", "/run/crun", "status"},
 }
+
+// stateDir is a runtime's state directory: name's containers each have
+// dir/ID/file.
+type stateDir struct{ name, dir, file string }
 
 // maxStateEntries bounds the scan of a runtime's state directory.
 const maxStateEntries = 10000

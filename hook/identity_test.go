@@ -96,7 +96,7 @@ func TestIdentityFromRuntimeState(t *testing.T) {
 	dir := t.TempDir()
 	old := runtimeStateDirs
 	t.Cleanup(func() { runtimeStateDirs = old })
-	runtimeStateDirs = []struct{ dir, file string }{{filepath.Join(dir, "runc"), "state.json"}, {filepath.Join(dir, "crun"), "status"}}
+	runtimeStateDirs = []stateDir{{"runc", filepath.Join(dir, "runc"), "state.json"}, {"crun", filepath.Join(dir, "crun"), "status"}}
 	write := func(p, s string) {
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
@@ -115,13 +115,13 @@ func TestIdentityFromRuntimeState(t *testing.T) {
 	if got := runtimeStateIndex(); len(got) != 1 || got[init] != (Identity{ID: "mine"}) {
 		t.Errorf("index %+v, want crun's mine for pid %d", got, init)
 	}
-	if f, err := stateDirLookup(runtimeStateDirs[1].dir, "status", "mine"); err != nil || f.Pid != init {
+	if f, err := stateDirLookup(runtimeStateDirs[1], "mine"); err != nil || f.Pid != init {
 		t.Errorf("lookup of mine: %+v, %v", f, err)
 	}
-	if _, err := stateDirLookup(runtimeStateDirs[0].dir, "state.json", "stopped"); !errors.Is(err, errUnknown) {
+	if _, err := stateDirLookup(runtimeStateDirs[0], "stopped"); !errors.Is(err, errUnknown) {
 		t.Errorf("a stopped container (its pid reused) found: %v", err)
 	}
-	if _, err := stateDirLookup(runtimeStateDirs[0].dir, "state.json", "../crun/mine"); !errors.Is(err, errUnknown) {
+	if _, err := stateDirLookup(runtimeStateDirs[0], "../crun/mine"); !errors.Is(err, errUnknown) {
 		t.Errorf("a path as a container id: %v, want unknown", err)
 	}
 }
@@ -129,20 +129,18 @@ func TestIdentityFromRuntimeState(t *testing.T) {
 // --container NAME finds one init, whichever runtimes know it; two inits
 // under one name, or none, are errors that say to give --pid.
 func TestLookupContainer(t *testing.T) {
-	old := runtimeLookups
-	t.Cleanup(func() { runtimeLookups = old })
+	oldDirs, oldCLIs := runtimeStateDirs, cliLookups
+	t.Cleanup(func() { runtimeStateDirs, cliLookups = oldDirs, oldCLIs })
+	runtimeStateDirs = nil // only the lookups set below
 	type fn = func(string) (found, error)
 	knows := func(pid int, id Identity) fn {
 		return func(string) (found, error) { return found{Pid: pid, ID: id}, nil }
 	}
 	unknown := func(string) (found, error) { return found{}, errUnknown }
 	set := func(fs ...fn) {
-		runtimeLookups = nil
+		cliLookups = nil
 		for i, f := range fs {
-			runtimeLookups = append(runtimeLookups, struct {
-				name string
-				find func(string) (found, error)
-			}{"rt" + strconv.Itoa(i), f})
+			cliLookups = append(cliLookups, runtimeLookup{"rt" + strconv.Itoa(i), f})
 		}
 	}
 	a, b := anInit(t), anInit(t)

@@ -149,15 +149,20 @@ func (m *Millis) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// phaseOutcome is the outcome of phase ph in the record, made if absent.
-func (r *record) phaseOutcome(ph Phase) **PhaseOutcome {
+// lastFix is the record's outcome, made if absent.
+func (r *record) lastFix() *Outcome {
 	if r.LastFix == nil {
 		r.LastFix = &Outcome{}
 	}
+	return r.LastFix
+}
+
+// phaseOutcome is where the record keeps the outcome of phase ph.
+func (r *record) phaseOutcome(ph Phase) **PhaseOutcome {
 	if ph == PostResume {
-		return &r.LastFix.PostResume
+		return &r.lastFix().PostResume
 	}
-	return &r.LastFix.PreResume
+	return &r.lastFix().PreResume
 }
 
 type preparedMount struct {

@@ -145,7 +145,7 @@ func writeAll(b []byte) error {
 }
 
 // Log sends one log line to the parent.
-func (r *Reply) Log(s string) { r.send(Msg{Log: s}, nil) }
+func (r *Reply) Log(s string) { r.Logf(LevelInfo, s) }
 
 // Logf sends a log line at its level: the child's Logf.
 func (r *Reply) Logf(level Level, s string) { r.send(Msg{Log: s, Level: level}, nil) }

@@ -134,17 +134,11 @@ func followerTable() {
 // waitFollowerReport waits until the state file of the container whose
 // init is pid holds its follower's report (hook.FollowerReport).
 func waitFollowerReport(pid int) *hook.FollowerReport {
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		o, _, err := hook.ReadOutcome(pid)
-		if err == nil && o.FixEnded(hook.WiringOCI) {
-			return o.Follower
-		}
-		if time.Now().After(deadline) {
-			fatal("no report of the follower of pid %d in its state file within 3 minutes (%v)\n", pid, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	o, err := waitFixEnded(pid, hook.WiringOCI, time.Now().Add(3*time.Minute), 100*time.Millisecond)
+	if err != nil {
+		fatal("no report of the follower within 3 minutes: %v\n", err)
 	}
+	return o.Follower
 }
 
 // waitLogged waits, reading the log every poll, until n of its lines

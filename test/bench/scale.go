@@ -380,7 +380,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 					// Once a second: 20 goroutines reading state files
 					// ten times a second would cost the emulated CPUs
 					// what the fixes need.
-					if err := waitFixEnded(pid, w, deadline); err != nil {
+					if _, err := waitFixEnded(pid, w, deadline, time.Second); err != nil {
 						fail("%v", err)
 						return
 					}
@@ -414,7 +414,7 @@ func scaleRun(cs []*container, kinds []string, wiring string) scaleRound {
 	if wiring == "oci-hook" && len(failures) == 0 {
 		// The followers report when they end, in the state files.
 		for _, pid := range restored {
-			if err := waitFixEnded(pid, hook.WiringOCI, time.Now().Add(3*time.Minute)); err != nil {
+			if _, err := waitFixEnded(pid, hook.WiringOCI, time.Now().Add(3*time.Minute), time.Second); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 			}
 		}
@@ -457,18 +457,19 @@ func outcomeWiring(wiring string) string {
 	return ""
 }
 
-// waitFixEnded waits, reading the container's state file once a second,
-// until it records the end of the fix by wiring (hook.Outcome.FixEnded).
-func waitFixEnded(pid int, wiring string, deadline time.Time) error {
+// waitFixEnded waits, reading the container's state file every poll,
+// until it records the end of the fix by wiring (hook.Outcome.FixEnded),
+// and returns that outcome.
+func waitFixEnded(pid int, wiring string, deadline time.Time, poll time.Duration) (*hook.Outcome, error) {
 	for {
 		o, _, err := hook.ReadOutcome(pid)
 		if err == nil && o.FixEnded(wiring) {
-			return nil
+			return o, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the state file of pid %d records no end of the fix by %s by the deadline (%v)", pid, wiring, err)
+			return nil, fmt.Errorf("the state file of pid %d records no end of the fix by %s by the deadline (%v)", pid, wiring, err)
 		}
-		time.Sleep(time.Second)
+		time.Sleep(poll)
 	}
 }
 

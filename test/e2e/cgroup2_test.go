@@ -143,7 +143,7 @@ func TestCgroup2CrunActionScript(tt *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitPluginPostResume(t, pid, log)
+		waitOutcome(t, pid, hook.WiringPlugin)
 		restartedInItsCgroup(t, c, "crun, the CRIU plugin", orig, log)
 		preResumeByPlugin(t, c, log(), pid)
 	})

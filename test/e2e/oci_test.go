@@ -154,12 +154,13 @@ func windowEntered(t testing.TB, c *lab.Container) {
 // returns it.
 func waitOutcome(t testing.TB, pid int, wiring string) *hook.Outcome {
 	t.Helper()
-	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
+	began := time.Now()
+	deadline := began.Add(testenv.Scale(90 * time.Second))
 	for {
 		o, _, err := hook.ReadOutcome(pid)
 		if err == nil && o.FixEnded(wiring) {
 			if o.PostResume != nil {
-				t.Logf("TIMING post-resume by %s took %v, began %v after the wait began", o.PostResume.Wiring, time.Duration(o.PostResume.Took).Round(time.Millisecond), o.PostResume.Began.Sub(deadline.Add(-testenv.Scale(90*time.Second))).Round(time.Millisecond))
+				t.Logf("TIMING post-resume by %s took %v, began %v after the wait began", o.PostResume.Wiring, time.Duration(o.PostResume.Took).Round(time.Millisecond), o.PostResume.Began.Sub(began).Round(time.Millisecond))
 			}
 			return o
 		}

@@ -30,23 +30,6 @@ func pluginOnly(t testing.TB) func() string {
 	return logFile(t)
 }
 
-// waitPluginPostResume waits until the post-resume that the plugin
-// started detached (CRIU does not wait for it) has finished.
-func waitPluginPostResume(t testing.TB, pid int, log func() string) {
-	t.Helper()
-	deadline := time.Now().Add(testenv.Scale(90 * time.Second))
-	for {
-		o, _, err := hook.ReadOutcome(pid)
-		if err == nil && o.FixEnded(hook.WiringPlugin) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the plugin's post-resume did not finish within 90 s (state file: %+v, %v); log:\n%s", o, err, log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // preResumeByPlugin checks that the plugin ran the binary for pre-resume
 // and post-resume of the container's init (wiring=criu-plugin), and, in
 // CRIU's log of the restore, that its pre-resume ended before CRIU let
@@ -97,7 +80,7 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitPluginPostResume(t, pid, log)
+	waitOutcome(t, pid, hook.WiringPlugin)
 	var gap string
 	deadline := time.Now().Add(testenv.Scale(30 * time.Second))
 	for {
@@ -198,7 +181,7 @@ func TestPluginOnlyAutomount(tt *testing.T) {
 	lab.Require(t)
 	log := pluginOnly(t)
 	c, pid := restoredWithoutHook(t, "plugin-am", lab.Automount)
-	waitPluginPostResume(t, pid, log)
+	waitOutcome(t, pid, hook.WiringPlugin)
 	automountWorksAgain(t, c, "after a restore with only the plugin", nil)
 	noWaiters(t, c)
 	preResumeByPlugin(t, c, log(), pid)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 )
 
@@ -37,7 +38,7 @@ func TestDebian12StockCRIU(tt *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitPluginPostResume(t, pid, plog)
+		waitOutcome(t, pid, hook.WiringPlugin)
 		systemdWorks(t, c)
 		preResumeByPlugin(t, c, plog(), pid)
 		if n := strings.Count(log(), "oci hook: restore in progress"); n != 1 {
