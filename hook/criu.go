@@ -6,10 +6,12 @@ package hook
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -21,6 +23,10 @@ import (
 // and a failure elsewhere must never abort a restore. Errors go to the
 // log (syslog, the log file and CRIU's own log through stderr).
 func criuMain(action, initPid string, stderr io.Writer) int {
+	if only := os.Getenv(EnvScriptOnly); only != "" && only != action {
+		// Added by the CRIU plugin for one action; it runs the others.
+		return ExitOK
+	}
 	var phases []Phase
 	switch action {
 	case "pre-resume":
@@ -32,8 +38,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		// a cgroup v2 restore of systemd needs (prepareCgroups), on a
 		// host whose /sys/fs/cgroup is the unified hierarchy only (as
 		// internal/cstart decides before the runtime starts).
-		var st unix.Statfs_t
-		if unix.Statfs("/sys/fs/cgroup", &st) != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		if !hostCgroup2() {
 			return ExitOK
 		}
 	default:
@@ -59,10 +64,29 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	}
 	if len(phases) == 0 {
 		l := log.WithFields(logrus.Fields{"pid": pid, "action": action})
-		if err := prepareCgroups(pid, os.Getenv(EnvCRIUImageDir), l); err != nil {
-			for _, line := range strings.Split(err.Error(), "\n") {
-				l.Errorf("%s: %s", action, line)
+		// CRIU waits for an action script without a deadline, and the
+		// plugin makes this one run in every restore of a cgroup v2 host:
+		// the step is given up after cgroupStepDeadline, and the restore
+		// goes on (CRIU then says which watch failed, if any).
+		done := make(chan error, 1)
+		go func() {
+			// A failing script fails the restore: not even a panic may.
+			defer func() {
+				if r := recover(); r != nil {
+					done <- fmt.Errorf("the cgroup step failed: %v", r)
+				}
+			}()
+			done <- prepareCgroupsStep(pid, os.Getenv(EnvCRIUImageDir), l)
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				for _, line := range strings.Split(err.Error(), "\n") {
+					l.Errorf("%s: %s", action, line)
+				}
 			}
+		case <-time.After(cgroupStepDeadline):
+			l.Errorf("%s: the cgroup step did not end within %s: given up, the restore goes on", action, cgroupStepDeadline)
 		}
 		return ExitOK
 	}
@@ -81,11 +105,28 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	return ExitOK
 }
 
-// withWiring adds wiring=criu-plugin (set by the CRIU plugin) or
-// wiring=action-script to every line log writes, so that an operator sees
+// cgroupStepDeadline bounds the post-setup-namespaces step (prepareCgroups,
+// or prepareCgroupsStep where a test hangs it).
+var (
+	cgroupStepDeadline = 30 * time.Second
+	prepareCgroupsStep = prepareCgroups
+)
+
+// hostCgroup2 tells whether /sys/fs/cgroup is the unified hierarchy only.
+var hostCgroup2 = func() bool {
+	var st unix.Statfs_t
+	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// withWiring adds wiring=criu-plugin (set by the CRIU plugin, or an action
+// script the plugin added) or wiring=action-script to every line log writes, so that an operator sees
 // which wiring fixed a restore.
 func withWiring(log *logrus.Logger) string {
 	w := os.Getenv(EnvWiring)
+	if w == "" && os.Getenv(EnvScriptOnly) != "" {
+		// The plugin made this binary an action script (EnvScriptOnly).
+		w = WiringPlugin
+	}
 	if w == "" {
 		w = WiringScript
 	}

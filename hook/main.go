@@ -35,6 +35,12 @@ const (
 	// EnvWiring names what ran the action: "criu-plugin" when CRIU's
 	// plugin (plugin/) did; unset for an action script.
 	EnvWiring = "AUTOFS_RESTORE_HOOK_WIRING"
+	// EnvScriptOnly is set by the CRIU plugin in CRIU's environment when
+	// it adds the binary to a restore's action scripts (a cgroup v2 host):
+	// run as an action script, the binary acts at this action only
+	// (post-setup-namespaces) and leaves the others to the plugin. The
+	// constructor of internal/cstart reads it too.
+	EnvScriptOnly = "AUTOFS_RESTORE_HOOK_SCRIPT_ONLY"
 	// EnvNested sets --nested where no flag can be given (CRIU action
 	// script, OCI hook configs without args).
 	EnvNested = "AUTOFS_RESTORE_HOOK_NESTED"

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // run calls Main as the binary would be called, without syslog.
@@ -229,12 +231,31 @@ func TestContainerTextEscaped(t *testing.T) {
 // the log file: the CRIU plugin sets AUTOFS_RESTORE_HOOK_WIRING, an action
 // script does not.
 func TestCRIUModeLogsItsWiring(t *testing.T) {
-	for _, c := range []struct{ env, want string }{{"", "wiring=action-script"}, {"criu-plugin", "wiring=criu-plugin"}} {
+	for _, c := range []struct{ env, only, want string }{
+		{"", "", "wiring=action-script"},
+		{"criu-plugin", "", "wiring=criu-plugin"},
+		// An action script the plugin added (EnvScriptOnly), at its action.
+		{"", "pre-resume", "wiring=criu-plugin"},
+	} {
 		logPath := t.TempDir() + "/hook.log"
-		code, _, stderr := run(t, map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: "not-a-pid", EnvWiring: c.env, EnvLogFile: logPath}, "")
+		code, _, stderr := run(t, map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: "not-a-pid", EnvWiring: c.env, EnvScriptOnly: c.only, EnvLogFile: logPath}, "")
 		file, _ := os.ReadFile(logPath)
 		if code != ExitOK || !strings.Contains(stderr, c.want) || !strings.Contains(string(file), c.want) {
-			t.Errorf("%s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvWiring, c.env, code, stderr, file, c.want)
+			t.Errorf("%s=%q %s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvWiring, c.env, EnvScriptOnly, c.only, code, stderr, file, c.want)
+		}
+	}
+}
+
+// Added by the CRIU plugin as action script for post-setup-namespaces
+// (EnvScriptOnly), the binary does nothing at the other actions, which
+// the plugin runs itself: not even a log line.
+func TestCRIUModeAddedByThePluginActsAtItsActionOnly(t *testing.T) {
+	for _, action := range []string{"pre-resume", "post-resume"} {
+		logPath := t.TempDir() + "/hook.log"
+		code, _, stderr := run(t, map[string]string{EnvCRIUAction: action, EnvCRIUInitPid: "not-a-pid", EnvScriptOnly: "post-setup-namespaces", EnvLogFile: logPath}, "")
+		file, _ := os.ReadFile(logPath)
+		if code != ExitOK || stderr != "" || len(file) != 0 {
+			t.Errorf("%s with %s=post-setup-namespaces: exit %d, stderr %q, log file %q; want 0 and nothing", action, EnvScriptOnly, code, stderr, file)
 		}
 	}
 }
@@ -307,5 +328,44 @@ func TestOptionsTableIsTheParser(t *testing.T) {
 		if !strings.Contains(page.String(), section+"\n") {
 			t.Errorf("the manual page has no %s", section)
 		}
+	}
+}
+
+// CRIU waits for an action script without a deadline, and on a cgroup v2
+// host the plugin adds the binary as one in every restore: a
+// post-setup-namespaces step that hangs is given up at its deadline, and
+// the binary exits 0 so that the restore goes on.
+func TestCRIUCgroupStepHasADeadline(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	oldStep, oldDeadline, oldV2 := prepareCgroupsStep, cgroupStepDeadline, hostCgroup2
+	defer func() { prepareCgroupsStep, cgroupStepDeadline, hostCgroup2 = oldStep, oldDeadline, oldV2 }()
+	prepareCgroupsStep = func(int, string, *logrus.Entry) error { <-block; return nil }
+	cgroupStepDeadline = 200 * time.Millisecond
+	hostCgroup2 = func() bool { return true }
+	logPath := t.TempDir() + "/hook.log"
+	t.Setenv(EnvNoSyslog, "1")
+	t.Setenv(EnvLogFile, logPath)
+	t.Setenv(EnvCRIUAction, "post-setup-namespaces")
+	t.Setenv(EnvCRIUInitPid, strconv.Itoa(os.Getpid()))
+	t.Setenv(EnvScriptOnly, "post-setup-namespaces")
+	code := make(chan int, 1)
+	go func() { code <- Main(nil, strings.NewReader(""), io.Discard, io.Discard) }()
+	select {
+	case c := <-code:
+		file, _ := os.ReadFile(logPath)
+		if c != ExitOK || !strings.Contains(string(file), "the cgroup step did not end within 200ms: given up") || !strings.Contains(string(file), "wiring=criu-plugin") {
+			t.Errorf("exit %d, log %q; want 0 and the step given up (wiring=criu-plugin)", c, file)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the binary still waits for a hanging cgroup step after 20 s: CRIU would wait with it")
+	}
+	// A step that panics fails no restore either.
+	prepareCgroupsStep = func(int, string, *logrus.Entry) error { panic("boom") }
+	if c, _, _ := run(t, nil, ""); c != ExitOK {
+		t.Errorf("a panicking cgroup step: exit %d, want 0", c)
+	}
+	if file, _ := os.ReadFile(logPath); !strings.Contains(string(file), "the cgroup step failed: boom") {
+		t.Errorf("a panicking cgroup step is not logged: %q", file)
 	}
 }

@@ -39,11 +39,12 @@ var manSections = []struct {
 		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_LOG_FORMAT, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the options of the same meaning (see OPTIONS), for callers that pass no arguments (CRIU). A flag wins over its variable.",
 		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID, CRTOOLS_IMAGE_DIR: set by CRIU for an action script, and (but the last) by the CRIU plugin. The action script acts at pre-resume, post-resume and, on a cgroup v2 host, post-setup-namespaces, where it makes the cgroups a systemd container watched (read from the checkpoint in CRTOOLS_IMAGE_DIR) so that CRIU can restore it.",
 		"AUTOFS_RESTORE_HOOK_WIRING: criu-plugin when the CRIU plugin runs the binary; logged as the field wiring (action-script when unset).",
+		"AUTOFS_RESTORE_HOOK_SCRIPT_ONLY: set by the CRIU plugin in CRIU's environment on a cgroup v2 host, where it adds the binary as the restore's action script for post-setup-namespaces (CRIU 3.19 or later): run as an action script, the binary then acts at that action only and leaves the others to the plugin.",
 	}},
 	{"FILES", []string{
 		"/usr/libexec/oci/hooks.d/autofs-restore-hook: the binary, where the shipped hook configuration names it.",
 		"/usr/share/containers/oci/hooks.d/autofs-restore-hook.json: the OCI hook for podman and CRI-O (stage createRuntime, every container). podman also reads /etc/containers/oci/hooks.d/, where a file of the same name wins (a copy there with other args or env configures the hook for the node).",
-		"/usr/lib/criu/autofs-restore-hook.so: the CRIU plugin; every CRIU restore of the host runs the binary at pre-resume (waiting for it, at most 60 s) and starts it at post-resume (detached).",
+		"/usr/lib/criu/autofs-restore-hook.so: the CRIU plugin; every CRIU restore of the host runs the binary at pre-resume (waiting for it, at most 60 s) and starts it at post-resume (detached); on a cgroup v2 host it also runs it at post-setup-namespaces, as an action script it adds (CRIU 3.19 or later).",
 		"/etc/criu/runc.conf (runc), /etc/criu/default.conf (crun before 1.26; CRIU 3.19 or later), /etc/criu/crun.conf (crun 1.26 with CRIU 4.2 or later): a line action-script /usr/libexec/oci/hooks.d/autofs-restore-hook wires the action script (not written by the package).",
 		"/run/autofs-restore-hook/: one state file and lock per container (root only).",
 		"Logs go to syslog (the journal) and, with --log-file, to a file: runtimes drop a hook's standard error.",

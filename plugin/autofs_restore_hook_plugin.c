@@ -14,6 +14,20 @@
  *   its process group).
  * - exit(RESTORE, 0), called when the restore succeeded and the tasks run:
  *   the binary is started for post-resume, detached (CRIU does not wait).
+ * - init(RESTORE), on a host whose /sys/fs/cgroup is the unified hierarchy
+ *   only: CRIU must find the cgroups a restored systemd watched before it
+ *   opens the container's files, which the binary makes at the
+ *   post-setup-namespaces action (hook/cgroups.go). No plugin hook runs
+ *   then, so the plugin adds the binary to this restore's action scripts
+ *   with CRIU's add_script (exported, as every function of CRIU, which is
+ *   linked with -rdynamic), and sets AUTOFS_RESTORE_HOOK_SCRIPT_ONLY=
+ *   post-setup-namespaces in CRIU's environment: run as a script, the
+ *   binary acts at that action only and leaves pre-resume and post-resume
+ *   to the plugin (so does an action script of ours that the operator
+ *   wired too). CRIU before 3.19 aborts when a script is added while a
+ *   runtime drives it by RPC (runc, crun): add_script is called only where
+ *   rpc_query_external_files, which 3.19 brought with that fix, is exported
+ *   too. The binary's constructor answers every other action at once.
  *
  * It never fails anything: init returns 0, every hook returns -ENOTSUP (the
  * answer "not mine", so that a plugin after it, amdgpu or cuda, still gets
@@ -42,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -75,6 +90,12 @@ struct arh_plugin_desc {
 				     * intermediate child of post-resume */
 #define ARH_ENV_TIMEOUT "AUTOFS_RESTORE_HOOK_PLUGIN_TIMEOUT_MS"
 #define ARH_ENV_BIN "AUTOFS_RESTORE_HOOK_PLUGIN_BIN"
+/* The binary's EnvScriptOnly (hook/main.go). */
+#define ARH_ENV_SCRIPT_ONLY "AUTOFS_RESTORE_HOOK_SCRIPT_ONLY"
+#define ARH_SCRIPT_ACTION "post-setup-namespaces"
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
 
 static const char *const passed_env[] = {
 	"AUTOFS_RESTORE_HOOK_LOG_FILE",
@@ -363,10 +384,45 @@ static void post_resume(int pid)
 		say(ARH_LOG_WARN, "autofs-restore-hook plugin: could not start %s post-resume for pid %d", bin, pid);
 }
 
+/*
+ * On a cgroup v2 host, the binary becomes this restore's action script for
+ * post-setup-namespaces (see the top of this file). A CRIU that cannot take
+ * it safely, or a binary that is not there, leaves the restore as it was,
+ * with one line in CRIU's log: a script that cannot run would fail it.
+ */
+static void add_cgroup_script(void)
+{
+	int (*add)(char *);
+	const char *bin = binary();
+	struct statfs st;
+
+	if (statfs("/sys/fs/cgroup", &st) || st.f_type != CGROUP2_SUPER_MAGIC)
+		return;
+	add = (int (*)(char *))dlsym(RTLD_DEFAULT, "add_script");
+	if (!add || !dlsym(RTLD_DEFAULT, "rpc_query_external_files")) {
+		say(ARH_LOG_INFO, "autofs-restore-hook plugin: this CRIU (before 3.19, or one that exports no add_script) cannot take "
+				  "an action script from a plugin: the cgroups a systemd container watched are not prepared; "
+				  "wire %s as action script for that",
+		    bin);
+		return;
+	}
+	if (access(bin, X_OK)) {
+		say(ARH_LOG_WARN, "autofs-restore-hook plugin: cannot run %s (%s): its cgroup step is not added", bin, strerror(errno));
+		return;
+	}
+	if (setenv(ARH_ENV_SCRIPT_ONLY, ARH_SCRIPT_ACTION, 1) || add((char *)bin)) {
+		say(ARH_LOG_WARN, "autofs-restore-hook plugin: could not add %s as action script: its cgroup step is not added", bin);
+		return;
+	}
+	say(ARH_LOG_INFO, "autofs-restore-hook plugin: %s added as action script for " ARH_SCRIPT_ACTION " (cgroup v2 host)", bin);
+}
+
 static int arh_init(int stage)
 {
 	cur_stage = stage;
 	root_pid = 0;
+	if (stage == ARH_STAGE_RESTORE)
+		add_cgroup_script();
 	return 0;
 }
 

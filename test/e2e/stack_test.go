@@ -81,10 +81,12 @@ func TestDebian12StockCRIU(tt *testing.T) {
 func TestPodmanMigration(tt *testing.T) {
 	t := lab.Record(tt)
 	lab.Require(t)
+	// One image for both containers: an import costs a minute and more.
+	img := lab.PodmanImage(t, "migration", lab.Systemd, lab.Options{})
 	tt.Run("import-fails-in-criu", func(tt *testing.T) {
 		t := lab.Record(tt)
 		log := useShippedHooksJSON(t)
-		c := lab.PodmanUp(t, "export", lab.Systemd, lab.Options{FromImage: true})
+		c := lab.PodmanUp(t, "export", lab.Systemd, lab.Options{Image: img})
 		archive := filepath.Join(t.TempDir(), "checkpoint.tar.gz")
 		timed(t, "checkpoint --export "+c.Name, func() error { return c.CheckpointExport(archive) })
 		err := c.RestoreImport(archive)
@@ -104,7 +106,7 @@ func TestPodmanMigration(tt *testing.T) {
 	tt.Run("tmpfs-run", func(tt *testing.T) {
 		t := lab.Record(tt)
 		log := useShippedHooksJSON(t)
-		c := lab.PodmanUp(t, "migrate", lab.Systemd, lab.Options{FromImage: true, TmpfsRun: true})
+		c := lab.PodmanUp(t, "migrate", lab.Systemd, lab.Options{Image: img, TmpfsRun: true})
 		archive := filepath.Join(t.TempDir(), "checkpoint.tar.gz")
 		timed(t, "checkpoint --export "+c.Name, func() error { return c.CheckpointExport(archive) })
 		timed(t, "restore --import "+c.Name, func() error { return c.RestoreImport(archive) })

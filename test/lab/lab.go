@@ -78,7 +78,8 @@ type Options struct {
 	// (lab.sh --confined).
 	Confined bool
 	// Seccomp, when set, is the linux.seccomp object of config.json (JSON),
-	// instead of Confined's filter (lab.sh --seccomp).
+	// instead of Confined's filter (lab.sh --seccomp); for PodmanUp, a
+	// profile in podman's format instead of podman's default.
 	Seccomp string
 	// NoNewPrivs sets process.noNewPrivileges (lab.sh --no-new-privs).
 	NoNewPrivs bool
@@ -88,9 +89,9 @@ type Options struct {
 	// SystemHooks, for PodmanUp, leaves out --hooks-dir: podman reads
 	// its own hooks dirs (lab.sh --system-hooks).
 	SystemHooks bool
-	// FromImage, for PodmanUp, runs the container from an image made of
-	// its rootfs instead of --rootfs (lab.sh --from-image).
-	FromImage bool
+	// Image, for PodmanUp, runs the container from an image made by
+	// PodmanImage instead of --rootfs (lab.sh --image).
+	Image string
 	// TmpfsRun, for PodmanUp, gives the container --tmpfs /run (lab.sh
 	// --tmpfs-run): podman 4.3 cannot import an exported checkpoint of a
 	// systemd container without it.
@@ -224,14 +225,37 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 // default seccomp profile, the lab's AppArmor profile where the kernel has
 // AppArmor, Confined's limits and oom_score_adj. A Hook is written into the
 // container's hooks dir (or $ARH_LAB_HOOKS_JSON copied there), an
-// ActionScript given through the org.criu.config annotation. Seccomp is not
-// taken: podman's own profile is the point.
+// ActionScript given through the org.criu.config annotation. Seccomp, when
+// set, is a profile in podman's format, given with --security-opt
+// seccomp=FILE; else podman's own profile.
 func PodmanUp(t testing.TB, name string, kind Kind, opts Options) *Container {
 	t.Helper()
-	if opts.Seccomp != "" {
-		t.Fatal("lab.PodmanUp: Options.Seccomp is runc's (config.json); podman keeps its default profile")
-	}
 	return up(t, name, kind, opts, true)
+}
+
+// PodmanImage makes an image of a fresh rootfs of kind (opts.Rootfs) for
+// PodmanUp's Options.Image, so that the containers of one test share one
+// podman import; the image is removed when t ends.
+func PodmanImage(t testing.TB, name string, kind Kind, opts Options) string {
+	t.Helper()
+	Require(t)
+	name = fmt.Sprintf("arh-lab-%s-%d", strings.TrimPrefix(name, "arh-lab-"), os.Getpid())
+	sh := filepath.Join(Dir(), "lab.sh")
+	args := []string{"image", name, "--kind", string(kind)}
+	if opts.Rootfs != "" {
+		args = append(args, "--rootfs", opts.Rootfs)
+	}
+	t.Cleanup(func() {
+		if out, err := run(2*time.Minute, sh, "rmi", name); err != nil {
+			t.Errorf("lab rmi %s: %v\n%s", name, err, out)
+		}
+	})
+	out, err := run(5*time.Minute, sh, args...)
+	t.Logf("lab.sh %s:\n%s", strings.Join(args, " "), strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("lab image %s: %v", name, err)
+	}
+	return "localhost/" + name + ":lab"
 }
 
 func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Container {
@@ -292,11 +316,11 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		}
 		args = append(args, "--system-hooks")
 	}
-	if opts.FromImage {
+	if opts.Image != "" {
 		if !podman {
-			t.Fatal("lab: Options.FromImage is podman's")
+			t.Fatal("lab: Options.Image is podman's")
 		}
-		args = append(args, "--from-image")
+		args = append(args, "--image", opts.Image)
 	}
 	if opts.TmpfsRun {
 		if !podman {

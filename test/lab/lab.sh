@@ -30,7 +30,9 @@
 #                     profile arh-lab-confined (loaded with apparmor_parser;
 #                     broad, but not unconfined: it denies a few /proc files).
 #                     --seccomp FILE: FILE holds the linux.seccomp object of
-#                     config.json, instead of --confined's (or none).
+#                     config.json, instead of --confined's (or none); for
+#                     podman-up, a profile in podman's format
+#                     (--security-opt seccomp=FILE).
 #                     --no-new-privs: process.noNewPrivileges (runc then
 #                     installs the filter after the credentials).
 #                     --securebits LIST: start automount under setpriv
@@ -54,7 +56,7 @@
 #                     of -f (logs then go to syslog, i.e. nowhere).
 #          plain      sh loop as PID 1, no autofs at all.
 #   bundle NAME KIND [WIRING] [--count N]   only create the bundle (no start)
-#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger] [--system-hooks] [--from-image]
+#   podman-up NAME [WIRING] [--kind automount] [--confined] [--count N] [--no-trigger] [--system-hooks] [--image IMG]
 #        Like "up NAME systemd" (or automount) but run by podman 4.3, with
 #        its default seccomp profile (--runtime runc
 #        --cgroup-manager=cgroupfs --events-backend=file --network none
@@ -69,12 +71,17 @@
 #        waiters, mounts, down work on it as on a runc container; checkpoint
 #        images stay in podman's storage. With $ARH_LAB_HOOKS_JSON set, that
 #        file is copied into the container's hooks dir instead of --hook.
-#        --from-image: run it from an image imported from the bundle's
-#        rootfs (podman import) instead of --rootfs; down removes the image.
+#        --image IMG: run it from IMG (made by "image") instead of
+#        --rootfs; down leaves the image.
 #        --system-hooks: no --hooks-dir; podman reads its own hooks dirs
 #        (where the project's Debian package installs its JSON).
 #        --tmpfs-run: --tmpfs /run (needed for checkpoint --export and
 #        restore --import of a systemd container with podman 4.3).
+#   image NAME [--kind automount] [--rootfs R]   podman import of a fresh
+#        rootfs of that kind (made as for podman-up, then removed), as
+#        localhost/NAME:lab, for podman-up --image: one import for several
+#        containers (an import costs a minute and more under TCG).
+#   rmi NAME                 podman rmi -f localhost/NAME:lab.
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
 #   exec NAME [--timeout SEC] [--] CMD...
@@ -211,7 +218,7 @@ rt_state_dir() { # the runtime's state directory of container NAME
 
 # ------------------------------------------------------------------ options
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
-KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0 CRIU_KIND=lab EXPORT="" IMPORT="" FROM_IMAGE=0
+KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0 CRIU_KIND=lab EXPORT="" IMPORT="" RUN_IMAGE=""
 RUNTIME=runc ROOTFS_NAME=bookworm NO_CRIU_ANNOTATION=0 TMPFS_RUN=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
@@ -227,7 +234,7 @@ parse_opts() {
 		--kind) KIND=$2; shift ;;
 		--no-new-privs) NNP=true ;;
 		--system-hooks) SYSTEM_HOOKS=1 ;;
-		--from-image) FROM_IMAGE=1 ;;
+		--image) RUN_IMAGE=$2; shift ;;
 		--export) EXPORT=$(abspath "$2"); shift ;;
 		--import) IMPORT=$(abspath "$2"); shift ;;
 		--criu)
@@ -785,18 +792,14 @@ cmd_podman_up() {
 	# N:(null) mountpoint"). With /run in the create-time spec podman makes
 	# no .containerenv at all, at run or at import (fixed in podman 4.6).
 	[ "$TMPFS_RUN" = 0 ] || opts+=(--tmpfs /run)
+	[ -z "$SECCOMP_FILE" ] || opts+=(--security-opt "seccomp=$SECCOMP_FILE")
 	local from=(--rootfs "$b/rootfs")
-	rm -f "$b/image-name"
-	if [ "$FROM_IMAGE" = 1 ]; then
-		# An image made of the bundle's rootfs: podman restores an
-		# exported checkpoint (--import) only for a container made from
-		# an image ("repository name must have at least one component"
-		# for one made with --rootfs, podman 4.3).
-		local img="localhost/$name:lab"
-		tar -C "$b/rootfs" -c . | timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" import - "$img" >"$b/log/import.log" 2>&1 ||
-			{ cat "$b/log/import.log" >&2; die "podman import of $name's rootfs failed"; }
-		echo "$img" >"$b/image-name"
-		from=("$img")
+	if [ -n "$RUN_IMAGE" ]; then
+		# An image (cmd_image): podman restores an exported checkpoint
+		# (--import) only for a container made from an image ("repository
+		# name must have at least one component" for one made with
+		# --rootfs, podman 4.3).
+		from=("$RUN_IMAGE")
 	fi
 	if ! timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" run -d --name "$name" --network none \
 		--device /dev/autofs --cap-add SYS_ADMIN "${ann[@]}" "${opts[@]}" \
@@ -807,6 +810,26 @@ cmd_podman_up() {
 	wait_ready "$name" "$KIND"
 	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
 	took "podman-up $name"
+}
+
+cmd_image() {
+	local name=$1 b img
+	shift
+	KIND=systemd
+	parse_opts "$@"
+	check_name "$name"
+	command -v podman >/dev/null || die "podman is not installed (see provision.sh warnings)"
+	b=$(bundle_of "$name")
+	make_bundle "$name"
+	img="localhost/$name:lab"
+	if ! tar -C "$b/rootfs" -c . | timeout -s KILL $((120 * SLOW)) podman --events-backend=file import - "$img" >"$b/log/import.log" 2>&1; then
+		cat "$b/log/import.log" >&2
+		rm -rf "$b"
+		die "podman import of $name's rootfs failed"
+	fi
+	rm -rf "$b"
+	say "image $img made"
+	took "image $name"
 }
 
 cmd_bundle() {
@@ -921,7 +944,10 @@ cmd_restore() {
 		podman_argv "$name"
 		local what=("$name")
 		[ -z "$IMPORT" ] || what=(--import "$IMPORT")
-		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container restore "${what[@]}" </dev/null >"$b/log/restore.log" 2>&1 ||
+		rm -f "$b/log/criu-restore.log"
+		# --keep: podman removes CRIU's log of a restore that worked
+		# otherwise.
+		timeout -s KILL $((120 * SLOW)) "${PODMAN[@]}" container restore --keep "${what[@]}" </dev/null >"$b/log/restore.log" 2>&1 ||
 			{
 				cat "$b/log/restore.log" >&2
 				local clog
@@ -933,6 +959,10 @@ cmd_restore() {
 				fi
 				die "podman container restore ${what[*]} failed"
 			}
+		# CRIU's log of the restore, in the container's static dir.
+		local sd
+		sd=$(timeout -s KILL $((30 * SLOW)) "${PODMAN[@]}" container inspect -f '{{.StaticDir}}' "$name" 2>/dev/null) || sd=""
+		[ -z "$sd" ] || [ ! -f "$sd/restore.log" ] || cp "$sd/restore.log" "$b/log/criu-restore.log"
 		say "restored $name (podman): init pid $(init_pid "$name")"
 		took "restore $name (podman)"
 		return 0
@@ -974,9 +1004,6 @@ stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
 		local PODMAN
 		podman_argv "$name"
 		timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
-		if [ -f "$(bundle_of "$name")/image-name" ]; then
-			timeout -s KILL $((60 * SLOW)) "${PODMAN[@]}" rmi -f "$(cat "$(bundle_of "$name")/image-name")" >/dev/null 2>&1 || true
-		fi
 		return 0
 	fi
 	local RT
@@ -1064,6 +1091,11 @@ case $cmd in
 up) [ $# -ge 2 ] || usage; cmd_up "$@" ;;
 bundle) [ $# -ge 2 ] || usage; cmd_bundle "$@" ;;
 podman-up) [ $# -ge 1 ] || usage; cmd_podman_up "$@" ;;
+image) [ $# -ge 1 ] || usage; cmd_image "$@" ;;
+rmi)
+	check_name "${1:-}"
+	timeout -s KILL $((60 * SLOW)) podman --events-backend=file rmi -f "localhost/$1:lab" >/dev/null 2>&1 || true
+	;;
 wire) [ $# -ge 1 ] || usage; cmd_wire "$@" ;;
 exec) [ $# -ge 2 ] || usage; cmd_exec "$@" ;;
 checkpoint) [ $# -ge 1 ] || usage; cmd_checkpoint "$@" ;;
