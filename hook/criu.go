@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +24,8 @@ import (
 // and a failure elsewhere must never abort a restore. Errors go to the
 // log (syslog, the log file and CRIU's own log through stderr).
 func criuMain(action, initPid string, stderr io.Writer) int {
-	if only := os.Getenv(EnvScriptOnly); only != "" && only != action {
-		// Added by the CRIU plugin for one action; it runs the others.
+	if (action == "pre-resume" || action == "post-resume") && pluginRuns(action) {
+		// The CRIU plugin of this restore runs it.
 		return ExitOK
 	}
 	var phases []Phase
@@ -41,6 +42,14 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 		if !hostCgroup2() {
 			return ExitOK
 		}
+		// The step below has its deadline; this one also bounds what comes
+		// before it (settings, the log, the container's name).
+		backstop := time.AfterFunc(2*cgroupStepDeadline, func() {
+			go fmt.Fprintf(stderr, "autofs-restore-hook: %s did not end within %s: exit, the restore goes on\n", action, 2*cgroupStepDeadline)
+			time.Sleep(100 * time.Millisecond)
+			os.Exit(ExitOK)
+		})
+		defer backstop.Stop()
 	default:
 		return ExitOK
 	}
@@ -48,7 +57,7 @@ func criuMain(action, initPid string, stderr io.Writer) int {
 	// A restore goes on whatever the settings (lenient).
 	log, closeLog, _ := openLog(inv.Config.Logging, stderr, logrus.Fields{"mode": "criu", "action": action}, true)
 	defer closeLog()
-	wiring := withWiring(log)
+	wiring := withWiring(log, action)
 	// The runtime above CRIU names the container (runc, crun restore ID;
 	// podman's and CRI-O's conmon -c ID -n NAME).
 	ident := identityFromAncestors()
@@ -112,19 +121,25 @@ var (
 	prepareCgroupsStep = prepareCgroups
 )
 
+// pluginRuns tells whether the CRIU plugin of this restore runs the binary
+// for action (EnvPluginActions).
+func pluginRuns(action string) bool {
+	return slices.Contains(strings.Fields(os.Getenv(EnvPluginActions)), action)
+}
+
 // hostCgroup2 tells whether /sys/fs/cgroup is the unified hierarchy only.
 var hostCgroup2 = func() bool {
 	var st unix.Statfs_t
 	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
-// withWiring adds wiring=criu-plugin (set by the CRIU plugin, or an action
-// script the plugin added) or wiring=action-script to every line log writes, so that an operator sees
+// withWiring adds wiring=criu-plugin (set by the CRIU plugin, or the action
+// script it added, at its action) or wiring=action-script to every line log writes, so that an operator sees
 // which wiring fixed a restore.
-func withWiring(log *logrus.Logger) string {
+func withWiring(log *logrus.Logger, action string) string {
 	w := os.Getenv(EnvWiring)
-	if w == "" && os.Getenv(EnvScriptOnly) != "" {
-		// The plugin made this binary an action script (EnvScriptOnly).
+	if w == "" && action == "post-setup-namespaces" && pluginRuns(action) {
+		// The plugin added this binary as action script for it.
 		w = WiringPlugin
 	}
 	if w == "" {

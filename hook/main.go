@@ -35,12 +35,14 @@ const (
 	// EnvWiring names what ran the action: "criu-plugin" when CRIU's
 	// plugin (plugin/) did; unset for an action script.
 	EnvWiring = "AUTOFS_RESTORE_HOOK_WIRING"
-	// EnvScriptOnly is set by the CRIU plugin in CRIU's environment when
-	// it adds the binary to a restore's action scripts (a cgroup v2 host):
-	// run as an action script, the binary acts at this action only
-	// (post-setup-namespaces) and leaves the others to the plugin. The
-	// constructor of internal/cstart reads it too.
-	EnvScriptOnly = "AUTOFS_RESTORE_HOOK_SCRIPT_ONLY"
+	// EnvPluginActions is set by the CRIU plugin in CRIU's environment:
+	// the actions it runs the binary for in this restore, for the action
+	// scripts CRIU runs after. post-setup-namespaces once it added the
+	// binary as action script for the cgroup step (a cgroup v2 host),
+	// logged wiring=criu-plugin there; pre-resume and post-resume once it
+	// ran pre-resume, which an action script of ours then leaves to it.
+	// The constructor of internal/cstart reads it too.
+	EnvPluginActions = "AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS"
 	// EnvNested sets --nested where no flag can be given (CRIU action
 	// script, OCI hook configs without args).
 	EnvNested = "AUTOFS_RESTORE_HOOK_NESTED"

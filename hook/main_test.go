@@ -231,31 +231,41 @@ func TestContainerTextEscaped(t *testing.T) {
 // the log file: the CRIU plugin sets AUTOFS_RESTORE_HOOK_WIRING, an action
 // script does not.
 func TestCRIUModeLogsItsWiring(t *testing.T) {
-	for _, c := range []struct{ env, only, want string }{
-		{"", "", "wiring=action-script"},
-		{"criu-plugin", "", "wiring=criu-plugin"},
-		// An action script the plugin added (EnvScriptOnly), at its action.
-		{"", "pre-resume", "wiring=criu-plugin"},
+	for _, c := range []struct{ env, plugin, action, want string }{
+		{"", "", "pre-resume", "wiring=action-script"},
+		{"criu-plugin", "", "pre-resume", "wiring=criu-plugin"},
+		// The plugin added the cgroup step, and did not reach its own
+		// pre-resume: the script does it, as an action script.
+		{"", "post-setup-namespaces", "pre-resume", "wiring=action-script"},
+		// The cgroup step of the script the plugin added.
+		{"", "post-setup-namespaces", "post-setup-namespaces", "wiring=criu-plugin"},
 	} {
 		logPath := t.TempDir() + "/hook.log"
-		code, _, stderr := run(t, map[string]string{EnvCRIUAction: "pre-resume", EnvCRIUInitPid: "not-a-pid", EnvWiring: c.env, EnvScriptOnly: c.only, EnvLogFile: logPath}, "")
+		old := hostCgroup2
+		hostCgroup2 = func() bool { return true }
+		code, _, stderr := run(t, map[string]string{EnvCRIUAction: c.action, EnvCRIUInitPid: "not-a-pid", EnvWiring: c.env, EnvPluginActions: c.plugin, EnvLogFile: logPath}, "")
+		hostCgroup2 = old
 		file, _ := os.ReadFile(logPath)
 		if code != ExitOK || !strings.Contains(stderr, c.want) || !strings.Contains(string(file), c.want) {
-			t.Errorf("%s=%q %s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvWiring, c.env, EnvScriptOnly, c.only, code, stderr, file, c.want)
+			t.Errorf("%s at %s, %s=%q %s=%q: exit %d, stderr %q, log file %q; want %s in both", EnvCRIUAction, c.action, EnvWiring, c.env, EnvPluginActions, c.plugin, code, stderr, file, c.want)
 		}
 	}
 }
 
-// Added by the CRIU plugin as action script for post-setup-namespaces
-// (EnvScriptOnly), the binary does nothing at the other actions, which
-// the plugin runs itself: not even a log line.
-func TestCRIUModeAddedByThePluginActsAtItsActionOnly(t *testing.T) {
-	for _, action := range []string{"pre-resume", "post-resume"} {
+// Where the CRIU plugin of the restore runs pre-resume and post-resume
+// (EnvPluginActions), an action script of ours (the one the plugin added,
+// or one the operator wired) does nothing there: not even a log line.
+func TestCRIUModeLeavesToThePluginWhatItRuns(t *testing.T) {
+	for _, c := range []struct{ action, plugin string }{
+		{"pre-resume", "post-setup-namespaces pre-resume post-resume"},
+		{"post-resume", "post-setup-namespaces pre-resume post-resume"},
+		{"post-resume", "pre-resume post-resume"},
+	} {
 		logPath := t.TempDir() + "/hook.log"
-		code, _, stderr := run(t, map[string]string{EnvCRIUAction: action, EnvCRIUInitPid: "not-a-pid", EnvScriptOnly: "post-setup-namespaces", EnvLogFile: logPath}, "")
+		code, _, stderr := run(t, map[string]string{EnvCRIUAction: c.action, EnvCRIUInitPid: "not-a-pid", EnvPluginActions: c.plugin, EnvLogFile: logPath}, "")
 		file, _ := os.ReadFile(logPath)
 		if code != ExitOK || stderr != "" || len(file) != 0 {
-			t.Errorf("%s with %s=post-setup-namespaces: exit %d, stderr %q, log file %q; want 0 and nothing", action, EnvScriptOnly, code, stderr, file)
+			t.Errorf("%s with %s=%q: exit %d, stderr %q, log file %q; want 0 and nothing", c.action, EnvPluginActions, c.plugin, code, stderr, file)
 		}
 	}
 }
@@ -348,7 +358,7 @@ func TestCRIUCgroupStepHasADeadline(t *testing.T) {
 	t.Setenv(EnvLogFile, logPath)
 	t.Setenv(EnvCRIUAction, "post-setup-namespaces")
 	t.Setenv(EnvCRIUInitPid, strconv.Itoa(os.Getpid()))
-	t.Setenv(EnvScriptOnly, "post-setup-namespaces")
+	t.Setenv(EnvPluginActions, "post-setup-namespaces")
 	code := make(chan int, 1)
 	go func() { code <- Main(nil, strings.NewReader(""), io.Discard, io.Discard) }()
 	select {

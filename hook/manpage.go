@@ -39,7 +39,7 @@ var manSections = []struct {
 		"AUTOFS_RESTORE_HOOK_LOG_FILE, AUTOFS_RESTORE_HOOK_LOG_LEVEL, AUTOFS_RESTORE_HOOK_LOG_FORMAT, AUTOFS_RESTORE_HOOK_NO_SYSLOG, AUTOFS_RESTORE_HOOK_NESTED: the options of the same meaning (see OPTIONS), for callers that pass no arguments (CRIU). A flag wins over its variable.",
 		"CRTOOLS_SCRIPT_ACTION, CRTOOLS_INIT_PID, CRTOOLS_IMAGE_DIR: set by CRIU for an action script, and (but the last) by the CRIU plugin. The action script acts at pre-resume, post-resume and, on a cgroup v2 host, post-setup-namespaces, where it makes the cgroups a systemd container watched (read from the checkpoint in CRTOOLS_IMAGE_DIR) so that CRIU can restore it.",
 		"AUTOFS_RESTORE_HOOK_WIRING: criu-plugin when the CRIU plugin runs the binary; logged as the field wiring (action-script when unset).",
-		"AUTOFS_RESTORE_HOOK_SCRIPT_ONLY: set by the CRIU plugin in CRIU's environment on a cgroup v2 host, where it adds the binary as the restore's action script for post-setup-namespaces (CRIU 3.19 or later): run as an action script, the binary then acts at that action only and leaves the others to the plugin.",
+		"AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS: set by the CRIU plugin in CRIU's environment: the actions it runs the binary for in this restore (post-setup-namespaces through the action script it adds on a cgroup v2 host with CRIU 3.19 or later; pre-resume and post-resume itself). An action script of ours leaves pre-resume and post-resume to the plugin when it names them.",
 	}},
 	{"FILES", []string{
 		"/usr/libexec/oci/hooks.d/autofs-restore-hook: the binary, where the shipped hook configuration names it.",

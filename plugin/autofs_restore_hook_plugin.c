@@ -20,14 +20,23 @@
  *   post-setup-namespaces action (hook/cgroups.go). No plugin hook runs
  *   then, so the plugin adds the binary to this restore's action scripts
  *   with CRIU's add_script (exported, as every function of CRIU, which is
- *   linked with -rdynamic), and sets AUTOFS_RESTORE_HOOK_SCRIPT_ONLY=
- *   post-setup-namespaces in CRIU's environment: run as a script, the
- *   binary acts at that action only and leaves pre-resume and post-resume
- *   to the plugin (so does an action script of ours that the operator
- *   wired too). CRIU before 3.19 aborts when a script is added while a
- *   runtime drives it by RPC (runc, crun): add_script is called only where
- *   rpc_query_external_files, which 3.19 brought with that fix, is exported
- *   too. The binary's constructor answers every other action at once.
+ *   linked with -rdynamic). CRIU runs a script at every action, waits for
+ *   it without a deadline and fails the restore when it fails: only the
+ *   binary compiled in is added (never AUTOFS_RESTORE_HOOK_PLUGIN_BIN's),
+ *   whose constructor answers the other actions at once, which exits 0 in
+ *   CRIU's mode and bounds its step. CRIU before 3.19 aborts when a script
+ *   is added while a runtime drives it by RPC (runc, crun): add_script is
+ *   called only where rpc_query_external_files, which 3.19 brought with
+ *   that fix, is exported too.
+ *
+ * AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS, set in CRIU's environment, names the
+ * actions the plugin runs the binary for in this restore, for the action
+ * scripts CRIU runs after: post-setup-namespaces once the script is added
+ * (the binary then logs wiring=criu-plugin there), pre-resume and
+ * post-resume once the root task's RESUME_DEVICES_LATE reached the plugin
+ * (an action script of ours then leaves them to it; a plugin before ours
+ * in the chain that answers that hook keeps it from us, and the script
+ * does them).
  *
  * It never fails anything: init returns 0, every hook returns -ENOTSUP (the
  * answer "not mine", so that a plugin after it, amdgpu or cuda, still gets
@@ -90,8 +99,8 @@ struct arh_plugin_desc {
 				     * intermediate child of post-resume */
 #define ARH_ENV_TIMEOUT "AUTOFS_RESTORE_HOOK_PLUGIN_TIMEOUT_MS"
 #define ARH_ENV_BIN "AUTOFS_RESTORE_HOOK_PLUGIN_BIN"
-/* The binary's EnvScriptOnly (hook/main.go). */
-#define ARH_ENV_SCRIPT_ONLY "AUTOFS_RESTORE_HOOK_SCRIPT_ONLY"
+/* The binary's EnvPluginActions (hook/main.go). */
+#define ARH_ENV_ACTIONS "AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS"
 #define ARH_SCRIPT_ACTION "post-setup-namespaces"
 #ifndef CGROUP2_SUPER_MAGIC
 #define CGROUP2_SUPER_MAGIC 0x63677270
@@ -110,6 +119,7 @@ extern char **environ;
 
 static int cur_stage = -1;
 static int root_pid; /* the restored root task, once pre-resume ran */
+static int script_added;
 
 /*
  * One line into CRIU's own log (its print_on_level, when the running CRIU
@@ -393,11 +403,15 @@ static void post_resume(int pid)
 static void add_cgroup_script(void)
 {
 	int (*add)(char *);
-	const char *bin = binary();
+	const char *bin = ARH_BINARY;
 	struct statfs st;
 
 	if (statfs("/sys/fs/cgroup", &st) || st.f_type != CGROUP2_SUPER_MAGIC)
 		return;
+	if (strcmp(binary(), bin)) {
+		say(ARH_LOG_INFO, "autofs-restore-hook plugin: %s is set: the cgroup step of %s is not added", ARH_ENV_BIN, bin);
+		return;
+	}
 	add = (int (*)(char *))dlsym(RTLD_DEFAULT, "add_script");
 	if (!add || !dlsym(RTLD_DEFAULT, "rpc_query_external_files")) {
 		say(ARH_LOG_INFO, "autofs-restore-hook plugin: this CRIU (before 3.19, or one that exports no add_script) cannot take "
@@ -410,10 +424,12 @@ static void add_cgroup_script(void)
 		say(ARH_LOG_WARN, "autofs-restore-hook plugin: cannot run %s (%s): its cgroup step is not added", bin, strerror(errno));
 		return;
 	}
-	if (setenv(ARH_ENV_SCRIPT_ONLY, ARH_SCRIPT_ACTION, 1) || add((char *)bin)) {
+	if (add((char *)bin)) {
 		say(ARH_LOG_WARN, "autofs-restore-hook plugin: could not add %s as action script: its cgroup step is not added", bin);
 		return;
 	}
+	script_added = 1;
+	setenv(ARH_ENV_ACTIONS, ARH_SCRIPT_ACTION, 1);
 	say(ARH_LOG_INFO, "autofs-restore-hook plugin: %s added as action script for " ARH_SCRIPT_ACTION " (cgroup v2 host)", bin);
 }
 
@@ -421,6 +437,7 @@ static int arh_init(int stage)
 {
 	cur_stage = stage;
 	root_pid = 0;
+	script_added = 0;
 	if (stage == ARH_STAGE_RESTORE)
 		add_cgroup_script();
 	return 0;
@@ -438,6 +455,8 @@ static int arh_resume_devices_late(int pid)
 	if (cur_stage == ARH_STAGE_RESTORE && root_pid == 0 && pid > 0) {
 		/* CRIU calls the root task first: later calls are its children. */
 		root_pid = pid;
+		/* Before the pre-resume scripts: they leave both phases to us. */
+		setenv(ARH_ENV_ACTIONS, script_added ? ARH_SCRIPT_ACTION " pre-resume post-resume" : "pre-resume post-resume", 1);
 		pre_resume(pid);
 	}
 	return -ENOTSUP;
