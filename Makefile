@@ -15,7 +15,7 @@ PLUGIN   := bin/autofs-restore-hook.so
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall deb clean
+.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall pkg-files deb rpm test-deps clean
 
 all: build
 
@@ -41,13 +41,18 @@ plugin: deps
 # second guest (Debian 13's kernel, only cgroup v2). ARH_TEST_VM=1 forces the VM,
 # ARH_TEST_VM=0 forbids it; RUN=regexp runs only the matching tests.
 RUN ?=
-test: build deb
+# rpm (the tool) reads the .rpm in TestNoAutofsPackagesHoldTheSameFiles.
+test-deps:
+	@command -v rpm >/dev/null || \
+		{ echo "installing rpm"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q -o DPkg::Lock::Timeout=900 rpm >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=900 rpm >/dev/null; }; }
+
+test: build deb rpm test-deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	go vet -tags failpoints ./...
 	CGO_ENABLED=0 go vet ./hook/... ./mounts/... ./units/... ./test/...
-	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_PLUGIN=$(CURDIR)/$(PLUGIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_PLUGIN=$(CURDIR)/$(PLUGIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) AUTOFS_RESTORE_HOOK_RPM=$(CURDIR)/$(RPM) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
 
 # The kernel matrix: every test in the VM on Debian 12's and on Debian 13's
@@ -112,40 +117,33 @@ uninstall:
 	rm -f $(DESTDIR)$(CRIU_PLUGIN_DIR)/autofs-restore-hook.so
 	rm -f $(DESTDIR)$(BINDIR)/autofs-restore-hook
 
-# A Debian package, built with dpkg-deb (no other tool): the binary, the
-# hooks.d JSON and the CRIU plugin where `make install` puts them (podman
-# and CRI-O then find the hook without --hooks-dir; every CRIU of the
-# host loads the plugin from /usr/lib/criu), the manual page made by the binary
-# itself (`autofs-restore-hook man`), README, RELIABILITY and the other
-# shipped configuration as documentation (the CRIU line is not written
-# into /etc/criu: wiring the action script stays the operator's choice).
-DEB_VERSION ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+# The Debian and RPM packages, from one description (packaging/nfpm.yaml,
+# built by nfpm, pinned in packaging/go.mod: the Go toolchain fetches it
+# from the module proxy the first time): the binary, the hooks.d JSON and
+# the CRIU plugin where `make install PREFIX=/usr` puts them (podman and
+# CRI-O then find the hook without --hooks-dir; every CRIU of the host
+# loads the plugin from /usr/lib/criu), the manual page made by the binary
+# itself (`autofs-restore-hook man`), README, RELIABILITY, docs/ and the
+# other shipped configuration as documentation (the CRIU line is not
+# written into /etc/criu: wiring the action script stays the operator's
+# choice). The prerm removes the JSON and the plugin before the binary.
+PKG_VERSION ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+PKG_ARCH    := $(shell go env GOARCH)
 DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null || go env GOARCH)
-DEB         := bin/autofs-restore-hook_$(DEB_VERSION)_$(DEB_ARCH).deb
-deb: build
-	rm -rf bin/deb bin/autofs-restore-hook_*.deb && mkdir -p bin/deb/DEBIAN
-	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/bin/deb PREFIX=/usr
-	install -d bin/deb/usr/share/man/man8 bin/deb/usr/share/doc/autofs-restore-hook
-	$(BIN) man | gzip -9n > bin/deb/usr/share/man/man8/autofs-restore-hook.8.gz
-	install -m 0644 README.md RELIABILITY.md hooks.d/criu-action-script.conf hooks.d/runc-config-snippet.json \
-		hooks.d/autofs-restore-hook-annotation.json hooks.d/kubernetes-daemonset.yaml bin/deb/usr/share/doc/autofs-restore-hook/
-	install -D -m 0644 -t bin/deb/usr/share/doc/autofs-restore-hook/docs docs/*.md
-	printf '%s\n' 'Package: autofs-restore-hook' 'Version: $(DEB_VERSION)' 'Architecture: $(DEB_ARCH)' \
-		'Maintainer: autofs-restore-hook developers <autofs-restore-hook@users.noreply.github.com>' \
-		'Section: admin' 'Priority: optional' 'Recommends: criu' \
-		"Installed-Size: $$(du -sk bin/deb/usr | cut -f1)" \
-		'Description: make autofs mounts work again after a CRIU container restore' \
-		' A CRIU plugin, CRIU action script and OCI runtime hook (podman, CRI-O) that makes' \
-		' the systemd .automount units and the automount daemon of a restored' \
-		' container serve their mounts again, instead of hanging the first access.' \
-		> bin/deb/DEBIAN/control
-	printf '%s\n' '#!/bin/sh' 'set -e' '# The JSON before the binary: a hooks.d JSON naming a missing binary breaks every container start.' \
-		'rm -f /usr/share/containers/oci/hooks.d/autofs-restore-hook.json' \
-		'# The CRIU plugin too: a restore starting meanwhile would run it without its binary.' \
-		'rm -f $(CRIU_PLUGIN_DIR)/autofs-restore-hook.so' > bin/deb/DEBIAN/prerm
-	chmod 0755 bin/deb/DEBIAN/prerm
-	dpkg-deb --root-owner-group -Zxz --build bin/deb $(DEB)
+DEB         := bin/autofs-restore-hook_$(PKG_VERSION)_$(DEB_ARCH).deb
+RPM         := bin/autofs-restore-hook-$(PKG_VERSION).$(shell uname -m).rpm
+NFPM        := ARH_PKG_VERSION='$(PKG_VERSION)' ARH_PKG_ARCH=$(PKG_ARCH) go -C packaging tool nfpm package -f nfpm.yaml
+pkg-files: build
+	@mkdir -p bin/pkg
+	$(BIN) man | gzip -9n > bin/pkg/autofs-restore-hook.8.gz
+deb: pkg-files
+	rm -f bin/autofs-restore-hook_*.deb
+	$(NFPM) -p deb -t $(CURDIR)/$(DEB)
 	@echo "built $(DEB)"
+rpm: pkg-files
+	rm -f bin/autofs-restore-hook-*.rpm
+	$(NFPM) -p rpm -t $(CURDIR)/$(RPM)
+	@echo "built $(RPM)"
 
 clean:
 	rm -rf bin
