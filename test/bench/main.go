@@ -187,6 +187,9 @@ func noopTable() {
 		{"reference: static Go hello world (Go runtime floor)", nil, "", hello},
 		{"CRIU action `pre-dump` (ignored)", []string{"CRTOOLS_SCRIPT_ACTION=pre-dump", "CRTOOLS_INIT_PID=1"}, "", ""},
 		{"CRIU action `network-lock` (ignored)", []string{"CRTOOLS_SCRIPT_ACTION=network-lock", "CRTOOLS_INIT_PID=1"}, "", ""},
+		// What the action script the CRIU plugin adds on a cgroup v2 host
+		// costs a restore at pre-resume, which the plugin runs itself.
+		{"CRIU action `pre-resume` left to the plugin (`AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS`)", []string{"CRTOOLS_SCRIPT_ACTION=pre-resume", "CRTOOLS_INIT_PID=1", "AUTOFS_RESTORE_HOOK_PLUGIN_ACTIONS=post-setup-namespaces pre-resume post-resume"}, "", ""},
 		{"OCI hook, fresh start (`creating`)", []string{"AUTOFS_RESTORE_HOOK_NO_SYSLOG=1"}, `{"ociVersion":"1.0.2","id":"bench","status":"creating","pid":0,"bundle":"/tmp"}`, ""},
 	} {
 		var walls []time.Duration
