@@ -133,9 +133,9 @@ var hostCgroup2 = func() bool {
 	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
-// withWiring adds wiring=criu-plugin (set by the CRIU plugin, or the action
-// script it added, at its action) or wiring=action-script to every line log writes, so that an operator sees
-// which wiring fixed a restore.
+// withWiring adds wiring=criu-plugin (set by the CRIU plugin, or the
+// action script it added, at its action) or wiring=action-script to every
+// line log writes, so that an operator sees which wiring fixed a restore.
 func withWiring(log *logrus.Logger, action string) string {
 	w := os.Getenv(EnvWiring)
 	if w == "" && action == "post-setup-namespaces" && pluginRuns(action) {

@@ -41,7 +41,10 @@
  * It never fails anything: init returns 0, every hook returns -ENOTSUP (the
  * answer "not mine", so that a plugin after it, amdgpu or cuda, still gets
  * the call), a missing, failing or hanging binary leaves the restore going
- * on, with one line in CRIU's log. It records nothing in the checkpoint's
+ * on, with one line in CRIU's log (the binary it adds as action script on
+ * a cgroup v2 host is the one exception: CRIU runs it as any action
+ * script, so only the binary compiled in, which exits 0 there, is added).
+ * It records nothing in the checkpoint's
  * inventory, so images made with it restore without it and the other way
  * round. It depends on nothing but libc; the descriptor is declared here
  * from CRIU's plugin interface: version 0.2.0 and hooks 0..9, which CRIU
