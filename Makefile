@@ -15,7 +15,7 @@ PLUGIN   := bin/autofs-restore-hook.so
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall pkg-files deb rpm test-deps clean
+.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall pkg-files deb rpm test-deps image image-deps clean
 
 all: build
 
@@ -46,13 +46,13 @@ test-deps:
 	@command -v rpm >/dev/null || \
 		{ echo "installing rpm"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q -o DPkg::Lock::Timeout=900 rpm >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=900 rpm >/dev/null; }; }
 
-test: build deb rpm test-deps
+test: build deb rpm image test-deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	go vet -tags failpoints ./...
 	CGO_ENABLED=0 go vet ./hook/... ./mounts/... ./units/... ./test/...
-	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_PLUGIN=$(CURDIR)/$(PLUGIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) AUTOFS_RESTORE_HOOK_RPM=$(CURDIR)/$(RPM) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
+	AUTOFS_RESTORE_HOOK_BIN=$(CURDIR)/$(BIN) AUTOFS_RESTORE_HOOK_PLUGIN=$(CURDIR)/$(PLUGIN) AUTOFS_RESTORE_HOOK_DEB=$(CURDIR)/$(DEB) AUTOFS_RESTORE_HOOK_RPM=$(CURDIR)/$(RPM) AUTOFS_RESTORE_HOOK_IMAGE=$(CURDIR)/$(IMAGE) bash test/tests.sh $(if $(RUN),-run '$(RUN)')
 	$(MAKE) fuzz
 
 # The kernel matrix: every test in the VM on Debian 12's and on Debian 13's
@@ -144,6 +144,32 @@ rpm: pkg-files
 	rm -f bin/autofs-restore-hook-*.rpm
 	$(NFPM) -p rpm -t $(CURDIR)/$(RPM)
 	@echo "built $(RPM)"
+
+# The node installer's image (hooks.d/kubernetes-daemonset.yaml), made
+# with buildah from nothing: the static binary as /autofs-restore-hook and
+# the CRIU plugin as /autofs-restore-hook.so, no base image, the
+# DaemonSet's command as default. Written as an OCI archive (podman load
+# -i, or skopeo copy oci-archive:... to a registry); nothing is published.
+# buildah keeps its working container in bin/, apart from the host's
+# container storage.
+IMAGE_TAG := $(subst ~,-,$(PKG_VERSION))
+IMAGE     := bin/autofs-restore-hook-image_$(IMAGE_TAG).oci.tar
+BUILDAH   := buildah --root $(CURDIR)/bin/buildah/root --runroot $(CURDIR)/bin/buildah/run --storage-driver vfs
+image-deps:
+	@command -v buildah >/dev/null || \
+		{ echo "installing buildah"; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q -o DPkg::Lock::Timeout=900 --no-install-recommends buildah >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=900 --no-install-recommends buildah >/dev/null; }; }
+image: build image-deps
+	rm -f bin/autofs-restore-hook-image_*.oci.tar
+	ctr=$$($(BUILDAH) from scratch) && \
+	{ $(BUILDAH) copy --chmod 0755 $$ctr $(BIN) /autofs-restore-hook >/dev/null && \
+	  $(BUILDAH) copy --chmod 0644 $$ctr $(PLUGIN) /autofs-restore-hook.so >/dev/null && \
+	  $(BUILDAH) config --entrypoint '["/autofs-restore-hook"]' \
+		--cmd 'node install --root /host --plugin /autofs-restore-hook.so --wait' \
+		--label org.opencontainers.image.title=autofs-restore-hook \
+		--label org.opencontainers.image.version=$(IMAGE_TAG) $$ctr && \
+	  $(BUILDAH) commit --quiet --format oci $$ctr oci-archive:$(CURDIR)/$(IMAGE):autofs-restore-hook:$(IMAGE_TAG) >/dev/null; \
+	  rc=$$?; $(BUILDAH) rm $$ctr >/dev/null; exit $$rc; }
+	@echo "built $(IMAGE) (autofs-restore-hook:$(IMAGE_TAG))"
 
 clean:
 	rm -rf bin

@@ -56,6 +56,8 @@ Usage:
   autofs-restore-hook status --all [--json]
   autofs-restore-hook fix --pid PID | --container NAME|ID [--dry-run] [--force] [--assume-restored]
                           [--timeout D] [--nested fix|skip]
+  autofs-restore-hook node install [--root DIR] [--plugin FILE] [--wait] | node uninstall [--root DIR]
+                                               the Kubernetes node installer (see node --help)
   autofs-restore-hook version
   autofs-restore-hook man                      the manual page, autofs-restore-hook(8), in roff
   autofs-restore-hook [--restore-timeout D]    OCI hook: runtime-spec state JSON on stdin
@@ -102,6 +104,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return ExitFailed
 		}
 		return ExitOK
+	case "node":
+		return nodeMain(args, stdout, stderr, waitForSignal)
 	case "status", "fix", "":
 	default:
 		fmt.Fprintf(stderr, "autofs-restore-hook: unknown command %q (see --help)\n", cmd)

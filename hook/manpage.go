@@ -46,6 +46,7 @@ var manSections = []struct {
 		"/usr/share/containers/oci/hooks.d/autofs-restore-hook.json: the OCI hook for podman and CRI-O (stage createRuntime, every container). podman also reads /etc/containers/oci/hooks.d/, where a file of the same name wins (a copy there with other args or env configures the hook for the node).",
 		"/usr/lib/criu/autofs-restore-hook.so: the CRIU plugin; every CRIU restore of the host runs the binary at pre-resume (waiting for it, at most 60 s) and starts it at post-resume (detached); on a cgroup v2 host it also runs it at post-setup-namespaces, as an action script it adds (CRIU 3.19 or later).",
 		"/etc/criu/runc.conf (runc), /etc/criu/default.conf (crun before 1.26; CRIU 3.19 or later), /etc/criu/crun.conf (crun 1.26 with CRIU 4.2 or later): a line action-script /usr/libexec/oci/hooks.d/autofs-restore-hook wires the action script (not written by the package).",
+		"/var/lib/autofs-restore-hook/node-install.json: what node install wrote on a node (the Kubernetes DaemonSet's installer), which node uninstall removes; /opt/autofs-restore-hook/ and /etc/crio/crio.conf.d/90-autofs-restore-hook.conf where the node's /usr is read-only.",
 		"/run/autofs-restore-hook/: one state file and lock per container (root only).",
 		"Logs go to syslog (the journal) and, with --log-file, to a file: runtimes drop a hook's standard error.",
 	}},

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -86,15 +87,20 @@ func TestShippedDaemonSet(t *testing.T) {
 					Labels map[string]string `yaml:"labels"`
 				} `yaml:"metadata"`
 				Spec struct {
-					InitContainers []struct {
-						Command      []string `yaml:"command"`
+					TerminationGracePeriodSeconds int   `yaml:"terminationGracePeriodSeconds"`
+					InitContainers                []any `yaml:"initContainers"`
+					Containers                    []struct {
+						Image           string   `yaml:"image"`
+						Command         []string `yaml:"command"`
+						SecurityContext struct {
+							Privileged bool `yaml:"privileged"`
+						} `yaml:"securityContext"`
 						VolumeMounts []struct {
 							Name      string `yaml:"name"`
 							MountPath string `yaml:"mountPath"`
 						} `yaml:"volumeMounts"`
-					} `yaml:"initContainers"`
-					Containers []struct{ Image string } `yaml:"containers"`
-					Volumes    []struct {
+					} `yaml:"containers"`
+					Volumes []struct {
 						Name     string `yaml:"name"`
 						HostPath struct {
 							Path string `yaml:"path"`
@@ -115,23 +121,46 @@ func TestShippedDaemonSet(t *testing.T) {
 			t.Errorf("selector %s=%s does not match the template labels", k, v)
 		}
 	}
-	if len(ds.Spec.Template.Spec.InitContainers) != 1 {
-		t.Fatal("want one install init container")
+	spec := ds.Spec.Template.Spec
+	if len(spec.InitContainers) != 0 || len(spec.Containers) != 1 {
+		t.Fatalf("want one container, the installer that waits (init containers %d, containers %d)", len(spec.InitContainers), len(spec.Containers))
 	}
-	script := strings.Join(ds.Spec.Template.Spec.InitContainers[0].Command, " ")
-	bin := strings.Index(script, "/host"+installedBinary)
-	js := strings.Index(script, "/host/etc/containers/oci/hooks.d/autofs-restore-hook.json")
-	if bin < 0 || js < 0 || bin > js {
-		t.Errorf("the install script must put the binary in place before the JSON:\n%s", script)
+	c := spec.Containers[0]
+	// The command is the binary's node installer, with the flags it takes:
+	// installed, it waits for SIGTERM and uninstalls.
+	if len(c.Command) < 3 || c.Command[0] != "/autofs-restore-hook" || c.Command[1] != "node" {
+		t.Fatalf("the container runs %q, want /autofs-restore-hook node install ...", c.Command)
+	}
+	var out, errb strings.Builder
+	root := t.TempDir()
+	args := slices.Clone(c.Command[2:])
+	for i, a := range args {
+		switch a {
+		case "/host":
+			args[i] = root
+		case "/autofs-restore-hook.so":
+			args[i] = filepath.Join(t.TempDir(), "p.so")
+			if err := os.WriteFile(args[i], []byte("so"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waited := false
+	if code := nodeMain(args, &out, &errb, func() { waited = true }); code != ExitOK || !waited {
+		t.Errorf("the DaemonSet's command %q, run against a host root: exit %d, waited %v\n%s%s", c.Command, code, waited, out.String(), errb.String())
+	}
+	if !c.SecurityContext.Privileged {
+		t.Error("the installer writes the node's /usr and /etc: it must be privileged")
+	}
+	if spec.TerminationGracePeriodSeconds < 10 {
+		t.Errorf("terminationGracePeriodSeconds %d: the uninstall needs a few seconds", spec.TerminationGracePeriodSeconds)
 	}
 	hostPaths := map[string]string{}
-	for _, v := range ds.Spec.Template.Spec.Volumes {
+	for _, v := range spec.Volumes {
 		hostPaths[v.Name] = v.HostPath.Path
 	}
-	for _, m := range ds.Spec.Template.Spec.InitContainers[0].VolumeMounts {
-		if "/host"+hostPaths[m.Name] != m.MountPath {
-			t.Errorf("volume %s: host %s mounted at %s", m.Name, hostPaths[m.Name], m.MountPath)
-		}
+	if len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/host" || hostPaths[c.VolumeMounts[0].Name] != "/" {
+		t.Errorf("the node's / must be mounted at /host (--root): %+v, volumes %v", c.VolumeMounts, hostPaths)
 	}
 }
 

@@ -1,0 +1,92 @@
+package hook
+
+// The node installer's mode (`node install`, `node uninstall`), which the
+// Kubernetes DaemonSet runs (hooks.d/kubernetes-daemonset.yaml); what it
+// writes where: internal/nodeinstall.
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/nodeinstall"
+)
+
+// nodeUsage is `node --help`.
+const nodeUsage = `Usage:
+  autofs-restore-hook node install [--root DIR] [--plugin FILE] [--wait]
+  autofs-restore-hook node uninstall [--root DIR]
+
+install puts this binary, the OCI hook's hooks.d JSON and the CRIU plugin
+FILE on the node whose root is DIR (default /host: the DaemonSet mounts
+the node's / there): the package's paths where the node's /usr is
+writable, else /opt/autofs-restore-hook, /etc/containers/oci/hooks.d and a
+CRI-O drop-in naming that directory in hooks_dir (no plugin). With --wait
+it then waits for SIGTERM or SIGINT and uninstalls. uninstall removes what
+install recorded in DIR/var/lib/autofs-restore-hook/node-install.json.
+`
+
+// nodeMain runs `node install|uninstall`; wait is where --wait blocks
+// (until a signal; tests give their own).
+func nodeMain(args []string, stdout, stderr io.Writer, wait func()) int {
+	if len(args) == 0 || (args[0] != "install" && args[0] != "uninstall") {
+		fmt.Fprint(stderr, nodeUsage)
+		return ExitUsage
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("node "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	root := fs.String("root", "/host", "")
+	plugin, waitFlag := "", false
+	if sub == "install" {
+		fs.StringVar(&plugin, "plugin", "", "")
+		fs.BoolVar(&waitFlag, "wait", false, "")
+	}
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "autofs-restore-hook node %s: bad arguments %q\n%s", sub, args[1:], nodeUsage)
+		return ExitUsage
+	}
+	logf := func(format string, a ...any) {
+		fmt.Fprintf(stdout, "autofs-restore-hook node %s: %s (root %s)\n", sub, fmt.Sprintf(format, a...), *root)
+	}
+	if st, err := os.Stat(*root); err != nil || !st.IsDir() {
+		fmt.Fprintf(stderr, "autofs-restore-hook node %s: --root %s: not a directory (%v)\n", sub, *root, err)
+		return ExitUsage
+	}
+	uninstall := func() int {
+		if err := nodeinstall.Uninstall(*root, logf); err != nil {
+			fmt.Fprintf(stderr, "autofs-restore-hook node uninstall: %v\n", err)
+			return ExitFailed
+		}
+		return ExitOK
+	}
+	if sub == "uninstall" {
+		return uninstall()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "autofs-restore-hook node install: this binary: %v\n", err)
+		return ExitFailed
+	}
+	if _, err := nodeinstall.Install(*root, nodeinstall.Sources{Binary: self, Plugin: plugin}, logf); err != nil {
+		fmt.Fprintf(stderr, "autofs-restore-hook node install: %v\n", err)
+		return ExitFailed
+	}
+	if !waitFlag {
+		return ExitOK
+	}
+	logf("installed; waiting for SIGTERM to uninstall")
+	wait()
+	return uninstall()
+}
+
+// waitForSignal blocks until SIGTERM or SIGINT.
+func waitForSignal() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
+	signal.Stop(c)
+}

@@ -1,0 +1,182 @@
+package nodeinstall
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+)
+
+// sources are a binary and a plugin to install.
+func sources(t *testing.T) Sources {
+	t.Helper()
+	d := t.TempDir()
+	s := Sources{Binary: filepath.Join(d, "bin"), Plugin: filepath.Join(d, "plugin.so")}
+	if err := os.WriteFile(s.Binary, []byte("the binary"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Plugin, []byte("the plugin"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// installed lists the regular files below root, with their modes.
+func installed(t *testing.T, root string) map[string]os.FileMode {
+	t.Helper()
+	got := map[string]os.FileMode{}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		got[strings.TrimPrefix(p, root)] = fi.Mode()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func logTo(t *testing.T) func(string, ...any) {
+	return func(f string, a ...any) { t.Logf(f, a...) }
+}
+
+// A node whose /usr is writable gets the package's layout, the plugin
+// included, the JSON naming the binary; uninstall leaves nothing of it.
+func TestInstallWhereUsrIsWritable(t *testing.T) {
+	root := t.TempDir()
+	l, err := Install(root, sources(t), logTo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]os.FileMode{PackageBinary: 0o755, PackagePlugin: 0o644, PackageJSON: 0o644, Manifest: 0o644}
+	if got := installed(t, root); !reflect.DeepEqual(got, want) {
+		t.Fatalf("installed %v, want %v", got, want)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, PackageBinary)); string(b) != "the binary" {
+		t.Errorf("the binary holds %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, PackageJSON)); string(b) != string(HookJSON(PackageBinary)) {
+		t.Errorf("the JSON is %s", b)
+	}
+	if l.CRIODropIn != "" {
+		t.Errorf("a CRI-O drop-in where the default hooks dir is writable: %s", l.CRIODropIn)
+	}
+	// Again: the files are replaced, nothing else appears.
+	if _, err := Install(root, sources(t), logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := installed(t, root); !reflect.DeepEqual(got, want) {
+		t.Fatalf("installed twice: %v, want %v", got, want)
+	}
+	if err := Uninstall(root, logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := installed(t, root); len(got) != 0 {
+		t.Fatalf("left after uninstall: %v", got)
+	}
+	if err := Uninstall(root, logTo(t)); err != nil {
+		t.Fatalf("uninstall without a manifest: %v", err)
+	}
+}
+
+// A node whose /usr is read-only (a real read-only bind mount, as on an
+// image-based node OS): the binary goes to /opt, the JSON to
+// /etc/containers/oci/hooks.d with a CRI-O drop-in naming that directory,
+// no plugin; nothing is written below /usr.
+func TestInstallWhereUsrIsReadOnly(t *testing.T) {
+	testenv.RequireRoot(t, "a read-only bind mount")
+	root := t.TempDir()
+	usr := filepath.Join(root, "usr")
+	if err := os.MkdirAll(usr, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(usr, usr, "", unix.MS_BIND, ""); err != nil {
+		testenv.Skip(t, "bind mount: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(usr, unix.MNT_DETACH) })
+	if err := unix.Mount("", usr, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remount read-only: %v", err)
+	}
+	l, err := Install(root, sources(t), logTo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]os.FileMode{OptBinary: 0o755, EtcJSON: 0o644, CRIODropIn: 0o644, Manifest: 0o644}
+	if got := installed(t, root); !reflect.DeepEqual(got, want) {
+		t.Fatalf("installed %v, want %v", got, want)
+	}
+	if l.Plugin != "" {
+		t.Errorf("a plugin where /usr is read-only: %s", l.Plugin)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, EtcJSON)); string(b) != string(HookJSON(OptBinary)) {
+		t.Errorf("the JSON is %s", b)
+	}
+	dropIn, _ := os.ReadFile(filepath.Join(root, CRIODropIn))
+	for _, want := range []string{"[crio.runtime]", `"/usr/share/containers/oci/hooks.d"`, `"/etc/containers/oci/hooks.d"`} {
+		if !strings.Contains(string(dropIn), want) {
+			t.Errorf("the CRI-O drop-in has no %s:\n%s", want, dropIn)
+		}
+	}
+	if err := Uninstall(root, logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := installed(t, root); len(got) != 0 {
+		t.Fatalf("left after uninstall: %v", got)
+	}
+}
+
+// The JSON an install writes is the shipped hooks.d JSON with its path.
+func TestHookJSONIsTheShippedOne(t *testing.T) {
+	shipped, err := os.ReadFile("../../hooks.d/autofs-restore-hook.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b any
+	if err := json.Unmarshal(shipped, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(HookJSON(PackageBinary), &b); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("HookJSON(%s) = %v, the shipped JSON %v", PackageBinary, b, a)
+	}
+}
+
+// A manifest that names a file that is not one of ours does not make
+// uninstall remove it.
+func TestUninstallRemovesOnlyOurPaths(t *testing.T) {
+	root := t.TempDir()
+	victim := filepath.Join(root, "etc", "passwd")
+	if err := os.MkdirAll(filepath.Dir(victim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, []byte("root:x:0:0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := json.Marshal(Layout{Binary: "/etc/passwd", HookJSON: "/etc/../etc/passwd"})
+	if err := os.MkdirAll(filepath.Dir(filepath.Join(root, Manifest)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, Manifest), m, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Uninstall(root, logTo(t)); err == nil || !strings.Contains(err.Error(), "not a path of ours") {
+		t.Errorf("uninstall with a manifest naming /etc/passwd: %v", err)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Errorf("/etc/passwd was removed: %v", err)
+	}
+}
