@@ -7,13 +7,18 @@
 package nodeinstall
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Host paths (below the node's root) of the two layouts.
@@ -71,31 +76,24 @@ type Sources struct {
 
 // Plan chooses the layout for the node whose root is root: the package's
 // where /usr is writable, else /opt and /etc with a CRI-O drop-in.
-func Plan(root string) Layout {
-	if writable(root, filepath.Dir(PackageBinary)) && writable(root, filepath.Dir(PackageJSON)) {
+func Plan(root string) (Layout, error) {
+	r, err := openRoot(root)
+	if err != nil {
+		return Layout{}, err
+	}
+	defer r.close()
+	return r.plan(), nil
+}
+
+func (r hostRoot) plan() Layout {
+	if r.writable(filepath.Dir(PackageBinary)) && r.writable(filepath.Dir(PackageJSON)) {
 		l := Layout{Binary: PackageBinary, HookJSON: PackageJSON}
-		if writable(root, filepath.Dir(PackagePlugin)) {
+		if r.writable(filepath.Dir(PackagePlugin)) {
 			l.Plugin = PackagePlugin
 		}
 		return l
 	}
 	return Layout{Binary: OptBinary, HookJSON: EtcJSON, CRIODropIn: CRIODropIn}
-}
-
-// writable tells whether a file can be made in dir below root (made if
-// missing), by making one.
-func writable(root, dir string) bool {
-	d := filepath.Join(root, dir)
-	if os.MkdirAll(d, 0o755) != nil {
-		return false
-	}
-	f, err := os.CreateTemp(d, ".autofs-restore-hook-probe-*")
-	if err != nil {
-		return false
-	}
-	f.Close()
-	os.Remove(f.Name())
-	return true
 }
 
 // Install puts the sources on the node whose root is root, in the order
@@ -104,16 +102,21 @@ func writable(root, dir string) bool {
 // place and renamed into it. It records the layout in Manifest, and
 // returns it. Run again, it replaces the files.
 func Install(root string, src Sources, logf func(string, ...any)) (Layout, error) {
-	l := Plan(root)
+	r, err := openRoot(root)
+	if err != nil {
+		return Layout{}, err
+	}
+	defer r.close()
+	l := r.plan()
 	if src.Plugin == "" {
 		l.Plugin = ""
 	}
-	if err := copyFile(root, l.Binary, src.Binary, 0o755); err != nil {
+	if err := r.copyFile(l.Binary, src.Binary, 0o755); err != nil {
 		return l, err
 	}
 	logf("binary: %s", l.Binary)
 	if l.Plugin != "" {
-		if err := copyFile(root, l.Plugin, src.Plugin, 0o644); err != nil {
+		if err := r.copyFile(l.Plugin, src.Plugin, 0o644); err != nil {
 			return l, err
 		}
 		logf("CRIU plugin: %s", l.Plugin)
@@ -121,7 +124,7 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 		logf("CRIU plugin: not installed (the node's /usr is read-only; CRIU loads plugins from /usr/lib/criu only)")
 	}
 	if l.CRIODropIn != "" {
-		if err := writeFile(root, l.CRIODropIn, []byte(crioDropIn), 0o644); err != nil {
+		if err := r.writeFile(l.CRIODropIn, []byte(crioDropIn), 0o644); err != nil {
 			return l, err
 		}
 		logf("CRI-O drop-in: %s (hooks_dir: CRI-O's default and %s; CRI-O reads it when it starts)", l.CRIODropIn, filepath.Dir(l.HookJSON))
@@ -132,10 +135,10 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 	if err != nil {
 		return l, err
 	}
-	if err := writeFile(root, Manifest, m, 0o644); err != nil {
+	if err := r.writeFile(Manifest, m, 0o644); err != nil {
 		return l, err
 	}
-	if err := writeFile(root, l.HookJSON, HookJSON(l.Binary), 0o644); err != nil {
+	if err := r.writeFile(l.HookJSON, HookJSON(l.Binary), 0o644); err != nil {
 		return l, err
 	}
 	logf("OCI hook: %s", l.HookJSON)
@@ -147,13 +150,18 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 // drop-in, the plugin, the binary and the manifest. Without a manifest it
 // removes nothing.
 func Uninstall(root string, logf func(string, ...any)) error {
-	b, err := os.ReadFile(filepath.Join(root, Manifest))
-	if errors.Is(err, os.ErrNotExist) {
+	r, err := openRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	b, err := r.readFile(Manifest, 1<<16)
+	if errors.Is(err, unix.ENOENT) {
 		logf("nothing to remove: no %s", Manifest)
 		return nil
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", Manifest, err)
 	}
 	var l Layout
 	if err := json.Unmarshal(b, &l); err != nil {
@@ -167,8 +175,8 @@ func Uninstall(root string, logf func(string, ...any)) error {
 			}
 			continue
 		}
-		if err := os.Remove(filepath.Join(root, p)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		if err := r.remove(p); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
 			continue
 		}
 		logf("removed %s", p)
@@ -202,44 +210,136 @@ func HookJSON(binary string) []byte {
 	return append(b, '\n')
 }
 
-func copyFile(root, dst, src string, mode os.FileMode) error {
+// hostRoot is the node's root, open. Every path below it is resolved as
+// the node resolves it: a symlink of the node (Fedora CoreOS's /opt, say)
+// is followed with the node's / as root (RESOLVE_IN_ROOT), never to the
+// installer's own files.
+type hostRoot struct{ fd int }
+
+func openRoot(root string) (hostRoot, error) {
+	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return hostRoot{}, fmt.Errorf("the node's root %s: %w", root, err)
+	}
+	return hostRoot{fd}, nil
+}
+
+func (r hostRoot) close() { unix.Close(r.fd) }
+
+// open opens p below the root.
+func (r hostRoot) open(p string, flags int, mode uint32) (int, error) {
+	rel := strings.TrimPrefix(p, "/")
+	if rel == "" {
+		rel = "."
+	}
+	return unix.Openat2(r.fd, rel, &unix.OpenHow{
+		Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode),
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// dir opens directory d below the root, made (0755) where missing.
+func (r hostRoot) dir(d string) (int, error) {
+	fd, err := r.open(d, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if !errors.Is(err, unix.ENOENT) {
+		return fd, err
+	}
+	parent, err := r.dir(filepath.Dir(d))
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(parent)
+	if err := unix.Mkdirat(parent, filepath.Base(d), 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return -1, fmt.Errorf("mkdir %s: %w", d, err)
+	}
+	return r.open(d, unix.O_PATH|unix.O_DIRECTORY, 0)
+}
+
+// writable tells whether a file can be made in d (made if missing), by
+// making one.
+func (r hostRoot) writable(d string) bool {
+	fd, err := r.dir(d)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	name := ".autofs-restore-hook-probe-" + strconv.Itoa(os.Getpid())
+	f, err := unix.Openat(fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return false
+	}
+	unix.Close(f)
+	unix.Unlinkat(fd, name, 0)
+	return true
+}
+
+func (r hostRoot) copyFile(dst, src string, mode uint32) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return write(root, dst, f, mode)
+	return r.write(dst, f, mode)
 }
 
-func writeFile(root, dst string, b []byte, mode os.FileMode) error {
-	return write(root, dst, strings.NewReader(string(b)), mode)
+func (r hostRoot) writeFile(dst string, b []byte, mode uint32) error {
+	return r.write(dst, bytes.NewReader(b), mode)
 }
 
-// write makes dst below root from r: a file beside it, synced, renamed.
-func write(root, dst string, r io.Reader, mode os.FileMode) error {
-	p := filepath.Join(root, dst)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".new-*")
+// write makes dst from rd: a file beside it, synced, renamed into place.
+func (r hostRoot) write(dst string, rd io.Reader, mode uint32) error {
+	d, err := r.dir(filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, r); err != nil {
-		tmp.Close()
+	defer unix.Close(d)
+	tmp := "." + filepath.Base(dst) + ".new-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	fd, err := unix.Openat(d, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
+	if err != nil {
 		return fmt.Errorf("%s: %w", dst, err)
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
+	f := os.NewFile(uintptr(fd), dst)
+	_, err = io.Copy(f, rd)
+	if err == nil {
+		err = f.Chmod(os.FileMode(mode))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(d, tmp, d, filepath.Base(dst))
+	}
+	if err != nil {
+		unix.Unlinkat(d, tmp, 0)
+		return fmt.Errorf("%s: %w", dst, err)
+	}
+	return nil
+}
+
+// readFile reads p below the root, at most max bytes.
+func (r hostRoot) readFile(p string, max int64) ([]byte, error) {
+	fd, err := r.open(p, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(b)) > max {
+		err = fmt.Errorf("over %d bytes", max)
+	}
+	return b, err
+}
+
+// remove unlinks p below the root (the link itself, not what it names).
+func (r hostRoot) remove(p string) error {
+	d, err := r.open(filepath.Dir(p), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	defer unix.Close(d)
+	return unix.Unlinkat(d, filepath.Base(p), 0)
 }

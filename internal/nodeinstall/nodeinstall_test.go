@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -97,18 +98,7 @@ func TestInstallWhereUsrIsWritable(t *testing.T) {
 // no plugin; nothing is written below /usr.
 func TestInstallWhereUsrIsReadOnly(t *testing.T) {
 	testenv.RequireRoot(t, "a read-only bind mount")
-	root := t.TempDir()
-	usr := filepath.Join(root, "usr")
-	if err := os.MkdirAll(usr, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount(usr, usr, "", unix.MS_BIND, ""); err != nil {
-		testenv.Skip(t, "bind mount: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(usr, unix.MNT_DETACH) })
-	if err := unix.Mount("", usr, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-		t.Fatalf("remount read-only: %v", err)
-	}
+	root := readOnlyUsr(t)
 	l, err := Install(root, sources(t), logTo(t))
 	if err != nil {
 		t.Fatal(err)
@@ -135,6 +125,62 @@ func TestInstallWhereUsrIsReadOnly(t *testing.T) {
 	if got := installed(t, root); len(got) != 0 {
 		t.Fatalf("left after uninstall: %v", got)
 	}
+}
+
+// The node's symlinks are the node's: on Fedora CoreOS /opt is a symlink
+// into /var. One that is absolute here, resolved by the installer as it
+// is, would lead out of the node's root into the installer's own files
+// (in the DaemonSet: the container's), and the JSON would name a binary
+// the node does not have. It is resolved with the node's / as root.
+func TestInstallFollowsTheNodesSymlinksInsideIt(t *testing.T) {
+	testenv.RequireRoot(t, "a read-only bind mount")
+	root := readOnlyUsr(t)
+	// An absolute target that exists nowhere outside the root.
+	target := "/arh-nodeinstall-" + strconv.Itoa(os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(target) })
+	if err := os.MkdirAll(filepath.Join(root, target), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(root, "opt")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Install(root, sources(t), logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(target); err == nil {
+		t.Errorf("%s was made outside the node's root", target)
+	}
+	inside := filepath.Join(root, target, "autofs-restore-hook", "autofs-restore-hook")
+	if b, err := os.ReadFile(inside); err != nil || string(b) != "the binary" {
+		t.Errorf("the binary is not at %s, where the node's /opt leads: %q %v", inside, b, err)
+	}
+	if err := Uninstall(root, logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inside); !os.IsNotExist(err) {
+		t.Errorf("after uninstall: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "opt")); err != nil {
+		t.Errorf("the node's /opt symlink is gone: %v", err)
+	}
+}
+
+// readOnlyUsr is a node root whose /usr is a read-only bind mount.
+func readOnlyUsr(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	usr := filepath.Join(root, "usr")
+	if err := os.MkdirAll(usr, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(usr, usr, "", unix.MS_BIND, ""); err != nil {
+		testenv.Skip(t, "bind mount: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(usr, unix.MNT_DETACH) })
+	if err := unix.Mount("", usr, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remount read-only: %v", err)
+	}
+	return root
 }
 
 // The JSON an install writes is the shipped hooks.d JSON with its path.
