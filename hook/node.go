@@ -56,23 +56,36 @@ func nodeMain(args []string, stdout, stderr io.Writer, wait func()) int {
 		fmt.Fprintf(stderr, "autofs-restore-hook node %s: --root %s: not a directory (%v)\n", sub, *root, err)
 		return ExitUsage
 	}
-	uninstall := func() int {
-		if err := nodeinstall.Uninstall(*root, logf); err != nil {
+	uninstall := func(id string) int {
+		if err := nodeinstall.Uninstall(*root, id, logf); err != nil {
 			fmt.Fprintf(stderr, "autofs-restore-hook node uninstall: %v\n", err)
 			return ExitFailed
 		}
 		return ExitOK
 	}
 	if sub == "uninstall" {
-		return uninstall()
+		return uninstall("")
+	}
+	if waitFlag {
+		// From before the install: a SIGTERM during it still uninstalls.
+		stop := startWaiting()
+		defer stop()
 	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook node install: this binary: %v\n", err)
 		return ExitFailed
 	}
-	if _, err := nodeinstall.Install(*root, nodeinstall.Sources{Binary: self, Plugin: plugin}, logf); err != nil {
+	l, err := nodeinstall.Install(*root, nodeinstall.Sources{Binary: self, Plugin: plugin}, logf)
+	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook node install: %v\n", err)
+		if !waitFlag {
+			return ExitFailed
+		}
+		if l.ID != "" {
+			// What this install wrote goes again.
+			uninstall(l.ID)
+		}
 		return ExitFailed
 	}
 	if !waitFlag {
@@ -80,13 +93,20 @@ func nodeMain(args []string, stdout, stderr io.Writer, wait func()) int {
 	}
 	logf("installed; waiting for SIGTERM to uninstall")
 	wait()
-	return uninstall()
+	if l.ID == "" {
+		return ExitOK // nothing installed (the package is there)
+	}
+	return uninstall(l.ID)
 }
 
-// waitForSignal blocks until SIGTERM or SIGINT.
-func waitForSignal() {
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
-	<-c
-	signal.Stop(c)
+// signals receives SIGTERM and SIGINT from startWaiting on.
+var signals = make(chan os.Signal, 1)
+
+// startWaiting catches SIGTERM and SIGINT for waitForSignal.
+func startWaiting() (stop func()) {
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	return func() { signal.Stop(signals) }
 }
+
+// waitForSignal blocks until SIGTERM or SIGINT (caught since startWaiting).
+func waitForSignal() { <-signals }

@@ -6,6 +6,6 @@
 # %preun after the new package's files are in place, with 1 on an upgrade:
 # then the new files stay.
 set -e
-[ "${1:-}" = 1 ] && exit 0
+case "${1:-}" in [1-9]*) exit 0 ;; esac
 rm -f /usr/share/containers/oci/hooks.d/autofs-restore-hook.json
 rm -f /usr/lib/criu/autofs-restore-hook.so

@@ -39,9 +39,16 @@ const (
 	OptBinary  = "/opt/autofs-restore-hook/autofs-restore-hook"
 	EtcJSON    = "/etc/containers/oci/hooks.d/autofs-restore-hook.json"
 	CRIODropIn = "/etc/crio/crio.conf.d/90-autofs-restore-hook.conf"
-	// Manifest records what an install wrote, for uninstall.
+	// Manifest records what an install wrote, for uninstall; Lock is
+	// held through an install and an uninstall.
 	Manifest = "/var/lib/autofs-restore-hook/node-install.json"
+	Lock     = "/var/lib/autofs-restore-hook/node-install.lock"
+	// dpkgList is there where the Debian package is installed.
+	dpkgList = "/var/lib/dpkg/info/autofs-restore-hook.list"
 )
+
+// trace, where a test sets it, sees each file made or removed, in order.
+var trace func(op, path string)
 
 // crioDropIn sets CRI-O's hooks_dir to its default and
 // /etc/containers/oci/hooks.d. It replaces a hooks_dir set in an earlier
@@ -60,6 +67,9 @@ hooks_dir = [
 // Layout is where an install puts each file, as host paths; empty: not
 // installed.
 type Layout struct {
+	// ID names the install: an uninstall given another ID (an older pod
+	// of the DaemonSet, ending after a newer one installed) leaves it.
+	ID         string `json:"id"`
 	Binary     string `json:"binary"`
 	HookJSON   string `json:"hook_json"`
 	Plugin     string `json:"plugin,omitempty"`
@@ -99,17 +109,44 @@ func (r hostRoot) plan() Layout {
 // Install puts the sources on the node whose root is root, in the order
 // that never leaves a hooks.d JSON naming a missing binary: the binary,
 // the plugin, the CRI-O drop-in, the JSON; each file is written beside its
-// place and renamed into it. It records the layout in Manifest, and
-// returns it. Run again, it replaces the files.
+// directory and renamed into it. It records the layout, with a new ID, in
+// Manifest, and returns it; run again, it replaces the files. Where the
+// package is installed (dpkg's list of it, or its JSON without a manifest
+// of ours), it installs nothing and returns an empty layout.
 func Install(root string, src Sources, logf func(string, ...any)) (Layout, error) {
 	r, err := openRoot(root)
 	if err != nil {
 		return Layout{}, err
 	}
 	defer r.close()
+	unlock, err := r.lock()
+	if err != nil {
+		return Layout{}, err
+	}
+	defer unlock()
+	_, manifestErr := r.readFile(Manifest, 1<<16)
+	if r.exists(dpkgList) || (r.exists(PackageJSON) && errors.Is(manifestErr, unix.ENOENT)) {
+		logf("the node has autofs-restore-hook already (the package, or an install not of this installer: %s): nothing installed", PackageJSON)
+		return Layout{}, nil
+	}
 	l := r.plan()
+	l.ID = strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.Itoa(os.Getpid())
 	if src.Plugin == "" {
 		l.Plugin = ""
+	}
+	if l.CRIODropIn != "" && !r.exists("/etc/crio") {
+		// No CRI-O here (containerd, say): nothing reads a drop-in.
+		logf("no /etc/crio: no CRI-O drop-in; a runtime that reads %s finds the hook", filepath.Dir(l.HookJSON))
+		l.CRIODropIn = ""
+	}
+	// The manifest first: an uninstall after a failure below still finds
+	// what was written (a missing file is no error to it).
+	m, err := json.Marshal(l)
+	if err != nil {
+		return l, err
+	}
+	if err := r.writeFile(Manifest, m, 0o644); err != nil {
+		return l, err
 	}
 	if err := r.copyFile(l.Binary, src.Binary, 0o755); err != nil {
 		return l, err
@@ -127,16 +164,7 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 		if err := r.writeFile(l.CRIODropIn, []byte(crioDropIn), 0o644); err != nil {
 			return l, err
 		}
-		logf("CRI-O drop-in: %s (hooks_dir: CRI-O's default and %s; CRI-O reads it when it starts)", l.CRIODropIn, filepath.Dir(l.HookJSON))
-	}
-	// The manifest before the JSON: an uninstall after a failure here
-	// still finds what was written.
-	m, err := json.Marshal(l)
-	if err != nil {
-		return l, err
-	}
-	if err := r.writeFile(Manifest, m, 0o644); err != nil {
-		return l, err
+		logf("CRI-O drop-in: %s (hooks_dir: CRI-O's default and %s, in place of a hooks_dir set before it; CRI-O reads it when it starts)", l.CRIODropIn, filepath.Dir(l.HookJSON))
 	}
 	if err := r.writeFile(l.HookJSON, HookJSON(l.Binary), 0o644); err != nil {
 		return l, err
@@ -145,16 +173,23 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 	return l, nil
 }
 
-// Uninstall removes what the install recorded in Manifest, the JSON first
-// (a JSON naming a missing binary breaks every container start), then the
-// drop-in, the plugin, the binary and the manifest. Without a manifest it
-// removes nothing.
-func Uninstall(root string, logf func(string, ...any)) error {
+// Uninstall removes what the install recorded in Manifest: the JSON first
+// (a JSON naming a missing binary breaks every container start), and
+// nothing else if that fails; then the drop-in, the plugin, the binary
+// (kept while another hooks.d JSON names it) and the manifest. Given an
+// id, it leaves an install with another one (a newer pod's). Without a
+// manifest it removes nothing.
+func Uninstall(root, id string, logf func(string, ...any)) error {
 	r, err := openRoot(root)
 	if err != nil {
 		return err
 	}
 	defer r.close()
+	unlock, err := r.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	b, err := r.readFile(Manifest, 1<<16)
 	if errors.Is(err, unix.ENOENT) {
 		logf("nothing to remove: no %s", Manifest)
@@ -167,13 +202,29 @@ func Uninstall(root string, logf func(string, ...any)) error {
 	if err := json.Unmarshal(b, &l); err != nil {
 		return fmt.Errorf("%s: %w", Manifest, err)
 	}
+	if id != "" && l.ID != id {
+		logf("%s is another install's (%s, not %s): left as it is", Manifest, l.ID, id)
+		return nil
+	}
+	for _, p := range []string{l.HookJSON, l.CRIODropIn, l.Plugin, l.Binary} {
+		if p != "" && !ours(p) {
+			return fmt.Errorf("%s: %q is not a path of ours: nothing removed", Manifest, p)
+		}
+	}
+	if err := r.remove(l.HookJSON); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s: %w: nothing else removed (the binary stays for it)", l.HookJSON, err)
+	}
+	logf("removed %s", l.HookJSON)
 	var errs []error
-	for _, p := range []string{l.HookJSON, l.CRIODropIn, l.Plugin, l.Binary, Manifest} {
-		if !ours(p) {
-			if p != "" {
-				errs = append(errs, fmt.Errorf("%s: %q is not a path of ours: left alone", Manifest, p))
-			}
+	for _, p := range []string{l.CRIODropIn, l.Plugin, l.Binary, Manifest} {
+		if p == "" {
 			continue
+		}
+		if p == l.Binary {
+			if other := r.jsonNaming(p); other != "" {
+				errs = append(errs, fmt.Errorf("%s names %s: the binary stays", other, p))
+				continue
+			}
 		}
 		if err := r.remove(p); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
@@ -181,7 +232,42 @@ func Uninstall(root string, logf func(string, ...any)) error {
 		}
 		logf("removed %s", p)
 	}
+	for _, d := range []string{filepath.Dir(OptBinary), filepath.Dir(Manifest)} {
+		r.rmdirIfEmpty(d)
+	}
 	return errors.Join(errs...)
+}
+
+// hooksDirs are the hooks.d directories podman and CRI-O read.
+var hooksDirs = []string{"/etc/containers/oci/hooks.d", "/usr/share/containers/oci/hooks.d", "/run/containers/oci/hooks.d"}
+
+// jsonNaming is a hooks.d JSON of the node that names binary (one an
+// earlier installer or an operator wrote), or "".
+func (r hostRoot) jsonNaming(binary string) string {
+	for _, d := range hooksDirs {
+		fd, err := r.open(d, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			continue
+		}
+		f := os.NewFile(uintptr(fd), d)
+		names, _ := f.Readdirnames(4096)
+		f.Close()
+		for _, n := range names {
+			if !strings.HasSuffix(n, ".json") {
+				continue
+			}
+			b, err := r.readFile(filepath.Join(d, n), 1<<16)
+			var h struct {
+				Hook struct {
+					Path string `json:"path"`
+				} `json:"hook"`
+			}
+			if err == nil && json.Unmarshal(b, &h) == nil && h.Hook.Path == binary {
+				return filepath.Join(d, n)
+			}
+		}
+	}
+	return ""
 }
 
 // ours tells whether p is one of the paths an install writes: a manifest
@@ -255,22 +341,70 @@ func (r hostRoot) dir(d string) (int, error) {
 	return r.open(d, unix.O_PATH|unix.O_DIRECTORY, 0)
 }
 
-// writable tells whether a file can be made in d (made if missing), by
-// making one.
+// writable tells whether a file can be made in d (made if missing): an
+// unnamed one (O_TMPFILE), or, where the file system has none, a named one
+// removed at once.
 func (r hostRoot) writable(d string) bool {
 	fd, err := r.dir(d)
 	if err != nil {
 		return false
 	}
 	defer unix.Close(fd)
-	name := ".autofs-restore-hook-probe-" + strconv.Itoa(os.Getpid())
-	f, err := unix.Openat(fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	f, err := unix.Openat(fd, ".", unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		unix.Close(f)
+		return true
+	}
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+		return false
+	}
+	name := ".autofs-restore-hook-probe-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	f, err = unix.Openat(fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return false
 	}
 	unix.Close(f)
 	unix.Unlinkat(fd, name, 0)
 	return true
+}
+
+// exists tells whether p is there below the root.
+func (r hostRoot) exists(p string) bool {
+	fd, err := r.open(p, unix.O_PATH, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// lock takes Lock (made where missing), and returns its release.
+func (r hostRoot) lock() (func(), error) {
+	d, err := r.dir(filepath.Dir(Lock))
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(d)
+	fd, err := unix.Openat(d, filepath.Base(Lock), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Lock, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", Lock, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// rmdirIfEmpty removes directory d below the root if it is empty (its
+// lock file aside: Lock stays for the next install).
+func (r hostRoot) rmdirIfEmpty(d string) {
+	p, err := r.open(filepath.Dir(d), unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(p)
+	unix.Unlinkat(p, filepath.Base(d), unix.AT_REMOVEDIR)
 }
 
 func (r hostRoot) copyFile(dst, src string, mode uint32) error {
@@ -286,15 +420,22 @@ func (r hostRoot) writeFile(dst string, b []byte, mode uint32) error {
 	return r.write(dst, bytes.NewReader(b), mode)
 }
 
-// write makes dst from rd: a file beside it, synced, renamed into place.
+// write makes dst from rd: a file in the directory above dst's, synced,
+// renamed into place, so that a file left by a crash is never in dst's
+// directory (CRI-O reads every file of its drop-in directory).
 func (r hostRoot) write(dst string, rd io.Reader, mode uint32) error {
 	d, err := r.dir(filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
 	defer unix.Close(d)
-	tmp := "." + filepath.Base(dst) + ".new-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	fd, err := unix.Openat(d, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
+	up, err := r.dir(filepath.Dir(filepath.Dir(dst)))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(up)
+	tmp := ".autofs-restore-hook." + filepath.Base(dst) + ".new-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	fd, err := unix.Openat(up, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, mode)
 	if err != nil {
 		return fmt.Errorf("%s: %w", dst, err)
 	}
@@ -310,11 +451,23 @@ func (r hostRoot) write(dst string, rd io.Reader, mode uint32) error {
 		err = cerr
 	}
 	if err == nil {
-		err = unix.Renameat(d, tmp, d, filepath.Base(dst))
+		err = unix.Renameat(up, tmp, d, filepath.Base(dst))
+	}
+	if err == nil {
+		// The rename on disk before what comes after it (the JSON after
+		// the binary).
+		var sd int
+		if sd, err = unix.Openat(d, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			err = unix.Fsync(sd)
+			unix.Close(sd)
+		}
 	}
 	if err != nil {
-		unix.Unlinkat(d, tmp, 0)
+		unix.Unlinkat(up, tmp, 0)
 		return fmt.Errorf("%s: %w", dst, err)
+	}
+	if trace != nil {
+		trace("made", dst)
 	}
 	return nil
 }
@@ -341,5 +494,11 @@ func (r hostRoot) remove(p string) error {
 		return err
 	}
 	defer unix.Close(d)
-	return unix.Unlinkat(d, filepath.Base(p), 0)
+	if err := unix.Unlinkat(d, filepath.Base(p), 0); err != nil {
+		return err
+	}
+	if trace != nil {
+		trace("removed", p)
+	}
+	return nil
 }

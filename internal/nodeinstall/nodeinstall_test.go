@@ -61,7 +61,7 @@ func TestInstallWhereUsrIsWritable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]os.FileMode{PackageBinary: 0o755, PackagePlugin: 0o644, PackageJSON: 0o644, Manifest: 0o644}
+	want := map[string]os.FileMode{PackageBinary: 0o755, PackagePlugin: 0o644, PackageJSON: 0o644, Manifest: 0o644, Lock: 0o600}
 	if got := installed(t, root); !reflect.DeepEqual(got, want) {
 		t.Fatalf("installed %v, want %v", got, want)
 	}
@@ -81,13 +81,13 @@ func TestInstallWhereUsrIsWritable(t *testing.T) {
 	if got := installed(t, root); !reflect.DeepEqual(got, want) {
 		t.Fatalf("installed twice: %v, want %v", got, want)
 	}
-	if err := Uninstall(root, logTo(t)); err != nil {
+	if err := Uninstall(root, "", logTo(t)); err != nil {
 		t.Fatal(err)
 	}
-	if got := installed(t, root); len(got) != 0 {
-		t.Fatalf("left after uninstall: %v", got)
+	if got := installed(t, root); !reflect.DeepEqual(got, map[string]os.FileMode{Lock: 0o600}) {
+		t.Fatalf("left after uninstall: %v, want the lock alone", got)
 	}
-	if err := Uninstall(root, logTo(t)); err != nil {
+	if err := Uninstall(root, "", logTo(t)); err != nil {
 		t.Fatalf("uninstall without a manifest: %v", err)
 	}
 }
@@ -99,11 +99,14 @@ func TestInstallWhereUsrIsWritable(t *testing.T) {
 func TestInstallWhereUsrIsReadOnly(t *testing.T) {
 	testenv.RequireRoot(t, "a read-only bind mount")
 	root := readOnlyUsr(t)
+	if err := os.MkdirAll(filepath.Join(root, "etc/crio"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	l, err := Install(root, sources(t), logTo(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]os.FileMode{OptBinary: 0o755, EtcJSON: 0o644, CRIODropIn: 0o644, Manifest: 0o644}
+	want := map[string]os.FileMode{OptBinary: 0o755, EtcJSON: 0o644, CRIODropIn: 0o644, Manifest: 0o644, Lock: 0o600}
 	if got := installed(t, root); !reflect.DeepEqual(got, want) {
 		t.Fatalf("installed %v, want %v", got, want)
 	}
@@ -119,11 +122,11 @@ func TestInstallWhereUsrIsReadOnly(t *testing.T) {
 			t.Errorf("the CRI-O drop-in has no %s:\n%s", want, dropIn)
 		}
 	}
-	if err := Uninstall(root, logTo(t)); err != nil {
+	if err := Uninstall(root, "", logTo(t)); err != nil {
 		t.Fatal(err)
 	}
-	if got := installed(t, root); len(got) != 0 {
-		t.Fatalf("left after uninstall: %v", got)
+	if got := installed(t, root); !reflect.DeepEqual(got, map[string]os.FileMode{Lock: 0o600}) {
+		t.Fatalf("left after uninstall: %v, want the lock alone", got)
 	}
 }
 
@@ -154,7 +157,7 @@ func TestInstallFollowsTheNodesSymlinksInsideIt(t *testing.T) {
 	if b, err := os.ReadFile(inside); err != nil || string(b) != "the binary" {
 		t.Errorf("the binary is not at %s, where the node's /opt leads: %q %v", inside, b, err)
 	}
-	if err := Uninstall(root, logTo(t)); err != nil {
+	if err := Uninstall(root, "", logTo(t)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(inside); !os.IsNotExist(err) {
@@ -219,10 +222,153 @@ func TestUninstallRemovesOnlyOurPaths(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, Manifest), m, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := Uninstall(root, logTo(t)); err == nil || !strings.Contains(err.Error(), "not a path of ours") {
+	if err := Uninstall(root, "", logTo(t)); err == nil || !strings.Contains(err.Error(), "not a path of ours") {
 		t.Errorf("uninstall with a manifest naming /etc/passwd: %v", err)
 	}
 	if _, err := os.Stat(victim); err != nil {
 		t.Errorf("/etc/passwd was removed: %v", err)
+	}
+}
+
+// The order that never leaves a hooks.d JSON naming a missing binary: the
+// manifest, then the binary before the JSON; at uninstall the JSON first,
+// the binary after it.
+func TestInstallAndUninstallOrder(t *testing.T) {
+	root := t.TempDir()
+	var ops []string
+	trace = func(op, p string) { ops = append(ops, op+" "+p) }
+	defer func() { trace = nil }()
+	if _, err := Install(root, sources(t), logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Uninstall(root, "", logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"made " + Manifest, "made " + PackageBinary, "made " + PackagePlugin, "made " + PackageJSON,
+		"removed " + PackageJSON, "removed " + PackagePlugin, "removed " + PackageBinary, "removed " + Manifest}
+	if !reflect.DeepEqual(ops, want) {
+		t.Errorf("operations:\n%s\nwant:\n%s", strings.Join(ops, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Where the package is installed (dpkg's list, or its JSON without a
+// manifest of ours), install writes nothing and uninstall removes nothing
+// of it.
+func TestInstallLeavesThePackageAlone(t *testing.T) {
+	for _, pkg := range []string{"/var/lib/dpkg/info/autofs-restore-hook.list", PackageJSON} {
+		root := t.TempDir()
+		p := filepath.Join(root, pkg)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("the package's"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Install(root, sources(t), logTo(t))
+		if err != nil || l.ID != "" {
+			t.Fatalf("with %s: layout %+v, %v; want nothing installed", pkg, l, err)
+		}
+		if got := installed(t, root); !reflect.DeepEqual(got, map[string]os.FileMode{pkg: 0o644, Lock: 0o600}) {
+			t.Errorf("with %s: %v", pkg, got)
+		}
+		if err := Uninstall(root, "", logTo(t)); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != "the package's" {
+			t.Errorf("%s after uninstall: %q", pkg, b)
+		}
+	}
+}
+
+// Two pods of the DaemonSet at once (a rolling update): the older one's
+// uninstall, after the newer one installed, leaves the newer install.
+func TestUninstallLeavesANewerInstall(t *testing.T) {
+	root := t.TempDir()
+	old, err := Install(root, sources(t), logTo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := Install(root, sources(t), logTo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.ID == newer.ID || old.ID == "" {
+		t.Fatalf("IDs %q and %q", old.ID, newer.ID)
+	}
+	if err := Uninstall(root, old.ID, logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{PackageBinary, PackageJSON, Manifest} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("the newer install lost %s: %v", p, err)
+		}
+	}
+	if err := Uninstall(root, newer.ID, logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, PackageJSON)); !os.IsNotExist(err) {
+		t.Errorf("the newer pod's uninstall left its JSON: %v", err)
+	}
+}
+
+// A JSON that cannot be removed stops the uninstall: the binary it names
+// stays. A hooks.d JSON of another (an earlier installer's) naming the
+// binary keeps it too.
+func TestUninstallKeepsTheBinaryWhileAJSONNamesIt(t *testing.T) {
+	testenv.RequireRoot(t, "a read-only bind mount")
+	root := t.TempDir()
+	if _, err := Install(root, sources(t), logTo(t)); err != nil {
+		t.Fatal(err)
+	}
+	hooks := filepath.Join(root, filepath.Dir(PackageJSON))
+	if err := unix.Mount(hooks, hooks, "", unix.MS_BIND, ""); err != nil {
+		testenv.Skip(t, "bind mount: %v", err)
+	}
+	if err := unix.Mount("", hooks, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		unix.Unmount(hooks, unix.MNT_DETACH)
+		t.Fatal(err)
+	}
+	err := Uninstall(root, "", logTo(t))
+	unix.Unmount(hooks, unix.MNT_DETACH)
+	if err == nil {
+		t.Fatal("uninstall with a JSON it cannot remove: no error")
+	}
+	for _, p := range []string{PackageBinary, PackageJSON, Manifest} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Errorf("%s after the failed uninstall: %v", p, err)
+		}
+	}
+	// An earlier installer's JSON in /etc names the same binary.
+	etc := filepath.Join(root, "/etc/containers/oci/hooks.d/autofs-restore-hook.json")
+	if err := os.MkdirAll(filepath.Dir(etc), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(etc, HookJSON(PackageBinary), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Uninstall(root, "", logTo(t)); err == nil || !strings.Contains(err.Error(), "the binary stays") {
+		t.Errorf("uninstall with another JSON naming the binary: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, PackageBinary)); err != nil {
+		t.Errorf("the binary another JSON names was removed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, PackageJSON)); !os.IsNotExist(err) {
+		t.Errorf("our JSON: %v, want removed", err)
+	}
+}
+
+// No /etc/crio (a containerd node): no CRI-O drop-in.
+func TestNoDropInWithoutCRIO(t *testing.T) {
+	testenv.RequireRoot(t, "a read-only bind mount")
+	root := readOnlyUsr(t)
+	l, err := Install(root, sources(t), logTo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.CRIODropIn != "" {
+		t.Errorf("a drop-in without /etc/crio: %s", l.CRIODropIn)
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/crio")); !os.IsNotExist(err) {
+		t.Errorf("/etc/crio made: %v", err)
 	}
 }
