@@ -79,10 +79,7 @@ func nodeMain(args []string, stdout, stderr io.Writer, wait func()) int {
 	l, err := nodeinstall.Install(*root, nodeinstall.Sources{Binary: self, Plugin: plugin}, logf)
 	if err != nil {
 		fmt.Fprintf(stderr, "autofs-restore-hook node install: %v\n", err)
-		if !waitFlag {
-			return ExitFailed
-		}
-		if l.ID != "" {
+		if waitFlag && l.ID != "" {
 			// What this install wrote goes again.
 			uninstall(l.ID)
 		}

@@ -47,6 +47,9 @@ const (
 	dpkgList = "/var/lib/dpkg/info/autofs-restore-hook.list"
 )
 
+// maxJSON bounds a manifest or hooks.d JSON read.
+const maxJSON = 1 << 16
+
 // trace, where a test sets it, sees each file made or removed, in order.
 var trace func(op, path string)
 
@@ -84,17 +87,8 @@ type Sources struct {
 	Plugin string
 }
 
-// Plan chooses the layout for the node whose root is root: the package's
-// where /usr is writable, else /opt and /etc with a CRI-O drop-in.
-func Plan(root string) (Layout, error) {
-	r, err := openRoot(root)
-	if err != nil {
-		return Layout{}, err
-	}
-	defer r.close()
-	return r.plan(), nil
-}
-
+// plan chooses the layout: the package's where /usr is writable, else /opt
+// and /etc with a CRI-O drop-in.
 func (r hostRoot) plan() Layout {
 	if r.writable(filepath.Dir(PackageBinary)) && r.writable(filepath.Dir(PackageJSON)) {
 		l := Layout{Binary: PackageBinary, HookJSON: PackageJSON}
@@ -124,8 +118,7 @@ func Install(root string, src Sources, logf func(string, ...any)) (Layout, error
 		return Layout{}, err
 	}
 	defer unlock()
-	_, manifestErr := r.readFile(Manifest, 1<<16)
-	if r.exists(dpkgList) || (r.exists(PackageJSON) && errors.Is(manifestErr, unix.ENOENT)) {
+	if r.exists(dpkgList) || (r.exists(PackageJSON) && !r.exists(Manifest)) {
 		logf("the node has autofs-restore-hook already (the package, or an install not of this installer: %s): nothing installed", PackageJSON)
 		return Layout{}, nil
 	}
@@ -190,7 +183,7 @@ func Uninstall(root, id string, logf func(string, ...any)) error {
 		return err
 	}
 	defer unlock()
-	b, err := r.readFile(Manifest, 1<<16)
+	b, err := r.readFile(Manifest, maxJSON)
 	if errors.Is(err, unix.ENOENT) {
 		logf("nothing to remove: no %s", Manifest)
 		return nil
@@ -256,7 +249,7 @@ func (r hostRoot) jsonNaming(binary string) string {
 			if !strings.HasSuffix(n, ".json") {
 				continue
 			}
-			b, err := r.readFile(filepath.Join(d, n), 1<<16)
+			b, err := r.readFile(filepath.Join(d, n), maxJSON)
 			var h struct {
 				Hook struct {
 					Path string `json:"path"`

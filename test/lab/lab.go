@@ -239,7 +239,7 @@ func PodmanUp(t testing.TB, name string, kind Kind, opts Options) *Container {
 func PodmanImage(t testing.TB, name string, kind Kind, opts Options) string {
 	t.Helper()
 	Require(t)
-	name = fmt.Sprintf("arh-lab-%s-%d", strings.TrimPrefix(name, "arh-lab-"), os.Getpid())
+	name = labName(name)
 	sh := filepath.Join(Dir(), "lab.sh")
 	args := []string{"image", name, "--kind", string(kind)}
 	if opts.Rootfs != "" {
@@ -258,6 +258,12 @@ func PodmanImage(t testing.TB, name string, kind Kind, opts Options) string {
 	return "localhost/" + name + ":lab"
 }
 
+// labName is the lab's name for name in this test process:
+// arh-lab-NAME-PID.
+func labName(name string) string {
+	return fmt.Sprintf("arh-lab-%s-%d", strings.TrimPrefix(name, "arh-lab-"), os.Getpid())
+}
+
 func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Container {
 	t.Helper()
 	if kind == Plain {
@@ -265,9 +271,8 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	} else {
 		Require(t)
 	}
-	name = strings.TrimPrefix(name, "arh-lab-")
 	c := &Container{
-		Name:    fmt.Sprintf("arh-lab-%s-%d", name, os.Getpid()),
+		Name:    labName(name),
 		Kind:    kind,
 		Podman:  podman,
 		Runtime: opts.Runtime,
