@@ -101,6 +101,15 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	}
 	var warnings []string
 	var res spawnResult
+	// What joining the mount namespace, chroot and joining the pid
+	// namespace take (CAP_SYS_CHROOT and CAP_SYS_ADMIN), where the daemon
+	// could not have it: Kubernetes' default set has no CAP_SYS_CHROOT.
+	// The constructor drops these again, with CAP_SETPCAP to drop them,
+	// before it forks the stage (door.Entry.DropAfter).
+	enterCaps := uint64(1<<unix.CAP_SYS_CHROOT|1<<unix.CAP_SYS_ADMIN) &^ req.Daemon.CapBnd
+	if enterCaps != 0 {
+		enterCaps |= 1 << unix.CAP_SETPCAP &^ req.Daemon.CapBnd
+	}
 	// The container stage, the first process of ours in the container's
 	// pid namespace, gets no capability the daemon could not have: the
 	// starting thread's bounding set, and so the stage's permitted set
@@ -115,7 +124,7 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 		Args:          []string{"container"},
 		Request:       req,
 		Files:         []*os.File{os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens")},
-		Enter:         &door.Entry{MountNS: os.NewFile(fdMnt, "mnt"), Root: os.NewFile(fdRoot, "root"), PidNS: os.NewFile(fdPid, "pidns")},
+		Enter:         &door.Entry{MountNS: os.NewFile(fdMnt, "mnt"), Root: os.NewFile(fdRoot, "root"), PidNS: os.NewFile(fdPid, "pidns"), DropAfter: enterCaps},
 		Env:           []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
 		Deadline:      time.Unix(0, req.Deadline),
 		IntoContainer: true,
@@ -130,7 +139,7 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 					return fmt.Errorf("join the container's %s namespace: %w", ns.name, err)
 				}
 			}
-			if err := door.LimitCaps(req.Daemon.CapBnd, req.Daemon.CapInh&req.Daemon.CapBnd, last); err != nil {
+			if err := door.LimitCaps(req.Daemon.CapBnd|enterCaps, req.Daemon.CapInh&req.Daemon.CapBnd, last); err != nil {
 				return fmt.Errorf("limit the container stage's capabilities: %w", err)
 			}
 			return nil

@@ -37,6 +37,7 @@ package cstart
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -89,6 +90,42 @@ static int arh_parent_gone(int fd) {
 	return poll(&p, 1, 0) != 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
+// arh_drop_caps drops the capabilities of the mask in
+// _AUTOFS_RESTORE_HOOK_ENTER_DROP (door.Entry.DropAfter) from every set
+// of this process: those entering took that the child must not have.
+static void arh_drop_caps(void) {
+	const char *v = getenv("_AUTOFS_RESTORE_HOOK_ENTER_DROP");
+	if (v == NULL)
+		return;
+	char *end;
+	errno = 0;
+	unsigned long long mask = strtoull(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0') {
+		errno = EINVAL;
+		arh_fail("enter the container: bad capability mask");
+	}
+	for (int c = 0; c < 64; c++) {
+		if (c == CAP_SETPCAP || (mask & (1ULL << c)) == 0)
+			continue;
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
+			arh_fail("drop the capabilities entering took from the bounding set");
+	}
+	if ((mask & (1ULL << CAP_SETPCAP)) != 0 && prctl(PR_CAPBSET_DROP, CAP_SETPCAP, 0, 0, 0) != 0)
+		arh_fail("drop CAP_SETPCAP from the bounding set");
+	struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct data[2];
+	if (syscall(SYS_capget, &hdr, data) != 0)
+		arh_fail("capget");
+	for (int i = 0; i < 2; i++) {
+		__u32 keep = ~(__u32)(mask >> (32 * i));
+		data[i].effective &= keep;
+		data[i].permitted &= keep;
+		data[i].inheritable &= keep;
+	}
+	if (syscall(SYS_capset, &hdr, data) != 0)
+		arh_fail("drop the capabilities entering took");
+}
+
 static void arh_enter(void) {
 	char *v = getenv("_AUTOFS_RESTORE_HOOK_ENTER");
 	if (v == NULL)
@@ -121,6 +158,7 @@ static void arh_enter(void) {
 	if (setns(fds[2], CLONE_NEWPID) != 0)
 		arh_fail("join the container's pid namespace");
 	close(fds[2]);
+	arh_drop_caps();
 	int alive[2];
 	if (pipe2(alive, O_CLOEXEC) != 0)
 		arh_fail("pipe");

@@ -162,7 +162,7 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			}
 			defer closeAll(efiles[3:])
 			files = append(files, efiles...)
-			cmd.Env = append(cmd.Env, env)
+			cmd.Env = append(cmd.Env, env...)
 		}
 		if s.Prepare != nil {
 			if err := s.Prepare(); err != nil {

@@ -20,6 +20,11 @@ import (
 // constructor overwrites the value with "done" once the child is in.
 const EnvEnter = "_AUTOFS_RESTORE_HOOK_ENTER"
 
+// EnvEnterDrop names the variable that tells the constructor the
+// capabilities (a decimal mask, Entry.DropAfter) it drops from every set
+// of the child once it has joined the pid namespace, before it forks.
+const EnvEnterDrop = "_AUTOFS_RESTORE_HOOK_ENTER_DROP"
+
 // Entry is the container a child lives in (Spec.Enter). Its C
 // constructor, before any Go code runs and while the child is still
 // outside the container's pid namespace, joins the cgroups, then the
@@ -36,6 +41,13 @@ type Entry struct {
 	// and the constructor joins them first. Nil: the child stays in the
 	// cgroups of that thread.
 	Cgroups []string
+	// DropAfter are capabilities that entering takes and the child must
+	// not keep (CAP_SYS_CHROOT, say, for a container that lacks it):
+	// the constructor drops them from the bounding, effective, permitted
+	// and inheritable sets once it has joined the mount namespace, root
+	// and pid namespace, before it forks the child. CAP_SETPCAP among
+	// them is dropped last (the others' bounding drop needs it).
+	DropAfter uint64
 }
 
 // Entered tells whether this process is a child that its C constructor
@@ -55,23 +67,27 @@ func Entered() (bool, error) {
 
 // entryFiles are the fds the child's constructor gets for e, after
 // first (the number of fds before them), and the value of EnvEnter.
-func entryFiles(e *Entry, first int) ([]*os.File, string, error) {
+func entryFiles(e *Entry, first int) ([]*os.File, []string, error) {
 	files := []*os.File{e.MountNS, e.Root, e.PidNS}
 	for _, f := range files {
 		if f == nil {
-			return nil, "", errors.New("enter a container: its mount namespace, root and pid namespace are all needed")
+			return nil, nil, errors.New("enter a container: its mount namespace, root and pid namespace are all needed")
 		}
 	}
 	cg, err := openCgroupProcs(e.Cgroups)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	files = append(files, cg...)
 	var fds []string
 	for i := range files {
 		fds = append(fds, strconv.Itoa(first+i))
 	}
-	return files, EnvEnter + "=" + strings.Join(fds, ","), nil
+	env := []string{EnvEnter + "=" + strings.Join(fds, ",")}
+	if e.DropAfter != 0 {
+		env = append(env, EnvEnterDrop+"="+strconv.FormatUint(e.DropAfter, 10))
+	}
+	return files, env, nil
 }
 
 // inner is a process an entering child's constructor forked, pinned by

@@ -481,8 +481,8 @@ func TestCgroup2SystemdRestoredAndFixed(tt *testing.T) {
 
 // v2SystemdRestoredAndFixed checkpoints and restores c on a cgroup v2 host
 // and checks that wiring made its cgroups, fixed its n autofs mounts and
-// left systemd running and idle. criuLog reads CRIU's log of the restore,
-// log the binary's.
+// left systemd running and idle. criuLog reads CRIU's log of the restore
+// (nil where there is none: CRI-O removes it), log the binary's.
 func v2SystemdRestoredAndFixed(t testing.TB, c *lab.Container, criuLog, log func() string, wiring string, n int, pressure bool) {
 	t.Helper()
 	from := len(log())
@@ -490,7 +490,10 @@ func v2SystemdRestoredAndFixed(t testing.TB, c *lab.Container, criuLog, log func
 		t.Fatalf("checkpoint: %v", err)
 	}
 	err := c.Restore()
-	restoreLog := criuLog()
+	restoreLog := ""
+	if criuLog != nil {
+		restoreLog = criuLog()
+	}
 	if err != nil {
 		t.Fatalf("restore (%s): %v\n%s\nhook log:\n%s", wiring, err, tail(restoreLog, 25), log()[from:])
 	}
@@ -503,7 +506,12 @@ func v2SystemdRestoredAndFixed(t testing.TB, c *lab.Container, criuLog, log func
 		t.Errorf("the pre-resume phase was not run by %s: %+v", wiring, o.PreResume)
 	}
 	added := regexp.MustCompile(`autofs-restore-hook plugin: \S+ added as action script for post-setup-namespaces`).MatchString(restoreLog)
-	if added != (wiring == hook.WiringPlugin) {
+	if criuLog == nil {
+		// Without CRIU's log, the binary's says who ran the step at
+		// post-setup-namespaces (checked below): only the script the
+		// plugin adds logs it with wiring=criu-plugin.
+		t.Logf("no CRIU log of this restore to read")
+	} else if added != (wiring == hook.WiringPlugin) {
 		t.Errorf("CRIU's log says the plugin added the binary as action script: %v, want %v with %s:\n%s", added, wiring == hook.WiringPlugin, wiring, grepLines(restoreLog, "autofs-restore-hook"))
 	}
 	l := log()[from:]

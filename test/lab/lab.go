@@ -136,6 +136,9 @@ type Container struct {
 	Bundle string // /var/tmp/arh-lab/<Name>
 	// Podman: run by podman (PodmanUp), its name podman's.
 	Podman bool
+	// CRIO: run by the lab's CRI-O (CRIOUp), in a pod of its own; runc
+	// knows it by the id CRI-O gave it (RuntimeID).
+	CRIO bool
 	// Runtime is Options.Runtime ("" for runc).
 	Runtime string
 	t       testing.TB
@@ -218,8 +221,17 @@ func provision(t testing.TB) {
 // the container is called "arh-lab-<name>-<pid of the test process>". Up fails the test on error.
 func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 	t.Helper()
-	return up(t, name, kind, opts, false)
+	return up(t, name, kind, opts, viaRunc)
 }
+
+// via is what runs a lab container: runc (or crun) itself, podman or CRI-O.
+type via int
+
+const (
+	viaRunc via = iota
+	viaPodman
+	viaCRIO
+)
 
 // PodmanUp is Up for a container run by podman (lab.sh podman-up): podman's
 // default seccomp profile, the lab's AppArmor profile where the kernel has
@@ -230,7 +242,69 @@ func Up(t testing.TB, name string, kind Kind, opts Options) *Container {
 // seccomp=FILE; else podman's own profile.
 func PodmanUp(t testing.TB, name string, kind Kind, opts Options) *Container {
 	t.Helper()
-	return up(t, name, kind, opts, true)
+	return up(t, name, kind, opts, viaPodman)
+}
+
+// CRIOUp is Up for a container run by the lab's CRI-O (lab.sh crio-up;
+// StartCRIO first): a pod of its own (host network, no shared pid
+// namespace), a container from opts.Image with SYS_ADMIN, /dev/autofs
+// through CRI-O's device annotation, the lab's AppArmor profile where the
+// kernel has AppArmor, and opts.Seccomp (a profile in podman's format) or
+// CRI-O's default. CRI-O hooks it with the JSON of its default hooks_dir.
+// Checkpoint exports it (crictl checkpoint --export) and removes it;
+// Restore creates a new container in the pod from that archive, as the
+// kubelet does.
+func CRIOUp(t testing.TB, name string, kind Kind, opts Options) *Container {
+	t.Helper()
+	return up(t, name, kind, opts, viaCRIO)
+}
+
+// StartCRIO starts the lab's CRI-O (lab.sh crio start) with pauseImage
+// (made by PodmanImage; never run: the lab's pods have no infra
+// container) for the containers of CRIOUp, and stops it when t ends. It
+// returns a reader of CRI-O's log. The lab's CRI-O is built by
+// test/lab/crio-build.sh (tests.sh runs it); t fails where it is missing.
+func StartCRIO(t testing.TB, pauseImage string) func() string {
+	t.Helper()
+	Require(t)
+	sh := filepath.Join(Dir(), "lab.sh")
+	logPath := "/run/arh-lab-crio/crio.log"
+	read := func() string {
+		b, _ := os.ReadFile(logPath)
+		return string(b)
+	}
+	if os.Getenv("ARH_IN_VM") != "1" {
+		// On the host: build it where missing (a no-op where present).
+		// A guest has no network: tests.sh builds it on the host first.
+		out, err := run(20*time.Minute, filepath.Join(Dir(), "crio-build.sh"))
+		t.Logf("crio-build.sh:\n%s", strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("the lab's CRI-O could not be built: %v", err)
+		}
+	}
+	out, err := run(3*time.Minute, sh, "crio", "start", "--image", pauseImage)
+	t.Logf("lab.sh crio start:\n%s", strings.TrimSpace(out))
+	if err != nil {
+		run(time.Minute, sh, "crio", "stop")
+		t.Fatalf("lab crio start: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("end of CRI-O's log:\n%s", tailLines(read(), 40))
+		}
+		if out, err := run(2*time.Minute, sh, "crio", "stop"); err != nil {
+			t.Errorf("lab crio stop: %v\n%s", err, out)
+		}
+	})
+	return read
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // PodmanImage makes an image of a fresh rootfs of kind (opts.Rootfs) for
@@ -264,7 +338,7 @@ func labName(name string) string {
 	return fmt.Sprintf("arh-lab-%s-%d", strings.TrimPrefix(name, "arh-lab-"), os.Getpid())
 }
 
-func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Container {
+func up(t testing.TB, name string, kind Kind, opts Options, by via) *Container {
 	t.Helper()
 	if kind == Plain {
 		RequireHost(t) // no autofs in it
@@ -274,7 +348,8 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 	c := &Container{
 		Name:    labName(name),
 		Kind:    kind,
-		Podman:  podman,
+		Podman:  by == viaPodman,
+		CRIO:    by == viaCRIO,
 		Runtime: opts.Runtime,
 		t:       t,
 	}
@@ -289,9 +364,16 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 			t.Errorf("lab down %s: %v", c.Name, err)
 		}
 	})
+	podman := by == viaPodman
 	args := append([]string{"up", c.Name, string(kind)}, opts.args()...)
-	if podman {
+	switch by {
+	case viaPodman:
 		args = append([]string{"podman-up", c.Name, "--kind", string(kind)}, opts.args()...)
+	case viaCRIO:
+		if len(opts.args()) > 0 {
+			t.Fatal("lab: CRI-O hooks a container with the JSON of its hooks_dir, not with Options' wiring")
+		}
+		args = []string{"crio-up", c.Name, "--kind", string(kind)}
 	}
 	if opts.Count > 0 {
 		args = append(args, "--count", strconv.Itoa(opts.Count))
@@ -322,8 +404,8 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		args = append(args, "--system-hooks")
 	}
 	if opts.Image != "" {
-		if !podman {
-			t.Fatal("lab: Options.Image is podman's")
+		if by == viaRunc {
+			t.Fatal("lab: Options.Image is podman's and CRI-O's")
 		}
 		args = append(args, "--image", opts.Image)
 	}
@@ -334,7 +416,7 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		args = append(args, "--tmpfs-run")
 	}
 	if opts.StockCRIU {
-		if podman {
+		if by != viaRunc {
 			t.Fatal("lab: Options.StockCRIU is runc's")
 		}
 		args = append(args, "--criu", "stock")
@@ -343,8 +425,8 @@ func up(t testing.TB, name string, kind Kind, opts Options, podman bool) *Contai
 		args = append(args, "--as-limit", strconv.FormatInt(opts.ASLimit, 10))
 	}
 	if opts.Runtime != "" {
-		if podman {
-			t.Fatal("lab: Options.Runtime is for Up; podman runs runc")
+		if by != viaRunc {
+			t.Fatal("lab: Options.Runtime is for Up; podman and CRI-O run runc")
 		}
 		args = append(args, "--runtime", opts.Runtime)
 	}
@@ -378,7 +460,7 @@ func (c *Container) logState() {
 func (c *Container) Exec(timeout time.Duration, args ...string) (out string, timedOut bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scale(timeout))
 	defer cancel()
-	argv := append(c.runtime("exec", c.Name), args...)
+	argv := append(c.runtime("exec", c.RuntimeID()), args...)
 	if c.Podman {
 		argv = append([]string{"podman", "--events-backend=file", "exec", c.Name}, args...)
 	}
@@ -468,9 +550,23 @@ func (c *Container) runtime(args ...string) []string {
 	return append([]string{"runc"}, args...)
 }
 
+// RuntimeID is the id by which the OCI runtime knows c: its Name, or the id
+// CRI-O gave its current container (Bundle/crio-ctr, a new one at every
+// Restore).
+func (c *Container) RuntimeID() string {
+	if !c.CRIO {
+		return c.Name
+	}
+	b, err := os.ReadFile(filepath.Join(c.Bundle, "crio-ctr"))
+	if err != nil {
+		return c.Name + "-not-in-cri-o"
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // Pid is the host pid of the container's init.
 func (c *Container) Pid() (int, error) {
-	if c.Podman {
+	if c.Podman || c.CRIO {
 		out, err := run(30*time.Second, filepath.Join(Dir(), "lab.sh"), "pid", c.Name)
 		if err != nil {
 			return 0, fmt.Errorf("lab.sh pid %s: %w: %s", c.Name, err, strings.TrimSpace(out))

@@ -77,10 +77,29 @@
 #        (where the project's Debian package installs its JSON).
 #        --tmpfs-run: --tmpfs /run (needed for checkpoint --export and
 #        restore --import of a systemd container with podman 4.3).
+#   crio start --image IMG   start the lab's CRI-O (crio-build.sh builds it
+#        into $CACHE/crio-v1.34.0) in the background: configuration,
+#        socket, pid and log in /run/arh-lab-crio; podman's storage; runc
+#        with the lab's CRIU; cgroupfs; CRIU support on; CRI-O's default
+#        hooks_dir (/usr/share/containers/oci/hooks.d); IMG (made by
+#        "image") as pause image, never run. crio stop ends it.
+#   crio-up NAME --kind KIND --image IMG [--seccomp FILE]
+#        Like podman-up, run by the lab's CRI-O: a pod of its own (host
+#        network, no shared pid namespace, /dev/autofs through the pod
+#        annotation io.kubernetes.cri-o.Devices), a container from IMG with
+#        SYS_ADMIN, the lab's AppArmor profile where the kernel has
+#        AppArmor, FILE (podman's format) or CRI-O's default seccomp
+#        profile. No wiring: CRI-O hooks it from its hooks_dir. checkpoint
+#        exports it (crictl checkpoint --export BUNDLE/checkpoint.tar) and
+#        removes the container; restore creates and starts a new one in
+#        the pod from that archive, as the kubelet does; exec, pid, ps,
+#        waiters, mounts, down work on it as on a runc container.
 #   image NAME [--kind automount] [--rootfs R]   podman import of a fresh
 #        rootfs of that kind (made as for podman-up, then removed), as
-#        localhost/NAME:lab, for podman-up --image: one import for several
-#        containers (an import costs a minute and more under TCG).
+#        localhost/NAME:lab, for podman-up and crio-up --image: one import
+#        for several containers (an import costs a minute and more under
+#        TCG). Its command is the kind's init (CRI-O restores a container
+#        with its image's command).
 #   rmi NAME                 podman rmi -f localhost/NAME:lab.
 #   wire NAME [WIRING]       rewrite config.json of an existing bundle (used by
 #                            the next restore); without WIRING: unwire all.
@@ -138,6 +157,9 @@ set -euo pipefail
 LAB_DIR=${ARH_LAB_DIR:-/var/tmp/arh-lab}
 CACHE=${ARH_LAB_CACHE:-/var/cache/autofs-restore-hook}
 HOOK_STATE_DIR=/run/autofs-restore-hook # hook.StateDir
+CRIO_VERSION=v1.34.0 # keep in step with crio-build.sh
+CRIO_BIN=$CACHE/crio-$CRIO_VERSION
+CRIO_RUN=/run/arh-lab-crio
 ROOTFS_SRC=$CACHE/rootfs-bookworm
 export PATH=$CACHE/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -195,6 +217,15 @@ LEGACY_CGROUP_CMDLINE="SYSTEMD_PROC_CMDLINE=systemd.unified_cgroup_hierarchy=0 s
 # ------------------------------------------------------------------ runtimes
 # bundle_runtime NAME: the runtime recorded in BUNDLE/runtime (runc if none).
 bundle_runtime() { cat "$(bundle_of "$1")/runtime" 2>/dev/null || echo runc; }
+# rt_id NAME: the OCI runtime's id of container NAME: NAME, or for a CRI-O
+# container (crio-up) the id CRI-O gave it (BUNDLE/crio-ctr).
+rt_id() {
+	if is_crio "$1"; then
+		cat "$(bundle_of "$1")/crio-ctr" 2>/dev/null || echo "$1-gone"
+	else
+		echo "$1"
+	fi
+}
 # rt_argv NAME: sets RT to the OCI runtime of container NAME (BUNDLE/runtime,
 # written by up): runc (Debian 12's), crun (Debian 12's 1.8.1) or
 # crun-forky (crun 1.28 from Debian forky, provision.sh, with forky's CRIU
@@ -580,6 +611,7 @@ proc_starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20
 
 # ------------------------------------------------------------ inspection
 is_podman() { [ -f "$LAB_DIR/$1/podman" ]; }
+is_crio() { [ -f "$LAB_DIR/$1/crio" ]; }
 podman_argv() { # sets PODMAN=(podman + the lab's global flags) for container $1
 	PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file)
 	# --system-hooks: podman's own hooks dirs (/usr/share/containers/oci/hooks.d,
@@ -595,12 +627,12 @@ init_pid() { # host pid of the init, empty if not running
 	fi
 	local RT
 	rt_argv "$1"
-	"${RT[@]}" state "$1" 2>/dev/null | sed -n 's/^ *"pid" *: *\([0-9]*\),*$/\1/p'
+	"${RT[@]}" state "$(rt_id "$1")" 2>/dev/null | sed -n 's/^ *"pid" *: *\([0-9]*\),*$/\1/p'
 }
 runc_status() { # the OCI runtime's status of container $1 (empty: unknown to it)
 	local RT
 	rt_argv "$1"
-	"${RT[@]}" state "$1" 2>/dev/null | sed -n 's/^ *"status" *: *"\([a-z]*\)",*$/\1/p'
+	"${RT[@]}" state "$(rt_id "$1")" 2>/dev/null | sed -n 's/^ *"status" *: *"\([a-z]*\)",*$/\1/p'
 }
 container_pids() { # all host pids in the init's pid namespace
 	local ip ns
@@ -649,13 +681,13 @@ autofs_mounts() { # autofs mounts of the container and the mounts at or below th
 		"/proc/$ip/mountinfo" "/proc/$ip/mountinfo"
 }
 
-exec_argv() { # sets EXEC=(runc exec) or (podman exec) for container $1
+exec_argv() { # sets EXEC=(runc exec NAME) or (podman exec NAME) for container $1
 	if is_podman "$1"; then
-		EXEC=(podman --events-backend=file exec)
+		EXEC=(podman --events-backend=file exec "$1")
 	else
 		local RT
 		rt_argv "$1"
-		EXEC=("${RT[@]}" exec)
+		EXEC=("${RT[@]}" exec "$(rt_id "$1")")
 	fi
 }
 
@@ -666,14 +698,14 @@ wait_ready() { # wait_ready NAME KIND
 	case $2 in
 	systemd)
 		while :; do
-			s=$(timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" "$name" systemctl is-system-running </dev/null 2>/dev/null || true)
+			s=$(timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" systemctl is-system-running </dev/null 2>/dev/null || true)
 			case $s in running | degraded) break ;; esac
 			[ "$(now_ms)" -lt "$deadline" ] || die "systemd in $name not up after $((90 * SLOW)) s (state '$s')"
 			sleep 0.3
 		done
 		[ "$s" = running ] || {
 			say "warning: systemd in $name is '$s'; failed units:"
-			timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" "$name" systemctl --failed --no-pager </dev/null >&2 || true
+			timeout -s KILL $((5 * SLOW)) "${EXEC[@]}" systemctl --failed --no-pager </dev/null >&2 || true
 		}
 		want=$(wc -l <"$(bundle_of "$name")/rootfs/lab/automounts")
 		;;
@@ -695,12 +727,12 @@ trigger() { # trigger NAME KIND: mount what must be mounted at checkpoint time
 	exec_argv "$name"
 	case $2 in
 	systemd)
-		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
+		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" sh -c 'echo state-before-checkpoint >/srv/a/state && cat /srv/a/state' </dev/null >/dev/null ||
 			die "triggering /srv/a in $name failed"
 		say "$name: triggered /srv/a, wrote /srv/a/state"
 		;;
 	automount)
-		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" "$name" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
+		timeout -s KILL $((10 * SLOW)) "${EXEC[@]}" sh -c 'echo state-before-checkpoint >/ind/k1/state && cat /ind/k1/state && ls /ind/multi >/dev/null' </dev/null >/dev/null ||
 			die "triggering /ind/k1 and /ind/multi in $name failed"
 		say "$name: triggered /ind/k1 (wrote /ind/k1/state) and /ind/multi (offset /ind/multi/sub untriggered)"
 		;;
@@ -812,6 +844,232 @@ cmd_podman_up() {
 	took "podman-up $name"
 }
 
+# ------------------------------------------------------------------ CRI-O
+# The lab's CRI-O (crio-build.sh builds it from CRI-O's Go module): one
+# daemon at a time, its configuration, socket, pid and log in $CRIO_RUN,
+# images and containers in podman's storage (so that "image" serves both),
+# runc (Debian 12's) with the lab's CRIU first in conmon's PATH, cgroupfs,
+# CRIU support on, the hooks in CRI-O's default hooks_dir
+# (/usr/share/containers/oci/hooks.d), where a package or the node
+# installer puts the project's JSON.
+crio_running() { [ -f "$CRIO_RUN/crio.pid" ] && kill -0 "$(cat "$CRIO_RUN/crio.pid")" 2>/dev/null; }
+crictl_argv() {
+	CRICTL=("$CRIO_BIN/crictl" --config "$CRIO_RUN/crictl.yaml" --runtime-endpoint "unix://$CRIO_RUN/crio.sock" --timeout "$((120 * SLOW))s")
+}
+cmd_crio() {
+	local what=${1:-}
+	shift || true
+	parse_opts "$@"
+	case $what in
+	start) crio_start ;;
+	stop) crio_stop ;;
+	*) die "crio start --image IMG | crio stop" ;;
+	esac
+	took "crio $what"
+}
+crio_start() {
+	[ -x "$CRIO_BIN/crio" ] || die "no CRI-O in $CRIO_BIN (test/lab/crio-build.sh builds it)"
+	[ -n "$RUN_IMAGE" ] || die "crio start: --image IMG (made by image; CRI-O's pause image, never run)"
+	! crio_running || die "the lab's CRI-O runs already (pid $(cat "$CRIO_RUN/crio.pid"))"
+	rm -rf "$CRIO_RUN"
+	mkdir -p "$CRIO_RUN/cni" "$CRIO_RUN/conf.d" "$CRIO_RUN/exits" "$CRIO_RUN/pods"
+	: >"$CRIO_RUN/crictl.yaml"
+	cat >"$CRIO_RUN/crio.conf" <<CONF
+# Written by autofs-restore-hook's test/lab/lab.sh (crio start).
+[crio]
+root = "/var/lib/containers/storage"
+runroot = "/run/containers/storage"
+log_dir = "$CRIO_RUN/pods"
+version_file = "$CRIO_RUN/version"
+clean_shutdown_file = "$CRIO_RUN/clean.shutdown"
+internal_wipe = false
+[crio.api]
+listen = "$CRIO_RUN/crio.sock"
+[crio.runtime]
+default_runtime = "runc"
+cgroup_manager = "cgroupfs"
+pinns_path = "$CRIO_BIN/pinns"
+namespaces_dir = "$CRIO_RUN/ns"
+container_exits_dir = "$CRIO_RUN/exits"
+container_attach_socket_dir = "$CRIO_RUN"
+enable_criu_support = true
+# /dev/autofs for the containers of pods that name it in the annotation
+# io.kubernetes.cri-o.Devices: CRI-O restores a container without the
+# devices of its create request, but in its pod.
+allowed_devices = ["/dev/autofs"]
+irqbalance_config_file = ""
+irqbalance_config_restore_file = ""
+[crio.runtime.runtimes.runc]
+runtime_path = "$(command -v runc)"
+runtime_root = "/run/runc"
+monitor_path = "$(command -v conmon)"
+monitor_cgroup = "pod"
+monitor_env = ["PATH=$PATH"]
+allowed_annotations = ["io.kubernetes.cri-o.Devices"]
+[crio.image]
+pause_image = "$RUN_IMAGE"
+[crio.network]
+network_dir = "$CRIO_RUN/cni"
+[crio.nri]
+enable_nri = false
+CONF
+	# setsid: the daemon outlives this script; crio stop ends it.
+	PATH=$PATH setsid "$CRIO_BIN/crio" --config "$CRIO_RUN/crio.conf" --config-dir "$CRIO_RUN/conf.d" \
+		</dev/null >"$CRIO_RUN/crio.log" 2>&1 &
+	echo $! >"$CRIO_RUN/crio.pid"
+	local deadline CRICTL
+	deadline=$(($(now_ms) + 90000 * SLOW))
+	crictl_argv
+	until "${CRICTL[@]}" version >/dev/null 2>&1; do
+		if ! crio_running || [ "$(now_ms)" -ge "$deadline" ]; then
+			tail -30 "$CRIO_RUN/crio.log" >&2
+			crio_stop
+			die "CRI-O did not answer within $((90 * SLOW)) s (log above)"
+		fi
+		sleep 0.5
+	done
+	say "$("$CRIO_BIN/crio" --version 2>/dev/null | head -1) runs (pid $(cat "$CRIO_RUN/crio.pid"), log $CRIO_RUN/crio.log)"
+}
+crio_stop() {
+	local pid i
+	[ -f "$CRIO_RUN/crio.pid" ] || return 0
+	pid=$(cat "$CRIO_RUN/crio.pid")
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq $((100 * SLOW))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$CRIO_RUN/crio.pid"
+}
+# crio_ctr_json NAME IMAGE: the CRI container config of NAME's container
+# from IMAGE (an image, or a checkpoint archive to restore), with the
+# options saved in its bundle.
+crio_ctr_json() {
+	local name=$1 image=$2 b sec mounts="" aa=""
+	b=$(bundle_of "$name")
+	sec='"namespace_options": {"network": 2, "pid": 1}, "capabilities": {"add_capabilities": ["SYS_ADMIN"]}'
+	if [ -n "$SECCOMP_FILE" ]; then
+		sec+=", \"seccomp\": {\"profile_type\": 2, \"localhost_ref\": $(json_str "$SECCOMP_FILE")}"
+	fi
+	if apparmor_on; then
+		sec+=", \"apparmor\": {\"profile_type\": 2, \"localhost_ref\": \"$AA_PROFILE\"}"
+	fi
+	if [ -f "$image" ]; then
+		# CRI-O restores only where the request names every mount of the
+		# checkpoint (beyond /proc, /dev, /sys and the files it writes):
+		# CRI-O's own /etc/hosts, and for systemd the tmpfs mounts it gave
+		# it. CRIU restores those tmpfs from the checkpoint over these.
+		local m d
+		mkdir -p "$b/crio-mounts"
+		echo "127.0.0.1 localhost $name" >"$b/crio-mounts/hosts"
+		mounts="{\"container_path\": \"/etc/hosts\", \"host_path\": $(json_str "$b/crio-mounts/hosts")}"
+		if [ "$KIND" = systemd ]; then
+			for m in /run /run/lock /tmp /var/log/journal; do
+				d=$b/crio-mounts/$(echo "${m#/}" | tr / -)
+				mkdir -p "$d"
+				mounts+=", {\"container_path\": \"$m\", \"host_path\": $(json_str "$d")}"
+			done
+		fi
+	fi
+	cat <<JSON
+{"metadata": {"name": "$KIND"}, "image": {"image": $(json_str "$image")},
+ "log_path": "$KIND.log", "mounts": [$mounts],
+ "linux": {"security_context": {$sec}}}
+JSON
+}
+
+cmd_crio_up() {
+	local name=$1 b CRICTL pod ctr
+	shift
+	KIND=systemd
+	parse_opts "$@"
+	check_name "$name"
+	crio_running || die "the lab's CRI-O does not run (lab.sh crio start)"
+	[ -n "$RUN_IMAGE" ] || die "crio-up: --image IMG (made by image)"
+	[ "$RUNTIME" = runc ] || die "crio-up: the lab's CRI-O runs runc"
+	b=$(bundle_of "$name")
+	make_bundle "$name"
+	touch "$b/crio"
+	# As for podman-up: a container profile that allows mounting autofs.
+	! apparmor_on || apparmor_load
+	mkdir -p "$b/log/crio"
+	cat >"$b/crio-pod.json" <<JSON
+{"metadata": {"name": "$name", "namespace": "arh-lab", "uid": "$name", "attempt": 0},
+ "hostname": "$name", "log_directory": $(json_str "$b/log/crio"),
+ "annotations": {"io.kubernetes.cri-o.Devices": "/dev/autofs"},
+ "linux": {"cgroup_parent": "/arh-lab/$name",
+   "security_context": {"namespace_options": {"network": 2, "pid": 1}}}}
+JSON
+	crio_ctr_json "$name" "$RUN_IMAGE" >"$b/crio-ctr.json"
+	crictl_argv
+	pod=$("${CRICTL[@]}" runp "$b/crio-pod.json" 2>"$b/log/run.log") || { cat "$b/log/run.log" >&2; die "crictl runp $name failed"; }
+	echo "$pod" >"$b/crio-pod"
+	ctr=$("${CRICTL[@]}" create "$pod" "$b/crio-ctr.json" "$b/crio-pod.json" 2>>"$b/log/run.log") ||
+		{ cat "$b/log/run.log" >&2; die "crictl create in $name failed"; }
+	echo "$ctr" >"$b/crio-ctr"
+	"${CRICTL[@]}" start "$ctr" >>"$b/log/run.log" 2>&1 || { cat "$b/log/run.log" >&2; die "crictl start $name failed"; }
+	say "$name runs in CRI-O: pod $pod, container $ctr"
+	wait_ready "$name" "$KIND"
+	[ "$TRIGGER" = 0 ] || trigger "$name" "$KIND"
+	took "crio-up $name"
+}
+
+# crio_checkpoint NAME: crictl checkpoint --export into BUNDLE/checkpoint.tar,
+# then the container is removed (its pod stays): what the kubelet's
+# checkpoint API does, and a migration's first half.
+crio_checkpoint() {
+	local name=$1 b ctr CRICTL
+	b=$(bundle_of "$name")
+	ctr=$(rt_id "$name")
+	crictl_argv
+	rm -f "$b/checkpoint.tar"
+	if ! timeout -s KILL $((180 * SLOW)) "${CRICTL[@]}" checkpoint --export="$b/checkpoint.tar" "$ctr" </dev/null >"$b/log/checkpoint.log" 2>&1; then
+		cat "$b/log/checkpoint.log" >&2
+		cp /var/lib/containers/storage/overlay-containers/"$ctr"/userdata/dump.log "$b/log/criu-dump.log" 2>/dev/null &&
+			{ say "last lines of CRIU's log (copied to $b/log/criu-dump.log):"; tail -15 "$b/log/criu-dump.log" >&2; }
+		die "crictl checkpoint $name failed"
+	fi
+	"${CRICTL[@]}" rm -f "$ctr" >/dev/null 2>&1 || die "crictl rm $name after its checkpoint failed"
+	rm -f "$b/crio-ctr"
+	say "checkpointed $name to $b/checkpoint.tar ($(du -h "$b/checkpoint.tar" | cut -f1)) and removed the container"
+}
+
+# crio_restore NAME: a new container in NAME's pod from BUNDLE/checkpoint.tar,
+# as the kubelet restores one (create with the archive as image, start).
+crio_restore() {
+	local name=$1 b ctr CRICTL
+	b=$(bundle_of "$name")
+	[ -f "$b/checkpoint.tar" ] || die "no checkpoint archive $b/checkpoint.tar"
+	[ ! -f "$b/crio-ctr" ] || die "$name still has a container in CRI-O"
+	load_conf "$b"
+	crio_ctr_json "$name" "$b/checkpoint.tar" >"$b/crio-restore.json"
+	crictl_argv
+	ctr=$(timeout -s KILL $((180 * SLOW)) "${CRICTL[@]}" create "$(cat "$b/crio-pod")" "$b/crio-restore.json" "$b/crio-pod.json" </dev/null 2>"$b/log/restore.log") ||
+		{ cat "$b/log/restore.log" >&2; die "crictl create from $b/checkpoint.tar failed"; }
+	echo "$ctr" >"$b/crio-ctr"
+	local rc=0
+	timeout -s KILL $((180 * SLOW)) "${CRICTL[@]}" start "$ctr" </dev/null >>"$b/log/restore.log" 2>&1 || rc=$?
+	# No CRIU log of the restore: CRI-O removes it once the restore is
+	# done, and the container with it when the restore fails.
+	if [ $rc != 0 ]; then
+		cat "$b/log/restore.log" >&2
+		die "crictl start (the restore of) $name failed"
+	fi
+	say "restored $name in CRI-O: container $ctr, init pid $(init_pid "$name")"
+}
+
+crio_remove() { # crio_remove NAME: its container and pod, if CRI-O runs
+	local b CRICTL
+	b=$(bundle_of "$1")
+	crio_running || return 0
+	crictl_argv
+	[ ! -f "$b/crio-ctr" ] || timeout -s KILL $((60 * SLOW)) "${CRICTL[@]}" rm -f "$(cat "$b/crio-ctr")" >/dev/null 2>&1 || true
+	rm -f "$b/crio-ctr"
+	if [ -f "$b/crio-pod" ]; then
+		timeout -s KILL $((60 * SLOW)) "${CRICTL[@]}" stopp "$(cat "$b/crio-pod")" >/dev/null 2>&1 || true
+		timeout -s KILL $((60 * SLOW)) "${CRICTL[@]}" rmp -f "$(cat "$b/crio-pod")" >/dev/null 2>&1 || true
+		rm -f "$b/crio-pod"
+	fi
+}
+
 cmd_image() {
 	local name=$1 b img
 	shift
@@ -822,7 +1080,15 @@ cmd_image() {
 	b=$(bundle_of "$name")
 	make_bundle "$name"
 	img="localhost/$name:lab"
-	if ! tar -C "$b/rootfs" -c . | timeout -s KILL $((120 * SLOW)) podman --events-backend=file import - "$img" >"$b/log/import.log" 2>&1; then
+	# The image's command is the kind's init: CRI-O restores a container
+	# with the command of its image, not the one it was created with.
+	local cmd
+	case $KIND in
+	systemd) cmd='CMD=["/lib/systemd/systemd"]' ;;
+	automount) cmd='CMD=["/bin/sh","/lab/init.sh"]' ;;
+	*) die "image: kind $KIND (systemd or automount)" ;;
+	esac
+	if ! tar -C "$b/rootfs" -c . | timeout -s KILL $((120 * SLOW)) podman --events-backend=file import --change "$cmd" - "$img" >"$b/log/import.log" 2>&1; then
 		cat "$b/log/import.log" >&2
 		rm -rf "$b"
 		die "podman import of $name's rootfs failed"
@@ -869,7 +1135,7 @@ cmd_exec() {
 	# noise); the process inside the container stays, see kill-waiters.
 	exec_argv "$name"
 	TIMEOUT=$((TIMEOUT * SLOW))
-	timeout --foreground -s KILL "$TIMEOUT" "${EXEC[@]}" "$name" "${REST[@]}" </dev/null || rc=$?
+	timeout --foreground -s KILL "$TIMEOUT" "${EXEC[@]}" "${REST[@]}" </dev/null || rc=$?
 	if [ $rc = 137 ] && [ $(($(now_ms) - start)) -ge $((TIMEOUT * 1000 - 100)) ]; then
 		say "TIMEOUT: '${REST[*]}' in $name did not finish within ${TIMEOUT}s (runc exec killed)"
 		print_waiters "$name"
@@ -899,6 +1165,11 @@ cmd_checkpoint() {
 	check_name "$name"
 	b=$(bundle_of "$name")
 	[ -d "$b" ] || die "no bundle $b"
+	if is_crio "$name"; then
+		crio_checkpoint "$name"
+		took "checkpoint $name (CRI-O)"
+		return 0
+	fi
 	if is_podman "$name"; then
 		local extra_p=() PODMAN
 		podman_argv "$name"
@@ -938,6 +1209,12 @@ cmd_restore() {
 	parse_opts "$@"
 	check_name "$name"
 	b=$(bundle_of "$name")
+	if is_crio "$name"; then
+		[ "$WIRING_GIVEN" = 0 ] || die "CRI-O restores with the hooks of its hooks_dir"
+		crio_restore "$name"
+		took "restore $name (CRI-O)"
+		return 0
+	fi
 	if is_podman "$name"; then
 		[ "$WIRING_GIVEN" = 0 ] || die "podman restores with the hooks and annotations given at podman-up"
 		local PODMAN
@@ -1000,6 +1277,11 @@ cgroup_cleanup() { # remove /sys/fs/cgroup/*/arh-lab/NAME trees (children first)
 
 stop_container() { # runc delete -f NAME and its cgroups; keeps the bundle
 	local name=$1 i
+	if is_crio "$name"; then
+		crio_remove "$name"
+		cgroup_cleanup "$name"
+		return 0
+	fi
 	if is_podman "$name"; then
 		local PODMAN
 		podman_argv "$name"
@@ -1091,6 +1373,8 @@ case $cmd in
 up) [ $# -ge 2 ] || usage; cmd_up "$@" ;;
 bundle) [ $# -ge 2 ] || usage; cmd_bundle "$@" ;;
 podman-up) [ $# -ge 1 ] || usage; cmd_podman_up "$@" ;;
+crio-up) [ $# -ge 1 ] || usage; cmd_crio_up "$@" ;;
+crio) cmd_crio "$@" ;;
 image) [ $# -ge 1 ] || usage; cmd_image "$@" ;;
 rmi)
 	check_name "${1:-}"
@@ -1112,7 +1396,7 @@ kill-waiters)
 	took "kill-waiters $1"
 	;;
 mounts) check_name "${1:-}"; autofs_mounts "$1" ;;
-status) check_name "${1:-}"; rt_argv "$1"; "${RT[@]}" state "$1" ;;
+status) check_name "${1:-}"; rt_argv "$1"; "${RT[@]}" state "$(rt_id "$1")" ;;
 list) cmd_list ;;
 reap) cmd_reap ;;
 -h | --help | help) usage ;;

@@ -8,7 +8,8 @@
 #      apparmor for apparmor_parser, the lab loads a profile where the kernel
 #      enforces AppArmor),
 #      podman conmon (optional: a failure only prints a loud warning);
-#      uidmap and a user arh-rootless with subordinate ids (rootless podman).
+#      uidmap and a user arh-rootless with subordinate ids (rootless podman);
+#      libseccomp-dev for the lab's CRI-O, which crio-build.sh builds.
 #   2. CRIU 4.1.1 from Debian trixie (Debian 12's CRIU 3.17 fails on recent
 #      kernels with "vdso: Unexpected rt vDSO area bounds"):
 #        $CACHE/criu-trixie      debootstrap --variant=minbase --include=criu trixie
@@ -101,6 +102,9 @@ fi
 grep -q '^arh-rootless:' /etc/subuid && grep -q '^arh-rootless:' /etc/subgid ||
 	usermod --add-subuids 200000-265535 --add-subgids 200000-265535 arh-rootless ||
 	die "usermod --add-subuids for arh-rootless failed"
+# The lab's CRI-O (crio-build.sh builds it from its Go module): crio's
+# seccomp support links libseccomp.
+apt_install libseccomp-dev pkg-config || die "apt-get install libseccomp-dev pkg-config failed"
 step_end "$(runc --version | head -1)"
 
 # ---------------------------------------------------------- 2. CRIU from trixie

@@ -88,6 +88,11 @@ disk_key=empty
 # Bump when the disk's layout below changes.
 DISK_LAYOUT=2
 DISK=$VMCACHE/disk$DISK_LAYOUT-$disk_key-${DISK_GB}G.raw
+# Two guests may start at once (tests.sh runs both passes together): one
+# builds the image, the other waits for it.
+mkdir -p "$VMCACHE"
+exec 9>"$VMCACHE/.disk.lock"
+flock -w 600 9 || { echo "vm: waited 600 s for $VMCACHE/.disk.lock" >&2; exit 125; }
 if [ ! -f "$DISK" ]; then
 	t=$(date +%s)
 	stage=$VMCACHE/.disk-stage
@@ -103,6 +108,8 @@ if [ ! -f "$DISK" ]; then
 fi
 
 CPUS=${ARH_VM_CPUS:-$(nproc)}
+flock -u 9
+exec 9>&-
 echo "vm: booting Debian $DIST kernel $KVER ($(tail -1 "$KDIR/version")), cgroup v$CGROUP, under QEMU TCG, $CPUS vCPU, ${ARH_VM_MEM:-8192} MiB" >&2
 start=$(date +%s)
 qemu-system-x86_64 -name arh-test-vm -nodefaults -no-user-config -nographic -no-reboot \
