@@ -30,7 +30,9 @@ func init() { door.Register(SpawnerArg, runSpawner) }
 // cap_last_cap, moves itself into the old daemon's cgroups and starts
 // stage "container" from a thread that joined the daemon's namespaces but
 // the mount namespace (pid for its children) and whose bounding set is
-// the daemon's. Stage "container" lives in the container's pid and time
+// the daemon's, plus what entering takes where the daemon lacks it (its C
+// constructor drops that before the stage is forked into the container).
+// Stage "container" lives in the container's pid and time
 // namespaces; it joins the daemon's mount namespace and root first, then
 // drops what the old daemon did not have, starts the daemon as a session
 // leader with its stdio opened again, reports its pid and exits, so that
@@ -113,7 +115,9 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// The container stage, the first process of ours in the container's
 	// pid namespace, gets no capability the daemon could not have: the
 	// starting thread's bounding set, and so the stage's permitted set
-	// after the exec (root's), are the daemon's. The namespaces but the
+	// after the exec (root's), are the daemon's and enterCaps, which the
+	// constructor drops before the fork that puts the stage in the
+	// container's pid namespace (and the stage checks). The namespaces but the
 	// mount and pid ones are joined here, for the stage; the stage is our
 	// own executable, started through the fd opened on the host, and its
 	// C constructor joins the container's mount namespace and root, then
@@ -162,6 +166,11 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// door.Begin: none reaches the daemon.
 	if entered, err := door.Entered(); err != nil || !entered {
 		return nil, nil, fmt.Errorf("the container stage is not in the container (%v): refused", err)
+	}
+	// What entering took (door.Entry.DropAfter) is gone: the stage holds
+	// nothing the daemon's bounding set lacks.
+	if extra := door.BoundingSet(req.LastCap) &^ d.CapBnd; extra != 0 {
+		return nil, nil, fmt.Errorf("the container stage holds capabilities %#x that the daemon's bounding set lacks: refused", extra)
 	}
 	// The procfs the new daemon is checked through at its exec, made
 	// now, while the stage has its full power (none of the daemon's
@@ -254,7 +263,9 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 			return nil, nil, err
 		}
 	}
-	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: d.Env}
+	// A copy, never nil: an empty environment stays empty (nil would
+	// give the daemon the stage's).
+	cmd := &exec.Cmd{Path: d.Exe, Args: d.Argv, Env: append([]string{}, d.Env...)}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	pidfd := -1
 	// No Credential: the fork takes this thread's, set above.

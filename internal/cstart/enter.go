@@ -100,7 +100,10 @@ static void arh_drop_caps(void) {
 	char *end;
 	errno = 0;
 	unsigned long long mask = strtoull(v, &end, 10);
-	if (errno != 0 || end == v || *end != '\0') {
+	// Digits only, and only what entering takes: CAP_SETPCAP,
+	// CAP_SYS_CHROOT, CAP_SYS_ADMIN.
+	const unsigned long long entering = (1ULL << CAP_SETPCAP) | (1ULL << CAP_SYS_CHROOT) | (1ULL << CAP_SYS_ADMIN);
+	if (errno != 0 || end == v || *end != '\0' || v[0] < '0' || v[0] > '9' || mask == 0 || (mask & ~entering) != 0) {
 		errno = EINVAL;
 		arh_fail("enter the container: bad capability mask");
 	}

@@ -197,17 +197,24 @@ func KeepOnly(keep uint64) error {
 // Caps says which capabilities the calling thread has, read from the
 // kernel (never from a /proc): bounding and permitted sets.
 func Caps(lastCap int) string {
+	bnd := BoundingSet(lastCap)
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	unix.Capget(&hdr, &data[0])
+	prm := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	return fmt.Sprintf("bnd:%016x,prm:%016x", bnd, prm)
+}
+
+// BoundingSet is the calling thread's bounding set, capabilities 0 to
+// lastCap.
+func BoundingSet(lastCap int) uint64 {
 	var bnd uint64
 	for c := 0; c <= lastCap; c++ {
 		if in, _ := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); in == 1 {
 			bnd |= 1 << c
 		}
 	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	unix.Capget(&hdr, &data[0])
-	prm := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
-	return fmt.Sprintf("bnd:%016x,prm:%016x", bnd, prm)
+	return bnd
 }
 
 // ReadHostProc reads the small file name below the host's /proc (the fd
