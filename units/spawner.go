@@ -105,7 +105,7 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	var res spawnResult
 	// What joining the mount namespace, chroot and joining the pid
 	// namespace take (CAP_SYS_CHROOT and CAP_SYS_ADMIN), where the daemon
-	// could not have it: Kubernetes' default set has no CAP_SYS_CHROOT.
+	// could not have it: CRI-O's default set has no CAP_SYS_CHROOT.
 	// The constructor drops these again, with CAP_SETPCAP to drop them,
 	// before it forks the stage (door.Entry.DropAfter).
 	enterCaps := uint64(1<<unix.CAP_SYS_CHROOT|1<<unix.CAP_SYS_ADMIN) &^ req.Daemon.CapBnd

@@ -259,7 +259,7 @@ func TestHostileFUSEOverDaemonBinary(tt *testing.T) {
 // could trace: it runs with no capability the daemon's bounding set lacks.
 // Here the daemon runs with sys_module, sys_rawio and sys_chroot dropped
 // from its bounding set (setpriv) before the checkpoint; the stage once
-// had them. Without sys_chroot, as in CRI-O's and Kubernetes' default set,
+// had them. Without sys_chroot, as in CRI-O's default set,
 // the stage takes it to enter the container's mount namespace and root
 // and drops it before it runs (door.Entry.DropAfter); it once could not
 // enter at all ("join the container's mount namespace: Operation not
