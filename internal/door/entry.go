@@ -66,7 +66,8 @@ func Entered() (bool, error) {
 }
 
 // entryFiles are the fds the child's constructor gets for e, after
-// first (the number of fds before them), and the value of EnvEnter.
+// first (the number of fds before them), and its variables (EnvEnter,
+// and EnvEnterDrop where e.DropAfter is set).
 func entryFiles(e *Entry, first int) ([]*os.File, []string, error) {
 	files := []*os.File{e.MountNS, e.Root, e.PidNS}
 	for _, f := range files {
