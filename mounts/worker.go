@@ -89,12 +89,9 @@ const connectArg = "connect"
 // chroot.
 const ConnectCaps = 1 << unix.CAP_DAC_OVERRIDE
 
-// connectBounding is the bounding set the child starts with: ConnectCaps
-// and what joining the mount namespace, root and pid namespace takes,
-// with CAP_SETPCAP to drop that again. Its C constructor drops all but
-// ConnectCaps (door.Entry.DropAfter) before it forks the child into the
-// container's pid namespace.
-const connectBounding = ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CHROOT | 1<<unix.CAP_SETPCAP
+// connectBounding is the bounding set of that child: ConnectCaps and
+// what joining the mount namespace and root takes.
+const connectBounding = ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CHROOT
 
 // WorkerCaps are the only capabilities, effective and permitted, of a
 // worker that runs a task in a container's mount namespace, once it is
@@ -124,8 +121,7 @@ type nsFile struct {
 // through an fd opened on the host, with a deadline, not dumpable. Its
 // bounding set is connectBounding from the start; its C constructor
 // joins the container init's cgroups, then the container's mount
-// namespace and root, then its pid namespace, drops every capability but
-// ConnectCaps from every set, and forks the process that
+// namespace and root, then its pid namespace, and forks the process that
 // connects (door.Entry): no process of ours is seen there with the
 // host's root or /proc. That one keeps only ConnectCaps and sets
 // no_new_privs, and only then resolves path. A process of the container that could trace it would
@@ -142,7 +138,7 @@ func (e *WorkerEnv) DialInContainer(path string, timeout time.Duration) (net.Con
 	files, err := door.Call(door.Spec{
 		Role:          WorkerArg,
 		Args:          []string{connectArg, path},
-		Enter:         &door.Entry{MountNS: e.mntNS, Root: e.root, PidNS: e.pidNS, Cgroups: cgroups, DropAfter: connectBounding &^ ConnectCaps},
+		Enter:         &door.Entry{MountNS: e.mntNS, Root: e.root, PidNS: e.pidNS, Cgroups: cgroups},
 		Deadline:      time.Now().Add(timeout),
 		IntoContainer: true,
 		Prepare: func() error {
@@ -194,9 +190,6 @@ func readCgroups(proc int) ([]string, error) {
 func runConnect(r *door.Reply, path string) int {
 	if entered, err := door.Entered(); err != nil || !entered {
 		return r.Done(nil, fmt.Errorf("the connect child is not in the container (%v): refused", err))
-	}
-	if extra := door.BoundingSet(63) &^ ConnectCaps; extra != 0 {
-		return r.Done(nil, fmt.Errorf("the connect child's bounding set holds %#x beyond ConnectCaps: refused", extra))
 	}
 	if err := door.DropTo(ConnectCaps); err != nil {
 		return r.Done(nil, err)
