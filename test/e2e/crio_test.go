@@ -19,10 +19,12 @@ import (
 // CRI-O's and podman's default hooks directory, CRIU's plugin directory.
 func nodeInstalled(t testing.TB) {
 	t.Helper()
-	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "autofs-restore-hook").CombinedOutput(); err == nil && strings.Contains(string(out), "installed") {
-		t.Fatalf("autofs-restore-hook is installed on this machine as a package (%s): the node installer would leave it alone", out)
+	if st, ok := debInstalled(); ok {
+		t.Fatalf("autofs-restore-hook is installed on this machine as a package (%s): the node installer would leave it alone", st)
 	}
 	bin := hookBinary(t)
+	// The package's paths, which CRI-O, podman and CRIU read by default.
+	files := []string{nodeinstall.PackageBinary, nodeinstall.PackageJSON, nodeinstall.PackagePlugin}
 	out, err := exec.Command("timeout", "-s", "KILL", "60", bin, "node", "install", "--root", "/", "--plugin", pluginSO(t)).CombinedOutput()
 	t.Logf("node install:\n%s", out)
 	t.Cleanup(func() {
@@ -31,7 +33,7 @@ func nodeInstalled(t testing.TB) {
 		if err != nil {
 			t.Errorf("node uninstall: %v", err)
 		}
-		for _, f := range []string{debBinary, debJSON, debPlugin} {
+		for _, f := range files {
 			if _, err := os.Lstat(f); err == nil {
 				t.Errorf("%s is still there after node uninstall", f)
 			}
@@ -40,8 +42,7 @@ func nodeInstalled(t testing.TB) {
 	if err != nil {
 		t.Fatalf("node install --root /: %v", err)
 	}
-	// The package's paths, which CRI-O, podman and CRIU read by default.
-	for _, f := range []string{nodeinstall.PackageBinary, nodeinstall.PackageJSON, nodeinstall.PackagePlugin} {
+	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("node install on a writable /usr: %v", err)
 		}

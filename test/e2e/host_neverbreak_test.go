@@ -42,8 +42,8 @@ func installDeb(t testing.TB) {
 	if deb == "" {
 		testenv.Skip(t, "AUTOFS_RESTORE_HOOK_DEB is not set (make test builds the package with make deb and sets it)")
 	}
-	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "autofs-restore-hook").CombinedOutput(); err == nil && strings.Contains(string(out), "installed") {
-		t.Fatalf("autofs-restore-hook is installed on this machine already (%s): the test would replace it", out)
+	if st, ok := debInstalled(); ok {
+		t.Fatalf("autofs-restore-hook is installed on this machine already (%s): the test would replace it", st)
 	}
 	if out, err := exec.Command("timeout", "-s", "KILL", "120", "dpkg", "-i", deb).CombinedOutput(); err != nil {
 		exec.Command("dpkg", "--purge", "autofs-restore-hook").Run()
@@ -54,6 +54,13 @@ func installDeb(t testing.TB) {
 			t.Errorf("dpkg --purge autofs-restore-hook: %v\n%s", err, out)
 		}
 	})
+}
+
+// debInstalled says whether the package is installed on this machine,
+// with dpkg's status of it.
+func debInstalled() (string, bool) {
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${Status}", "autofs-restore-hook").CombinedOutput()
+	return string(out), err == nil && strings.Contains(string(out), "installed")
 }
 
 // logInstalledHook adds a log file (at debug level) to the installed

@@ -261,18 +261,13 @@ func CRIOUp(t testing.TB, name string, kind Kind, opts Options) *Container {
 
 // StartCRIO starts the lab's CRI-O (lab.sh crio start) with pauseImage
 // (made by PodmanImage; never run: the lab's pods have no infra
-// container) for the containers of CRIOUp, and stops it when t ends. It
-// returns a reader of CRI-O's log. The lab's CRI-O is built by
+// container) for the containers of CRIOUp, and stops it when t ends,
+// logging the end of CRI-O's log if t failed. The lab's CRI-O is built by
 // test/lab/crio-build.sh (tests.sh runs it); t fails where it is missing.
-func StartCRIO(t testing.TB, pauseImage string) func() string {
+func StartCRIO(t testing.TB, pauseImage string) {
 	t.Helper()
 	Require(t)
 	sh := filepath.Join(Dir(), "lab.sh")
-	logPath := "/run/arh-lab-crio/crio.log"
-	read := func() string {
-		b, _ := os.ReadFile(logPath)
-		return string(b)
-	}
 	if os.Getenv("ARH_IN_VM") != "1" {
 		// On the host: build it where missing (a no-op where present).
 		// A guest has no network: tests.sh builds it on the host first.
@@ -290,15 +285,16 @@ func StartCRIO(t testing.TB, pauseImage string) func() string {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("end of CRI-O's log:\n%s", tailLines(read(), 40))
+			b, _ := os.ReadFile("/run/arh-lab-crio/crio.log") // lab.sh's $CRIO_RUN
+			t.Logf("end of CRI-O's log:\n%s", tailLines(string(b), 40))
 		}
 		if out, err := run(2*time.Minute, sh, "crio", "stop"); err != nil {
 			t.Errorf("lab crio stop: %v\n%s", err, out)
 		}
 	})
-	return read
 }
 
+// tailLines is the last n lines of s.
 func tailLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
