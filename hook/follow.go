@@ -6,7 +6,6 @@ package hook
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -23,11 +22,10 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
-// followerArg is the hidden first argument of the detached worker that
-// follows a restore (see ociMain). It is not a user command.
-const followerArg = "__autofs-restore-hook-follow"
-
-func init() { door.Register(followerArg, followerMain) }
+// follower is the detached worker that follows a restore (see ociMain):
+// its role is the hidden first argument "__autofs-restore-hook-follow",
+// its configuration the second.
+var follower = door.NewDetached("__autofs-restore-hook-follow", followerMain)
 
 // followerLife bounds the whole life of the detached worker beyond its
 // wait for the restore and its fix's deadline: the wait for the
@@ -42,25 +40,18 @@ const followerLife = 60 * time.Second
 // deadline and exits quietly if the restore fails. One deadline covers its
 // whole life: the restore timeout, the wait for a node slot (slotWait),
 // the restart timeout and followerLife.
-func followerMain(args []string) int {
+func followerMain(cfg followerConfig, raw string, cfgErr error) int {
 	fds := openFDs() // before the logger opens anything
-	var cfg followerConfig
-	var cfgErr error
-	if len(args) != 1 {
-		cfgErr = fmt.Errorf("want one argument, got %d", len(args))
-	} else if err := json.Unmarshal([]byte(args[0]), &cfg); err != nil {
-		cfgErr = err
-	}
 	log, closeLog, _ := openLog(cfg.Config.Logging, io.Discard, logrus.Fields{"mode": "follow", "wiring": WiringOCI}, true)
 	defer closeLog()
 	setIdentity(log, cfg.Identity)
-	if cfgErr != nil || cfg.Pid <= 0 || cfg.Config.RestoreTimeout <= 0 {
-		log.Errorf("follow: bad configuration %q: %v", args, cfgErr)
+	if cfgErr != nil || cfg.Init.Pid <= 0 || cfg.Config.RestoreTimeout <= 0 {
+		log.Errorf("follow: bad configuration %q: %v", raw, cfgErr)
 		return ExitUsage
 	}
-	pid, start, timeout := cfg.Pid, cfg.StartTime, cfg.Config.RestoreTimeout
+	pid, timeout := cfg.Init.Pid, cfg.Config.RestoreTimeout
 	l := log.WithField("pid", pid)
-	l.Debugf("follow: started with configuration %s, fds %q and environment %q", args[0], fds, os.Environ())
+	l.Debugf("follow: started with configuration %s, fds %q and environment %q", raw, fds, os.Environ())
 	restart := cfg.Config.Timeout
 	if restart <= 0 {
 		restart = maxRestartTimeout // the default for any number of mounts
@@ -71,8 +62,8 @@ func followerMain(args []string) int {
 		closeLog()
 		os.Exit(ExitFailed)
 	})
-	p, err := proc.OpenProcess(pid)
-	if err != nil || p.StartTime != start {
+	p, err := cfg.Init.Open()
+	if err != nil {
 		l.Info("follow: the container's process is gone: the restore failed or ended; nothing to do")
 		return ExitOK
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 )
 
 // run calls Main as the binary would be called, without syslog.
@@ -105,18 +107,18 @@ func TestMainUsage(t *testing.T) {
 func TestFollowerCommandCarriesEveryOption(t *testing.T) {
 	opts := Options{Config: Config{SkipNested: true, AssumeRestored: true, Timeout: 7 * time.Second, RestoreTimeout: 9 * time.Second,
 		Logging: LogConfig{File: "/var/log/x.log", Level: "debug", Format: "json", NoSyslog: true}}, Identity: Identity{ID: "abc", Name: "web"}}
-	cmd, err := followerCommand("/x/autofs-restore-hook", 42, 4242, opts, nil)
+	cmd, err := followerCommand("/x/autofs-restore-hook", proc.Ref{Pid: 42, StartTime: 4242}, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cmd.Args) != 3 || cmd.Args[1] != followerArg {
+	if len(cmd.Args) != 3 || cmd.Args[1] != follower.Role() {
 		t.Fatalf("args %q", cmd.Args)
 	}
 	var got followerConfig
 	if err := json.Unmarshal([]byte(cmd.Args[2]), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := followerConfig{Pid: 42, StartTime: 4242, Config: opts.Config, Identity: opts.Identity}
+	want := followerConfig{Init: proc.Ref{Pid: 42, StartTime: 4242}, Config: opts.Config, Identity: opts.Identity}
 	if got != want {
 		t.Errorf("follower configuration %+v, want %+v", got, want)
 	}

@@ -5,7 +5,6 @@ package hook
 // a restore to its end.
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -108,10 +107,11 @@ func mayFix(pid int) error {
 // every option of the OCI hook (flags, or the hooks.d JSON's env) reaches
 // it as the hook parsed it.
 type followerConfig struct {
-	Pid       int      `json:"pid"`
-	StartTime uint64   `json:"start_time"`
-	Config    Config   `json:"config"`
-	Identity  Identity `json:"container"`
+	// Init is the container's init, as the hook saw it ("pid",
+	// "start_time").
+	Init     proc.Ref `json:"init"`
+	Config   Config   `json:"config"`
+	Identity Identity `json:"container"`
 }
 
 // annotatedName is the container's name in the annotations CRI-O gives
@@ -128,14 +128,13 @@ func annotatedName(id string, a map[string]string) string {
 var followerEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // followerCommand is the detached worker for the container whose init is
-// pid (started at start): a new session, stdio on null, the minimal
-// environment, and opts in its argument.
-func followerCommand(exe string, pid int, start uint64, opts Options, null *os.File) (*exec.Cmd, error) {
-	b, err := json.Marshal(followerConfig{Pid: pid, StartTime: start, Config: opts.Config, Identity: opts.Identity})
+// init: a new session, stdio on null, the minimal environment, and opts
+// in its argument.
+func followerCommand(exe string, init proc.Ref, opts Options, null *os.File) (*exec.Cmd, error) {
+	cmd, err := follower.Command(exe, followerConfig{Init: init, Config: opts.Config, Identity: opts.Identity})
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, followerArg, string(b))
 	cmd.Env = followerEnv
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = null, null, null
 	cmd.Dir = "/"
@@ -162,7 +161,7 @@ func startFollower(pid int, opts Options) error {
 		return err
 	}
 	defer null.Close()
-	cmd, err := followerCommand(exe, pid, p.StartTime, opts, null)
+	cmd, err := followerCommand(exe, p.Ref, opts, null)
 	if err != nil {
 		return err
 	}

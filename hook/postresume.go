@@ -183,7 +183,7 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	if !ok {
 		return fmt.Errorf("post-resume: automount %d: not in the process snapshot", pid)
 	}
-	res, err := units.RespawnAutomount(c.Proc, pid, st.StartTime, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Deadline: opts.Deadline, Log: workerLog(dl), BeforeKill: record, Also: also})
+	res, err := units.RespawnAutomount(c.Proc, proc.Ref{Pid: pid, StartTime: st.StartTime}, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Deadline: opts.Deadline, Log: workerLog(dl), BeforeKill: record, Also: also})
 	if res != nil {
 		// Those it serves work, even if others do not.
 		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)

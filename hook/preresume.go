@@ -11,9 +11,16 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
+
+// catatonic is the worker task that makes the stale mounts catatonic,
+// inside the container's mount namespace and root (mounts.InNS).
+var catatonic = worker.NewTask("catatonic", func(env *worker.Env, targets []mounts.Target, _ door.Logf) ([]mounts.TargetResult, error) {
+	return env.MakeCatatonic(targets), nil
+})
 
 // skipNested tells whether m is left alone because of --nested=skip, and
 // warns about nested copies either way.
@@ -68,7 +75,7 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 		return nil
 	}
 	start := time.Now()
-	res, err := mounts.Catatonic.Run(c.Proc, targets, workerTimeout, workerLog(log))
+	res, err := catatonic.Run(c.Proc, targets, workerTimeout, workerLog(log))
 	if err != nil {
 		return fmt.Errorf("pre-resume: make stale mounts catatonic: %w", err)
 	}
@@ -91,16 +98,24 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 	return errors.Join(errs...)
 }
 
-// workerLog logs a child's lines at the level the child gave them.
+// workerLog logs a child's lines at the level the child gave them, with
+// their fields; a field never replaces one of log's own (the container,
+// the mode).
 func workerLog(log *logrus.Entry) door.Logf {
-	return func(level door.Level, s string) {
+	return func(level door.Level, s string, fields door.Fields) {
+		l := log
+		for k, v := range fields {
+			if _, taken := log.Data[k]; !taken {
+				l = l.WithField(k, v)
+			}
+		}
 		switch level {
 		case door.LevelWarn:
-			log.Warn(s)
+			l.Warn(s)
 		case door.LevelError:
-			log.Error(s)
+			l.Error(s)
 		default:
-			log.Info(s)
+			l.Info(s)
 		}
 	}
 }

@@ -7,17 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
-	"golang.org/x/sys/unix"
-
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 func TestMain(m *testing.M) {
@@ -30,18 +27,18 @@ func TestMain(m *testing.M) {
 
 // stageTarget decodes a Target and moves what covers it into the staging
 // tmpfs, as the systemd worker does.
-func stageTarget(env *mounts.WorkerEnv, t mounts.Target) (mounts.Target, *mounts.Staging, string, error) {
-	st, err := mounts.OpenStaging(env)
+func stageTarget(env *worker.Env, t mounts.Target) (mounts.Target, *mounts.Staging, string, error) {
+	st, err := mounts.OpenStaging(env.InNS)
 	if err != nil {
 		return t, nil, "", err
 	}
-	staged, err := st.MoveAside(env, t.Where, t.Dev)
+	staged, err := st.MoveAside(env.InNS, t.Where, t.Dev)
 	return t, st, staged, err
 }
 
 // A task for the move test: stage what is on top of the mount, check it
 // is gone from the mount point, move it back, read it again.
-var testMove = mounts.NewTask("test-move", func(env *mounts.WorkerEnv, args mounts.Target, logf door.Logf) ([]string, error) {
+var testMove = worker.NewTask("test-move", func(env *worker.Env, args mounts.Target, logf door.Logf) ([]string, error) {
 	t, st, staged, err := stageTarget(env, args)
 	if err != nil {
 		return nil, err
@@ -57,7 +54,7 @@ var testMove = mounts.NewTask("test-move", func(env *mounts.WorkerEnv, args moun
 	if a := tab.Find(t.Where); a == nil || a.OnTop != nil {
 		return nil, errors.New("after MoveAside the autofs mount is missing or still covered")
 	}
-	if err := st.MoveBack(env, staged, t.Where); err != nil {
+	if err := st.MoveBack(env.InNS, staged, t.Where); err != nil {
 		return nil, err
 	}
 	back, err := os.ReadFile(filepath.Join(t.Where, "hello"))
@@ -72,16 +69,22 @@ var testMove = mounts.NewTask("test-move", func(env *mounts.WorkerEnv, args moun
 
 var (
 	// A run killed between move aside and move back: stage only.
-	testStageOnly = mounts.NewTask("test-stage-only", func(env *mounts.WorkerEnv, args mounts.Target, logf door.Logf) (string, error) {
+	testStageOnly = worker.NewTask("test-stage-only", func(env *worker.Env, args mounts.Target, logf door.Logf) (string, error) {
 		_, _, staged, err := stageTarget(env, args)
 		return staged, err
 	})
-	testRecover = mounts.NewTask("test-recover", func(env *mounts.WorkerEnv, rec *mounts.StagingRecord, logf door.Logf) ([]string, error) {
+	testRecover = worker.NewTask("test-recover", func(env *worker.Env, rec *mounts.StagingRecord, logf door.Logf) ([]string, error) {
 		var lines []string
-		_, _, err := mounts.RecoverStaged(env, rec, nil, func(_ door.Level, s string) { lines = append(lines, s) })
+		_, _, err := mounts.RecoverStaged(env.InNS, rec, nil, func(_ door.Level, s string, _ door.Fields) { lines = append(lines, s) })
 		return lines, err
 	})
 )
+
+// testCatatonic makes the targets catatonic in a worker, as the hook's
+// pre-resume does.
+var testCatatonic = worker.NewTask("test-catatonic", func(env *worker.Env, targets []mounts.Target, _ door.Logf) ([]mounts.TargetResult, error) {
+	return env.MakeCatatonic(targets), nil
+})
 
 // stagingRecorder keeps the staging events of a worker as the hook does.
 type stagingRecorder struct{ rec *mounts.StagingRecord }
@@ -94,134 +97,11 @@ func (r *stagingRecorder) event(raw json.RawMessage) error {
 	return err
 }
 
-func requireAutofs(t *testing.T) {
-	t.Helper()
-	if ok, why := autofstest.Available(); !ok {
-		testenv.Skip(t, "INTEGRATION (%s): real autofs tests need root and /dev/autofs (make test runs them in the test VM)", why)
-	}
-}
-
-func startMaster(t *testing.T, names ...string) (*autofstest.Master, *proc.Process, []string) {
-	t.Helper()
-	dir := t.TempDir()
-	var points []string
-	for _, n := range names {
-		points = append(points, filepath.Join(dir, n))
-	}
-	m, err := autofstest.StartMaster(points...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Stop)
-	p, err := proc.OpenProcess(m.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return m, p, points
-}
-
-func autofsAt(t *testing.T, pid int, point string) *mounts.Autofs {
-	t.Helper()
-	tab, err := mounts.ReadTable(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := tab.Find(point)
-	if a == nil {
-		t.Fatalf("no autofs mount at %s in pid %d", point, pid)
-	}
-	return a
-}
-
-// A remounted (new device) mount makes an access hang, as after a restore;
-// a blocked requester is released through the fd its master holds.
-func TestStaleMountHangsAndIsReleased(t *testing.T) {
-	requireAutofs(t)
-	m, p, points := startMaster(t, "a")
-	if err := m.Remount(points[0]); err != nil {
-		t.Fatal(err)
-	}
-	a := autofsAt(t, m.Pid, points[0])
-	req, err := m.Access(points[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if w := autofstest.WaitWchan(req, "autofs_wait", 3*time.Second); w != "autofs_wait" {
-		t.Fatalf("hang not reproduced: requester %d in %q, want autofs_wait", req, w)
-	}
-	// A walk from the host pid namespace fails instead of waiting: the
-	// worker reports an error within its deadline, and does not hang.
-	start := time.Now()
-	res, err := mounts.Catatonic.Run(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res) != 1 || res[0].Error == "" {
-		t.Fatalf("OPENMOUNT through a path with a request pending should fail, got %+v", res)
-	}
-	t.Logf("path walk with a request pending failed in %s: %s", time.Since(start), res[0].Error)
-	ctl, err := mounts.OpenControlDevice()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctl.Close()
-	got, err := mounts.CatatonicThroughFDs(p, []mounts.Target{{Where: points[0], Dev: a.Dev()}}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
-	if err != nil || len(got) != 1 {
-		t.Fatalf("released %v (%v), want %s", got, err, points[0])
-	}
-	if a := autofsAt(t, m.Pid, points[0]); !a.Options.Catatonic() {
-		t.Fatalf("mount not catatonic: %+v", a.Options)
-	}
-	release, wakes := catatonicWakesWaiters()
-	if wakes {
-		if w := autofstest.WaitWchan(req, "", 3*time.Second); w != "" {
-			t.Fatalf("requester %d still in %q after the mount was made catatonic (kernel %s)", req, w, release)
-		}
-		return
-	}
-	// Kernel 6.1 (Debian 12): catatonic mode wakes the queue with
-	// wake_up_interruptible, but requesters sleep killable, so one that
-	// waits already stays asleep. Later accesses must fail at once, and
-	// SIGKILL must still end the sleeper.
-	if w := autofstest.WaitWchan(req, "", time.Second); w != "autofs_wait" {
-		t.Fatalf("kernel %s: requester %d in %q after catatonic; this kernel was known to leave it in autofs_wait: "+
-			"if it now wakes it, catatonicWakesWaiters must say so", release, req, w)
-	}
-	if req2, err := m.Access(points[0]); err == nil {
-		if w := autofstest.WaitWchan(req2, "", 3*time.Second); w != "" {
-			t.Fatalf("an access after catatonic is in %q, want it to fail at once", w)
-		}
-	}
-	if err := syscall.Kill(req, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if w := autofstest.WaitWchan(req, "", 3*time.Second); w != "" {
-		t.Fatalf("requester %d still in %q after SIGKILL", req, w)
-	}
-	t.Logf("kernel %s: the requester that already waited stayed in autofs_wait after catatonic until SIGKILL; a later access failed at once", release)
-}
-
-// catatonicWakesWaiters reports whether this kernel's autofs wakes the
-// requesters already waiting when a mount becomes catatonic. Debian 12's
-// 6.1 kernels do not: autofs_catatonic_mode calls __wake_up with
-// TASK_INTERRUPTIBLE (seen in the disassembly of 6.1.0-57's autofs4.ko),
-// while autofs_wait sleeps TASK_KILLABLE. Debian 13's 6.12 wakes them
-// (TASK_NORMAL), as does 6.18.
-func catatonicWakesWaiters() (release string, ok bool) {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "?", true
-	}
-	release = unix.ByteSliceToString(u.Release[:])
-	return release, !strings.HasPrefix(release, "6.1.")
-}
-
 // The pre-resume step: a stale mount made catatonic before anything is
 // pending; a later access fails at once instead of hanging.
 func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
-	requireAutofs(t)
-	m, p, points := startMaster(t, "b", "c")
+	autofstest.Require(t)
+	m, p, points := autofstest.Start(t, "b", "c")
 	for _, pt := range points {
 		if err := m.Remount(pt); err != nil {
 			t.Fatal(err)
@@ -229,9 +109,9 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 	}
 	var targets []mounts.Target
 	for _, pt := range points {
-		targets = append(targets, mounts.Target{Where: pt, Dev: autofsAt(t, m.Pid, pt).Dev()})
+		targets = append(targets, mounts.Target{Where: pt, Dev: autofstest.At(t, m.Pid, pt).Dev()})
 	}
-	res, err := mounts.Catatonic.Run(p, targets, 5*time.Second, func(_ door.Level, s string) { t.Log(s) })
+	res, err := testCatatonic.Run(p, targets, 5*time.Second, func(_ door.Level, s string, _ door.Fields) { t.Log(s) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +121,7 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 		}
 	}
 	for _, pt := range points {
-		if a := autofsAt(t, m.Pid, pt); !a.Options.Catatonic() {
+		if a := autofstest.At(t, m.Pid, pt); !a.Options.Catatonic() {
 			t.Fatalf("%s not catatonic: %+v", pt, a.Options)
 		}
 		req, err := m.Access(pt)
@@ -257,18 +137,18 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 
 // Moving the filesystem on top aside and back keeps its content.
 func TestMoveAsideAndBackKeepsContent(t *testing.T) {
-	requireAutofs(t)
-	m, p, points := startMaster(t, "d")
+	autofstest.Require(t)
+	m, p, points := autofstest.Start(t, "d")
 	req, err := m.Access(points[0])
 	if err == nil {
 		autofstest.WaitWchan(req, "", 3*time.Second)
 	}
-	a := autofsAt(t, m.Pid, points[0])
+	a := autofstest.At(t, m.Pid, points[0])
 	if a.OnTop == nil || a.OnTop.FSType != "tmpfs" {
 		t.Fatalf("the master did not mount a tmpfs on %s: %+v", points[0], a.OnTop)
 	}
 	var rec stagingRecorder
-	out, err := testMove.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string) { t.Log(s) }, rec.event)
+	out, err := testMove.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string, _ door.Fields) { t.Log(s) }, rec.event)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +159,7 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 	if len(out) != 2 || out[0] != want || out[1] != want {
 		t.Fatalf("content aside/back = %q, want %q twice", out, want)
 	}
-	if b := autofsAt(t, m.Pid, points[0]); b.OnTop == nil || b.OnTop.ID != a.OnTop.ID {
+	if b := autofstest.At(t, m.Pid, points[0]); b.OnTop == nil || b.OnTop.ID != a.OnTop.ID {
 		t.Fatalf("the same tmpfs is not back on top: before %+v after %+v", a.OnTop, b.OnTop)
 	}
 }
@@ -287,12 +167,12 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 // A thousand autofs mounts: the mount table is read and every mount made
 // catatonic by one worker, within its deadline.
 func TestThousandMounts(t *testing.T) {
-	requireAutofs(t)
+	autofstest.Require(t)
 	names := make([]string, 1000)
 	for i := range names {
 		names[i] = fmt.Sprintf("m%04d", i)
 	}
-	m, p, points := startMaster(t, names...)
+	m, p, points := autofstest.Start(t, names...)
 	start := time.Now()
 	targets := targetsAt(t, m.Pid, points)
 	read := time.Since(start)
@@ -316,12 +196,12 @@ func TestThousandMounts(t *testing.T) {
 // A run killed after moving a filesystem aside: the next run finds it in
 // the staging tmpfs and puts it back, content intact.
 func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
-	requireAutofs(t)
-	m, p, points := startMaster(t, "e")
+	autofstest.Require(t)
+	m, p, points := autofstest.Start(t, "e")
 	if req, err := m.Access(points[0]); err == nil {
 		autofstest.WaitWchan(req, "", 3*time.Second)
 	}
-	a := autofsAt(t, m.Pid, points[0])
+	a := autofstest.At(t, m.Pid, points[0])
 	if a.OnTop == nil {
 		t.Fatal("nothing mounted on top")
 	}
@@ -372,8 +252,8 @@ func oddNames() []string {
 // (decoded) path, escaped to one line for logs, and released by the
 // worker like any other.
 func TestOddMountPoints(t *testing.T) {
-	requireAutofs(t)
-	m, p, points := startMaster(t, oddNames()...)
+	autofstest.Require(t)
+	m, p, points := autofstest.Start(t, oddNames()...)
 	targets := targetsAt(t, m.Pid, points)
 	for _, pt := range points {
 		if e := mounts.Escape(pt); strings.ContainsAny(e, " \t\n") {
@@ -397,7 +277,7 @@ func TestOddMountPoints(t *testing.T) {
 // on any error.
 func makeCatatonic(t *testing.T, p *proc.Process, targets []mounts.Target, timeout time.Duration) {
 	t.Helper()
-	res, err := mounts.Catatonic.Run(p, targets, timeout, nil)
+	res, err := testCatatonic.Run(p, targets, timeout, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,7 @@ type StagedEntry struct {
 }
 
 // StagingEvent is one change to the record of a staging area, sent by
-// the worker (WorkerEnv.Record) before it makes the change, or, for
+// the worker (InNS.Record) before it makes the change, or, for
 // the changes that shrink the record, after it.
 type StagingEvent struct {
 	Op            string `json:"op"`
@@ -146,12 +146,12 @@ func stagedName(name string) bool {
 // world-writable /tmp would let one of them prepare the place).
 var stagingCandidates = []string{"/run/.autofs-restore-hook", "/dev/.autofs-restore-hook"}
 
-// OpenStaging mounts a new staging tmpfs, recording it through env
-// first. It must run in the worker (inside the mount namespace).
-func OpenStaging(env *WorkerEnv) (*Staging, error) {
+// OpenStaging mounts a new staging tmpfs, recording it through ns
+// first. It must run inside the container's mount namespace (a worker).
+func OpenStaging(ns *InNS) (*Staging, error) {
 	var errs []error
 	for _, base := range stagingCandidates {
-		s, err := openStagingAt(base, env.recordStaging)
+		s, err := openStagingAt(base, ns.recordStaging)
 		if err == nil {
 			return s, nil
 		}
@@ -160,7 +160,7 @@ func OpenStaging(env *WorkerEnv) (*Staging, error) {
 	return nil, fmt.Errorf("no place to stage mounts: %w", errors.Join(errs...))
 }
 
-func (e *WorkerEnv) recordStaging(ev StagingEvent) error { return e.Record(ev) }
+func (n *InNS) recordStaging(ev StagingEvent) error { return n.Record(ev) }
 
 // openStagingAt mounts a new staging tmpfs on base through fds: base is
 // opened without following a symlink and checked (a root-owned directory
@@ -328,7 +328,7 @@ func (s *Staging) Close() error {
 // each checked against the mount table read from the host's /proc: a path
 // the container changes between the check and the move moves nothing
 // else.
-func (s *Staging) MoveAside(env *WorkerEnv, where string, dev uint64) (string, error) {
+func (s *Staging) MoveAside(env *InNS, where string, dev uint64) (string, error) {
 	ioctlFD, err := env.Ctl.OpenMount(where, dev)
 	if err != nil {
 		return "", fmt.Errorf("move aside %s: %w", Escape(where), err)
@@ -491,7 +491,7 @@ func openMountRoot(p string, id int) (int, error) {
 // move works on fds: the source opened beneath the staging root and
 // checked to be a mount on the staging tmpfs, the target checked to be
 // that autofs mount.
-func (s *Staging) MoveBack(env *WorkerEnv, name, where string) error {
+func (s *Staging) MoveBack(env *InNS, name, where string) error {
 	var a *Autofs
 	var t *Table
 	for i := 0; ; i++ {
@@ -566,7 +566,7 @@ func (d *ControlDevice) CatatonicAt(where string, dev uint64) error {
 // which it also uses for what it stages itself and closes. With nothing
 // held and nothing left, the staging tmpfs is removed and nil returned.
 // It runs in the worker.
-func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) bool, logf door.Logf) (*Staging, map[string]string, error) {
+func RecoverStaged(env *InNS, rec *StagingRecord, hold func(where string) bool, logf door.Logf) (*Staging, map[string]string, error) {
 	if rec == nil {
 		return nil, nil, nil
 	}
@@ -606,7 +606,7 @@ func RecoverStaged(env *WorkerEnv, rec *StagingRecord, hold func(where string) b
 			errs = append(errs, fmt.Errorf("recover %s left at %s by an earlier run: %w", Escape(e.Where), st.Path(e.Dir), err))
 			continue
 		}
-		logf.Info(fmt.Sprintf("%s: put back the filesystem an earlier, interrupted run had moved aside", Escape(e.Where)))
+		logf.Info("put back the filesystem an earlier, interrupted run had moved aside", "mount", Escape(e.Where))
 	}
 	if len(errs) == 0 && len(held) == 0 {
 		return nil, nil, st.Close()

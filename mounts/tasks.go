@@ -1,12 +1,5 @@
 package mounts
 
-import (
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-)
-
-// Catatonic is the worker task that makes autofs mounts catatonic.
-var Catatonic = NewTask("catatonic", catatonicTask)
-
 // Target names one autofs mount by mount point and device.
 type Target struct {
 	Where string `json:"where"`
@@ -19,17 +12,17 @@ type TargetResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-// catatonicTask makes each target catatonic. It runs inside the
-// container's mount namespace and root, so the mount point is resolved as
-// the container sees it, and from the host's pid namespace, so the walk
-// never waits on the container's autofs mounts.
-func catatonicTask(env *WorkerEnv, targets []Target, logf door.Logf) ([]TargetResult, error) {
+// MakeCatatonic makes each target catatonic. It runs inside the
+// container's mount namespace and root (a worker task), so the mount
+// point is resolved as the container sees it, and from the host's pid
+// namespace, so the walk never waits on the container's autofs mounts.
+func (n *InNS) MakeCatatonic(targets []Target) []TargetResult {
 	out := make([]TargetResult, len(targets))
 	for i, t := range targets {
 		out[i].Where = t.Where
-		if err := env.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
+		if err := n.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
 			out[i].Error = err.Error()
 		}
 	}
-	return out, nil
+	return out
 }

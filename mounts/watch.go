@@ -56,9 +56,12 @@ func WatchTable(pid int) (*TableWatch, error) {
 }
 
 // WatchTable opens the mount table of the container's process through
-// the /proc directory fd the worker got (see ReadTable).
-func (e *WorkerEnv) WatchTable() (*TableWatch, error) {
-	fd, err := unix.Openat(int(e.Proc.Fd()), "mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+// its /proc directory fd (see ReadTable).
+func (n *InNS) WatchTable() (*TableWatch, error) {
+	if n.Proc == nil {
+		return nil, errNoContainer
+	}
+	fd, err := unix.Openat(int(n.Proc.Fd()), "mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("watch mountinfo: %w", err)
 	}

@@ -190,7 +190,7 @@ func TestRespawnRefusesProcessOutsideContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = RespawnAutomount(c, host.Process.Pid, st.StartTime, nil, RespawnOptions{Timeout: 5 * time.Second})
+	_, err = RespawnAutomount(c, proc.Ref{Pid: host.Process.Pid, StartTime: st.StartTime}, nil, RespawnOptions{Timeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "not in the container's pid namespace") {
 		t.Fatalf("respawn of a host process: err = %v, want a refusal", err)
 	}
@@ -219,7 +219,7 @@ func TestRespawnRefusesReusedPid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = RespawnAutomount(c, other, st.StartTime-1, nil, RespawnOptions{Timeout: 5 * time.Second})
+	_, err = RespawnAutomount(c, proc.Ref{Pid: other, StartTime: st.StartTime - 1}, nil, RespawnOptions{Timeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "pid reused") {
 		t.Fatalf("respawn of a reused pid: err = %v, want a refusal", err)
 	}

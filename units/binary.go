@@ -12,11 +12,12 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // automountBinary is the worker task that checks the daemon's binary.
-var automountBinary = mounts.NewTask("automount-binary", automountBinaryTask)
+var automountBinary = worker.NewTask("automount-binary", automountBinaryTask)
 
 type binaryCheck struct {
 	Path string `json:"path"`
@@ -41,7 +42,7 @@ func checkBinary(d *proc.Process, exe *os.File, path string, timeout time.Durati
 	return nil
 }
 
-func automountBinaryTask(_ *mounts.WorkerEnv, c binaryCheck, _ door.Logf) (struct{}, error) {
+func automountBinaryTask(_ *worker.Env, c binaryCheck, _ door.Logf) (struct{}, error) {
 	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return struct{}{}, err

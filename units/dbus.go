@@ -14,13 +14,13 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 )
 
 type systemd struct {
 	conn *dbus.Conn
 	ctx  context.Context
-	env  *mounts.WorkerEnv
+	env  *worker.Env
 }
 
 // pingTimeout bounds the first attempt to get an answer from systemd,
@@ -55,7 +55,7 @@ var errContainerGone = errors.New("the container exited during the fix")
 // after a restore, systemd (seen with 252) may leave the first connection
 // unanswered until something else wakes it, while a new one is served.
 // It gives up when ctx ends or when the container's process is gone.
-func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf door.Logf) (*systemd, error) {
+func dialSystemd(ctx context.Context, env *worker.Env, units int, logf door.Logf) (*systemd, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
@@ -97,7 +97,7 @@ func dialSystemd(ctx context.Context, env *mounts.WorkerEnv, units int, logf doo
 	}
 }
 
-func dialSystemdOnce(ctx context.Context, env *mounts.WorkerEnv, budget int64, auth time.Duration) (*systemd, error) {
+func dialSystemdOnce(ctx context.Context, env *worker.Env, budget int64, auth time.Duration) (*systemd, error) {
 	deadline, _ := ctx.Deadline()
 	sock, err := env.DialInContainer(SystemdSocket, time.Until(deadline))
 	if err != nil {

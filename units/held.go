@@ -18,7 +18,7 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 )
 
 // Securebits (linux/securebits.h).
@@ -34,11 +34,10 @@ const (
 const securebitsExecKept = ^uint32(secbitKeepCaps)
 
 // held is the host task of readHeld.
-var held = mounts.NewHostTask("held", heldTask)
+var held = worker.NewHostTask("held", heldTask)
 
 type heldRequest struct {
-	Pid       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"`
+	Daemon proc.Ref `json:"daemon"`
 	// Deadline (Unix nanoseconds) bounds the tries to find the daemon
 	// stopped inside a syscall.
 	Deadline int64 `json:"deadline"`
@@ -61,7 +60,7 @@ type heldState struct {
 // return to user space, which a process blocked on a file system may
 // never do).
 func readHeld(p *proc.Process, timeout time.Duration) (*heldState, error) {
-	req := heldRequest{Pid: p.Pid, StartTime: p.StartTime, Deadline: time.Now().Add(timeout * 3 / 4).UnixNano()}
+	req := heldRequest{Daemon: p.Ref, Deadline: time.Now().Add(timeout * 3 / 4).UnixNano()}
 	out, _, err := held.RunOnHostFiles(req, nil, timeout, nil)
 	if err == nil && out == nil {
 		err = errors.New("no answer")
@@ -72,20 +71,17 @@ func readHeld(p *proc.Process, timeout time.Duration) (*heldState, error) {
 	return out, nil
 }
 
-func heldTask(_ *mounts.WorkerEnv, req heldRequest, logf door.Logf) (*heldState, error) {
-	failpoint.Delay("slow-held", 8*time.Second, logf.Info)
-	p, err := proc.OpenProcess(req.Pid)
+func heldTask(_ *worker.Env, req heldRequest, logf door.Logf) (*heldState, error) {
+	failpoint.Delay("slow-held", 8*time.Second, func(s string) { logf.Info(s) })
+	p, err := req.Daemon.Open()
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	if p.StartTime != req.StartTime {
-		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, proc.ErrGone)
-	}
 	// ptrace requests come from the tracing thread; this process ends
 	// after the task, and a trace with it.
 	runtime.LockOSThread()
-	pid := req.Pid
+	pid := p.Pid
 	if err := unix.PtraceSeize(pid); err != nil {
 		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
 	}

@@ -10,13 +10,16 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"golang.org/x/sys/unix"
+
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 )
 
 // TestMain runs the children that tests start from the test binary
 // itself: a role of ours, or a process with its command line in a file.
 func TestMain(m *testing.M) {
+	autofstest.MaybeRunMaster()
 	if p := os.Getenv(envMapArgv); p != "" {
 		mapArgv(p)
 	}

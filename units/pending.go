@@ -15,6 +15,7 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -57,10 +58,10 @@ func fileID(f *os.File) (FileID, error) {
 
 // newPending builds the record of the daemon pid from the files opened by
 // openDaemonFiles.
-func newPending(pid int, info *Daemon, targets []mounts.Target, files []*os.File) (*Pending, error) {
+func newPending(pid int, info *Daemon, targets []mounts.Target, files door.Files) (*Pending, error) {
 	p := &Pending{OldPid: pid, Daemon: info, Targets: targets, NS: map[string]uint64{}}
-	for i, n := range daemonFileNames {
-		id, err := fileID(files[i])
+	for _, n := range daemonFileNames {
+		id, err := fileID(files[n])
 		if err != nil {
 			return nil, err
 		}
@@ -107,16 +108,16 @@ func RetryRespawn(c *proc.Process, p *Pending, o RespawnOptions) (*Respawned, er
 	if err != nil {
 		return nil, fmt.Errorf("retry respawn of automount %d: %w", p.OldPid, err)
 	}
-	defer closeAll(files)
+	defer closeNamed(files)
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
 	return startAgain(c, p.Daemon, files, p.Targets, deadline, o.Log)
 }
 
-// filesLike opens, in daemonFileNames order, files of the container
-// identical to those the daemon of p had.
-func filesLike(c *proc.Process, p *Pending, timeout time.Duration) ([]*os.File, error) {
+// filesLike opens, by the names of daemonFileNames, files of the
+// container identical to those the daemon of p had.
+func filesLike(c *proc.Process, p *Pending, timeout time.Duration) (door.Files, error) {
 	pids, err := proc.PidNamespaceMembers(c.Pid)
 	if err != nil {
 		return nil, err
@@ -153,10 +154,11 @@ func sharesNamespaces(pid int, ns map[string]uint64) bool {
 
 // openLike opens the namespaces and root of pid and the daemon's working
 // directory and executable inside that root, checking each against p.
-func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err error) {
+func openLike(pid int, p *Pending, timeout time.Duration) (files door.Files, err error) {
+	files = door.Files{}
 	defer func() {
 		if err != nil {
-			closeAll(files)
+			closeNamed(files)
 			files = nil
 		}
 	}()
@@ -171,7 +173,7 @@ func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err
 			f, err = os.OpenFile(dir+"root", unix.O_PATH|unix.O_CLOEXEC, 0)
 			want = p.Root
 		case "cwd":
-			if inRoot, err = openInRoot(files[len(files)-1], []string{p.Daemon.Cwd, p.Daemon.Exe}, timeout); err == nil {
+			if inRoot, err = openInRoot(files["root"], []string{p.Daemon.Cwd, p.Daemon.Exe}, timeout); err == nil {
 				f, inRoot[0] = inRoot[0], nil
 			}
 			want = p.Cwd
@@ -184,7 +186,7 @@ func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err
 		if err != nil {
 			return files, fmt.Errorf("open %s like the killed daemon's: %w", n, err)
 		}
-		files = append(files, f)
+		files[n] = f
 		id, err := fileID(f)
 		if err != nil {
 			return files, err
@@ -205,7 +207,7 @@ func openLike(pid int, p *Pending, timeout time.Duration) (files []*os.File, err
 }
 
 // openInRootTaskOf is the host task of openInRoot.
-var openInRootTaskOf = mounts.NewHostTask("open-in-root", openInRootTask)
+var openInRootTaskOf = worker.NewHostTask("open-in-root", openInRootTask)
 
 // openInRoot opens each of paths inside root (an O_PATH fd) as O_PATH,
 // without following any symlink out of it or through /proc magic links.
@@ -213,7 +215,7 @@ var openInRootTaskOf = mounts.NewHostTask("open-in-root", openInRootTask)
 // in the hook's process: a path of the container may cross a FUSE mount
 // whose server never answers, or an autofs mount whose daemon is gone.
 func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.File, error) {
-	_, files, err := openInRootTaskOf.RunOnHostFiles(paths, []*os.File{root}, timeout, nil)
+	_, files, err := openInRootTaskOf.RunOnHostFiles(paths, door.Files{"root": root}, timeout, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open %s in the container: %w", mounts.Escape(strings.Join(paths, ", ")), err)
 	}
@@ -224,11 +226,12 @@ func openInRoot(root *os.File, paths []string, timeout time.Duration) ([]*os.Fil
 	return files, nil
 }
 
-func openInRootTask(env *mounts.WorkerEnv, paths []string, _ door.Logf) (int, error) {
-	if len(env.Files) != 1 {
-		return 0, fmt.Errorf("open-in-root: %d files handed over, want the root", len(env.Files))
+func openInRootTask(env *worker.Env, paths []string, _ door.Logf) (int, error) {
+	f := env.Files["root"]
+	if f == nil {
+		return 0, errors.New("open-in-root: the root was not handed over")
 	}
-	root := int(env.Files[0].Fd())
+	root := int(f.Fd())
 	for _, p := range paths {
 		fd, err := unix.Openat2(root, p, &unix.OpenHow{Flags: uint64(unix.O_PATH | unix.O_CLOEXEC), Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
 		if err != nil {

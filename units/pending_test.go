@@ -22,14 +22,17 @@ func TestFilesLikePending(t *testing.T) {
 	if err != nil {
 		t.Fatalf("files like our own: %v", err)
 	}
-	for i, f := range got {
+	if len(got) != len(daemonFileNames) {
+		t.Errorf("%d files, want %d", len(got), len(daemonFileNames))
+	}
+	for n, f := range got {
 		a, _ := fileID(f)
-		b, _ := fileID(files[i])
+		b, _ := fileID(files[n])
 		if a != b {
-			t.Errorf("%s: %+v, want %+v", daemonFileNames[i], a, b)
+			t.Errorf("%s: %+v, want %+v", n, a, b)
 		}
 	}
-	closeAll(got)
+	closeNamed(got)
 
 	tests := []struct {
 		name string
@@ -53,7 +56,7 @@ func TestFilesLikePending(t *testing.T) {
 		}
 		tt.mod(&q)
 		files, err := filesLike(proc, &q, testenv.Scale(5*time.Second))
-		closeAll(files)
+		closeNamed(files)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err %v, want %q", tt.name, err, tt.want)
 		}
@@ -78,7 +81,7 @@ func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		got, err := filesLike(proc, p, timeout)
-		closeAll(got)
+		closeNamed(got)
 		done <- err
 	}()
 	select {
@@ -104,7 +107,7 @@ func TestFilesLikeNeverWaitsOnTheContainersPaths(t *testing.T) {
 // ownPending is the record of this test process as if it were a daemon
 // about to be killed, the process pinned, and the files the record was
 // made from (closed when the test ends).
-func ownPending(t *testing.T) (*Pending, *proc.Process, []*os.File) {
+func ownPending(t *testing.T) (*Pending, *proc.Process, door.Files) {
 	t.Helper()
 	self := os.Getpid()
 	info, err := CaptureDaemon(self)
@@ -115,7 +118,7 @@ func ownPending(t *testing.T) (*Pending, *proc.Process, []*os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { closeAll(files) })
+	t.Cleanup(func() { closeNamed(files) })
 	p, err := newPending(self, info, nil, files)
 	if err != nil {
 		t.Fatal(err)

@@ -50,7 +50,7 @@ type Respawned struct {
 	StageCaps string
 }
 
-// RespawnAutomount replaces the automount daemon pid of the container c:
+// RespawnAutomount replaces the automount daemon of the container c:
 // it captures how the daemon runs, makes its stale mounts catatonic
 // (releasing anything waiting on them, through the daemon's own ioctl fds
 // where it holds them), kills it with SIGKILL (its SIGTERM path tears
@@ -59,11 +59,12 @@ type Respawned struct {
 // capabilities in all of the container's namespaces and cgroups, and waits
 // until every target, and every mount of o.Also, has a live master again.
 //
-// startTime is the daemon's start time when it was chosen (Stat.StartTime):
-// a pid that names another process by now (the daemon exited while the
-// container's systemd was being answered, and the pid was reused) is
-// refused, never killed.
-func RespawnAutomount(c *proc.Process, pid int, startTime uint64, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
+// daemon is the daemon as it was seen when it was chosen: a pid that
+// names another process by now (the daemon exited while the container's
+// systemd was being answered, and the pid was reused) is refused, never
+// killed.
+func RespawnAutomount(c *proc.Process, daemon proc.Ref, targets []mounts.Target, o RespawnOptions) (*Respawned, error) {
+	pid := daemon.Pid
 	deadline := o.deadline()
 	// The checks before the kill share half of the time, together: the
 	// kill, the start and the wait for the new daemon keep the other half.
@@ -71,14 +72,11 @@ func RespawnAutomount(c *proc.Process, pid int, startTime uint64, targets []moun
 	if !time.Now().Before(beforeKill) {
 		return nil, fmt.Errorf("respawn automount %d: the run's deadline has passed: not touched", pid)
 	}
-	d, err := proc.OpenProcess(pid)
+	d, err := daemon.Open()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("respawn automount %d: not the daemon that was seen: %w: refused", pid, err)
 	}
 	defer d.Close()
-	if d.StartTime != startTime {
-		return nil, fmt.Errorf("respawn automount %d: the pid names another process than the daemon that was seen (started at tick %d, not %d; pid reused): refused", pid, d.StartTime, startTime)
-	}
 	// The daemon must be a process of the container: a pid given by
 	// mistake, or reused by a process of the host, is never killed.
 	if err := inPidNamespaceOf(pid, c.Pid); err != nil {
@@ -112,12 +110,12 @@ func RespawnAutomount(c *proc.Process, pid int, startTime uint64, targets []moun
 	if err != nil {
 		return nil, err
 	}
-	defer closeAll(files)
+	defer closeNamed(files)
 	if err := d.Check(); err != nil {
 		return nil, err
 	}
 	// Refuse before the kill, not after, when the binary changed.
-	if err := checkBinary(d, files[3], info.Exe, share(beforeKill)); err != nil {
+	if err := checkBinary(d, files["exe"], info.Exe, share(beforeKill)); err != nil {
 		return nil, fmt.Errorf("respawn automount %d: %w", pid, err)
 	}
 	all := append(slices.Clip(targets), o.Also...)
@@ -133,7 +131,7 @@ func RespawnAutomount(c *proc.Process, pid int, startTime uint64, targets []moun
 		return nil, err
 	}
 	if o.Log != nil {
-		failpoint.Delay("slow-before-kill", 6*time.Second, o.Log.Info)
+		failpoint.Delay("slow-before-kill", 6*time.Second, func(s string) { o.Log.Info(s) })
 	}
 	if err := inTime(pid, beforeKill, "the steps before the kill"); err != nil {
 		return nil, err
@@ -198,7 +196,7 @@ func inPidNamespaceOf(pid, initPid int) error {
 
 // startAgain starts the daemon described by info with the files of
 // daemonFileNames, waits until it serves every target, and checks it.
-func startAgain(c *proc.Process, info *Daemon, files []*os.File, targets []mounts.Target, deadline time.Time, logf door.Logf) (*Respawned, error) {
+func startAgain(c *proc.Process, info *Daemon, files door.Files, targets []mounts.Target, deadline time.Time, logf door.Logf) (*Respawned, error) {
 	// Opened before the start: the daemon's first mounts end the first
 	// wait at once.
 	watch, err := mounts.WatchTable(c.Pid)
@@ -265,7 +263,7 @@ func share(beforeKill time.Time) time.Duration {
 
 // verified checks the new daemon: the credentials, limits and seccomp
 // filters of the old one (info), and no fd of ours among its files.
-func verified(nd *proc.Process, info *Daemon, files []*os.File, deadline time.Time) error {
+func verified(nd *proc.Process, info *Daemon, files door.Files, deadline time.Time) error {
 	newPid := nd.Pid
 	if err := verifySame(newPid, info); err != nil {
 		return err
@@ -289,7 +287,7 @@ func verified(nd *proc.Process, info *Daemon, files []*os.File, deadline time.Ti
 	// The program it runs: the daemon's binary (held at its exec and
 	// checked there already, where its filters allow the hold).
 	var want, got unix.Stat_t
-	if err := unix.Fstat(int(files[slices.Index(daemonFileNames, "exe")].Fd()), &want); err != nil {
+	if err := unix.Fstat(int(files["exe"].Fd()), &want); err != nil {
 		return fmt.Errorf("stat the daemon's binary: %w", err)
 	}
 	if err := unix.Stat("/proc/"+strconv.Itoa(newPid)+"/exe", &got); err != nil {
@@ -304,8 +302,8 @@ func verified(nd *proc.Process, info *Daemon, files []*os.File, deadline time.Ti
 	// The namespace files and the old binary are ours; the container's
 	// root and working directory are not (the daemon may hold them).
 	var ours []*os.File
-	for i, f := range files {
-		if n := daemonFileNames[i]; n != "root" && n != "cwd" {
+	for n, f := range files {
+		if n != "root" && n != "cwd" {
 			ours = append(ours, f)
 		}
 	}
@@ -364,12 +362,13 @@ func leakedFDs(pid int, ours []*os.File) ([]int, error) {
 	return leaked, nil
 }
 
-// daemonFileNames are the files of the old daemon the spawner needs, in
-// the order of the spawner's fds (3, 4, ...).
+// daemonFileNames are the files of the old daemon the spawner needs, by
+// the names it is handed them under (their paths in /proc/PID): root
+// before cwd and exe, which a pending respawn opens inside it.
 var daemonFileNames = []string{"ns/mnt", "root", "cwd", "exe", "ns/ipc", "ns/uts", "ns/net", "ns/cgroup", "ns/pid", "ns/time"}
 
-func openDaemonFiles(pid int) ([]*os.File, error) {
-	var files []*os.File
+func openDaemonFiles(pid int) (door.Files, error) {
+	files := door.Files{}
 	for _, n := range daemonFileNames {
 		flags := unix.O_RDONLY
 		if n == "root" || n == "cwd" || n == "exe" {
@@ -377,12 +376,18 @@ func openDaemonFiles(pid int) ([]*os.File, error) {
 		}
 		f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/"+n, flags|unix.O_CLOEXEC, 0)
 		if err != nil {
-			closeAll(files)
+			closeNamed(files)
 			return nil, fmt.Errorf("open %s of automount %d: %w", n, pid, err)
 		}
-		files = append(files, f)
+		files[n] = f
 	}
 	return files, nil
+}
+
+func closeNamed(files door.Files) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 func closeAll(files []*os.File) {
@@ -392,12 +397,12 @@ func closeAll(files []*os.File) {
 }
 
 // releaseThroughDaemon makes the targets catatonic with the ioctl fds the
-// daemon holds on them (see mounts.CatatonicThroughFDs).
+// daemon holds on them (see CatatonicThroughFDs).
 func releaseThroughDaemon(d *proc.Process, targets []mounts.Target, timeout time.Duration, logf door.Logf) error {
-	released, err := mounts.CatatonicThroughFDs(d, targets, timeout, logf)
+	released, err := CatatonicThroughFDs(d, targets, timeout, logf)
 	for _, where := range released {
 		if logf != nil {
-			logf.Info(fmt.Sprintf("%s: made catatonic through the daemon's ioctl fd", mounts.Escape(where)))
+			logf.Info("made catatonic through the daemon's ioctl fd", "mount", mounts.Escape(where))
 		}
 	}
 	return err

@@ -16,14 +16,9 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
-// SpawnerArg is the hidden first argument of the two spawner stages (see
-// RunSpawner). It is not a user command.
+// SpawnerArg starts the roles of the two spawner stages (spawnHost,
+// spawnContainer). It is not a user command.
 const SpawnerArg = "__autofs-restore-hook-spawn"
-
-// EnvTimeNSFD names the fd of the time namespace that the spawner's
-// container stage joins at start, in a C constructor (internal/cstart):
-// a multithreaded process cannot join one.
-const EnvTimeNSFD = "_AUTOFS_RESTORE_HOOK_TIMENS_FD"
 
 // spawnRequest is what the first spawner stage gets on stdin.
 type spawnRequest struct {
@@ -59,21 +54,21 @@ type spawnResult struct {
 // the capabilities that stage had (spawnResult.StageCaps). The
 // chain ends by the deadline: stage host kills the container stage then,
 // and is killed itself by spawnGrace later.
-func spawn(c *proc.Process, d *Daemon, files []*os.File, deadline time.Time, logf door.Logf) (*proc.Process, string, error) {
+func spawn(c *proc.Process, d *Daemon, files door.Files, deadline time.Time, logf door.Logf) (*proc.Process, string, error) {
 	var r spawnResult
 	req := spawnRequest{Daemon: d, Deadline: deadline.UnixNano(), NoHold: noHold()}
 	if t, err := mounts.ReadTable(c.Pid); err == nil {
 		req.FlagMounts = flagMounts(t)
 	}
-	back, err := door.Call(door.Spec{
-		Role:     SpawnerArg,
-		Args:     []string{"host"},
-		Request:  req,
+	res, back, err := spawnHost.Call(door.Spec{
 		Files:    files,
 		Deadline: deadline.Add(spawnGrace),
 		Log:      logf,
-	}, &r)
+	}, req)
 	defer closeAll(back)
+	if res != nil {
+		r = *res
+	}
 	for _, w := range r.Warnings {
 		if logf != nil {
 			logf.Info("start automount again: " + w)

@@ -23,86 +23,63 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
-func init() { door.Register(SpawnerArg, runSpawner) }
-
-// runSpawner is the body of both spawner stages, door children
-// (internal/door). Stage "host" runs on the host: it reads the host's
-// cap_last_cap, moves itself into the old daemon's cgroups and starts
-// stage "container" from a thread that joined the daemon's namespaces but
+// The spawner's two stages, door tasks (internal/door). Stage host
+// (spawnHost) runs on the host: it reads the host's cap_last_cap, moves
+// itself into the old daemon's cgroups and starts stage container
+// (spawnContainer) from a thread that joined the daemon's namespaces but
 // the mount namespace (pid for its children) and whose bounding set is
 // the daemon's, plus what entering takes where the daemon lacks it (its C
 // constructor drops that before the stage is forked into the container).
-// Stage "container" lives in the container's pid and time
-// namespaces; it joins the daemon's mount namespace and root first, then
-// drops what the old daemon did not have, starts the daemon as a session
-// leader with its stdio opened again, reports its pid and exits, so that
-// the container's init adopts it.
-func runSpawner(args []string) int {
-	runtime.LockOSThread() // never unlocked: namespaces and caps are per thread
-	r, err := door.Begin()
+// Stage container lives in the container's pid and time namespaces; it
+// joins the daemon's mount namespace and root first, then drops what the
+// old daemon did not have, starts the daemon as a session leader with its
+// stdio opened again, reports its pid and exits, so that the container's
+// init adopts it. Each passes the new daemon's pidfd back.
+var (
+	spawnHost      = door.NewTask(SpawnerArg+"-host", stageHost)
+	spawnContainer = door.NewTask(SpawnerArg+"-container", stageContainer)
+)
+
+// The files of the container stage (the old daemon's working directory
+// and executable, to check d.Exe against), handed by stage host.
+const (
+	fileCwd = "cwd"
+	fileExe = "exe"
+)
+
+// stageHost returns the container stage's result and passes on the new
+// daemon's pidfd. It is handed the old daemon's files by their names in
+// daemonFileNames.
+func stageHost(c *door.Child, req spawnRequest) (*spawnResult, error) {
+	if req.Daemon == nil {
+		return nil, errors.New("spawner: no daemon in the request")
+	}
+	files, err := c.Take(daemonFileNames...)
 	if err != nil {
-		return r.Done(nil, err)
+		return nil, fmt.Errorf("spawner: %w", err)
 	}
-	var req spawnRequest
-	if err := door.ReadRequest(&req); err != nil || req.Daemon == nil {
-		return r.Done(nil, fmt.Errorf("spawner: bad request: %v", err))
+	f := map[string]*os.File{}
+	for i, n := range daemonFileNames {
+		f[n] = files[i]
 	}
-	var res *spawnResult
-	var pidfd []*os.File
-	switch {
-	case len(args) == 1 && args[0] == "host":
-		res, pidfd, err = stageHost(req)
-	case len(args) == 1 && args[0] == "container":
-		res, pidfd, err = stageContainer(req)
-	default:
-		err = fmt.Errorf("spawner: unknown stage %q", args)
-	}
-	return r.Done(res, err, pidfd...)
-}
-
-// fds of stage host, in daemonFileNames order.
-const (
-	fdMnt = 3 + iota
-	fdRoot
-	fdCwd
-	fdExe
-	fdIPC
-	fdUTS
-	fdNet
-	fdCgroupNS
-	fdPid
-	fdTime
-)
-
-// fds of stage container, in the order stage host hands them over.
-const (
-	fdCwdC  = 3 + iota
-	fdExeC  // the old daemon's executable, to check d.Exe against
-	fdTimeC // joined by the C constructor (internal/cstart)
-)
-
-// stageHost returns the container stage's result and the new daemon's
-// pidfd, which it passes on.
-func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	last, err := door.LastCap()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	req.LastCap = last
 	if err := door.JoinCgroups(req.Daemon.Cgroups); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// What the container stage cannot set itself once it has no more
 	// power than the daemon (a higher hard limit than ours, a lower
 	// oom_score_adj), it inherits from here.
 	if err := raiseHardLimits(req.Daemon.Rlimits); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(req.Daemon.OOMScoreAdj)), 0); err != nil {
-		return nil, nil, fmt.Errorf("set oom_score_adj %d: %w", req.Daemon.OOMScoreAdj, err)
+		return nil, fmt.Errorf("set oom_score_adj %d: %w", req.Daemon.OOMScoreAdj, err)
 	}
 	var warnings []string
-	var res spawnResult
 	// What joining the mount namespace, chroot and joining the pid
 	// namespace take (CAP_SYS_CHROOT and CAP_SYS_ADMIN), where the daemon
 	// could not have it: CRI-O's default set has no CAP_SYS_CHROOT.
@@ -123,24 +100,19 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// C constructor joins the container's mount namespace and root, then
 	// its pid namespace (door.Entry): it is born there with nothing of
 	// the host's. Its cgroups are ours, joined above.
-	pidfd, err := door.Call(door.Spec{
-		Role:          SpawnerArg,
-		Args:          []string{"container"},
-		Request:       req,
-		Files:         []*os.File{os.NewFile(fdCwd, "cwd"), os.NewFile(fdExe, "exe"), os.NewFile(fdTime, "timens")},
-		Enter:         &door.Entry{MountNS: os.NewFile(fdMnt, "mnt"), Root: os.NewFile(fdRoot, "root"), PidNS: os.NewFile(fdPid, "pidns"), DropAfter: enterCaps},
-		Env:           []string{EnvTimeNSFD + "=" + strconv.Itoa(fdTimeC)},
+	res, pidfd, err := spawnContainer.Call(door.Spec{
+		Files:         door.Files{fileCwd: f["cwd"], fileExe: f["exe"]},
+		Enter:         &door.Entry{MountNS: f["ns/mnt"], Root: f["root"], PidNS: f["ns/pid"], DropAfter: enterCaps, TimeNS: f["ns/time"]},
 		Deadline:      time.Unix(0, req.Deadline),
 		IntoContainer: true,
-		Log:           func(_ door.Level, s string) { warnings = append(warnings, mounts.Escape(s)) },
+		Log:           func(_ door.Level, s string, _ door.Fields) { warnings = append(warnings, mounts.Escape(s)) },
 		Prepare: func() error {
 			for _, ns := range []struct {
-				fd   int
-				kind int
 				name string
-			}{{fdIPC, unix.CLONE_NEWIPC, "ipc"}, {fdUTS, unix.CLONE_NEWUTS, "uts"}, {fdNet, unix.CLONE_NEWNET, "net"}, {fdCgroupNS, unix.CLONE_NEWCGROUP, "cgroup"}} {
-				if err := unix.Setns(ns.fd, ns.kind); err != nil {
-					return fmt.Errorf("join the container's %s namespace: %w", ns.name, err)
+				kind int
+			}{{"ns/ipc", unix.CLONE_NEWIPC}, {"ns/uts", unix.CLONE_NEWUTS}, {"ns/net", unix.CLONE_NEWNET}, {"ns/cgroup", unix.CLONE_NEWCGROUP}} {
+				if err := unix.Setns(int(f[ns.name].Fd()), ns.kind); err != nil {
+					return fmt.Errorf("join the container's %s namespace: %w", ns.name[len("ns/"):], err)
 				}
 			}
 			if err := door.LimitCaps(req.Daemon.CapBnd|enterCaps, req.Daemon.CapInh&req.Daemon.CapBnd, last); err != nil {
@@ -148,18 +120,38 @@ func stageHost(req spawnRequest) (*spawnResult, []*os.File, error) {
 			}
 			return nil
 		},
-	}, &res)
+	}, req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("container stage: %w", err)
+		return nil, fmt.Errorf("container stage: %w", err)
+	}
+	c.PassBack(pidfd...)
+	if res == nil {
+		res = &spawnResult{}
 	}
 	res.Warnings = append(res.Warnings, warnings...)
-	return &res, pidfd, nil
+	return res, nil
 }
 
-// stageContainer starts the daemon and returns its pid in the container
-// and a pidfd of it (CLONE_PIDFD): the hook pins the very process started.
-func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
+// stageContainer starts the daemon and returns its pid in the container,
+// and passes back a pidfd of it (CLONE_PIDFD): the hook pins the very
+// process started.
+func stageContainer(c *door.Child, req spawnRequest) (*spawnResult, error) {
+	res, pidfd, err := startDaemon(c, req)
+	c.PassBack(pidfd...)
+	return res, err
+}
+
+// startDaemon is the work of stageContainer.
+func startDaemon(c *door.Child, req spawnRequest) (*spawnResult, []*os.File, error) {
 	d := req.Daemon
+	if d == nil {
+		return nil, nil, errors.New("spawner: no daemon in the request")
+	}
+	files, err := c.Take(fileCwd, fileExe)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spawner: %w", err)
+	}
+	cwd, exe := int(files[0].Fd()), int(files[1].Fd())
 	deadline := time.Unix(0, req.Deadline)
 	// Born in the container's mount namespace and root (door.Entry),
 	// every thread of the stage with it. Every fd is close-on-exec since
@@ -179,7 +171,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	if _, err := door.OwnPidNSProc(); err != nil {
 		return nil, nil, fmt.Errorf("the new daemon could not be checked at its exec: %w: not started", err)
 	}
-	if err := unix.Fchdir(fdCwdC); err != nil {
+	if err := unix.Fchdir(cwd); err != nil {
 		return nil, nil, fmt.Errorf("enter the daemon's working directory: %w", err)
 	}
 	stdio, warnings, err := openStdio(d, min(stdioTimeout, time.Until(deadline)))
@@ -207,7 +199,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	// Exec by path, so that the daemon's name (comm) is its own, but only
 	// if the path still names the very binary that ran (the fd we hold).
 	var want, got unix.Stat_t
-	if err := unix.Fstat(fdExeC, &want); err != nil {
+	if err := unix.Fstat(exe, &want); err != nil {
 		return nil, nil, fmt.Errorf("stat the old executable: %w", err)
 	}
 	if err := unix.Stat(d.Exe, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
@@ -215,7 +207,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	}
 	// The path can still change before the exec: the new daemon is held
 	// at its exec, before its first instruction, and its executable
-	// compared with fdExeC (atExec). Not execveat on fdExeC: before Linux
+	// compared with exe (atExec). Not execveat on exe: before Linux
 	// 6.13 the daemon's name (comm) would be the fd's number, which init
 	// scripts look daemons up by.
 	failpoint.Handshake("swap-before-exec", "/run/arh-failpoint-swap-before-exec", func(s string) { warnings = append(warnings, s) })
@@ -289,7 +281,7 @@ func stageContainer(req spawnRequest) (*spawnResult, []*os.File, error) {
 	pid := cmd.Process.Pid
 	cmd.Process.Release()
 	if held {
-		if err := atExec(pid, late, fdExeC, d.Argv); err != nil {
+		if err := atExec(pid, late, exe, d.Argv); err != nil {
 			unix.Kill(pid, unix.SIGKILL)
 			if pidfd >= 0 {
 				unix.Close(pidfd)

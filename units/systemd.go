@@ -14,6 +14,7 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
@@ -27,8 +28,8 @@ const SystemdSocket = "/run/systemd/private"
 // RunEvents; SystemdUnits asks which unit serves which mount point
 // (systemdUnitsTask).
 var (
-	SystemdRestart = mounts.NewTask("systemd-restart", systemdRestartTask)
-	SystemdUnits   = mounts.NewTask("systemd-units", systemdUnitsTask)
+	SystemdRestart = worker.NewTask("systemd-restart", systemdRestartTask)
+	SystemdUnits   = worker.NewTask("systemd-units", systemdUnitsTask)
 )
 
 // RestartTarget is one systemd automount to make work again.
@@ -68,7 +69,7 @@ type RestartResult struct {
 }
 
 // systemdUnitsTask answers which unit serves which mount point.
-func systemdUnitsTask(env *mounts.WorkerEnv, req UnitsRequest, _ door.Logf) (map[string]string, error) {
+func systemdUnitsTask(env *worker.Env, req UnitsRequest, _ door.Logf) (map[string]string, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
 	s, err := dialSystemd(ctx, env, len(req.Wheres), nil)
@@ -94,7 +95,7 @@ func systemdUnitsTask(env *mounts.WorkerEnv, req UnitsRequest, _ door.Logf) (map
 // puts the preserved filesystems back on top. The staging area and each
 // filesystem staged are recorded with the hook (env.Record) before the
 // move: the parent must run it with RunEvents.
-func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Logf) ([]RestartResult, error) {
+func systemdRestartTask(env *worker.Env, req RestartRequest, logf door.Logf) ([]RestartResult, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), req.Deadline)
 	defer cancel()
 	// What a killed earlier run left staged goes back now, except on the
@@ -103,7 +104,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Log
 	for _, t := range req.Targets {
 		isTarget[t.Where] = true
 	}
-	staging, held, rerr := mounts.RecoverStaged(env, req.Staged, func(where string) bool { return isTarget[where] }, logf)
+	staging, held, rerr := mounts.RecoverStaged(env.InNS, req.Staged, func(where string) bool { return isTarget[where] }, logf)
 	if len(req.Targets) == 0 {
 		return []RestartResult{}, rerr
 	}
@@ -143,30 +144,30 @@ func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Log
 			// RecoverStaged returned): it goes back after the restart,
 			// like what is staged now.
 			staged[i] = dir
-			logf.Info(fmt.Sprintf("%s: the filesystem an earlier, interrupted run moved aside goes back after the restart", mounts.Escape(t.Where)))
+			logf.Info("the filesystem an earlier, interrupted run moved aside goes back after the restart", "mount", mounts.Escape(t.Where))
 		}
 		if a := table.Find(t.Where); a != nil && a.Dev() == t.Dev {
 			if _, ok := staged[i]; !ok && a.OnTop != nil {
 				if staging == nil {
-					if staging, err = mounts.OpenStaging(env); err != nil {
+					if staging, err = mounts.OpenStaging(env.InNS); err != nil {
 						r.Error = err.Error()
 						continue
 					}
 				}
-				dst, err := staging.MoveAside(env, t.Where, t.Dev)
+				dst, err := staging.MoveAside(env.InNS, t.Where, t.Dev)
 				if err != nil {
 					r.Error = err.Error()
 					continue
 				}
 				staged[i] = dst
-				logf.Info(fmt.Sprintf("%s: moved %s on top aside", mounts.Escape(t.Where), a.OnTop.FSType))
+				logf.Info("moved the filesystem on top aside", "mount", mounts.Escape(t.Where), "fstype", mounts.Escape(a.OnTop.FSType))
 			}
 			if !a.Options.Catatonic() {
 				if err := env.Ctl.CatatonicAt(t.Where, t.Dev); err != nil {
 					// A request already pending makes the mount point
 					// unreachable from here: restart all the same, and
 					// report what may stay blocked.
-					logf.Warn(fmt.Sprintf("%s: could not make the old mount catatonic (%v); processes already waiting on it stay blocked", mounts.Escape(t.Where), err))
+					logf.Warn(fmt.Sprintf("could not make the old mount catatonic (%v); processes already waiting on it stay blocked", err), "mount", mounts.Escape(t.Where))
 				}
 			}
 		}
@@ -174,7 +175,7 @@ func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Log
 	}
 	// Filesystems on top are staged and the old mounts released: a run
 	// killed from here on leaves the next run something to recover.
-	failpoint.Pause("staged", logf.Info)
+	failpoint.Pause("staged", func(s string) { logf.Info(s) })
 	if len(restart) > 0 {
 		if err := s.restartAll(req.Targets, results, restart, units, logf); err != nil {
 			for _, i := range restart {
@@ -185,9 +186,9 @@ func systemdRestartTask(env *mounts.WorkerEnv, req RestartRequest, logf door.Log
 		}
 	}
 	for i, dst := range staged {
-		if err := staging.MoveBack(env, dst, req.Targets[i].Where); err != nil {
+		if err := staging.MoveBack(env.InNS, dst, req.Targets[i].Where); err != nil {
 			results[i].Error = strings.TrimPrefix(results[i].Error+"; ", "; ") + err.Error()
-			logf.Warn(fmt.Sprintf("%s: preserved filesystem left at %s: %v", mounts.Escape(req.Targets[i].Where), staging.Path(dst), err))
+			logf.Warn(fmt.Sprintf("preserved filesystem left at %s: %v", staging.Path(dst), err), "mount", mounts.Escape(req.Targets[i].Where))
 			continue
 		}
 		results[i].MovedBack = true

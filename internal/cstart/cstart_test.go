@@ -11,10 +11,9 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/hook"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
-	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
 
-// The constructor reads the variables the spawner and the door set: the
+// The constructor reads the variables the door sets: the
 // C source and the Go constants must name the same ones.
 func TestVariablesMatch(t *testing.T) {
 	b, err := os.ReadFile("enter.go")
@@ -24,7 +23,7 @@ func TestVariablesMatch(t *testing.T) {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{units.EnvTimeNSFD, 2}, {door.EnvEnter, 1}} {
+	}{{door.EnvEnterTimeNS, 2}, {door.EnvEnter, 1}, {door.EnvEnterDrop, 1}} {
 		if n := strings.Count(string(b), `"`+v.name+`"`); n != v.n {
 			t.Errorf("enter.go names %q %d times, want %d", v.name, n, v.n)
 		}

@@ -8,7 +8,8 @@ package cstart
 //  1. Join the container's time namespace (the kernel lets only a
 //     single-threaded process join one: EUSERS), for the spawner's
 //     container stage, which forks the respawned daemon: CRIU gives a
-//     restored container one. Only when units.EnvTimeNSFD is set.
+//     restored container one. Only when door.EnvEnterTimeNS is set
+//     (door.Entry.TimeNS).
 //  2. Enter the container (door.Spec.Enter; only when door.EnvEnter is
 //     set): die with the thread that started us, not dumpable, join the
 //     container's cgroups, its mount namespace and root, then its pid

@@ -25,14 +25,20 @@ import (
 
 // Spec says how to start a child role.
 type Spec struct {
-	// Role is the child's registered role, Args what follows it.
-	Role string
-	Args []string
-	// Request is encoded as JSON on the child's stdin (nil: none).
-	Request any
-	// Files become the child's fds 3, 4, ...; the child also gets our
-	// executable as the fd after them (it is started through it).
-	Files []*os.File
+	// role is the child's registered role, args what follows it (Task
+	// sets the role; only the door's tests use args).
+	role string
+	args []string
+	// request is encoded as JSON on the child's stdin (nil: none).
+	request any
+	// Label follows the role in the child's command line, for whoever
+	// reads it (ps, an operator, a test looking for the child); the child
+	// never reads it.
+	Label string
+	// Files are handed to the child by name (Child.File). They become
+	// its fds 3, 4, ... in the order of their names; the child also gets
+	// our executable as the fd after them (it is started through it).
+	Files Files
 	// Env is the child's whole environment besides PATH.
 	Env []string
 	// Deadline: the child is killed then. Zero is an error.
@@ -77,25 +83,35 @@ type leftBehindError struct{ msg string }
 func (e *leftBehindError) Error() string        { return e.msg }
 func (e *leftBehindError) Is(target error) bool { return target == ErrLeftBehind }
 
-// Call starts the child role of s, waits for its final line, and decodes
+// call starts the child role of s, waits for its final line, and decodes
 // the result into result. It returns the files the child passed back,
 // which the caller closes. It returns by the deadline plus twice
-// ExitGrace, whatever the child does.
-func Call(s Spec, result any) ([]*os.File, error) {
-	name := s.Role
-	if len(s.Args) > 0 {
-		name += " " + s.Args[0]
+// ExitGrace, whatever the child does. Task.Call is its typed door.
+func call(s Spec, result any) ([]*os.File, error) {
+	name := s.role
+	if len(s.args) > 0 {
+		name += " " + s.args[0]
 	}
 	start := time.Now()
 	if s.Deadline.IsZero() {
 		return nil, fmt.Errorf("%s: no deadline", name)
 	}
 	var in []byte
-	if s.Request != nil {
+	if s.request != nil {
 		var err error
-		if in, err = json.Marshal(s.Request); err != nil {
+		if in, err = json.Marshal(s.request); err != nil {
 			return nil, fmt.Errorf("%s: encode request: %w", name, err)
 		}
+	}
+	names, err := s.Files.order()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	handed := make([]*os.File, len(names))
+	var fdNames []string
+	for i, n := range names {
+		handed[i] = s.Files[n]
+		fdNames = append(fdNames, n+"="+strconv.Itoa(3+i))
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -115,10 +131,16 @@ func Call(s Spec, result any) ([]*os.File, error) {
 	ctx, cancel := context.WithDeadline(context.Background(), s.Deadline)
 	defer cancel()
 	var stderr limitedBuffer
-	cmd := &exec.Cmd{Args: append([]string{"autofs-restore-hook", s.Role}, s.Args...)}
-	// PATH, what the Spec names, and in a failpoints build (tests only)
-	// the selected failpoint.
+	cmd := &exec.Cmd{Args: append([]string{"autofs-restore-hook", s.role}, s.args...)}
+	if s.Label != "" {
+		cmd.Args = append(cmd.Args, s.Label)
+	}
+	// PATH, what the Spec names, the names of the files handed, and in a
+	// failpoints build (tests only) the selected failpoint.
 	cmd.Env = append(append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, s.Env...), failpoint.Environ()...)
+	if len(fdNames) > 0 {
+		cmd.Env = append(cmd.Env, EnvFiles+"="+strings.Join(fdNames, ","))
+	}
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.Stdout = theirs
 	cmd.Stderr = &stderr
@@ -148,19 +170,19 @@ func Call(s Spec, result any) ([]*os.File, error) {
 			started <- err
 			return
 		}
-		files := append([]*os.File{}, s.Files...)
+		files := append([]*os.File{}, handed...)
 		if s.Enter != nil {
 			// Opened first, in the host's mount and cgroup namespaces
 			// (Prepare may join the container's) and with our DAC
 			// capabilities (a delegated cgroup's cgroup.procs is owned by
 			// its user): the cgroup files; ours to close once the child
 			// has them.
-			efiles, env, err := entryFiles(s.Enter, 3+len(files))
+			efiles, opened, env, err := entryFiles(s.Enter, 3+len(files))
 			if err != nil {
 				started <- err
 				return
 			}
-			defer closeAll(efiles[3:])
+			defer closeAll(opened)
 			files = append(files, efiles...)
 			cmd.Env = append(cmd.Env, env...)
 		}

@@ -30,8 +30,10 @@
 //     with each thread's state, never waited for.
 //  4. A child inherits nothing but what its Spec names: its stdin (the
 //     request), its stdout (the protocol socket), its stderr (a bounded
-//     buffer), Spec.Files, a minimal environment. Every fd it inherited is
-//     close-on-exec from its first step (Begin).
+//     buffer), Spec.Files, a minimal environment. Files are handed by
+//     name (Files, Child.File): no fd is agreed by its position between
+//     a parent and a child. Every fd it inherited is close-on-exec from
+//     its first step (Begin).
 //  5. A child is not dumpable from its exec on: the memfd copy has mode
 //     0111 and the starting thread has no CAP_DAC_OVERRIDE and
 //     CAP_DAC_READ_SEARCH in its effective set at the exec, so the kernel
@@ -56,15 +58,22 @@
 //     (another kind is left open: closing a FUSE file can wait for good).
 //     Lines are bounded in size.
 //
-// Roles (the hidden first arguments that make the binary a child) are
-// registered here (Register) and dispatched by the entry point (Run)
-// before any command is parsed.
+// The work a child does is a Task, declared once (NewTask) with its
+// role (the hidden first argument that makes the binary that child), its
+// request and result types and its body, and started through the same
+// value (Task.Call): go-to-definition from a call reaches the body. The
+// entry point dispatches roles (Run) before any command is parsed. A
+// child's log lines carry their level (Level), which the parent's Logf
+// keeps.
 //
-// One child is not started through Call: the OCI hook's detached worker
-// (hook/oci.go), which must outlive the hook by design. It stays on the
-// host, gets its configuration as its one argument, PATH as its
-// environment, no inherited fd, and one deadline for its whole life.
+// One child is not started through Task.Call: the OCI hook's detached
+// worker (hook/follow.go), which must outlive the hook by design, a
+// Detached: declared with its configuration type and body like a task,
+// its command line made by Detached.Command. It stays on the host, gets
+// its configuration as its one argument, PATH as its environment, no
+// inherited fd, and one deadline for its whole life.
 //
-// Who uses the door: the mount-namespace worker and its connect child
-// (mounts/worker.go), the spawner's two stages (units/spawner.go).
+// Who uses the door: the mount-namespace worker, one task per job
+// (worker.NewTask, worker.NewHostTask), and its connect child
+// (internal/worker); the spawner's two stages (units/spawner.go).
 package door

@@ -21,7 +21,7 @@ import (
 
 // The test binary is its own child: roles first.
 func TestMain(m *testing.M) {
-	Register("__door-test-echo", func([]string) int {
+	register("__door-test-echo", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -31,14 +31,14 @@ func TestMain(m *testing.M) {
 			return r.Done(nil, err)
 		}
 		r.Log("got " + s)
-		r.Logf(LevelWarn, "careful")
+		r.Logf(LevelWarn, "careful", Fields{"mount": "/srv/a"})
 		f, err := os.OpenFile("/dev/null", unix.O_PATH, 0)
 		if err != nil {
 			return r.Done(nil, err)
 		}
 		return r.Done(s+"!", nil, f)
 	})
-	Register("__door-test-hold", func([]string) int {
+	register("__door-test-hold", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 		time.Sleep(time.Hour)
 		return 0
 	})
-	Register("__door-test-sleep", func([]string) int {
+	register("__door-test-sleep", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 		time.Sleep(time.Hour)
 		return 0
 	})
-	Register("__door-test-state", func([]string) int {
+	register("__door-test-state", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -76,20 +76,20 @@ func TestMain(m *testing.M) {
 		last, _ := LastCap()
 		return r.Done(map[string]any{"dumpable": dumpable, "pdeathsig": sig, "fd3_cloexec": flags&unix.FD_CLOEXEC != 0, "caps": Caps(last), "env": os.Environ()}, nil)
 	})
-	Register("__door-test-lie", func([]string) int {
+	register("__door-test-lie", func([]string) int {
 		r, _ := Begin()
 		f, _ := os.OpenFile("/dev/null", unix.O_PATH, 0)
 		r.send(Msg{Done: true, Result: []byte(`"x"`), Files: 3}, []*os.File{f})
 		return 0
 	})
 	// Hands back a file whose close could ask a file system.
-	Register("__door-test-regular", func([]string) int {
+	register("__door-test-regular", func([]string) int {
 		r, _ := Begin()
 		f, _ := os.Open("/proc/self/status")
 		return r.Done("x", nil, f)
 	})
 	// Sends fds with a log line, unasked, then a final line without.
-	Register("__door-test-early", func([]string) int {
+	register("__door-test-early", func([]string) int {
 		r, _ := Begin()
 		var fds []int
 		for i := 0; i < 8; i++ {
@@ -101,14 +101,14 @@ func TestMain(m *testing.M) {
 	})
 	// Waits before its first step: the window between the exec and Begin,
 	// made long.
-	Register("__door-test-slow-begin", func([]string) int {
+	register("__door-test-slow-begin", func([]string) int {
 		time.Sleep(500 * time.Millisecond)
 		r, _ := Begin()
 		return r.Done("x", nil)
 	})
 	// Waits before its first step, then says whether it was born in its
 	// container (Entered) and which root it has ("dev:ino").
-	Register("__door-test-entered", func([]string) int {
+	register("__door-test-entered", func([]string) int {
 		time.Sleep(500 * time.Millisecond)
 		r, err := Begin()
 		if err != nil {
@@ -124,7 +124,7 @@ func TestMain(m *testing.M) {
 	// Says whether the role runs on the process's main thread, the one
 	// /proc/PID names and every per-thread step (setns, chroot, capset)
 	// must take effect on.
-	Register("__door-test-thread", func([]string) int {
+	register("__door-test-thread", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -155,7 +155,7 @@ func TestMain(m *testing.M) {
 	})
 	// Reports on its own threads from a root with no /proc, as a worker
 	// chrooted into a container reports on a child it left behind.
-	Register("__door-test-chrooted-report", func(args []string) int {
+	register("__door-test-chrooted-report", func(args []string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -173,7 +173,7 @@ func TestMain(m *testing.M) {
 	// its answer. A second event is sent after a log line and a file
 	// travels with the final line, so that the answers, the log and the
 	// '?' for the files are seen not to mix.
-	Register("__door-test-event", func([]string) int {
+	register("__door-test-event", func([]string) int {
 		r, err := Begin()
 		if err != nil {
 			return r.Done(nil, err)
@@ -207,13 +207,18 @@ func TestMain(m *testing.M) {
 func TestCallPassesFilesBack(t *testing.T) {
 	var logs []string
 	var res string
-	files, err := Call(Spec{Role: "__door-test-echo", Request: "hi", Deadline: time.Now().Add(10 * time.Second), Log: func(l Level, s string) { logs = append(logs, string(l)+":"+s) }}, &res)
+	files, err := call(Spec{role: "__door-test-echo", request: "hi", Deadline: time.Now().Add(10 * time.Second), Log: func(l Level, s string, f Fields) {
+		logs = append(logs, string(l)+":"+s)
+		for k, v := range f {
+			logs[len(logs)-1] += " " + k + "=" + v
+		}
+	}}, &res)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeAll(files)
-	// A child's warning reaches the parent as a warning.
-	if res != "hi!" || len(logs) != 2 || logs[0] != ":got hi" || logs[1] != "warning:careful" {
+	// A child's warning reaches the parent as a warning, with its fields.
+	if res != "hi!" || len(logs) != 2 || logs[0] != ":got hi" || logs[1] != "warning:careful mount=/srv/a" {
 		t.Fatalf("result %q, logs %q", res, logs)
 	}
 	if len(files) != 1 {
@@ -233,7 +238,7 @@ func TestCallPassesFilesBack(t *testing.T) {
 // A child that never answers is killed at the deadline and reaped.
 func TestCallEndsByTheDeadline(t *testing.T) {
 	start := time.Now()
-	_, err := Call(Spec{Role: "__door-test-sleep", Deadline: time.Now().Add(500 * time.Millisecond)}, nil)
+	_, err := call(Spec{role: "__door-test-sleep", Deadline: time.Now().Add(500 * time.Millisecond)}, nil)
 	took := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "no answer within") || !strings.Contains(err.Error(), "last step: sleeping") {
 		t.Fatalf("err %v", err)
@@ -274,7 +279,7 @@ func TestBeginAndPrepare(t *testing.T) {
 		testenv.Skip(t, "this machine's bounding set has no CAP_MKNOD to drop (%s)", before)
 	}
 	want := bnd &^ (1 << unix.CAP_MKNOD)
-	_, err = Call(Spec{Role: "__door-test-state", Files: []*os.File{f}, Env: []string{"A=b"}, Deadline: time.Now().Add(10 * time.Second),
+	_, err = call(Spec{role: "__door-test-state", Files: Files{"f": f}, Env: []string{"A=b"}, Deadline: time.Now().Add(10 * time.Second),
 		Prepare: func() error { return LimitCaps(want, 0, last) }}, &res)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +288,7 @@ func TestBeginAndPrepare(t *testing.T) {
 	if res.Dumpable != 0 || res.Pdeathsig != int(unix.SIGKILL) || !res.Cloexec {
 		t.Errorf("dumpable %d, pdeathsig %d, fd 3 close-on-exec %v; want 0, 9, true", res.Dumpable, res.Pdeathsig, res.Cloexec)
 	}
-	if strings.Join(res.Env, " ") != "PATH=/usr/sbin:/usr/bin:/sbin:/bin A=b" {
+	if strings.Join(res.Env, " ") != "PATH=/usr/sbin:/usr/bin:/sbin:/bin A=b "+EnvFiles+"=f=3" {
 		t.Errorf("environment %q", res.Env)
 	}
 	if !strings.HasPrefix(res.Caps, "bnd:"+hex16(want)+",") {
@@ -296,7 +301,7 @@ func TestBeginAndPrepare(t *testing.T) {
 
 // A child that announces more files than it passes gets none accepted.
 func TestCallRefusesFilesNotAsAnnounced(t *testing.T) {
-	files, err := Call(Spec{Role: "__door-test-lie", Deadline: time.Now().Add(10 * time.Second)}, nil)
+	files, err := call(Spec{role: "__door-test-lie", Deadline: time.Now().Add(10 * time.Second)}, nil)
 	closeAll(files)
 	if err == nil || !strings.Contains(err.Error(), "announced 3 files and passed 1") {
 		t.Fatalf("err %v, files %d", err, len(files))
@@ -306,7 +311,7 @@ func TestCallRefusesFilesNotAsAnnounced(t *testing.T) {
 // A file whose close may wait on a file system (here a procfs file; a
 // FUSE file in an attack) is refused and never closed by the parent.
 func TestCallRefusesFilesOfOtherKinds(t *testing.T) {
-	files, err := Call(Spec{Role: "__door-test-regular", Deadline: time.Now().Add(10 * time.Second)}, nil)
+	files, err := call(Spec{role: "__door-test-regular", Deadline: time.Now().Add(10 * time.Second)}, nil)
 	closeAll(files)
 	if err == nil || !strings.Contains(err.Error(), "left open, never closed") {
 		t.Fatalf("err %v, files %d", err, len(files))
@@ -318,7 +323,7 @@ func TestCallRefusesFilesOfOtherKinds(t *testing.T) {
 func TestCallNeverTakesFilesUnasked(t *testing.T) {
 	before := openFDs(t)
 	var res string
-	files, err := Call(Spec{Role: "__door-test-early", Deadline: time.Now().Add(10 * time.Second)}, &res)
+	files, err := call(Spec{role: "__door-test-early", Deadline: time.Now().Add(10 * time.Second)}, &res)
 	if err != nil || res != "x" || len(files) != 0 {
 		t.Fatalf("result %q, %d files, err %v", res, len(files), err)
 	}
@@ -337,7 +342,7 @@ func openFDs(t *testing.T) int {
 }
 
 func TestCallWithoutDeadlineIsRefused(t *testing.T) {
-	if _, err := Call(Spec{Role: "__door-test-echo"}, nil); err == nil {
+	if _, err := call(Spec{role: "__door-test-echo"}, nil); err == nil {
 		t.Fatal("a call without a deadline ran")
 	}
 }
@@ -424,7 +429,7 @@ func TestChildNotTraceableBeforeItsFirstStep(t *testing.T) {
 		}
 	}()
 	var res string
-	_, err = Call(Spec{Role: "__door-test-slow-begin", Deadline: time.Now().Add(10 * time.Second), IntoContainer: true,
+	_, err = call(Spec{role: "__door-test-slow-begin", Deadline: time.Now().Add(10 * time.Second), IntoContainer: true,
 		Prepare: func() error {
 			if err := unix.Setns(int(pidns.Fd()), unix.CLONE_NEWPID); err != nil {
 				return err
@@ -456,7 +461,7 @@ func TestChildNotTraceableBeforeItsFirstStep(t *testing.T) {
 func TestRoleRunsOnTheMainThread(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		var main bool
-		if _, err := Call(Spec{Role: "__door-test-thread", Deadline: time.Now().Add(10 * time.Second)}, &main); err != nil {
+		if _, err := call(Spec{role: "__door-test-thread", Deadline: time.Now().Add(10 * time.Second)}, &main); err != nil {
 			t.Fatal(err)
 		}
 		if !main {
@@ -470,7 +475,7 @@ func TestRoleRunsOnTheMainThread(t *testing.T) {
 // "no thread visible" for every child a worker left behind.
 func TestThreadStatesFromAnotherRoot(t *testing.T) {
 	var got string
-	if _, err := Call(Spec{Role: "__door-test-chrooted-report", Args: []string{t.TempDir()}, Deadline: time.Now().Add(10 * time.Second)}, &got); err != nil {
+	if _, err := call(Spec{role: "__door-test-chrooted-report", args: []string{t.TempDir()}, Deadline: time.Now().Add(10 * time.Second)}, &got); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(got, "thread ") || !strings.Contains(got, " state R ") {
@@ -486,7 +491,7 @@ func TestEventAckedAfterTheCallback(t *testing.T) {
 	path := t.TempDir() + "/after"
 	var steps []string
 	var res string
-	files, err := Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second),
+	files, err := call(Spec{role: "__door-test-event", request: path, Deadline: time.Now().Add(10 * time.Second),
 		Event: func(ev json.RawMessage) error {
 			steps = append(steps, string(ev))
 			if len(steps) == 1 {
@@ -510,8 +515,8 @@ func TestEventAckedAfterTheCallback(t *testing.T) {
 
 	path = t.TempDir() + "/after"
 	var logs []string
-	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second),
-		Log:   func(_ Level, s string) { logs = append(logs, s) },
+	_, err = call(Spec{role: "__door-test-event", request: path, Deadline: time.Now().Add(10 * time.Second),
+		Log:   func(_ Level, s string, _ Fields) { logs = append(logs, s) },
 		Event: func(json.RawMessage) error { return errors.New("disk full") }}, nil)
 	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
 		t.Fatalf("err = %v, want the child's Event to fail", err)
@@ -524,7 +529,7 @@ func TestEventAckedAfterTheCallback(t *testing.T) {
 	}
 
 	// Without a callback every event is refused.
-	_, err = Call(Spec{Role: "__door-test-event", Request: path, Deadline: time.Now().Add(10 * time.Second)}, nil)
+	_, err = call(Spec{role: "__door-test-event", request: path, Deadline: time.Now().Add(10 * time.Second)}, nil)
 	if err == nil || !strings.Contains(err.Error(), "could not keep the event") {
 		t.Fatalf("err = %v without a callback, want a refusal", err)
 	}
@@ -551,8 +556,8 @@ func TestCallLeftBehindIsTyped(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Close(); unix.Unmount(file, unix.MNT_DETACH) })
 	start := time.Now()
-	_, err = Call(Spec{Role: "__door-test-hold", Request: file, Deadline: time.Now().Add(testenv.Scale(2 * time.Second)),
-		Log: func(_ Level, s string) {
+	_, err = call(Spec{role: "__door-test-hold", request: file, Deadline: time.Now().Add(testenv.Scale(2 * time.Second)),
+		Log: func(_ Level, s string, _ Fields) {
 			if strings.HasPrefix(s, "holding") {
 				f.Turn()
 			}
@@ -657,7 +662,7 @@ func TestChildBornInItsContainer(t *testing.T) {
 		watched := make(chan res, 1)
 		go func() { f, n := watch(stop); watched <- res{f, n} }()
 		var got string
-		_, err := Call(s, &got)
+		_, err := call(s, &got)
 		close(stop)
 		w := <-watched
 		if err != nil {
@@ -671,7 +676,7 @@ func TestChildBornInItsContainer(t *testing.T) {
 	}
 
 	t.Run("entered", func(t *testing.T) {
-		got, found, _ := run(t, Spec{Role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
+		got, found, _ := run(t, Spec{role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
 			Enter: &Entry{MountNS: mntns, Root: root, PidNS: pidns}})
 		if want := fmt.Sprintf("true %d:%d", rootSt.Dev, rootSt.Ino); got != want {
 			t.Errorf("the child says %q, want %q (born in its container, in the container's root)", got, want)
@@ -681,7 +686,7 @@ func TestChildBornInItsContainer(t *testing.T) {
 		}
 	})
 	t.Run("control", func(t *testing.T) {
-		_, found, _ := run(t, Spec{Role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
+		_, found, _ := run(t, Spec{role: "__door-test-entered", Deadline: time.Now().Add(testenv.Scale(20 * time.Second)),
 			Prepare: func() error { return unix.Setns(int(pidns.Fd()), unix.CLONE_NEWPID) }})
 		if len(found) == 0 {
 			t.Error("the watch did not find the host's root in a child started the old way: it cannot tell")

@@ -94,15 +94,15 @@ func HostProcOK() error {
 }
 
 // EnterMountNS moves the calling (locked) thread into the mount namespace
-// nsfd and chroots it to the directory rootfd, then closes both fds.
-func EnterMountNS(nsfd, rootfd int) error {
+// ns and chroots it to the directory root; both stay open.
+func EnterMountNS(ns, root *os.File) error {
 	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		return fmt.Errorf("unshare CLONE_FS: %w", err)
 	}
-	if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNS); err != nil {
 		return fmt.Errorf("join mount namespace: %w", err)
 	}
-	if err := unix.Fchdir(rootfd); err != nil {
+	if err := unix.Fchdir(int(root.Fd())); err != nil {
 		return fmt.Errorf("enter container root: %w", err)
 	}
 	if err := unix.Chroot("."); err != nil {
@@ -111,8 +111,6 @@ func EnterMountNS(nsfd, rootfd int) error {
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("chdir /: %w", err)
 	}
-	unix.Close(nsfd)
-	unix.Close(rootfd)
 	return nil
 }
 

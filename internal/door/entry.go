@@ -25,6 +25,11 @@ const EnvEnter = "_AUTOFS_RESTORE_HOOK_ENTER"
 // of the child once it has joined the pid namespace, before it forks.
 const EnvEnterDrop = "_AUTOFS_RESTORE_HOOK_ENTER_DROP"
 
+// EnvEnterTimeNS names the variable that tells the constructor the fd of
+// the time namespace it joins first (Entry.TimeNS): a multithreaded
+// process cannot join one.
+const EnvEnterTimeNS = "_AUTOFS_RESTORE_HOOK_TIMENS_FD"
+
 // Entry is the container a child lives in (Spec.Enter). Its C
 // constructor, before any Go code runs and while the child is still
 // outside the container's pid namespace, joins the cgroups, then the
@@ -48,6 +53,10 @@ type Entry struct {
 	// and pid namespace, before it forks the child. CAP_SETPCAP among
 	// them is dropped last (the others' bounding drop needs it).
 	DropAfter uint64
+	// TimeNS, when set, is a time namespace the constructor joins before
+	// anything else: the process it forks, and so the child's own
+	// children, live in it (a restored container has one of its own).
+	TimeNS *os.File
 }
 
 // Entered tells whether this process is a child that its C constructor
@@ -67,28 +76,33 @@ func Entered() (bool, error) {
 
 // entryFiles are the fds the child's constructor gets for e, after
 // first (the number of fds before them), and its variables (EnvEnter,
-// and EnvEnterDrop where e.DropAfter is set).
-func entryFiles(e *Entry, first int) ([]*os.File, []string, error) {
-	files := []*os.File{e.MountNS, e.Root, e.PidNS}
+// EnvEnterDrop where e.DropAfter is set, EnvEnterTimeNS where e.TimeNS
+// is). Of the files, those in opened are the door's, to close once the
+// child has them.
+func entryFiles(e *Entry, first int) (files, opened []*os.File, env []string, err error) {
+	files = []*os.File{e.MountNS, e.Root, e.PidNS}
 	for _, f := range files {
 		if f == nil {
-			return nil, nil, errors.New("enter a container: its mount namespace, root and pid namespace are all needed")
+			return nil, nil, nil, errors.New("enter a container: its mount namespace, root and pid namespace are all needed")
 		}
 	}
-	cg, err := openCgroupProcs(e.Cgroups)
-	if err != nil {
-		return nil, nil, err
+	if opened, err = openCgroupProcs(e.Cgroups); err != nil {
+		return nil, nil, nil, err
 	}
-	files = append(files, cg...)
+	files = append(files, opened...)
 	var fds []string
 	for i := range files {
 		fds = append(fds, strconv.Itoa(first+i))
 	}
-	env := []string{EnvEnter + "=" + strings.Join(fds, ",")}
+	env = []string{EnvEnter + "=" + strings.Join(fds, ",")}
 	if e.DropAfter != 0 {
 		env = append(env, EnvEnterDrop+"="+strconv.FormatUint(e.DropAfter, 10))
 	}
-	return files, env, nil
+	if e.TimeNS != nil {
+		env = append(env, EnvEnterTimeNS+"="+strconv.Itoa(first+len(files)))
+		files = append(files, e.TimeNS)
+	}
+	return files, opened, env, nil
 }
 
 // inner is a process an entering child's constructor forked, pinned by

@@ -21,7 +21,9 @@ import (
 type Msg struct {
 	Log string `json:"log,omitempty"`
 	// Level is the log line's level: LevelInfo when empty.
-	Level  Level           `json:"level,omitempty"`
+	Level Level `json:"level,omitempty"`
+	// Fields are the log line's fields (a mount point, a unit).
+	Fields Fields          `json:"fields,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
 	Done   bool            `json:"done,omitempty"`
@@ -145,10 +147,12 @@ func writeAll(b []byte) error {
 }
 
 // Log sends one log line to the parent.
-func (r *Reply) Log(s string) { r.Logf(LevelInfo, s) }
+func (r *Reply) Log(s string) { r.Logf(LevelInfo, s, nil) }
 
-// Logf sends a log line at its level: the child's Logf.
-func (r *Reply) Logf(level Level, s string) { r.send(Msg{Log: s, Level: level}, nil) }
+// Logf sends a log line at its level, with its fields: the child's Logf.
+func (r *Reply) Logf(level Level, s string, fields Fields) {
+	r.send(Msg{Log: s, Level: level, Fields: fields}, nil)
+}
 
 // Level is the level of a child's log line, which the parent logs at the
 // same level.
@@ -160,29 +164,36 @@ const (
 	LevelError Level = "error"
 )
 
-// Logf takes a child's log line with its level: the parent's logger, or
-// the child's Reply.Logf. A nil Logf drops the line.
-type Logf func(level Level, msg string)
+// Fields are a log line's key-value pairs, which the parent logs as
+// fields of its own (a mount point, a unit: what an operator filters
+// on, never inside the text).
+type Fields map[string]string
 
-// Info logs msg at info level.
-func (f Logf) Info(msg string) {
-	if f != nil {
-		f(LevelInfo, msg)
-	}
-}
+// Logf takes a child's log line with its level and fields: the parent's
+// logger, or the child's Reply.Logf. A nil Logf drops the line.
+type Logf func(level Level, msg string, fields Fields)
 
-// Warn logs msg at warning level.
-func (f Logf) Warn(msg string) {
-	if f != nil {
-		f(LevelWarn, msg)
-	}
-}
+// Info logs msg at info level, with the fields kv (key, value, ...).
+func (f Logf) Info(msg string, kv ...string) { f.log(LevelInfo, msg, kv) }
 
-// Error logs msg at error level.
-func (f Logf) Error(msg string) {
-	if f != nil {
-		f(LevelError, msg)
+// Warn logs msg at warning level, with the fields kv (key, value, ...).
+func (f Logf) Warn(msg string, kv ...string) { f.log(LevelWarn, msg, kv) }
+
+// Error logs msg at error level, with the fields kv (key, value, ...).
+func (f Logf) Error(msg string, kv ...string) { f.log(LevelError, msg, kv) }
+
+func (f Logf) log(level Level, msg string, kv []string) {
+	if f == nil {
+		return
 	}
+	var fields Fields
+	for i := 0; i+1 < len(kv); i += 2 {
+		if fields == nil {
+			fields = Fields{}
+		}
+		fields[kv[i]] = kv[i+1]
+	}
+	f(level, msg, fields)
 }
 
 // Done sends the final line: the result, or err, with files (only with a
@@ -262,9 +273,9 @@ func readMsgs(conn *net.UnixConn, logf Logf, last func(string), event func(json.
 				if logf != nil {
 					switch m.Level {
 					case LevelWarn, LevelError:
-						logf(m.Level, m.Log)
+						logf(m.Level, m.Log, m.Fields)
 					default:
-						logf(LevelInfo, m.Log)
+						logf(LevelInfo, m.Log, m.Fields)
 					}
 				}
 				last(m.Log)

@@ -33,11 +33,13 @@ func init() {
 	}
 }
 
-// Register makes run the body of the child started with arg as its
+// register makes run the body of the child started with arg as its
 // first argument; run gets the arguments after it and returns the exit
 // code. The body runs on the main thread. A role registered twice, or
-// named without RolePrefix, is a programming error.
-func Register(arg string, run func(args []string) int) {
+// named without RolePrefix, is a programming error. Children started
+// through the door are Tasks (NewTask registers them); the one that is
+// not (the OCI hook's detached follower) is a Detached.
+func register(arg string, run func(args []string) int) {
 	mu.Lock()
 	defer mu.Unlock()
 	if !strings.HasPrefix(arg, RolePrefix) {

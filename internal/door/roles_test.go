@@ -3,7 +3,7 @@ package door
 import "testing"
 
 func TestRun(t *testing.T) {
-	Register("__test-role", func(args []string) int { return len(args) })
+	register("__test-role", func(args []string) int { return len(args) })
 	if code, ok := Run([]string{"__test-role", "a", "b"}); !ok || code != 2 {
 		t.Fatalf("Run = %d, %v; want 2, true", code, ok)
 	}
@@ -17,7 +17,7 @@ func TestRun(t *testing.T) {
 			t.Error("a role registered twice did not panic")
 		}
 	}()
-	Register("__test-role", func([]string) int { return 0 })
+	register("__test-role", func([]string) int { return 0 })
 }
 
 func TestRegisterRefusesNameWithoutPrefix(t *testing.T) {
@@ -26,5 +26,5 @@ func TestRegisterRefusesNameWithoutPrefix(t *testing.T) {
 			t.Error("a role named without RolePrefix did not panic")
 		}
 	}()
-	Register("fix", func([]string) int { return 0 })
+	register("fix", func([]string) int { return 0 })
 }

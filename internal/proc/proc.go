@@ -16,12 +16,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Ref names a process as it was seen: its pid and its start time (field
+// 22 of /proc/PID/stat, in clock ticks), which together name no process
+// started later with the same pid. It is how a process travels (to a
+// child, in a record); Open pins it again, or says it is gone.
+type Ref struct {
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// Open pins the process r names: ErrGone when it exited, or its pid now
+// names another process.
+func (r Ref) Open() (*Process, error) {
+	p, err := OpenProcess(r.Pid)
+	if err != nil {
+		return nil, err
+	}
+	if p.StartTime != r.StartTime {
+		p.Close()
+		return nil, fmt.Errorf("pid %d: %w (started at tick %d, not %d: pid reused)", r.Pid, ErrGone, p.StartTime, r.StartTime)
+	}
+	return p, nil
+}
+
 // Process is a process pinned by a pidfd, so that a pid reused by an
 // unrelated process after it was looked up is detected.
 type Process struct {
-	Pid       int
-	StartTime uint64 // field 22 of /proc/PID/stat, in clock ticks
-	pidfd     int
+	Ref
+	pidfd int
 }
 
 // ErrGone is returned when a process exited (or its pid was reused).
@@ -49,7 +71,7 @@ func OpenProcess(pid int) (*Process, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("pid %d: %w (zombie)", pid, ErrGone)
 	}
-	return &Process{Pid: pid, StartTime: st.StartTime, pidfd: fd}, nil
+	return &Process{Ref: Ref{Pid: pid, StartTime: st.StartTime}, pidfd: fd}, nil
 }
 
 // PinnedBy pins the process a pidfd refers to (one from CLONE_PIDFD, handed
@@ -92,7 +114,7 @@ func pinnedBy(fd int) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{Pid: pid, StartTime: st.StartTime, pidfd: fd}
+	p := &Process{Ref: Ref{Pid: pid, StartTime: st.StartTime}, pidfd: fd}
 	// Alive after the read: the stat read was of this very process.
 	if !p.Alive() || st.Exited() {
 		return nil, fmt.Errorf("pid %d: %w", pid, ErrGone)

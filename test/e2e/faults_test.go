@@ -17,6 +17,7 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/failpoint"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/test/lab"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
@@ -25,20 +26,7 @@ import (
 // hookProcs lists the running processes of the binary bin (the hook, its
 // workers and helpers), excluding zombies.
 func hookProcs(bin string) []string {
-	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		exe, err := os.Readlink("/proc/" + e.Name() + "/exe")
-		if err != nil || strings.TrimSuffix(exe, " (deleted)") != bin {
-			continue
-		}
-		cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmd), "\x00", " "))
-	}
-	return out
+	return strs(procsWhere(func(p aProc) bool { return p.exe == bin }))
 }
 
 // startFix starts `bin fix --pid PID --no-syslog ARGS...` with env added
@@ -130,7 +118,13 @@ func TestKilledDuringPostResumeAndRerun(tt *testing.T) {
 	cmd, stderr := startFix(t, fp, []string{failpoint.Env + "=staged"}, pid)
 	var first strings.Builder
 	readUntil(t, stderr, &first, "failpoint staged: paused")
-	if !strings.Contains(first.String(), "/srv/a: moved tmpfs on top aside") {
+	// The worker's line, at its level, with its fields (the mount as a
+	// field of the hook's log line, not inside the text).
+	staged := false
+	for _, l := range strings.Split(first.String(), "\n") {
+		staged = staged || strings.Contains(l, "info: moved the filesystem on top aside") && strings.Contains(l, " fstype=tmpfs") && strings.Contains(l, " mount=/srv/a")
+	}
+	if !staged {
 		t.Fatalf("paused before /srv/a was staged:\n%s", first.String())
 	}
 	tab, err := mounts.ReadTable(pid)
@@ -388,30 +382,29 @@ func lateChecksDoNotKill(t testing.TB, c *lab.Container, fp string, pid int, bef
 // container's device cgroup.
 func workerConfined(t testing.TB, bin string, pid int) {
 	t.Helper()
-	// The worker runs a copy of the executable (a memfd): found by its
+	// The wpid runs a copy of the executable (a memfd): found by its
 	// command line.
-	var worker int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), mounts.WorkerArg+"\x00"+units.SystemdRestart.Name()+"\x00") {
-			worker, _ = strconv.Atoi(e.Name())
-		}
+	var wpid int
+	for _, p := range procsWhere(func(p aProc) bool { return p.role() == units.SystemdRestart.Role() }) {
+		wpid = p.pid
 	}
-	if worker == 0 {
+	if wpid == 0 {
 		t.Fatalf("no worker running %s (the hook's processes: %q)", units.SystemdRestart.Name(), hookProcs(bin))
 	}
-	st, err := proc.ReadStatus(worker)
+	st, err := proc.ReadStatus(wpid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("%016x", uint64(mounts.WorkerCaps))
+	want := fmt.Sprintf("%016x", uint64(worker.WorkerCaps))
 	if st["CapEff"] != want || st["CapPrm"] != want || st["CapInh"] != "0000000000000000" {
 		t.Errorf("the worker's capabilities: effective %s, permitted %s, inheritable %s; want %s, %s and none",
 			st["CapEff"], st["CapPrm"], st["CapInh"], want, want)
 	}
-	if bnd, _ := strconv.ParseUint(st["CapBnd"], 16, 64); bnd&^(1<<unix.CAP_SYS_ADMIN|1<<unix.CAP_SYS_CHROOT|1<<unix.CAP_DAC_OVERRIDE) != 0 {
-		t.Errorf("the worker's bounding set %s holds more than CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_DAC_OVERRIDE", st["CapBnd"])
+	// Its bounding set is what its connect child starts with: that
+	// child's constructor drops all but CAP_DAC_OVERRIDE with
+	// CAP_SETPCAP.
+	if bnd, _ := strconv.ParseUint(st["CapBnd"], 16, 64); bnd&^(1<<unix.CAP_SYS_ADMIN|1<<unix.CAP_SYS_CHROOT|1<<unix.CAP_DAC_OVERRIDE|1<<unix.CAP_SETPCAP) != 0 {
+		t.Errorf("the worker's bounding set %s holds more than CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_OVERRIDE and CAP_SETPCAP", st["CapBnd"])
 	}
 	read := func(p int) map[string]string {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p))
@@ -426,11 +419,11 @@ func workerConfined(t testing.TB, bin string, pid int) {
 		}
 		return m
 	}
-	w, c := read(worker), read(pid)
+	w, c := read(wpid), read(pid)
 	for ctrl, path := range c {
 		if w[ctrl] != path {
 			t.Errorf("the worker's cgroup of hierarchy %q is %q, the container's %q", ctrl, w[ctrl], path)
 		}
 	}
-	t.Logf("worker %d: CapEff %s, CapBnd %s, cgroups %v", worker, st["CapEff"], st["CapBnd"], w)
+	t.Logf("worker %d: CapEff %s, CapBnd %s, cgroups %v", wpid, st["CapEff"], st["CapBnd"], w)
 }

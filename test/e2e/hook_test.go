@@ -463,7 +463,7 @@ func TestFollowerExitsWhenRestoreFails(tt *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	logPath := filepath.Join(t.TempDir(), "log")
-	cfg := fmt.Sprintf(`{"pid":%d,"start_time":%s,"config":{"log":{"File":%q,"NoSyslog":true},"timeout":20000000000,"restore_timeout":30000000000}}`, cmd.Process.Pid, start, logPath)
+	cfg := fmt.Sprintf(`{"init":{"pid":%d,"start_time":%s},"config":{"log":{"File":%q,"NoSyslog":true},"timeout":20000000000,"restore_timeout":30000000000}}`, cmd.Process.Pid, start, logPath)
 	follow := exec.Command(bin, "__autofs-restore-hook-follow", cfg)
 	follow.Env = []string{}
 	begin := time.Now()

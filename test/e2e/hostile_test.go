@@ -126,18 +126,7 @@ func inPidNS(init int) func(pid uint32) bool {
 // oursLeft lists the processes of the hook's binary that still run.
 func oursLeft(t testing.TB) []string {
 	t.Helper()
-	ents, _ := os.ReadDir("/proc")
-	var out []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if strings.Contains(string(b), "__autofs-restore-hook") {
-			out = append(out, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-	return out
+	return strs(procsWhere(func(p aProc) bool { return strings.HasPrefix(p.role(), "__autofs-restore-hook") }))
 }
 
 func daemonFD(t testing.TB, c *lab.Container, n int) string {

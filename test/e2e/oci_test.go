@@ -33,15 +33,7 @@ func hookLogEnv(path string, extra ...string) []string {
 
 // followers are the detached workers of the hook still running.
 func followers() []string {
-	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(b), "__autofs-restore-hook-follow") {
-			out = append(out, e.Name())
-		}
-	}
-	return out
+	return strs(procsWhere(func(p aProc) bool { return p.role() == "__autofs-restore-hook-follow" }))
 }
 
 // waitFixed waits until the detached worker is done and every autofs mount

@@ -90,7 +90,8 @@ func TestPluginOnlySystemd(tt *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			w, _ := c.AutofsWaiters()
-			t.Fatalf("the process that stats /srv/c after its resume gave no answer within 30 s: blocked (in autofs_wait: %v)\n%s", w, c.Describe())
+			ns, _, _ := c.Exec(testenv.Scale(10*time.Second), "sh", "-c", "echo $(cat /run/gap.ns) now $(cat /proc/self/timens_offsets)")
+			t.Fatalf("the process that stats /srv/c after its resume gave no answer within 30 s: in autofs_wait: %v; its time namespace's offsets at its start and now: %s\n%s", w, strings.TrimSpace(ns), c.Describe())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -117,7 +118,7 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	if err := c.Wire(lab.Options{Hook: hookBinary(t), HookEnv: hookLogEnv(ociPath)}); err != nil {
 		t.Fatal(err)
 	}
-	mustWork(t, c, "sh", "-c", "rm -f /run/gap.log /run/gap.ready; umount /srv/c 2>/dev/null; systemd-run --unit gap2 sh -c '"+strings.ReplaceAll(gapScript, "'", `'"'"'`)+"'")
+	mustWork(t, c, "sh", "-c", "rm -f /run/gap.log /run/gap.ready /run/gap.ns; umount /srv/c 2>/dev/null; systemd-run --unit gap2 sh -c '"+strings.ReplaceAll(gapScript, "'", `'"'"'`)+"'")
 	gapReady(t, c)
 	timed(t, "checkpoint "+c.Name+" (OCI hook alone)", c.Checkpoint)
 	timed(t, "restore "+c.Name+" (OCI hook alone)", c.Restore)
@@ -140,11 +141,6 @@ func TestPluginOnlySystemd(tt *testing.T) {
 	}
 }
 
-// gapScript waits for its own resume after a restore (the wall clock
-// jumps by the downtime against CLOCK_BOOTTIME, which CRIU's time
-// namespace keeps), then stats the never-mounted /srv/c at once and
-// writes "asked answered data|error" (wall-clock seconds) to
-// /run/gap.log.
 // gapReady waits until gapScript has read the clocks it compares: a
 // checkpoint taken before that (the unit started, its shell not yet
 // run: seen once under TCG) would leave it waiting for a jump that
@@ -163,11 +159,22 @@ func gapReady(t testing.TB, c *lab.Container) {
 	}
 }
 
-const gapScript = `d0=
-while :; do
-	d=$(( $(date +%s) - $(cut -d. -f1 /proc/uptime) ))
-	[ -n "$d0" ] || { d0=$d; : >/run/gap.ready; }
-	[ $((d - d0)) -lt 2 ] || break
+// gapScript waits for its own resume after a restore, then stats the
+// never-mounted /srv/c at once and writes "asked answered data|error"
+// (wall-clock seconds) to /run/gap.log. It knows its resume by the
+// offsets of its time namespace (/proc/self/timens_offsets): CRIU
+// restores a container's processes in a new time namespace whose offsets
+// keep their clocks, which differ with every restore (they take the
+// downtime), and no event of a running process changes them. (It
+// compared the wall clock with the boot clock before: a jump was missed
+// where the downtime was short (CI), and seen during a checkpoint where
+// there was none. An inode of a namespace can come back the same, the
+// kernel reuses the lowest free number.) /run/gap.ns holds the offsets
+// it started with.
+const gapScript = `o0=$(cat /proc/self/timens_offsets)
+echo "$o0" >/run/gap.ns
+: >/run/gap.ready
+while [ "$(cat /proc/self/timens_offsets)" = "$o0" ]; do
 	sleep 0.05
 done
 t0=$(date +%s.%N)

@@ -1,4 +1,4 @@
-package mounts
+package units
 
 // Making a daemon's mounts catatonic through the ioctl fds it holds on
 // them, copied in a child.
@@ -13,10 +13,12 @@ import (
 
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
+	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
 
 // catatonicFDs is the host task that copies the daemon's ioctl fds.
-var catatonicFDs = NewHostTask("catatonic-fds", catatonicFDsTask)
+var catatonicFDs = worker.NewHostTask("catatonic-fds", catatonicFDsTask)
 
 // daemonFD is one fd of the daemon on a target, as FDs saw it.
 type daemonFD struct {
@@ -27,9 +29,8 @@ type daemonFD struct {
 }
 
 type catatonicFDsRequest struct {
-	Pid       int        `json:"pid"`
-	StartTime uint64     `json:"start_time"`
-	FDs       []daemonFD `json:"fds"`
+	Daemon proc.Ref   `json:"daemon"`
+	FDs    []daemonFD `json:"fds"`
 }
 
 // CatatonicThroughFDs makes each target catatonic through an fd that
@@ -43,8 +44,8 @@ type catatonicFDsRequest struct {
 // (pidfd_getfd), and that in a child (RunOnHost), because the process
 // may swap an fd for a file whose close never returns (a FUSE file whose
 // server does not answer the FLUSH) between the choice and the copy.
-func CatatonicThroughFDs(p *proc.Process, targets []Target, timeout time.Duration, logf door.Logf) ([]string, error) {
-	t, err := ReadTable(p.Pid)
+func CatatonicThroughFDs(p *proc.Process, targets []mounts.Target, timeout time.Duration, logf door.Logf) ([]string, error) {
+	t, err := mounts.ReadTable(p.Pid)
 	if err != nil {
 		return nil, err
 	}
@@ -52,20 +53,20 @@ func CatatonicThroughFDs(p *proc.Process, targets []Target, timeout time.Duratio
 	for _, tg := range targets {
 		where[tg.Dev] = tg.Where
 	}
-	mounts := map[int]string{} // mount id of a target's autofs mount → target
+	onTarget := map[int]string{} // mount id of a target's autofs mount → target
 	for _, a := range t.Autofs {
 		if w, ok := where[a.Dev()]; ok {
-			mounts[a.Info.ID] = w
+			onTarget[a.Info.ID] = w
 		}
 	}
 	fds, err := p.FDs()
 	if err != nil {
 		return nil, err
 	}
-	req := catatonicFDsRequest{Pid: p.Pid, StartTime: p.StartTime}
+	req := catatonicFDsRequest{Daemon: p.Ref}
 	taken := map[string]bool{}
 	for _, fd := range fds {
-		if w, ok := mounts[fd.MntID]; ok && !taken[w] {
+		if w, ok := onTarget[fd.MntID]; ok && !taken[w] {
 			taken[w] = true
 			req.FDs = append(req.FDs, daemonFD{N: fd.N, MntID: fd.MntID, Ino: fd.Ino, Where: w})
 		}
@@ -85,34 +86,31 @@ func CatatonicThroughFDs(p *proc.Process, targets []Target, timeout time.Duratio
 // no file system), makes that mount catatonic. A copy that is not is
 // never closed by us: its close might never return. The task ends
 // then, and its exit closes it, in a process that can be left behind.
-func catatonicFDsTask(env *WorkerEnv, req catatonicFDsRequest, logf door.Logf) ([]string, error) {
-	p, err := proc.OpenProcess(req.Pid)
+func catatonicFDsTask(env *worker.Env, req catatonicFDsRequest, logf door.Logf) ([]string, error) {
+	p, err := req.Daemon.Open()
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	if p.StartTime != req.StartTime {
-		return nil, fmt.Errorf("pid %d: %w (pid reused)", req.Pid, proc.ErrGone)
-	}
 	var released []string
 	var errs []error
 	for _, d := range req.FDs {
 		fd, err := p.GetFD(d.N)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("copy fd %d of %d: %w", d.N, req.Pid, err))
+			errs = append(errs, fmt.Errorf("copy fd %d of %d: %w", d.N, p.Pid, err))
 			continue
 		}
 		unix.CloseOnExec(fd)
 		// The same mount and inode: mount ids are reused, a swap for a
 		// file of a new mount that got the old id would pass on the id.
 		if got, err := proc.OwnFD(fd); err != nil || got.MntID != d.MntID || (d.Ino != 0 && got.Ino != d.Ino) {
-			return released, fmt.Errorf("fd %d of %d is no longer on %s (the process swapped it): stopped, the copy left open", d.N, req.Pid, Escape(d.Where))
+			return released, fmt.Errorf("fd %d of %d is no longer on %s (the process swapped it): stopped, the copy left open", d.N, p.Pid, mounts.Escape(d.Where))
 		}
 		f := os.NewFile(uintptr(fd), "fd "+fmt.Sprint(d.N))
 		if err := env.Ctl.Catatonic(f); err != nil {
 			// Not closed: a file the kernel's autofs refuses may be one
 			// whose close never returns.
-			errs = append(errs, fmt.Errorf("%s: %w", Escape(d.Where), err))
+			errs = append(errs, fmt.Errorf("%s: %w", mounts.Escape(d.Where), err))
 			continue
 		}
 		released = append(released, d.Where)

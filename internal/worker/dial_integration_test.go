@@ -1,4 +1,4 @@
-package mounts_test
+package worker_test
 
 import (
 	"bufio"
@@ -16,11 +16,12 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/fusetest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
-	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 )
 
 type dialArgs struct {
@@ -30,7 +31,7 @@ type dialArgs struct {
 
 // Dials path from the container (DialInContainer) and returns the first
 // line the server says.
-var testDial = mounts.NewTask("test-dial", func(env *mounts.WorkerEnv, a dialArgs, logf door.Logf) (string, error) {
+var testDial = worker.NewTask("test-dial", func(env *worker.Env, a dialArgs, logf door.Logf) (string, error) {
 	conn, err := env.DialInContainer(a.Path, a.Timeout)
 	if err != nil {
 		return "", err
@@ -154,7 +155,7 @@ func seizeWithout(pid int) error {
 // cgroups. It once ran with every capability, dumpable, in the host's
 // network namespace and cgroups.
 func TestDialInContainerChildHasNoMorePower(t *testing.T) {
-	requireAutofs(t) // a task's Run hands the worker /dev/autofs
+	autofstest.Require(t) // a task's Run hands the worker /dev/autofs
 	c := aContainer(t)
 	inOwnCgroups(t, c.Pid)
 	containerCgroup, _ := os.ReadFile("/proc/" + strconv.Itoa(c.Pid) + "/cgroup")
@@ -186,7 +187,7 @@ func TestDialInContainerChildHasNoMorePower(t *testing.T) {
 	}
 	done := make(chan dialed, 1)
 	go func() {
-		line, err := testDial.Run(c, dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(_ door.Level, s string) { t.Log(s) })
+		line, err := testDial.Run(c, dialArgs{Path: sock, Timeout: testenv.Scale(20 * time.Second)}, testenv.Scale(30*time.Second), func(_ door.Level, s string, _ door.Fields) { t.Log(s) })
 		done <- dialed{line, err}
 	}()
 	child := waitConnecting(t, sock, done)
@@ -231,8 +232,13 @@ func TestDialInContainerChildHasNoMorePower(t *testing.T) {
 	}
 	hex := func(v uint64) string { return fmt.Sprintf("%016x", v) }
 	for k, v := range map[string]string{
-		"CapEff": hex(mounts.ConnectCaps), "CapPrm": hex(mounts.ConnectCaps), "CapInh": hex(0), "NoNewPrivs": "1",
-		"CapBnd": hex(mounts.ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CHROOT),
+		"CapEff": hex(worker.ConnectCaps), "CapPrm": hex(worker.ConnectCaps), "CapInh": hex(0), "NoNewPrivs": "1",
+		// Its constructor dropped what entering took, before the fork
+		// into the container's pid namespace: the bounding set is
+		// ConnectCaps alone (it was that and CAP_SYS_ADMIN and
+		// CAP_SYS_CHROOT, held from the child's birth in the container
+		// until its Go code dropped them from the other sets).
+		"CapBnd": hex(worker.ConnectCaps),
 	} {
 		if status[k] != v {
 			t.Errorf("the child's %s is %q, want %q", k, status[k], v)
@@ -252,7 +258,7 @@ type dialed struct {
 // the deadline it says where each thread of each such child was instead.
 func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 	t.Helper()
-	want := mounts.WorkerArg + "\x00connect\x00" + sock
+	want := worker.ConnectRole + "\x00" + sock
 	var seen []string
 	for deadline := time.Now().Add(testenv.Scale(20 * time.Second)); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		select {
@@ -294,12 +300,12 @@ func waitConnecting(t *testing.T, sock string, done <-chan dialed) string {
 // with the child reported, and the worker does not wait for it. The
 // child was once waited for without a bound.
 func TestDialInContainerEndsByItsDeadline(t *testing.T) {
-	requireAutofs(t)
+	autofstest.Require(t)
 	dir, srv := fusetest.SilentDir(t)
 	c := aContainer(t) // after the mount: its mount namespace has a copy
 	const dial = 2 * time.Second
 	start := time.Now()
-	_, err := testDial.Run(c, dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(_ door.Level, s string) { t.Log(s) })
+	_, err := testDial.Run(c, dialArgs{Path: dir + "/run/systemd/private", Timeout: dial}, testenv.Scale(60*time.Second), func(_ door.Level, s string, _ door.Fields) { t.Log(s) })
 	took := time.Since(start)
 	t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 	if err == nil {

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package mounts
+package worker
 
 // Children that tests start from the test binary and that enter a
 // container (door.Spec.Enter) are taken in by the C constructor, as the
