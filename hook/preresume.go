@@ -98,14 +98,20 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 	return errors.Join(errs...)
 }
 
+// childFieldKeys are the fields a child's log line may carry
+// (door.Fields): what the children say a line is about. Any other key is
+// dropped, so that a child's field never stands for one of the run's
+// (the container, its name, the mode, the wiring), which the logger adds
+// only where a line has none (fieldsHook).
+var childFieldKeys = map[string]bool{"mount": true, "fstype": true, "unit": true}
+
 // workerLog logs a child's lines at the level the child gave them, with
-// their fields; a field never replaces one of log's own (the container,
-// the mode).
+// their fields (childFieldKeys); a field never replaces one of log's own.
 func workerLog(log *logrus.Entry) door.Logf {
 	return func(level door.Level, s string, fields door.Fields) {
 		l := log
 		for k, v := range fields {
-			if _, taken := log.Data[k]; !taken {
+			if _, taken := log.Data[k]; !taken && childFieldKeys[k] {
 				l = l.WithField(k, v)
 			}
 		}

@@ -9,18 +9,30 @@ import (
 )
 
 // A child's warning is logged at warning level with its fields, which
-// never replace the line's own (the container's identity, the mode).
+// never stand for the run's own: the container's identity and the mode,
+// which the logger adds to a line only where it has none.
 func TestWorkerLogKeepsLevelAndFields(t *testing.T) {
 	var buf bytes.Buffer
-	l := logrus.New()
-	l.Out, l.Formatter = &buf, &logrus.JSONFormatter{}
-	entry := l.WithFields(logrus.Fields{"container": "abc", "mode": "criu"})
-	workerLog(entry).Warn("could not make the old mount catatonic", "mount", "/srv/a", "container", "forged")
+	l, done, err := openLog(LogConfig{NoSyslog: true, Format: "json"}, &buf, logrus.Fields{"mode": "criu"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	setIdentity(l, Identity{ID: "abc", Name: "web"})
+	workerLog(l.WithField("phase", "post-resume")).Warn("could not make the old mount catatonic", "mount", "/srv/a",
+		"container", "forged", "name", "forged", "mode", "forged", "wiring", "forged", "phase", "forged")
 	var got map[string]string
 	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
 		t.Fatalf("%v: %q", err, buf.String())
 	}
-	if got["level"] != "warning" || got["msg"] != "could not make the old mount catatonic" || got["mount"] != "/srv/a" || got["container"] != "abc" || got["mode"] != "criu" {
-		t.Errorf("logged %v", got)
+	want := map[string]string{"level": "warning", "msg": "could not make the old mount catatonic", "mount": "/srv/a",
+		"container": "abc", "name": "web", "mode": "criu", "phase": "post-resume"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q (line %v)", k, got[k], v, got)
+		}
+	}
+	if _, ok := got["wiring"]; ok {
+		t.Errorf("a child's wiring field was logged: %v", got)
 	}
 }

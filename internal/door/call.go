@@ -39,7 +39,8 @@ type Spec struct {
 	// its fds 3, 4, ... in the order of their names; the child also gets
 	// our executable as the fd after them (it is started through it).
 	Files Files
-	// Env is the child's whole environment besides PATH.
+	// Env is the child's whole environment besides PATH and the door's own
+	// variables (_AUTOFS_RESTORE_HOOK_..., which Env must not set).
 	Env []string
 	// Deadline: the child is killed then. Zero is an error.
 	Deadline time.Time
@@ -106,6 +107,13 @@ func call(s Spec, result any) ([]*os.File, error) {
 	names, err := s.Files.order()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	// The door's own variables (the files' names, the entry) are set by
+	// the door alone.
+	for _, kv := range s.Env {
+		if strings.HasPrefix(kv, doorEnvPrefix) {
+			return nil, fmt.Errorf("%s: Spec.Env sets %q, a variable of the door's", name, kv)
+		}
 	}
 	handed := make([]*os.File, len(names))
 	var fdNames []string

@@ -15,6 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// doorEnvPrefix starts every variable the door sets for a child.
+const doorEnvPrefix = "_AUTOFS_RESTORE_HOOK_"
+
 // EnvEnter names the variable that tells a child's C constructor the fds
 // it joins (Spec.Enter): "MNT,ROOT,PID[,CGROUP.PROCS...]". The
 // constructor overwrites the value with "done" once the child is in.

@@ -103,3 +103,13 @@ func TestTaskFilesByName(t *testing.T) {
 		}
 	}
 }
+
+// A Spec cannot set the door's own variables: the names of the files
+// handed, the entry into a container.
+func TestSpecEnvCannotSetTheDoorsVariables(t *testing.T) {
+	for _, kv := range []string{EnvFiles + "=x=3", EnvEnter + "=3,4,5", EnvEnterTimeNS + "=3"} {
+		if _, _, err := namedFiles.Call(Spec{Env: []string{kv}, Deadline: time.Now().Add(10 * time.Second)}, namedReq{}); err == nil {
+			t.Errorf("Spec.Env %q: no error", kv)
+		}
+	}
+}

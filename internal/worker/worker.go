@@ -71,10 +71,9 @@ const connectBounding = ConnectCaps | 1<<unix.CAP_SYS_ADMIN | 1<<unix.CAP_SYS_CH
 // the autofs control ioctls all need CAP_SYS_ADMIN, and nothing else. No
 // capability to write, create, chown or open what its owner and mode
 // forbid (CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_MKNOD, CAP_CHOWN...), nor to
-// trace, load modules or reach raw devices. Its bounding set is
-// connectBounding (never its effective or permitted set):
-// DialInContainer's child, started through exec as root, gets its own
-// set from that.
+// trace, load modules or reach raw devices. Its bounding set is the same:
+// the thread never execs (DialInContainer's child is started from
+// another thread, whose bounding set Prepare limits to connectBounding).
 const WorkerCaps = 1 << unix.CAP_SYS_ADMIN
 
 // nsFile is a namespace of the container, opened on the host.
@@ -218,7 +217,7 @@ func enterWorker(c *door.Child) (*Env, error) {
 	if err := door.EnterMountNS(mntNS, root); err != nil {
 		return nil, err
 	}
-	if err := door.LimitCaps(connectBounding, 0, env.lastCap); err != nil {
+	if err := door.LimitCaps(WorkerCaps, 0, env.lastCap); err != nil {
 		return nil, err
 	}
 	if err := door.KeepOnly(WorkerCaps); err != nil {
