@@ -77,6 +77,17 @@ func (n *InNS) Gone() bool {
 
 // ReadTable reads the mount table of the container's process.
 func (n *InNS) ReadTable() (*Table, error) {
+	f, err := n.mountinfo()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseTable(f)
+}
+
+// mountinfo opens the container process's mount table through its /proc
+// directory fd.
+func (n *InNS) mountinfo() (*os.File, error) {
 	if n.Proc == nil {
 		return nil, errNoContainer
 	}
@@ -84,7 +95,5 @@ func (n *InNS) ReadTable() (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open mountinfo: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "mountinfo")
-	defer f.Close()
-	return ParseTable(f)
+	return os.NewFile(uintptr(fd), "mountinfo"), nil
 }

@@ -58,14 +58,11 @@ func WatchTable(pid int) (*TableWatch, error) {
 // WatchTable opens the mount table of the container's process through
 // its /proc directory fd (see ReadTable).
 func (n *InNS) WatchTable() (*TableWatch, error) {
-	if n.Proc == nil {
-		return nil, errNoContainer
-	}
-	fd, err := unix.Openat(int(n.Proc.Fd()), "mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	f, err := n.mountinfo()
 	if err != nil {
-		return nil, fmt.Errorf("watch mountinfo: %w", err)
+		return nil, fmt.Errorf("watch: %w", err)
 	}
-	return &TableWatch{f: os.NewFile(uintptr(fd), "mountinfo")}, nil
+	return &TableWatch{f: f}, nil
 }
 
 // Read parses the whole table as it is now.
