@@ -28,9 +28,8 @@ func Begin() (*Reply, error) {
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return r, fmt.Errorf("set the parent-death signal: %w", err)
 	}
-	pfd := []unix.PollFd{{Fd: 1, Events: 0}}
-	if n, err := unix.Poll(pfd, 0); err != nil || n > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
-		return r, errors.New("the parent is gone")
+	if err := parentGone(unix.Poll); err != nil {
+		return r, err
 	}
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return r, fmt.Errorf("make this process not dumpable: %w", err)
@@ -51,6 +50,27 @@ func Begin() (*Reply, error) {
 		}
 	}
 	return r, nil
+}
+
+// parentGone tells whether the peer of the protocol socket (fd 1) is gone,
+// through poll: a poll that a signal interrupted (EINTR: a zero timeout
+// does not prevent it, and the Go runtime signals its own threads) is
+// asked again, never taken for a parent that is gone.
+func parentGone(poll func([]unix.PollFd, int) (int, error)) error {
+	pfd := []unix.PollFd{{Fd: 1, Events: 0}}
+	for {
+		n, err := poll(pfd, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll the protocol socket: %w", err)
+		}
+		if n > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+			return errors.New("the parent is gone")
+		}
+		return nil
+	}
 }
 
 var (

@@ -113,3 +113,30 @@ func TestSpecEnvCannotSetTheDoorsVariables(t *testing.T) {
 		}
 	}
 }
+
+// A poll of the protocol socket that a signal interrupts is asked again.
+// A child once reported "the parent is gone" to a parent that was reading
+// its answer (CI, the catatonic worker of 1,000 mounts): the socket was
+// not hung up, so the poll itself had failed, most likely with EINTR,
+// which the previous code took for a parent that is gone.
+func TestParentGoneAsksAgainAfterEINTR(t *testing.T) {
+	calls := 0
+	poll := func(fds []unix.PollFd, _ int) (int, error) {
+		calls++
+		if calls < 3 {
+			return -1, unix.EINTR
+		}
+		return 0, nil
+	}
+	if err := parentGone(poll); err != nil || calls != 3 {
+		t.Errorf("after two EINTR: %v, %d polls; want nil after 3", err, calls)
+	}
+	hup := func(fds []unix.PollFd, _ int) (int, error) { fds[0].Revents = unix.POLLHUP; return 1, nil }
+	if err := parentGone(hup); err == nil || !strings.Contains(err.Error(), "the parent is gone") {
+		t.Errorf("a hung-up socket: %v", err)
+	}
+	bad := func([]unix.PollFd, int) (int, error) { return -1, unix.EBADF }
+	if err := parentGone(bad); err == nil {
+		t.Error("a poll that fails: no error")
+	}
+}
