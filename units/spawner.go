@@ -54,13 +54,9 @@ func stageHost(c *door.Child, req spawnRequest) (*spawnResult, error) {
 	if req.Daemon == nil {
 		return nil, errors.New("spawner: no daemon in the request")
 	}
-	files, err := c.Take(daemonFileNames...)
+	f, err := c.Take(daemonFileNames...)
 	if err != nil {
 		return nil, fmt.Errorf("spawner: %w", err)
-	}
-	f := map[string]*os.File{}
-	for i, n := range daemonFileNames {
-		f[n] = files[i]
 	}
 	last, err := door.LastCap()
 	if err != nil {
@@ -151,7 +147,7 @@ func startDaemon(c *door.Child, req spawnRequest) (*spawnResult, []*os.File, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("spawner: %w", err)
 	}
-	cwd, exe := int(files[0].Fd()), int(files[1].Fd())
+	cwd, exe := int(files[fileCwd].Fd()), int(files[fileExe].Fd())
 	deadline := time.Unix(0, req.Deadline)
 	// Born in the container's mount namespace and root (door.Entry),
 	// every thread of the stage with it. Every fd is close-on-exec since

@@ -141,13 +141,13 @@ func (c *Child) Names() []string {
 	return names
 }
 
-// Take is File for a task that needs several: the files named, in order,
-// or one error for all that are missing.
-func (c *Child) Take(names ...string) ([]*os.File, error) {
-	out := make([]*os.File, len(names))
+// Take is File for a task that needs several: the files named, by their
+// names, or one error for all that are missing.
+func (c *Child) Take(names ...string) (Files, error) {
+	out := Files{}
 	var missing []string
-	for i, n := range names {
-		if out[i] = c.files[n]; out[i] == nil {
+	for _, n := range names {
+		if out[n] = c.files[n]; out[n] == nil {
 			missing = append(missing, n)
 		}
 	}

@@ -28,12 +28,12 @@ var namedFiles = NewTask("__door-test-named", func(c *Child, req namedReq) (name
 	if err != nil {
 		return res, err
 	}
-	for i, f := range files {
+	for name, f := range files {
 		var st unix.Stat_t
 		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 			return res, err
 		}
-		res.Inodes[req.Want[i]] = st.Ino
+		res.Inodes[name] = st.Ino
 	}
 	c.Log().Warn("taken")
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_CLOEXEC, 0) // a kind a parent keeps

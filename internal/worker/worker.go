@@ -198,9 +198,9 @@ func enterWorker(c *door.Child) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	mntNS, root, procDir := files[0], files[1], files[2]
-	env := &Env{InNS: mounts.NewInNS(procDir, mounts.NewControlDevice(files[3]), c.Event), child: c, mntNS: mntNS, root: root, pidNS: files[4], netNS: files[5],
-		otherNS: []nsFile{{files[6], unix.CLONE_NEWIPC}, {files[7], unix.CLONE_NEWUTS}, {files[8], unix.CLONE_NEWCGROUP}}}
+	mntNS, root, procDir := files[fileMntNS], files[fileRoot], files[fileProc]
+	env := &Env{InNS: mounts.NewInNS(procDir, mounts.NewControlDevice(files[fileAutofs]), c.Event), child: c, mntNS: mntNS, root: root, pidNS: files[filePidNS], netNS: files[fileNetNS],
+		otherNS: []nsFile{{files[fileIPCNS], unix.CLONE_NEWIPC}, {files[fileUTSNS], unix.CLONE_NEWUTS}, {files[fileCgroupNS], unix.CLONE_NEWCGROUP}}}
 	// Read on the host, before the container's /proc is ours to see.
 	if env.lastCap, err = door.LastCap(); err != nil {
 		return nil, err
