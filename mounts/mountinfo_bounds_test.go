@@ -169,8 +169,11 @@ func checkStacked(t *testing.T, tab *Table, n int) {
 	}
 }
 
-// parseCost parses text and returns the table, the bytes allocated and
-// the time taken.
+// parseCost parses text and returns the table and the bytes allocated.
+// The time it takes is logged, never asserted: under TCG 8,000 stacked
+// pairs take half a second with nothing else running, close to the
+// second a test once allowed them, with the other guest on the same two
+// CPUs. BenchmarkParseTable measures it.
 func parseCost(t *testing.T, text string) (*Table, uint64, time.Duration) {
 	t.Helper()
 	runtime.GC()
@@ -187,9 +190,10 @@ func parseCost(t *testing.T, text string) (*Table, uint64, time.Duration) {
 }
 
 // Autofs mounts stacked on one mount point, each with a tmpfs on top
-// (what a container can make in a loop): the parse costs in proportion
-// to the mounts. It once allocated 24 MiB for 1,000 pairs and 2 GiB for
-// 8,000, each autofs mount getting its own copy of the stack above it.
+// (what a container can make in a loop): the parse allocates in
+// proportion to the mounts. It once allocated 24 MiB for 1,000 pairs and
+// 2 GiB for 8,000, each autofs mount getting its own copy of the stack
+// above it.
 func TestParseTableStackedIsLinear(t *testing.T) {
 	small, large := stackedMountinfo(1000), stackedMountinfo(8000)
 	tab, allocSmall, tookSmall := parseCost(t, small)
@@ -200,14 +204,11 @@ func TestParseTableStackedIsLinear(t *testing.T) {
 	if allocLarge > 10*allocSmall || allocLarge > 64<<20 {
 		t.Errorf("8,000 pairs allocated %d KiB, 1,000 %d KiB: want under 10 times as much, and under 64 MiB", allocLarge>>10, allocSmall>>10)
 	}
-	if tookLarge > time.Second {
-		t.Errorf("8,000 pairs took %s, want under 1 s", tookLarge)
-	}
 }
 
 // Autofs mounts each one level below the last: the table itself grows
-// as the square of their number (the paths do), the parse in proportion
-// to the table; 8,000 levels are over MaxTableSize and refused, without
+// as the square of their number (the paths do), the parse's allocations
+// in proportion to the table; 8,000 levels are over MaxTableSize and refused, without
 // reading past it.
 func TestParseTableNestedIsLinear(t *testing.T) {
 	small, large := nestedMountinfo(1000), nestedMountinfo(2000)
@@ -238,8 +239,8 @@ func TestParseTableNestedIsLinear(t *testing.T) {
 	if !errors.Is(err, ErrTableTooLarge) || !strings.Contains(err.Error(), "16 MiB") {
 		t.Errorf("8,000 levels: %v, want the refusal of a table over 16 MiB", err)
 	}
-	if alloc > 64<<20 || took > time.Second {
-		t.Errorf("8,000 levels: %d MiB allocated in %s, want under 64 MiB and 1 s", alloc>>20, took)
+	if alloc > 64<<20 {
+		t.Errorf("8,000 levels: %d MiB allocated, want under 64 MiB", alloc>>20)
 	}
 }
 

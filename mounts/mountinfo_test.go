@@ -1,6 +1,7 @@
 package mounts
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -94,15 +95,32 @@ func TestEscape(t *testing.T) {
 	}
 }
 
+// BenchmarkParseTable: ordinary tables of 10 to 10,000 mounts, and the
+// shapes a hostile container can make (TestParseTableStackedIsLinear,
+// TestParseTableNestedIsLinear): 8,000 stacked autofs/tmpfs pairs, 2,000
+// nested autofs mounts, and 8,000 nested ones, a table over MaxTableSize
+// that is refused.
 func BenchmarkParseTable(b *testing.B) {
+	type input struct {
+		name string
+		data string
+		err  error
+	}
+	var inputs []input
 	for _, n := range []struct{ total, autofs int }{{10, 1}, {1000, 100}, {10000, 1000}} {
-		data := syntheticMountinfo(n.total, n.autofs)
-		b.Run(strings.Join([]string{itoa(n.total), "mounts"}, "-"), func(b *testing.B) {
+		inputs = append(inputs, input{name: itoa(n.total) + "-mounts", data: syntheticMountinfo(n.total, n.autofs)})
+	}
+	inputs = append(inputs,
+		input{name: "8000-stacked-pairs", data: stackedMountinfo(8000)},
+		input{name: "2000-nested", data: nestedMountinfo(2000)},
+		input{name: "8000-nested-refused", data: nestedMountinfo(8000), err: ErrTableTooLarge})
+	for _, in := range inputs {
+		b.Run(in.name, func(b *testing.B) {
 			b.ReportAllocs()
-			b.SetBytes(int64(len(data)))
+			b.SetBytes(int64(len(in.data)))
 			for b.Loop() {
-				if _, err := ParseTable(strings.NewReader(data)); err != nil {
-					b.Fatal(err)
+				if _, err := ParseTable(strings.NewReader(in.data)); !errors.Is(err, in.err) {
+					b.Fatalf("ParseTable: %v, want %v", err, in.err)
 				}
 			}
 		})
