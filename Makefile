@@ -15,7 +15,7 @@ PLUGIN   := bin/autofs-restore-hook.so
 GOBUILD  := CGO_ENABLED=1 go build -trimpath -tags osusergo,netgo \
 	-ldflags '-linkmode external -extldflags -static -X $(PKG)/hook.Version=$(VERSION)'
 
-.PHONY: all build plugin deps test test-kernels unit fuzz demo bench install install-json uninstall pkg-files deb rpm test-deps image image-deps clean
+.PHONY: all build plugin lab-tools deps test test-kernels unit fuzz demo bench install install-json uninstall pkg-files deb rpm test-deps image image-deps clean
 
 all: build
 
@@ -75,8 +75,13 @@ fuzz:
 unit: deps
 	go test -count=1 ./hook/... ./mounts/... ./units/... ./internal/...
 
+# The lab's own tool (test/lab/labconfig: a bundle's config.json, with the
+# runtime-spec types), built here: the test VM's guest builds nothing.
+lab-tools:
+	go build -o bin/labconfig ./test/lab/labconfig
+
 # In the test VM when this kernel has no autofs (as tests.sh decides).
-demo: build
+demo: build lab-tools
 	bash test/vm/maybe.sh bash test/demo.sh $(CURDIR)/$(BIN)
 
 # Benchmarks (root, the lab): no-op cost, discovery, the OCI follower's
@@ -86,7 +91,7 @@ demo: build
 # kernel has no autofs (as tests.sh decides); BENCH_ARGS go to test/bench
 # (-runs, -sizes, -scale, -only).
 BENCH_ARGS ?=
-bench: build
+bench: build lab-tools
 	@echo "## 2. Discovery (parse and classify mountinfo)"; echo
 	go test -run '^$$' -bench BenchmarkParseTable -benchmem -count 1 ./mounts | grep -E '^Benchmark|^cpu'
 	@echo

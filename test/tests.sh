@@ -93,6 +93,8 @@ go list -f '{{.ImportPath}} {{.Dir}} {{len .TestGoFiles}} {{len .XTestGoFiles}}'
 		go test -c -o "$OUT/$bin" "$pkg"
 		echo "$pkg $dir $bin" >>"$OUT/list"
 	done
+# The lab's config.json writer, where lab.sh finds it (bin/labconfig).
+go build -o "$ROOT/bin/labconfig" ./test/lab/labconfig
 echo "tests: compiled $(wc -l <"$OUT/list") test binaries in $(($(date +%s) - t0))s"
 
 export AUTOFS_RESTORE_HOOK_BIN=$BIN AUTOFS_RESTORE_HOOK_FP_BIN=$OUT/autofs-restore-hook-failpoints

@@ -187,27 +187,6 @@ json_str() { # JSON string literal
 	s=${s//$'\n'/\\n}
 	printf '"%s"' "$s"
 }
-json_arr() { # json_arr item... -> ["a","b"]
-	local out="" x
-	for x in "$@"; do out+="${out:+, }$(json_str "$x")"; done
-	printf '[%s]' "$out"
-}
-
-# Capabilities the host's bounding set allows (this machine has no CAP_SYS_RESOURCE).
-CAP_NAMES=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP
-	LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER
-	SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE
-	SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP
-	MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF
-	CHECKPOINT_RESTORE)
-host_caps() {
-	local bnd i caps=()
-	bnd=$((16#$(awk '/^CapBnd:/{print $2}' /proc/self/status)))
-	for i in "${!CAP_NAMES[@]}"; do
-		if (((bnd >> i) & 1)); then caps+=("CAP_${CAP_NAMES[$i]}"); fi
-	done
-	json_arr "${caps[@]}"
-}
 
 # cgroup_v2: whether this host has only the unified hierarchy.
 cgroup_v2() { [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; }
@@ -368,113 +347,42 @@ PROFILE
 }
 
 # -------------------------------------------------------------- config.json
+# labconfig (test/lab/labconfig): writes config.json with the runtime-spec
+# types, and criu.conf. Built on the host (tests.sh, make demo, make bench:
+# the test VM's guest builds nothing); here when missing or older than its
+# source and Go is at hand.
+LAB_CONFIG=${ARH_LAB_CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/bin/labconfig}
+lab_config() {
+	local src
+	src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/labconfig
+	if [ -d "$src" ] && command -v go >/dev/null &&
+		{ [ ! -x "$LAB_CONFIG" ] || [ -n "$(find "$src" -name '*.go' -newer "$LAB_CONFIG" 2>/dev/null | head -1)" ]; }; then
+		(cd "$src" && go build -o "$LAB_CONFIG" .) || die "could not build $LAB_CONFIG"
+	fi
+	[ -x "$LAB_CONFIG" ] || die "no $LAB_CONFIG (make lab-tools builds it)"
+	"$LAB_CONFIG" "$@"
+}
 write_config() { # write_config NAME BUNDLE
-	local name=$1 b=$2 args env annotations hooks="" mounts extra_mounts=""
-	case $KIND in
-	systemd)
-		args=$(json_arr /bin/sh -c 'exec </dev/null >/dev/null 2>&1; exec /lib/systemd/systemd')
-		local envs=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
-		cgroup_v2 || envs+=("$LEGACY_CGROUP_CMDLINE")
-		env=$(json_arr "${envs[@]}")
-		;;
-	automount | plain)
-		args=$(json_arr /bin/sh /lab/init.sh)
-		env=$(json_arr "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "container=oci")
-		;;
-	*) die "unknown kind '$KIND' (systemd, automount, plain)" ;;
-	esac
-	# CRIU configuration: never the host's /etc/criu/runc.conf.
-	if [ -n "$ACTION_SCRIPT" ] || [ ${#CRIU_OPTS[@]} -gt 0 ]; then
-		{
-			echo "# written by test/lab/lab.sh for $name"
-			[ -z "$ACTION_SCRIPT" ] || echo "action-script $ACTION_SCRIPT"
-			local o
-			for o in "${CRIU_OPTS[@]}"; do echo "$o"; done
-		} >"$b/criu.conf"
-		annotations="\"org.criu.config\": $(json_str "$b/criu.conf")"
-	elif [ "$NO_CRIU_ANNOTATION" = 1 ]; then
-		# The runtime's own CRIU configuration (/etc/criu/runc.conf,
-		# crun.conf) and CRIU's default.conf apply.
-		rm -f "$b/criu.conf"
-		annotations='"arh-lab.criu-config": "the runtime default"'
-	else
-		rm -f "$b/criu.conf"
-		annotations='"org.criu.config": ""'
-	fi
+	local name=$1 b=$2 args=() o
+	[ -z "$ACTION_SCRIPT" ] || args+=(-action-script "$ACTION_SCRIPT")
+	for o in "${CRIU_OPTS[@]}"; do args+=(-criu-opt "$o"); done
+	[ "$NO_CRIU_ANNOTATION" = 0 ] || args+=(-runtime-criu-config)
 	if [ -n "$HOOK_PATH" ]; then
-		local h="{\"path\": $(json_str "$HOOK_PATH"), \"args\": $(json_arr "$HOOK_PATH" "${HOOK_ARGS[@]}")"
-		[ ${#HOOK_ENV[@]} = 0 ] || h+=", \"env\": $(json_arr "${HOOK_ENV[@]}")"
-		[ -z "$HOOK_TIMEOUT" ] || h+=", \"timeout\": $HOOK_TIMEOUT"
-		h+="}"
-		hooks="\"hooks\": {$(json_str "$HOOK_STAGE"): [$h]},"
+		args+=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
+		for o in "${HOOK_ARGS[@]}"; do args+=(-hook-arg "$o"); done
+		for o in "${HOOK_ENV[@]}"; do args+=(-hook-env "$o"); done
+		[ -z "$HOOK_TIMEOUT" ] || args+=(-hook-timeout "$HOOK_TIMEOUT")
 	fi
-	local rlimits='[{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]' confinement=""
 	if [ "$CONFINED" = 1 ]; then
-		rlimits='[{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024}, {"type": "RLIMIT_NPROC", "hard": 4000, "soft": 3000}]'
-		confinement='"oomScoreAdj": 500,'
+		args+=(-confined)
 		if apparmor_on; then
 			apparmor_load
-			confinement+=" \"apparmorProfile\": \"$AA_PROFILE\","
+			args+=(-apparmor "$AA_PROFILE")
 		fi
 	fi
-	local seccomp=""
-	[ "$CONFINED" = 0 ] || seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kexec_load", "open_by_handle_at", "bpf", "perf_event_open", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
-	# On cgroup v2 systemd enforces a unit's DevicePolicy (journald's, say)
-	# with BPF programs whose fds it keeps, and CRIU cannot dump a BPF fd:
-	# the systemd container gets bpf() denied, as podman's default seccomp
-	# profile denies it without CAP_BPF. systemd then runs without them.
-	if [ "$KIND" = systemd ] && [ -z "$seccomp" ] && cgroup_v2; then
-		seccomp='"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["bpf"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},'
-	fi
-	[ -z "$SECCOMP_FILE" ] || seccomp="\"seccomp\": $(cat "$SECCOMP_FILE"),"
-	# On cgroup v2 a cgroup namespace, as podman gives: systemd must see
-	# its own cgroup as the root of the hierarchy mounted at /sys/fs/cgroup.
-	local namespaces='{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}'
-	! cgroup_v2 || namespaces+=', {"type": "cgroup"}'
-	cat >"$b/config.json.tmp" <<JSON
-{
-  "ociVersion": "1.0.2",
-  "process": {
-    "terminal": false,
-    "user": {"uid": 0, "gid": 0},
-    "args": $args,
-    "env": $env,
-    "cwd": "/",
-    "capabilities": {
-      "bounding": $(host_caps),
-      "effective": $(host_caps),
-      "permitted": $(host_caps)
-    },
-    "rlimits": $rlimits,
-    $confinement
-    "noNewPrivileges": $NNP
-  },
-  "root": {"path": "rootfs", "readonly": false},
-  "hostname": $(json_str "$name"),
-  "annotations": {$annotations},
-  $hooks
-  "mounts": [
-    {"destination": "/proc", "type": "proc", "source": "proc"},
-    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]},
-    {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
-    {"destination": "/run/lock", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=1777"]},
-    {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
-  ],
-  "linux": {
-    $seccomp
-    "cgroupsPath": $(json_str "/arh-lab/$name"),
-    "namespaces": [$namespaces],
-    "devices": [{"path": "/dev/autofs", "type": "c", "major": 10, "minor": 235, "fileMode": 420, "uid": 0, "gid": 0}],
-    "resources": {"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 235, "access": "rwm"}]}
-  }
-}
-JSON
-	mv "$b/config.json.tmp" "$b/config.json"
+	[ -z "$SECCOMP_FILE" ] || args+=(-seccomp "$SECCOMP_FILE")
+	[ "$NNP" = false ] || args+=(-no-new-privs)
+	lab_config -bundle "$b" -name "$name" -kind "$KIND" "${args[@]}" || die "labconfig could not write $b/config.json"
 }
 
 # ----------------------------------------------------------- rootfs content
@@ -767,7 +675,7 @@ cmd_up() {
 }
 
 cmd_podman_up() {
-	local name=$1 b ann=() hooks_json PODMAN
+	local name=$1 b ann=() PODMAN
 	shift
 	KIND=systemd
 	parse_opts "$@"
@@ -790,10 +698,10 @@ cmd_podman_up() {
 		# A given hooks.d file (the project's shipped one, say) as is.
 		cp "$ARH_LAB_HOOKS_JSON" "$b/hooks.d/"
 	elif [ -n "$HOOK_PATH" ]; then
-		hooks_json="{\"version\": \"1.0.0\", \"hook\": {\"path\": $(json_str "$HOOK_PATH"), \"args\": $(json_arr "$HOOK_PATH" "${HOOK_ARGS[@]}")"
-		[ ${#HOOK_ENV[@]} = 0 ] || hooks_json+=", \"env\": $(json_arr "${HOOK_ENV[@]}")"
-		hooks_json+="}, \"when\": {\"always\": true}, \"stages\": [$(json_str "$HOOK_STAGE")]}"
-		echo "$hooks_json" >"$b/hooks.d/arh-lab.json"
+		local o args=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
+		for o in "${HOOK_ARGS[@]}"; do args+=(-hook-arg "$o"); done
+		for o in "${HOOK_ENV[@]}"; do args+=(-hook-env "$o"); done
+		lab_config -podman-hook "$b/hooks.d/arh-lab.json" "${args[@]}" || die "labconfig could not write $b/hooks.d/arh-lab.json"
 	fi
 	podman_argv "$name"
 	# podman's default AppArmor profile denies every mount: systemd's
