@@ -36,8 +36,9 @@ const (
 // Mount is one autofs mount of a container with its master.
 type Mount struct {
 	*mounts.Autofs
-	// MasterPid is the master's pid in the host's numbering, 0 if none.
-	MasterPid int
+	// Master is the master as inspect saw it (its pid in the host's
+	// numbering, its start time); the zero Ref if none.
+	Master proc.Ref
 	// Kind is what the master is.
 	Kind units.Kind
 	// Unit is the systemd .automount unit (systemd masters).
@@ -83,7 +84,7 @@ func inspect(p *proc.Process, good func(dev uint64) bool) (*Container, error) {
 	byDev := map[uint64]*Mount{}
 	for _, a := range t.Autofs {
 		m := &Mount{Autofs: a, Fixed: good != nil && good(a.Dev())}
-		m.MasterPid, m.Kind = masterOf(c.Procs, a.Options)
+		m.Master, m.Kind = masterOf(c.Procs, a.Options)
 		if m.Kind == units.Systemd {
 			m.Unit = units.PathUnitName(a.Mountpoint(), "automount")
 		}
@@ -98,8 +99,9 @@ func inspect(p *proc.Process, good func(dev uint64) bool) (*Container, error) {
 // masterOf finds the master of the autofs mount of options o among procs
 // (0 if none) and says what it is: the one classification of inspect and
 // of the follower's restoredEnough.
-func masterOf(procs *mounts.Procs, o mounts.Options) (int, units.Kind) {
-	pid := procs.MasterOf(o)
+func masterOf(procs *mounts.Procs, o mounts.Options) (proc.Ref, units.Kind) {
+	master := procs.MasterOf(o)
+	pid := master.Pid
 	nsPid := 0
 	comm := ""
 	if pid > 0 {
@@ -111,7 +113,7 @@ func masterOf(procs *mounts.Procs, o mounts.Options) (int, units.Kind) {
 		s, _ := procs.Stat(pid)
 		comm = s.Comm
 	}
-	return pid, units.Classify(pid, nsPid, comm)
+	return master, units.Classify(pid, nsPid, comm)
 }
 
 // stateOf classifies one mount (the status column).
@@ -119,7 +121,7 @@ func stateOf(m *Mount, restored bool) MountState {
 	switch {
 	case m.Options.Catatonic():
 		return StateCatatonic
-	case m.MasterPid == 0:
+	case m.Master.Pid == 0:
 		return StateOrphaned
 	case restored && !m.Fixed && m.Options.Mode.CachesDevice() && (m.Kind == units.Systemd || m.Kind == units.Automount):
 		return StateStale

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 	"github.com/autofs-restore-hook/autofs-restore-hook/units"
 )
@@ -35,7 +36,7 @@ func fakeContainer(t *testing.T, restored bool, rec record) *Container {
 	kinds := map[int]units.Kind{100: units.Systemd, 200: units.Automount, 300: units.Unknown}
 	c := &Container{Table: tab, Evidence: Evidence{OwnTimeNS: restored}}
 	for _, a := range tab.Autofs {
-		m := &Mount{Autofs: a, MasterPid: a.Options.PGrp, Kind: kinds[a.Options.PGrp], Fixed: rec.knownGood(a.Dev())}
+		m := &Mount{Autofs: a, Master: proc.Ref{Pid: a.Options.PGrp}, Kind: kinds[a.Options.PGrp], Fixed: rec.knownGood(a.Dev())}
 		if a.Mountpoint() == "/srv/n" {
 			m.NestedPids = []int{555}
 		}
@@ -129,7 +130,7 @@ func TestPlanPostResume(t *testing.T) {
 	if want := "/srv/a /srv/b /srv/cat /srv/n /srv/gone"; strings.Join(got, " ") != want {
 		t.Errorf("systemd targets %q, want %q", strings.Join(got, " "), want)
 	}
-	if len(daemons) != 1 || mountpoints(daemons[200]) != "/srv/d" {
+	if len(daemons) != 1 || mountpoints(daemons[proc.Ref{Pid: 200}]) != "/srv/d" {
 		t.Errorf("daemons %v, want 200: /srv/d", daemons)
 	}
 	// Not prepared: a catatonic mount is nobody's business.
@@ -149,21 +150,25 @@ func TestAlsoServedBy(t *testing.T) {
 	c := fakeContainer(t, true, record{})
 	_, daemons := planPostResume(c, nil, Options{}, quietLog())
 	skip := map[uint64]bool{}
-	for _, m := range daemons[200] {
+	for _, m := range daemons[proc.Ref{Pid: 200}] {
 		skip[m.Dev()] = true
 	}
 	var got []string
-	for _, tg := range alsoServedBy(c, 200, skip) {
+	for _, tg := range alsoServedBy(c, proc.Ref{Pid: 200}, skip) {
 		got = append(got, tg.Where)
 	}
 	if strings.Join(got, " ") != "/ind" {
 		t.Errorf("also waited for %q, want /ind", got)
 	}
-	if also := alsoServedBy(c, 300, nil); len(also) != 1 || also[0].Where != "/srv/x" {
+	if also := alsoServedBy(c, proc.Ref{Pid: 300}, nil); len(also) != 1 || also[0].Where != "/srv/x" {
 		t.Errorf("daemon 300: %v, want /srv/x", also)
 	}
+	// Another process that got pid 300 later serves nothing of it.
+	if also := alsoServedBy(c, proc.Ref{Pid: 300, StartTime: 1}, nil); len(also) != 0 {
+		t.Errorf("a later process 300: %v, want none", also)
+	}
 	// A catatonic mount has no master to lose.
-	if also := alsoServedBy(c, 100, nil); strings.Contains(fmt.Sprint(also), "/srv/cat") {
+	if also := alsoServedBy(c, proc.Ref{Pid: 100}, nil); strings.Contains(fmt.Sprint(also), "/srv/cat") {
 		t.Errorf("daemon 100: %v includes the catatonic /srv/cat", also)
 	}
 }

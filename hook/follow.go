@@ -310,10 +310,10 @@ func restoredEnough(p *proc.Process) bool {
 		}
 	}
 	procs := mounts.SnapshotProcs(leaders)
-	var known []int // masters classified already: many mounts, one master
+	var known []proc.Ref // masters classified already: many mounts, one master
 	for _, a := range t.Autofs {
 		m := procs.MasterOf(a.Options)
-		if m <= 0 {
+		if m.Pid <= 0 {
 			return false
 		}
 		if slices.Contains(known, m) {

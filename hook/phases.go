@@ -200,7 +200,7 @@ func runPhase(p *proc.Process, ph Phase, sf *stateFile, opts Options, log *logru
 	for _, m := range c.Mounts {
 		switch {
 		case m.Kind == units.Unknown:
-			sf.refused(m.Mountpoint(), fmt.Sprintf("unknown master (pid %d)", m.MasterPid))
+			sf.refused(m.Mountpoint(), fmt.Sprintf("unknown master (pid %d)", m.Master.Pid))
 		case opts.SkipNested && len(m.NestedPids) > 0 && m.State == StateStale:
 			sf.refused(m.Mountpoint(), "--nested=skip: copies in other mount namespaces")
 		}

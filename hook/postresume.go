@@ -5,10 +5,11 @@ package hook
 // interrupted run resumable.
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -22,19 +23,19 @@ import (
 // planPostResume picks what post-resume restarts: the systemd units
 // (with the mounts prepared at pre-resume that systemd has detached since)
 // and the automount daemons, each with its mounts.
-func planPostResume(c *Container, prepared []preparedMount, opts Options, log *logrus.Entry) ([]units.RestartTarget, map[int][]*Mount) {
+func planPostResume(c *Container, prepared []preparedMount, opts Options, log *logrus.Entry) ([]units.RestartTarget, map[proc.Ref][]*Mount) {
 	wasPrepared := map[uint64]bool{}
 	for _, pm := range prepared {
 		wasPrepared[pm.Dev] = true
 	}
 	var sdTargets []units.RestartTarget
-	daemons := map[int][]*Mount{}
+	daemons := map[proc.Ref][]*Mount{}
 	seen := map[string]bool{}
 	for _, m := range c.Mounts {
 		needs := m.State == StateStale || (m.State == StateCatatonic && wasPrepared[m.Dev()])
 		switch {
 		case m.Kind == units.Unknown:
-			log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("unknown master (pid %d): left alone", m.MasterPid)
+			log.WithField("mount", mounts.Escape(m.Mountpoint())).Warnf("unknown master (pid %d): left alone", m.Master.Pid)
 			continue
 		case !needs || !managed(m):
 			continue
@@ -45,7 +46,7 @@ func planPostResume(c *Container, prepared []preparedMount, opts Options, log *l
 		if m.Kind == units.Systemd {
 			sdTargets = append(sdTargets, units.RestartTarget{Where: m.Mountpoint(), Unit: m.Unit, Dev: m.Dev()})
 		} else {
-			daemons[m.MasterPid] = append(daemons[m.MasterPid], m)
+			daemons[m.Master] = append(daemons[m.Master], m)
 		}
 	}
 	// systemd detaches a catatonic mount on its own: units prepared at
@@ -74,21 +75,24 @@ func postResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) er
 	if err := retryRespawns(c, sf, opts, log); err != nil {
 		errs = append(errs, err)
 	}
-	pids := make([]int, 0, len(daemons))
-	for pid := range daemons {
-		pids = append(pids, pid)
+	masters := slices.SortedFunc(maps.Keys(daemons), func(a, b proc.Ref) int { return cmp.Compare(a.Pid, b.Pid) })
+	pidsOf := func(rs []proc.Ref) []int {
+		pids := make([]int, len(rs))
+		for i, r := range rs {
+			pids[i] = r.Pid
+		}
+		return pids
 	}
-	sort.Ints(pids)
-	if len(pids) > maxDaemons {
-		errs = append(errs, fmt.Errorf("post-resume: %d automount daemons to respawn, more than the %d one run handles: %v left for the next run (run fix again)", len(pids), maxDaemons, pids[maxDaemons:]))
-		pids = pids[:maxDaemons]
+	if len(masters) > maxDaemons {
+		errs = append(errs, fmt.Errorf("post-resume: %d automount daemons to respawn, more than the %d one run handles: %v left for the next run (run fix again)", len(masters), maxDaemons, pidsOf(masters[maxDaemons:])))
+		masters = masters[:maxDaemons]
 	}
-	for i, pid := range pids {
+	for i, daemon := range masters {
 		if opts.pastDeadline() {
-			errs = append(errs, fmt.Errorf("post-resume: the run's deadline has passed: automount %v not respawned (run fix again)", pids[i:]))
+			errs = append(errs, fmt.Errorf("post-resume: the run's deadline has passed: automount %v not respawned (run fix again)", pidsOf(masters[i:])))
 			break
 		}
-		if err := respawnDaemon(c, pid, daemons[pid], sf, opts, log); err != nil {
+		if err := respawnDaemon(c, daemon, daemons[daemon], sf, opts, log); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -157,8 +161,11 @@ func restartSystemd(c *Container, targets []units.RestartTarget, sf *stateFile, 
 	return errors.Join(errs...)
 }
 
-func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Options, log *logrus.Entry) error {
-	dl := log.WithFields(logrus.Fields{"master": "automount", "master_pid": pid})
+// respawnDaemon kills the automount daemon that serves ms and starts it
+// again (units.RespawnAutomount), as inspect saw it: a daemon that died
+// since, and a process that took its pid, are refused there.
+func respawnDaemon(c *Container, daemon proc.Ref, ms []*Mount, sf *stateFile, opts Options, log *logrus.Entry) error {
+	dl := log.WithFields(logrus.Fields{"master": "automount", "master_pid": daemon.Pid})
 	if opts.DryRun {
 		for _, m := range ms {
 			dl.WithField("mount", mounts.Escape(m.Mountpoint())).Info("would respawn its automount daemon (dry run)")
@@ -172,18 +179,14 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 		targets = append(targets, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
 		mine[m.Dev()] = true
 	}
-	also := alsoServedBy(c, pid, mine)
+	also := alsoServedBy(c, daemon, mine)
 	// Written down before the kill: if the new daemon does not come up,
 	// the next run starts it again from the record.
 	record := func(p *units.Pending) error {
 		sf.rec.Respawns = append(sf.rec.Respawns, *p)
 		return sf.Save()
 	}
-	st, ok := c.Procs.Stat(pid)
-	if !ok {
-		return fmt.Errorf("post-resume: automount %d: not in the process snapshot", pid)
-	}
-	res, err := units.RespawnAutomount(c.Proc, proc.Ref{Pid: pid, StartTime: st.StartTime}, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Deadline: opts.Deadline, Log: workerLog(dl), BeforeKill: record, Also: also})
+	res, err := units.RespawnAutomount(c.Proc, daemon, targets, units.RespawnOptions{Timeout: opts.timeout(len(targets) + len(also)), Deadline: opts.Deadline, Log: workerLog(dl), BeforeKill: record, Also: also})
 	if res != nil {
 		// Those it serves work, even if others do not.
 		sf.rec.Fixed = append(sf.rec.Fixed, res.Devs...)
@@ -191,25 +194,25 @@ func respawnDaemon(c *Container, pid int, ms []*Mount, sf *stateFile, opts Optio
 	if err != nil {
 		dl.Errorf("respawn: %v", err)
 		for _, t := range targets {
-			sf.left(t.Where, fmt.Sprintf("respawn automount %d: %v", pid, err))
+			sf.left(t.Where, fmt.Sprintf("respawn automount %d: %v", daemon.Pid, err))
 		}
-		return fmt.Errorf("post-resume: automount %d: %w%s", pid, err, retryHint(sf, pid, res))
+		return fmt.Errorf("post-resume: automount %d: %w%s", daemon.Pid, err, retryHint(sf, daemon.Pid, res))
 	}
 	for _, t := range targets {
 		sf.fixed(t.Where)
 	}
-	sf.dropRespawn(pid)
+	sf.dropRespawn(daemon.Pid)
 	dl.WithFields(logrus.Fields{"new_pid": res.Pid, "mounts": len(ms) + len(also), "took": time.Since(start).Round(time.Microsecond), "stage_caps": res.StageCaps}).Info("automount killed and started again; every mount reconnected")
 	return nil
 }
 
-// alsoServedBy lists the other mounts that the daemon pid serves (those
-// not in skip): healthy ones, an indirect mount typically. Killing the
+// alsoServedBy lists the other mounts that daemon serves (those not in
+// skip): healthy ones, an indirect mount typically. Killing the
 // daemon leaves them masterless too, so the respawn waits for them as well.
-func alsoServedBy(c *Container, pid int, skip map[uint64]bool) []mounts.Target {
+func alsoServedBy(c *Container, daemon proc.Ref, skip map[uint64]bool) []mounts.Target {
 	var also []mounts.Target
 	for _, m := range c.Mounts {
-		if m.MasterPid == pid && !skip[m.Dev()] && !m.Options.Catatonic() {
+		if m.Master == daemon && !skip[m.Dev()] && !m.Options.Catatonic() {
 			also = append(also, mounts.Target{Where: m.Mountpoint(), Dev: m.Dev()})
 		}
 	}
@@ -240,7 +243,7 @@ func retryRespawns(c *Container, sf *stateFile, opts Options, log *logrus.Entry)
 		dl := log.WithFields(logrus.Fields{"master": "automount", "master_pid": p.OldPid})
 		var unserved []string
 		for _, t := range p.Targets {
-			if m := c.mountAt(t.Where); m == nil || m.Options.Catatonic() || m.MasterPid == 0 {
+			if m := c.mountAt(t.Where); m == nil || m.Options.Catatonic() || m.Master.Pid == 0 {
 				unserved = append(unserved, mounts.Escape(t.Where))
 			}
 		}

@@ -47,7 +47,7 @@ func planPreResume(ms []*Mount, opts Options, log *logrus.Entry) []*Mount {
 	for _, m := range ms {
 		switch {
 		case m.Kind == units.Unknown:
-			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Warnf("unknown master (pid %d): left alone", m.MasterPid)
+			log.WithFields(logrus.Fields{"mount": mounts.Escape(m.Mountpoint()), "master": string(m.Kind)}).Warnf("unknown master (pid %d): left alone", m.Master.Pid)
 		case m.State != StateStale, m.OnTop != nil, skipNested(m, opts, log):
 		default:
 			picked = append(picked, m)
@@ -91,7 +91,7 @@ func preResume(c *Container, sf *stateFile, opts Options, log *logrus.Entry) err
 		}
 		ml.Info("made catatonic: accesses fail fast until post-resume restarts its master")
 		sf.fixed(m.Mountpoint())
-		sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: m.Mountpoint(), Dev: m.Dev(), Kind: string(m.Kind), MasterPid: m.MasterPid, Unit: m.Unit})
+		sf.rec.Prepared = append(sf.rec.Prepared, preparedMount{Mountpoint: m.Mountpoint(), Dev: m.Dev(), Kind: string(m.Kind), MasterPid: m.Master.Pid, Unit: m.Unit})
 	}
 	// One worker made them all catatonic: its time is the batch's.
 	log.WithFields(logrus.Fields{"mounts": len(res), "failed": len(errs), "took": time.Since(start).Round(time.Microsecond)}).Info("catatonic batch done")

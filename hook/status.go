@@ -92,7 +92,7 @@ func (c *Container) report() Report {
 			Type:          m.Options.Mode.String(),
 			Dev:           devString(m.Dev()),
 			Master:        string(m.Kind),
-			MasterPid:     m.MasterPid,
+			MasterPid:     m.Master.Pid,
 			Unit:          m.Unit,
 			UnitConfirmed: m.UnitConfirmed,
 			State:         string(m.State),

@@ -35,6 +35,9 @@ func SnapshotProcs(pids []int) *Procs {
 // Stat returns the snapshot of pid.
 func (p *Procs) Stat(pid int) (proc.Stat, bool) { s, ok := p.stats[pid]; return s, ok }
 
+// ref names pid as the snapshot saw it.
+func (p *Procs) ref(pid int) proc.Ref { return proc.Ref{Pid: pid, StartTime: p.stats[pid].StartTime} }
+
 // pipesOf lists the pipe inodes pid holds open, read once per pid.
 func (p *Procs) pipesOf(pid int) map[uint64]bool {
 	if m, ok := p.pipes[pid]; ok {
@@ -56,15 +59,15 @@ func (p *Procs) pipesOf(pid int) map[uint64]bool {
 	return m
 }
 
-// MasterOf returns the pid (host numbering) of the master of a mount with
-// options o: the process of group o.PGrp that holds the pipe o.PipeIno.
-// Where the kernel does not print pipe_ino, the group leader counts. It
-// returns 0 when no such process exists (the master died). For a
-// catatonic mount it returns the master that served it before, if that
-// process still holds the pipe.
-func (p *Procs) MasterOf(o Options) int {
+// MasterOf returns the master of a mount with options o, as the snapshot
+// saw it (pid in the host's numbering, start time): the process of group
+// o.PGrp that holds the pipe o.PipeIno. Where the kernel does not print
+// pipe_ino, the group leader counts. It returns the zero Ref when no such
+// process exists (the master died). For a catatonic mount it returns the
+// master that served it before, if that process still holds the pipe.
+func (p *Procs) MasterOf(o Options) proc.Ref {
 	if o.PGrp <= 0 {
-		return 0
+		return proc.Ref{}
 	}
 	var group []int
 	for _, pid := range p.Pids {
@@ -75,21 +78,21 @@ func (p *Procs) MasterOf(o Options) int {
 	if o.PipeIno == 0 {
 		for _, pid := range group {
 			if pid == o.PGrp {
-				return pid
+				return p.ref(pid)
 			}
 		}
-		return 0
+		return proc.Ref{}
 	}
 	// The group leader first: both systemd and automount lead their group.
 	for _, pid := range group {
 		if pid == o.PGrp && p.pipesOf(pid)[o.PipeIno] {
-			return pid
+			return p.ref(pid)
 		}
 	}
 	for _, pid := range group {
 		if pid != o.PGrp && p.pipesOf(pid)[o.PipeIno] {
-			return pid
+			return p.ref(pid)
 		}
 	}
-	return 0
+	return proc.Ref{}
 }
