@@ -2,7 +2,6 @@ package units_test
 
 import (
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -148,23 +147,7 @@ func TestCatatonicFDsRefusesSwappedFD(t *testing.T) {
 // workersOfOurs lists our children that run a worker.
 func workersOfOurs(t *testing.T) []int {
 	t.Helper()
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st, err := proc.ReadStat(pid)
-		if err != nil || st.PPid != os.Getpid() {
-			continue
-		}
-		b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if strings.Contains(string(b), worker.WorkerArg) {
-			out = append(out, pid)
-		}
-	}
-	return out
+	return testenv.ChildrenRunning(worker.WorkerArg)
 }
 
 // testCatatonic makes the targets catatonic in a worker, as the hook's

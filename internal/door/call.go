@@ -35,7 +35,7 @@ type Spec struct {
 	// reads it (ps, an operator, a test looking for the child); the child
 	// never reads it.
 	Label string
-	// Files are handed to the child by name (Child.File). They become
+	// Files are handed to the child by name (Child.Take). They become
 	// its fds 3, 4, ... in the order of their names; the child also gets
 	// our executable as the fd after them (it is started through it).
 	Files Files

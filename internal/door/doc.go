@@ -31,7 +31,7 @@
 //  4. A child inherits nothing but what its Spec names: its stdin (the
 //     request), its stdout (the protocol socket), its stderr (a bounded
 //     buffer), Spec.Files, a minimal environment. Files are handed by
-//     name (Files, Child.File): no fd is agreed by its position between
+//     name (Files, Child.Take): no fd is agreed by its position between
 //     a parent and a child. Every fd it inherited is close-on-exec from
 //     its first step (Begin).
 //  5. A child is not dumpable from its exec on: the memfd copy has mode

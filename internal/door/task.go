@@ -121,16 +121,6 @@ func childFiles(r *Reply) (*Child, error) {
 	return c, nil
 }
 
-// File is the file handed to the child under name (Spec.Files), or an
-// error that says it was not.
-func (c *Child) File(name string) (*os.File, error) {
-	f := c.files[name]
-	if f == nil {
-		return nil, fmt.Errorf("no file %q was handed to this child", name)
-	}
-	return f, nil
-}
-
 // Names are the names of the files handed to the child, sorted.
 func (c *Child) Names() []string {
 	names := make([]string, 0, len(c.files))
@@ -141,8 +131,8 @@ func (c *Child) Names() []string {
 	return names
 }
 
-// Take is File for a task that needs several: the files named, by their
-// names, or one error for all that are missing.
+// Take returns the files named, by their names, or one error for all that
+// are missing.
 func (c *Child) Take(names ...string) (Files, error) {
 	out := Files{}
 	var missing []string

@@ -41,3 +41,32 @@ func WaitChild(t testing.TB, pid int) int {
 	t.Fatalf("pid %d started no child within %v", pid, Scale(10*time.Second))
 	return 0
 }
+
+// ChildrenRunning lists this process's children (zombies included) whose
+// command line holds arg: the hook's children that a test checks are
+// gone. The one scan of /proc for them in the unit tests.
+func ChildrenRunning(arg string) []int {
+	ents, _ := os.ReadDir("/proc")
+	self := strconv.Itoa(os.Getpid())
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		f := strings.Fields(string(b)[i+1:])
+		if len(f) < 2 || f[1] != self {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if strings.Contains(string(cmd), arg) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

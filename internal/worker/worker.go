@@ -229,15 +229,11 @@ func enterWorker(c *door.Child) (*Env, error) {
 // hostWorker is the environment of a host task: the files it was
 // handed, /dev/autofs among them as Ctl when RunOnHost handed it.
 func hostWorker(c *door.Child) *Env {
+	files, _ := c.Take(c.Names()...) // every name is there
 	var ctl *mounts.ControlDevice
-	files := door.Files{}
-	for _, name := range c.Names() {
-		f, _ := c.File(name)
-		if name == fileAutofs {
-			ctl = mounts.NewControlDevice(f)
-			continue
-		}
-		files[name] = f
+	if f := files[fileAutofs]; f != nil {
+		ctl = mounts.NewControlDevice(f)
+		delete(files, fileAutofs)
 	}
 	// No container: no /proc directory of one, no records.
 	return &Env{InNS: mounts.NewInNS(nil, ctl, nil), Files: files, child: c}
