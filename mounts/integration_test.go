@@ -13,6 +13,7 @@ import (
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/autofstest"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/door"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/proc"
+	"github.com/autofs-restore-hook/autofs-restore-hook/internal/testenv"
 	"github.com/autofs-restore-hook/autofs-restore-hook/internal/worker"
 	"github.com/autofs-restore-hook/autofs-restore-hook/mounts"
 )
@@ -111,7 +112,7 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 	for _, pt := range points {
 		targets = append(targets, mounts.Target{Where: pt, Dev: autofstest.At(t, m.Pid, pt).Dev()})
 	}
-	res, err := testCatatonic.Run(p, targets, 5*time.Second, func(_ door.Level, s string, _ door.Fields) { t.Log(s) })
+	res, err := testCatatonic.Run(p, targets, testenv.Scale(5*time.Second), func(_ door.Level, s string, _ door.Fields) { t.Log(s) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestCatatonicBeforeAccessFailsFast(t *testing.T) {
 			// The requester ended before we saw it: it did not hang.
 			continue
 		}
-		if w := autofstest.WaitWchan(req, "", 3*time.Second); w != "" {
+		if w := autofstest.WaitWchan(req, "", testenv.Scale(3*time.Second)); w != "" {
 			t.Fatalf("access to catatonic %s still sleeping in %q", pt, w)
 		}
 	}
@@ -141,14 +142,14 @@ func TestMoveAsideAndBackKeepsContent(t *testing.T) {
 	m, p, points := autofstest.Start(t, "d")
 	req, err := m.Access(points[0])
 	if err == nil {
-		autofstest.WaitWchan(req, "", 3*time.Second)
+		autofstest.WaitWchan(req, "", testenv.Scale(3*time.Second))
 	}
 	a := autofstest.At(t, m.Pid, points[0])
 	if a.OnTop == nil || a.OnTop.FSType != "tmpfs" {
 		t.Fatalf("the master did not mount a tmpfs on %s: %+v", points[0], a.OnTop)
 	}
 	var rec stagingRecorder
-	out, err := testMove.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, func(_ door.Level, s string, _ door.Fields) { t.Log(s) }, rec.event)
+	out, err := testMove.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, testenv.Scale(5*time.Second), func(_ door.Level, s string, _ door.Fields) { t.Log(s) }, rec.event)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestThousandMounts(t *testing.T) {
 	start := time.Now()
 	targets := targetsAt(t, m.Pid, points)
 	read := time.Since(start)
-	makeCatatonic(t, p, targets, 30*time.Second)
+	makeCatatonic(t, p, targets, testenv.Scale(30*time.Second))
 	tab, err := mounts.ReadTable(m.Pid)
 	if err != nil {
 		t.Fatal(err)
@@ -199,14 +200,14 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 	autofstest.Require(t)
 	m, p, points := autofstest.Start(t, "e")
 	if req, err := m.Access(points[0]); err == nil {
-		autofstest.WaitWchan(req, "", 3*time.Second)
+		autofstest.WaitWchan(req, "", testenv.Scale(3*time.Second))
 	}
 	a := autofstest.At(t, m.Pid, points[0])
 	if a.OnTop == nil {
 		t.Fatal("nothing mounted on top")
 	}
 	var rec stagingRecorder
-	staged, err := testStageOnly.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, 5*time.Second, nil, rec.event)
+	staged, err := testStageOnly.RunEvents(p, mounts.Target{Where: points[0], Dev: a.Dev()}, testenv.Scale(5*time.Second), nil, rec.event)
 	if err != nil || staged == "" {
 		t.Fatalf("staged %q: %v", staged, err)
 	}
@@ -217,7 +218,7 @@ func TestRecoverStagedAfterInterruptedRun(t *testing.T) {
 	if !mounts.StagingMounted(tab) || tab.Find(points[0]).OnTop != nil {
 		t.Fatalf("after the interrupted run: staging mounted %v, on top %v", mounts.StagingMounted(tab), tab.Find(points[0]).OnTop)
 	}
-	lines, err := testRecover.RunEvents(p, rec.rec, 5*time.Second, nil, rec.event)
+	lines, err := testRecover.RunEvents(p, rec.rec, testenv.Scale(5*time.Second), nil, rec.event)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +262,7 @@ func TestOddMountPoints(t *testing.T) {
 		}
 	}
 	t.Logf("longest mount point: %d bytes", len(points[len(points)-1]))
-	makeCatatonic(t, p, targets, 10*time.Second)
+	makeCatatonic(t, p, targets, testenv.Scale(10*time.Second))
 	tab, err := mounts.ReadTable(m.Pid)
 	if err != nil {
 		t.Fatal(err)
