@@ -179,15 +179,6 @@ check_name() {
 }
 bundle_of() { echo "$LAB_DIR/$1"; }
 
-json_str() { # JSON string literal
-	local s=$1
-	s=${s//\\/\\\\}
-	s=${s//\"/\\\"}
-	s=${s//$'\t'/\\t}
-	s=${s//$'\n'/\\n}
-	printf '"%s"' "$s"
-}
-
 # cgroup_v2: whether this host has only the unified hierarchy.
 cgroup_v2() { [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; }
 # systemd 252 in a container on the cgroup v1 layout: the legacy hierarchy.
@@ -325,32 +316,16 @@ apparmor_load() {
 	[ -d /sys/kernel/security/apparmor ] || mount -t securityfs securityfs /sys/kernel/security ||
 		die "AppArmor is on but securityfs cannot be mounted"
 	command -v apparmor_parser >/dev/null || die "AppArmor is on but apparmor_parser is missing (provision.sh installs package apparmor)"
-	apparmor_parser -r -W <<PROFILE || die "apparmor_parser could not load $AA_PROFILE"
-# arh-lab: a container profile, broad as a container's must be for
-# systemd and automount, with a few denials as container profiles have.
-profile $AA_PROFILE flags=(attach_disconnected,mediate_deleted) {
-  file,
-  capability,
-  network,
-  unix,
-  signal,
-  ptrace,
-  mount,
-  remount,
-  umount,
-  pivot_root,
-  deny /proc/sysrq-trigger rwklx,
-  deny /proc/kcore rwklx,
-  deny /sys/kernel/security/** rwklx,
-}
-PROFILE
+	lab_config apparmor -out - -name "$AA_PROFILE" | apparmor_parser -r -W || die "apparmor_parser could not load $AA_PROFILE"
 }
 
-# -------------------------------------------------------------- config.json
-# labconfig (test/lab/labconfig): writes config.json with the runtime-spec
-# types, and criu.conf. Built on the host (tests.sh, make demo, make bench:
-# the test VM's guest builds nothing); here when missing or older than its
-# source and Go is at hand.
+# -------------------------------------------------------------- labconfig
+# labconfig (test/lab/labconfig) writes what the lab builds of a container:
+# config.json (runtime-spec types) and criu.conf, the kind's files in the
+# rootfs, podman's hooks.d file, CRI-O's configuration and CRI configs, the
+# AppArmor profile; this script runs the tools. Built on the host
+# (tests.sh, make lab-tools for demo and bench: the test VM's guest builds
+# nothing); here when missing or older than its source and Go is at hand.
 LAB_CONFIG=${ARH_LAB_CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/bin/labconfig}
 lab_config() {
 	local src
@@ -382,70 +357,19 @@ write_config() { # write_config NAME BUNDLE
 	fi
 	[ -z "$SECCOMP_FILE" ] || args+=(-seccomp "$SECCOMP_FILE")
 	[ "$NNP" = false ] || args+=(-no-new-privs)
-	lab_config -bundle "$b" -name "$name" -kind "$KIND" "${args[@]}" || die "labconfig could not write $b/config.json"
+	lab_config bundle -bundle "$b" -name "$name" -kind "$KIND" "${args[@]}" || die "labconfig could not write $b/config.json"
 }
 
 # ----------------------------------------------------------- rootfs content
-populate_systemd() { # populate_systemd ROOTFS
-	local r=$1 names=(a b c) i n links=()
-	for ((i = 1; i <= COUNT; i++)); do names+=("u$i"); done
-	mkdir -p "$r/etc/systemd/system/multi-user.target.wants"
-	# Builtins only in the loop (printf, no cat per file, one ln for all
-	# the links): with --count 1000 a process per file took 150 s under
-	# TCG.
-	for n in "${names[@]}"; do
-		printf '[Unit]\nDescription=arh-lab tmpfs /srv/%s\n\n[Mount]\nWhat=tmpfs\nWhere=/srv/%s\nType=tmpfs\nOptions=size=4m,mode=0755\n' "$n" "$n" \
-			>"$r/etc/systemd/system/srv-$n.mount"
-		printf '[Unit]\nDescription=arh-lab automount /srv/%s\n\n[Automount]\nWhere=/srv/%s\n\n[Install]\nWantedBy=multi-user.target\n' "$n" "$n" \
-			>"$r/etc/systemd/system/srv-$n.automount"
-		links+=("../srv-$n.automount")
-	done
-	ln -sfn -t "$r/etc/systemd/system/multi-user.target.wants" "${links[@]}"
-	printf '%s\n' "${names[@]}" >"$r/lab/automounts"
-}
-
-populate_automount() { # populate_automount ROOTFS
-	local r=$1 i opts="-fstype=tmpfs,size=4m,mode=0755"
-	cat >"$r/etc/auto.master" <<MAP
-# arh-lab: written by test/lab/lab.sh
-/-	/etc/auto.direct	--timeout=0
-/ind	/etc/auto.ind	--timeout=0
-MAP
-	{
-		echo "/srv/direct1	$opts	:tmpfs"
-		echo "/srv/direct2	$opts	:tmpfs"
-		for ((i = 1; i <= COUNT; i++)); do echo "/srv/d$i	$opts	:tmpfs"; done
-		echo "/srv/dmulti	/ $opts :tmpfs	/sub $opts :tmpfs"
-	} >"$r/etc/auto.direct"
-	{
-		echo "k1	$opts	:tmpfs"
-		echo "k2	$opts	:tmpfs"
-		echo "k3	$opts	:tmpfs"
-		echo "multi	/ $opts :tmpfs	/sub $opts :tmpfs"
-	} >"$r/etc/auto.ind"
-	local am='setsid /usr/sbin/automount -f -d -p /run/automount.pid </dev/null >/run/automount.log 2>&1 &'
-	[ "$AUTOMOUNT_DAEMON" = 0 ] || am='setsid /usr/sbin/automount -d -p /run/automount.pid </dev/null >/dev/null 2>&1'
-	[ -z "$AS_LIMIT" ] || am="prlimit --as=$AS_LIMIT -- $am"
-	[ -z "$SECUREBITS" ] || am="setpriv --securebits $SECUREBITS -- $am"
-	[ "$CONFINED" = 0 ] || am="umask 027; $am"
-	cat >"$r/lab/init.sh" <<INIT
-#!/bin/sh
-# arh-lab init (kind automount): stdio inside the container, automount as a
-# process-group leader, then a reaping sleep loop as PID 1.
-exec </dev/null >/dev/null 2>&1
-$am
-while :; do sleep 3600; done
-INIT
-	chmod 755 "$r/lab/init.sh"
-}
-
-populate_plain() {
-	cat >"$1/lab/init.sh" <<'INIT'
-#!/bin/sh
-exec </dev/null >/dev/null 2>&1
-while :; do sleep 3600; done
-INIT
-	chmod 755 "$1/lab/init.sh"
+# The kind's files (unit files, automount's maps and init.sh): labconfig
+# rootfs (test/lab/labconfig/rootfs.go).
+populate() { # populate ROOTFS
+	local args=(-count "$COUNT")
+	[ "$AUTOMOUNT_DAEMON" = 0 ] || args+=(-automount-daemon)
+	[ -z "$AS_LIMIT" ] || args+=(-as-limit "$AS_LIMIT")
+	[ -z "$SECUREBITS" ] || args+=(-securebits "$SECUREBITS")
+	[ "$CONFINED" = 0 ] || args+=(-confined)
+	lab_config rootfs -rootfs "$1" -kind "$KIND" "${args[@]}" || die "labconfig could not write the $KIND files into $1"
 }
 
 # copy_rootfs SRC DEST: a container's own rootfs. Its /usr (132 of the
@@ -503,11 +427,7 @@ make_bundle() { # make_bundle NAME
 	copy_rootfs "$ROOTFS_SRC" "$b/rootfs"
 	mkdir -p "$b/rootfs/lab"
 	echo "$name" >"$b/rootfs/etc/hostname"
-	case $KIND in
-	systemd) populate_systemd "$b/rootfs" ;;
-	automount) populate_automount "$b/rootfs" ;;
-	plain) populate_plain "$b/rootfs" ;;
-	esac
+	populate "$b/rootfs"
 	save_conf "$b"
 	write_config "$name" "$b"
 	# Owner (Go test process) for "reap": pid and start time.
@@ -701,7 +621,7 @@ cmd_podman_up() {
 		local o args=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
 		for o in "${HOOK_ARGS[@]}"; do args+=(-hook-arg "$o"); done
 		for o in "${HOOK_ENV[@]}"; do args+=(-hook-env "$o"); done
-		lab_config -podman-hook "$b/hooks.d/arh-lab.json" "${args[@]}" || die "labconfig could not write $b/hooks.d/arh-lab.json"
+		lab_config podman-hook -out "$b/hooks.d/arh-lab.json" "${args[@]}" || die "labconfig could not write $b/hooks.d/arh-lab.json"
 	fi
 	podman_argv "$name"
 	# podman's default AppArmor profile denies every mount: systemd's
@@ -782,45 +702,8 @@ crio_start() {
 	rm -rf "$CRIO_RUN"
 	mkdir -p "$CRIO_RUN/cni" "$CRIO_RUN/conf.d" "$CRIO_RUN/exits" "$CRIO_RUN/pods"
 	: >"$CRIO_RUN/crictl.yaml"
-	cat >"$CRIO_RUN/crio.conf" <<CONF
-# Written by autofs-restore-hook's test/lab/lab.sh (crio start).
-[crio]
-root = "/var/lib/containers/storage"
-runroot = "/run/containers/storage"
-log_dir = "$CRIO_RUN/pods"
-version_file = "$CRIO_RUN/version"
-clean_shutdown_file = "$CRIO_RUN/clean.shutdown"
-internal_wipe = false
-[crio.api]
-listen = "$CRIO_RUN/crio.sock"
-[crio.runtime]
-default_runtime = "runc"
-cgroup_manager = "cgroupfs"
-pinns_path = "$CRIO_BIN/pinns"
-namespaces_dir = "$CRIO_RUN/ns"
-container_exits_dir = "$CRIO_RUN/exits"
-container_attach_socket_dir = "$CRIO_RUN"
-enable_criu_support = true
-# /dev/autofs for the containers of pods that name it in the annotation
-# io.kubernetes.cri-o.Devices: CRI-O restores a container without the
-# devices of its create request, but in its pod.
-allowed_devices = ["/dev/autofs"]
-irqbalance_config_file = ""
-irqbalance_config_restore_file = ""
-[crio.runtime.runtimes.runc]
-runtime_path = "$(command -v runc)"
-runtime_root = "/run/runc"
-monitor_path = "$(command -v conmon)"
-monitor_cgroup = "pod"
-monitor_env = ["PATH=$PATH"]
-allowed_annotations = ["io.kubernetes.cri-o.Devices"]
-[crio.image]
-pause_image = "$RUN_IMAGE"
-[crio.network]
-network_dir = "$CRIO_RUN/cni"
-[crio.nri]
-enable_nri = false
-CONF
+	lab_config crio-conf -out "$CRIO_RUN/crio.conf" -run "$CRIO_RUN" -bin "$CRIO_BIN" -runc "$(command -v runc)" \
+		-conmon "$(command -v conmon)" -path "$PATH" -image "$RUN_IMAGE" || die "labconfig could not write $CRIO_RUN/crio.conf"
 	# setsid: the daemon outlives this script; crio stop ends it.
 	PATH=$PATH setsid "$CRIO_BIN/crio" --config "$CRIO_RUN/crio.conf" --config-dir "$CRIO_RUN/conf.d" \
 		</dev/null >"$CRIO_RUN/crio.log" 2>&1 &
@@ -847,41 +730,15 @@ crio_stop() {
 	kill -KILL "$pid" 2>/dev/null || true
 	rm -f "$CRIO_RUN/crio.pid"
 }
-# crio_ctr_json NAME IMAGE: the CRI container config of NAME's container
-# from IMAGE (an image, or a checkpoint archive to restore), with the
-# options saved in its bundle.
+# crio_ctr_json NAME IMAGE OUT: the CRI container config of NAME's
+# container from IMAGE (an image, or a checkpoint archive to restore),
+# with the options saved in its bundle, written to OUT.
 crio_ctr_json() {
-	local name=$1 image=$2 b sec mounts="" aa=""
-	b=$(bundle_of "$name")
-	sec='"namespace_options": {"network": 2, "pid": 1}, "capabilities": {"add_capabilities": ["SYS_ADMIN"]}'
-	if [ -n "$SECCOMP_FILE" ]; then
-		sec+=", \"seccomp\": {\"profile_type\": 2, \"localhost_ref\": $(json_str "$SECCOMP_FILE")}"
-	fi
-	if apparmor_on; then
-		sec+=", \"apparmor\": {\"profile_type\": 2, \"localhost_ref\": \"$AA_PROFILE\"}"
-	fi
-	if [ -f "$image" ]; then
-		# CRI-O restores only where the request names every mount of the
-		# checkpoint (beyond /proc, /dev, /sys and the files it writes):
-		# CRI-O's own /etc/hosts, and for systemd the tmpfs mounts it gave
-		# it. CRIU restores those tmpfs from the checkpoint over these.
-		local m d
-		mkdir -p "$b/crio-mounts"
-		echo "127.0.0.1 localhost $name" >"$b/crio-mounts/hosts"
-		mounts="{\"container_path\": \"/etc/hosts\", \"host_path\": $(json_str "$b/crio-mounts/hosts")}"
-		if [ "$KIND" = systemd ]; then
-			for m in /run /run/lock /tmp /var/log/journal; do
-				d=$b/crio-mounts/$(echo "${m#/}" | tr / -)
-				mkdir -p "$d"
-				mounts+=", {\"container_path\": \"$m\", \"host_path\": $(json_str "$d")}"
-			done
-		fi
-	fi
-	cat <<JSON
-{"metadata": {"name": "$KIND"}, "image": {"image": $(json_str "$image")},
- "log_path": "$KIND.log", "mounts": [$mounts],
- "linux": {"security_context": {$sec}}}
-JSON
+	local args=()
+	[ -z "$SECCOMP_FILE" ] || args+=(-seccomp "$SECCOMP_FILE")
+	! apparmor_on || args+=(-apparmor "$AA_PROFILE")
+	lab_config crio-ctr -out "$3" -name "$1" -bundle "$(bundle_of "$1")" -kind "$KIND" -image "$2" "${args[@]}" ||
+		die "labconfig could not write $3"
 }
 
 cmd_crio_up() {
@@ -899,14 +756,8 @@ cmd_crio_up() {
 	# As for podman-up: a container profile that allows mounting autofs.
 	! apparmor_on || apparmor_load
 	mkdir -p "$b/log/crio"
-	cat >"$b/crio-pod.json" <<JSON
-{"metadata": {"name": "$name", "namespace": "arh-lab", "uid": "$name", "attempt": 0},
- "hostname": "$name", "log_directory": $(json_str "$b/log/crio"),
- "annotations": {"io.kubernetes.cri-o.Devices": "/dev/autofs"},
- "linux": {"cgroup_parent": "/arh-lab/$name",
-   "security_context": {"namespace_options": {"network": 2, "pid": 1}}}}
-JSON
-	crio_ctr_json "$name" "$RUN_IMAGE" >"$b/crio-ctr.json"
+	lab_config crio-pod -out "$b/crio-pod.json" -name "$name" -bundle "$b" || die "labconfig could not write $b/crio-pod.json"
+	crio_ctr_json "$name" "$RUN_IMAGE" "$b/crio-ctr.json"
 	crictl_argv
 	pod=$("${CRICTL[@]}" runp "$b/crio-pod.json" 2>"$b/log/run.log") || { cat "$b/log/run.log" >&2; die "crictl runp $name failed"; }
 	echo "$pod" >"$b/crio-pod"
@@ -948,7 +799,7 @@ crio_restore() {
 	[ -f "$b/checkpoint.tar" ] || die "no checkpoint archive $b/checkpoint.tar"
 	[ ! -f "$b/crio-ctr" ] || die "$name still has a container in CRI-O"
 	load_conf "$b"
-	crio_ctr_json "$name" "$b/checkpoint.tar" >"$b/crio-restore.json"
+	crio_ctr_json "$name" "$b/checkpoint.tar" "$b/crio-restore.json"
 	crictl_argv
 	ctr=$(timeout -s KILL $((180 * SLOW)) "${CRICTL[@]}" create "$(cat "$b/crio-pod")" "$b/crio-restore.json" "$b/crio-pod.json" </dev/null 2>"$b/log/restore.log") ||
 		{ cat "$b/log/restore.log" >&2; die "crictl create from $b/checkpoint.tar failed"; }

@@ -1,15 +1,19 @@
-// Command labconfig writes the runtime configuration of a lab bundle: its
-// config.json, built with the OCI runtime-spec types, and the CRIU
-// configuration file that its org.criu.config annotation names. lab.sh
-// (up, bundle, wire, restore with a wiring) runs it with the bundle's
-// options; everything else about a bundle (its rootfs, its runtime) stays
-// in lab.sh.
+// Command labconfig writes what the end-to-end lab builds of a container,
+// in Go where lab.sh had shell heredocs: a bundle's config.json (with the
+// OCI runtime-spec types) and the criu.conf that its org.criu.config
+// annotation names; the kind's files in its rootfs (systemd units,
+// automount's maps, the init script); podman's hooks.d file; CRI-O's
+// configuration and the CRI pod and container configs that crictl reads;
+// the lab's AppArmor profile. lab.sh runs it with the container's options
+// and keeps what must be shell: running runc, podman, crictl, CRIU and
+// the rest.
 //
-//	labconfig -bundle DIR -name NAME -kind systemd|automount|plain [options]
+//	labconfig bundle|rootfs|podman-hook|crio-pod|crio-ctr|crio-conf|apparmor [options]
 //
-// The host's part (the capability bounding set, whether it has only the
-// unified cgroup hierarchy) is read from the machine; the tests pass it
-// in (Host).
+// The host's part of config.json (the capability bounding set, whether it
+// has only the unified cgroup hierarchy) is read from the machine; the
+// tests pass it in (Host). testdata/shell holds what the heredocs wrote;
+// the tests check that a runtime, crictl or CRI-O reads the same from ours.
 package main
 
 import (
