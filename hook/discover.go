@@ -97,7 +97,7 @@ func inspect(p *proc.Process, good func(dev uint64) bool) (*Container, error) {
 }
 
 // masterOf finds the master of the autofs mount of options o among procs
-// (0 if none) and says what it is: the one classification of inspect and
+// (the zero Ref if none) and says what it is: the one classification of inspect and
 // of the follower's restoredEnough.
 func masterOf(procs *mounts.Procs, o mounts.Options) (proc.Ref, units.Kind) {
 	master := procs.MasterOf(o)
