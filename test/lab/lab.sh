@@ -221,6 +221,9 @@ rt_state_dir() { # the runtime's state directory of container NAME
 # Parsed into globals; saved in BUNDLE/lab.conf with declare -p.
 KIND="" COUNT=0 TRIGGER=1 AUTOMOUNT_DAEMON=0 CONFINED=0 SECCOMP_FILE="" NNP=false SECUREBITS="" AS_LIMIT="" SYSTEM_HOOKS=0 CRIU_KIND=lab EXPORT="" IMPORT="" RUN_IMAGE=""
 RUNTIME=runc ROOTFS_NAME=bookworm NO_CRIU_ANNOTATION=0 TMPFS_RUN=0
+# PODMAN_SECCOMP=1 (podman-up, crio-up): SECCOMP_FILE is a profile in
+# podman's format, for podman or CRI-O, never config.json's linux.seccomp.
+PODMAN_SECCOMP=0
 ACTION_SCRIPT="" HOOK_PATH="" HOOK_STAGE=createRuntime HOOK_TIMEOUT=""
 CRIU_OPTS=() HOOK_ARGS=() HOOK_ENV=()
 WIRING_GIVEN=0 UNWIRE=0 IMAGE="" LEAVE_RUNNING=0 TIMEOUT=10
@@ -355,7 +358,7 @@ write_config() { # write_config NAME BUNDLE
 			args+=(-apparmor "$AA_PROFILE")
 		fi
 	fi
-	[ -z "$SECCOMP_FILE" ] || args+=(-seccomp "$SECCOMP_FILE")
+	[ -z "$SECCOMP_FILE" ] || [ "$PODMAN_SECCOMP" = 1 ] || args+=(-seccomp "$SECCOMP_FILE")
 	[ "$NNP" = false ] || args+=(-no-new-privs)
 	lab_config bundle -bundle "$b" -name "$name" -kind "$KIND" "${args[@]}" || die "labconfig could not write $b/config.json"
 }
@@ -597,7 +600,7 @@ cmd_up() {
 cmd_podman_up() {
 	local name=$1 b ann=() PODMAN
 	shift
-	KIND=systemd
+	KIND=systemd PODMAN_SECCOMP=1
 	parse_opts "$@"
 	check_name "$name"
 	command -v podman >/dev/null || die "podman is not installed (see provision.sh warnings)"
@@ -744,7 +747,7 @@ crio_ctr_json() {
 cmd_crio_up() {
 	local name=$1 b CRICTL pod ctr
 	shift
-	KIND=systemd
+	KIND=systemd PODMAN_SECCOMP=1
 	parse_opts "$@"
 	check_name "$name"
 	crio_running || die "the lab's CRI-O does not run (lab.sh crio start)"
