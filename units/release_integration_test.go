@@ -136,18 +136,12 @@ func TestCatatonicFDsRefusesSwappedFD(t *testing.T) {
 	srv.Close()
 	// The child, if it was left behind, ends once the server is gone.
 	for deadline := time.Now().Add(testenv.Scale(10 * time.Second)); ; time.Sleep(50 * time.Millisecond) {
-		if left := workersOfOurs(t); len(left) == 0 {
+		if left := testenv.ChildrenRunning(worker.WorkerArg); len(left) == 0 {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("workers still running after the FUSE server went away: %v", left)
 		}
 	}
-}
-
-// workersOfOurs lists our children that run a worker.
-func workersOfOurs(t *testing.T) []int {
-	t.Helper()
-	return testenv.ChildrenRunning(worker.WorkerArg)
 }
 
 // testCatatonic makes the targets catatonic in a worker, as the hook's

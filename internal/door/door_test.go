@@ -246,7 +246,7 @@ func TestCallEndsByTheDeadline(t *testing.T) {
 	if took > 500*time.Millisecond+ExitGrace {
 		t.Fatalf("returned after %s", took)
 	}
-	if left := childrenRunning("__door-test-sleep"); len(left) > 0 {
+	if left := testenv.ChildrenRunning("__door-test-sleep"); len(left) > 0 {
 		t.Fatalf("children left after the call: %v", left)
 	}
 }

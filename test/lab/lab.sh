@@ -340,15 +340,21 @@ lab_config() {
 	[ -x "$LAB_CONFIG" ] || die "no $LAB_CONFIG (make lab-tools builds it)"
 	"$LAB_CONFIG" "$@"
 }
+# hook_flags: the hook's wiring as labconfig's flags, in HOOK_FLAGS.
+hook_flags() {
+	local o
+	HOOK_FLAGS=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
+	for o in "${HOOK_ARGS[@]}"; do HOOK_FLAGS+=(-hook-arg "$o"); done
+	for o in "${HOOK_ENV[@]}"; do HOOK_FLAGS+=(-hook-env "$o"); done
+}
 write_config() { # write_config NAME BUNDLE
 	local name=$1 b=$2 args=() o
 	[ -z "$ACTION_SCRIPT" ] || args+=(-action-script "$ACTION_SCRIPT")
 	for o in "${CRIU_OPTS[@]}"; do args+=(-criu-opt "$o"); done
 	[ "$NO_CRIU_ANNOTATION" = 0 ] || args+=(-runtime-criu-config)
 	if [ -n "$HOOK_PATH" ]; then
-		args+=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
-		for o in "${HOOK_ARGS[@]}"; do args+=(-hook-arg "$o"); done
-		for o in "${HOOK_ENV[@]}"; do args+=(-hook-env "$o"); done
+		hook_flags
+		args+=("${HOOK_FLAGS[@]}")
 		[ -z "$HOOK_TIMEOUT" ] || args+=(-hook-timeout "$HOOK_TIMEOUT")
 	fi
 	if [ "$CONFINED" = 1 ]; then
@@ -621,10 +627,8 @@ cmd_podman_up() {
 		# A given hooks.d file (the project's shipped one, say) as is.
 		cp "$ARH_LAB_HOOKS_JSON" "$b/hooks.d/"
 	elif [ -n "$HOOK_PATH" ]; then
-		local o args=(-hook "$HOOK_PATH" -hook-stage "$HOOK_STAGE")
-		for o in "${HOOK_ARGS[@]}"; do args+=(-hook-arg "$o"); done
-		for o in "${HOOK_ENV[@]}"; do args+=(-hook-env "$o"); done
-		lab_config podman-hook -out "$b/hooks.d/arh-lab.json" "${args[@]}" || die "labconfig could not write $b/hooks.d/arh-lab.json"
+		hook_flags
+		lab_config podman-hook -out "$b/hooks.d/arh-lab.json" "${HOOK_FLAGS[@]}" || die "labconfig could not write $b/hooks.d/arh-lab.json"
 	fi
 	podman_argv "$name"
 	# podman's default AppArmor profile denies every mount: systemd's

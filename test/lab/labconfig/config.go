@@ -138,7 +138,7 @@ func Spec(o Options, h Host, criuConfig string) (*specs.Spec, error) {
 	}
 
 	if o.Hook != "" {
-		hook := specs.Hook{Path: o.Hook, Args: append([]string{o.Hook}, o.HookArgs...), Env: o.HookEnv}
+		hook := o.hook()
 		if o.HookTimeout != 0 {
 			hook.Timeout = &o.HookTimeout
 		}
@@ -178,6 +178,12 @@ func Spec(o Options, h Host, criuConfig string) (*specs.Spec, error) {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 	}
 	return s, nil
+}
+
+// hook is the OCI hook of o: Hook with argv [Hook, HookArgs...] and
+// HookEnv, without a timeout.
+func (o Options) hook() specs.Hook {
+	return specs.Hook{Path: o.Hook, Args: append([]string{o.Hook}, o.HookArgs...), Env: o.HookEnv}
 }
 
 // addHook puts hook at stage.
@@ -354,7 +360,7 @@ func PodmanHook(o Options) ([]byte, error) {
 	if o.Hook == "" {
 		return nil, errors.New("no hook")
 	}
-	h := podmanHook{Version: "1.0.0", Hook: specs.Hook{Path: o.Hook, Args: append([]string{o.Hook}, o.HookArgs...), Env: o.HookEnv}, Stages: []string{o.HookStage}}
+	h := podmanHook{Version: "1.0.0", Hook: o.hook(), Stages: []string{o.HookStage}}
 	h.When.Always = true
 	b, err := json.MarshalIndent(h, "", "  ")
 	return append(b, '\n'), err

@@ -38,9 +38,6 @@ func main() {
 		r                            RootfsOptions
 		bundle, rootfs, out, image   string
 		seccomp                      string
-		count                        int
-		daemon                       bool
-		asLimit, securebits          string
 		run, bin, runc, conmon, path string
 	)
 	cmd := os.Args[1]
@@ -63,10 +60,10 @@ func main() {
 	f.StringVar(&o.AppArmor, "apparmor", "", "the AppArmor profile (loaded by lab.sh): with -confined, or for crio-ctr")
 	f.StringVar(&seccomp, "seccomp", "", "a file holding the linux.seccomp object (bundle), or a profile of podman's format (crio-ctr)")
 	f.BoolVar(&o.NoNewPrivs, "no-new-privs", false, "process.noNewPrivileges")
-	f.IntVar(&count, "count", 0, "more automount points (rootfs)")
-	f.BoolVar(&daemon, "automount-daemon", false, "automount daemonizes itself instead of -f (rootfs)")
-	f.StringVar(&asLimit, "as-limit", "", "automount's address-space limit in bytes (rootfs)")
-	f.StringVar(&securebits, "securebits", "", "automount's securebits, for setpriv (rootfs)")
+	f.IntVar(&r.Count, "count", 0, "more automount points (rootfs)")
+	f.BoolVar(&r.AutomountDaemon, "automount-daemon", false, "automount daemonizes itself instead of -f (rootfs)")
+	f.StringVar(&r.ASLimit, "as-limit", "", "automount's address-space limit in bytes (rootfs)")
+	f.StringVar(&r.Securebits, "securebits", "", "automount's securebits, for setpriv (rootfs)")
 	f.StringVar(&run, "run", "", "CRI-O's run directory (crio-conf)")
 	f.StringVar(&bin, "bin", "", "CRI-O's binaries, pinns among them (crio-conf)")
 	f.StringVar(&runc, "runc", "", "runc (crio-conf)")
@@ -100,7 +97,7 @@ func main() {
 		}
 	case "rootfs":
 		need("rootfs", rootfs, "kind", o.Kind)
-		r = RootfsOptions{Kind: o.Kind, Count: count, AutomountDaemon: daemon, ASLimit: asLimit, Securebits: securebits, Confined: o.Confined}
+		r.Kind, r.Confined = o.Kind, o.Confined
 		err = Rootfs(rootfs, r)
 	case "podman-hook":
 		need("out", out, "hook", o.Hook)
