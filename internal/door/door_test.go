@@ -235,15 +235,18 @@ func TestCallPassesFilesBack(t *testing.T) {
 	}
 }
 
-// A child that never answers is killed at the deadline and reaped.
+// A child that never answers is killed at the deadline and reaped. The
+// deadline is scaled by the tests' slowdown factor: run alone in the test
+// VM, a child once had not yet reported its step ("sleeping") at 500 ms.
 func TestCallEndsByTheDeadline(t *testing.T) {
+	deadline := testenv.Scale(500 * time.Millisecond)
 	start := time.Now()
-	_, err := call(Spec{role: "__door-test-sleep", Deadline: time.Now().Add(500 * time.Millisecond)}, nil)
+	_, err := call(Spec{role: "__door-test-sleep", Deadline: time.Now().Add(deadline)}, nil)
 	took := time.Since(start)
 	if err == nil || !strings.Contains(err.Error(), "no answer within") || !strings.Contains(err.Error(), "last step: sleeping") {
 		t.Fatalf("err %v", err)
 	}
-	if took > 500*time.Millisecond+ExitGrace {
+	if took > deadline+ExitGrace {
 		t.Fatalf("returned after %s", took)
 	}
 	if left := testenv.ChildrenRunning("__door-test-sleep"); len(left) > 0 {
